@@ -1,0 +1,395 @@
+"""``scrapy db init|status|smoketest``: create, inspect and test the SQL store.
+
+The store URL is ``--url``, else the ``HOLOCRON_RECORDS_URL`` (``--store state``:
+``HOLOCRON_STATE_URL``) setting, else the YAML config chosen by ``HOLOCRON_CONFIG``
+(``storage.records_url`` / ``state.url``). ``sqlite:///PATH`` and ``sqlserver://`` both
+work; SQL Server settings come from the YAML ``storage.sql_server`` / ``state.sqlserver``
+section and the ``INGEST_SQLSERVER_*`` environment variables (see docs/sqlserver.md).
+Errors print one line on stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
+
+from holocron_scrapy.db import connection
+from holocron_scrapy.db.migrations import MigrationRunner
+from holocron_scrapy.errors import ConfigError, HolocronError, StoreError
+
+ACTIONS = ("init", "status", "smoketest")
+SMOKETEST_SOURCE = "holocron_smoketest"
+RULE = "=" * 60
+TABLES = {
+    connection.SQLITE: ("work_items", "ingest_records", "ingest_runs", "seen_resources", "schema_migrations"),
+    connection.SQLSERVER: ("work_items", "IngestRecords", "ingest_runs", "seen_resources", "schema_migrations"),
+}
+
+
+@dataclass
+class Target:
+    """The store a command works on."""
+
+    url: connection.StoreURL
+    sqlserver_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.dialect
+
+
+class Command(ScrapyCommand):
+    requires_project = False
+    requires_crawler_process = False
+    default_settings = {"LOG_LEVEL": "WARNING"}
+
+    def syntax(self) -> str:
+        return "init|status|smoketest [--url URL] [--store records|state] [--dry-run] [--wait-timeout S]"
+
+    def short_desc(self) -> str:
+        return "Create (init), inspect (status) or test (smoketest) the SQL store"
+
+    def long_desc(self) -> str:
+        return (
+            "init applies pending schema migrations in order (--dry-run prints them); status lists "
+            "applied and pending migrations; smoketest checks connection, tables, a write/read round "
+            "trip and dedupe rejection, then deletes its own test row. Works on sqlite:///PATH and "
+            "sqlserver:// URLs (INGEST_SQLSERVER_* environment variables)."
+        )
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        group = parser.add_argument_group(title="Database options")
+        group.add_argument("--url", metavar="URL", help="store URL (default: HOLOCRON_RECORDS_URL, then the config)")
+        group.add_argument(
+            "--store", choices=("records", "state"), default="records",
+            help="which configured store to use when --url is not given (default: records)",
+        )
+        group.add_argument("--dry-run", action="store_true", help="init: print pending migrations, apply nothing")
+        group.add_argument(
+            "--wait-timeout", type=float, default=0.0, metavar="S",
+            help="keep retrying a server that is not up yet for S seconds (SQL Server)",
+        )
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        if len(args) != 1 or args[0] not in ACTIONS:
+            raise UsageError(f"expected one action: {', '.join(ACTIONS)}", print_help=False)
+        action = args[0]
+        if opts.dry_run and action != "init":
+            raise UsageError("--dry-run only applies to `db init`", print_help=False)
+        if opts.wait_timeout < 0:
+            raise UsageError("--wait-timeout must be >= 0", print_help=False)
+        try:
+            target = self.target(opts)
+            getattr(self, f"do_{action}")(target, opts)
+        except (HolocronError, *_db_errors()) as exc:
+            self.fail(str(exc))
+
+    # -- helpers -----------------------------------------------------------------------
+    def fail(self, message: str) -> None:
+        print(f"Error: {' '.join(message.split())}", file=sys.stderr)
+        self.exitcode = 1
+
+    def target(self, opts: argparse.Namespace) -> Target:
+        assert self.settings is not None
+        setting = f"HOLOCRON_{opts.store.upper()}_URL"
+        raw = opts.url or self.settings.get(setting)
+        source = "--url" if opts.url else setting
+        if raw:
+            url = connection.parse_store_url(raw, setting=source)
+            if url.dialect == connection.SQLITE:
+                return Target(url)  # no need for the YAML config
+        config = self._config()
+        if not raw:
+            raw = config.records_url if opts.store == "records" else config.state_url
+            source = "storage.records_url" if opts.store == "records" else "state.url"
+        url = connection.parse_store_url(raw, setting=source)
+        section = config.records_sqlserver if opts.store == "records" else config.state_sqlserver
+        return Target(url, dict(section))
+
+    def _config(self) -> Any:
+        from holocron_scrapy.config import load_config
+
+        assert self.settings is not None
+        try:
+            return load_config(self.settings.get("HOLOCRON_CONFIG"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read the configuration: {exc}", key="HOLOCRON_CONFIG") from exc
+
+    @contextmanager
+    def open(self, target: Target, opts: argparse.Namespace, *, write: bool) -> Iterator[tuple[Any, MigrationRunner]]:
+        """A connection and a migration runner; SQLite files are opened read-only unless *write*."""
+        if target.dialect == connection.SQLITE:
+            conn = _open_sqlite(target.url.path or ":memory:", write=write)
+            try:
+                yield conn, MigrationRunner(conn, connection.SQLITE)
+            finally:
+                conn.close()
+            return
+        from holocron_scrapy.db import sqlserver
+
+        settings = sqlserver.SqlServerSettings.resolve(target.sqlserver_config, conn_str=target.url.odbc_connect)
+        conn = sqlserver.connect(settings, wait_timeout=opts.wait_timeout)
+        try:
+            yield conn, MigrationRunner(conn, connection.SQLSERVER, schema=settings.schema)
+        finally:
+            conn.close()
+
+    def describe(self, target: Target) -> str:
+        if target.dialect == connection.SQLITE:
+            return f"sqlite:///{target.url.path}"
+        from holocron_scrapy.db import sqlserver
+
+        return sqlserver.SqlServerSettings.resolve(target.sqlserver_config, conn_str=target.url.odbc_connect).masked()
+
+    # -- init --------------------------------------------------------------------------
+    def do_init(self, target: Target, opts: argparse.Namespace) -> None:
+        print(f"Database: {self.describe(target)}")
+        if target.dialect == connection.SQLSERVER and not self._sqlserver_database(target, opts):
+            return
+        if target.dialect == connection.SQLITE and opts.dry_run and not _sqlite_exists(target):
+            print(f"(the SQLite file does not exist yet: init will create {target.url.path})")
+        with self.open(target, opts, write=not opts.dry_run) as (_conn, runner):
+            if opts.dry_run:
+                todo = runner.apply(dry_run=True, echo=print)
+                names = ", ".join(m.filename for m in todo) or "none"
+                print(f"Dry run: {len(todo)} pending migration(s) would be applied: {names}")
+                return
+            todo = runner.apply(echo=lambda line: print(f"  {line}"))
+            total = len(runner.applied())
+        if todo:
+            print(f"{_mark()} Applied {len(todo)} migration(s); {total} applied in total")
+        else:
+            print(f"{_mark()} Nothing to do: the schema is up to date ({total} migration(s) applied)")
+
+    def _sqlserver_database(self, target: Target, opts: argparse.Namespace) -> bool:
+        """Create the database if needed; False when a dry run found it missing."""
+        from holocron_scrapy.db import sqlserver
+
+        settings = sqlserver.SqlServerSettings.resolve(target.sqlserver_config, conn_str=target.url.odbc_connect)
+        existed = sqlserver.ensure_database(settings, wait_timeout=opts.wait_timeout, create=not opts.dry_run)
+        if existed is False and opts.dry_run:
+            runner = MigrationRunner(None, connection.SQLSERVER, schema=settings.schema)
+            print(f"-- database {settings.database} does not exist: init would create it")
+            for migration in runner.migrations():
+                print(f"-- {migration.filename}")
+                for batch in runner.statements(migration):
+                    print(f"{batch}\nGO")
+            return False
+        if existed is False:
+            print(f"  created database {settings.database}")
+        return True
+
+    # -- status ------------------------------------------------------------------------
+    def do_status(self, target: Target, opts: argparse.Namespace) -> None:
+        print(f"Database: {self.describe(target)}")
+        if target.dialect == connection.SQLITE and not _sqlite_exists(target):
+            runner = MigrationRunner(None, connection.SQLITE)
+            print("The SQLite file does not exist yet (run `scrapy db init`).")
+            _print_status({}, runner.migrations())
+            return
+        with self.open(target, opts, write=False) as (_conn, runner):
+            applied = runner.applied()
+            _print_status(applied, runner.migrations())
+
+    # -- smoketest ---------------------------------------------------------------------
+    def do_smoketest(self, target: Target, opts: argparse.Namespace) -> None:
+        ok = _mark()
+        _print_info(self, target)
+        if target.dialect == connection.SQLITE and not _sqlite_exists(target):
+            raise StoreError(f"no SQLite database at {target.url.path}: run `scrapy db init` first")
+        print("Test 1: Establishing connection...")
+        with self.open(target, opts, write=True) as (conn, runner):
+            print(f"{ok} Connection established successfully{_server_info(conn, target)}")
+            print("Test 2: Verifying schema and tables...")
+            table = _verify_schema(conn, runner, target)
+            print(f"{ok} Schema and tables verified")
+            _round_trip(conn, target, table, step=print)
+        print(RULE)
+        print(f"{ok} All smoke tests passed!")
+        kind = "SQL Server" if target.dialect == connection.SQLSERVER else "SQLite"
+        print(f"  The {kind} store is ready for use.")
+
+
+# -- module helpers ------------------------------------------------------------------------
+def _db_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    pyodbc = sys.modules.get("pyodbc")
+    if pyodbc is not None:
+        errors.append(pyodbc.Error)
+    return tuple(errors)
+
+
+def _mark(good: bool = True) -> str:
+    symbol = "✓" if good else "✗"
+    try:
+        symbol.encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "OK" if good else "FAILED"
+    return symbol
+
+
+def _sqlite_exists(target: Target) -> bool:
+    path = target.url.path or ":memory:"
+    return path == ":memory:" or Path(path).is_file()
+
+
+def _open_sqlite(path: str, *, write: bool) -> sqlite3.Connection:
+    """Check ownership through a read-only connection first, so a foreign file stays untouched."""
+    if path != ":memory:" and Path(path).is_file():
+        try:
+            probe = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {path}: {exc}") from exc
+        try:
+            connection.ensure_sqlite_owned(probe, path)
+        finally:
+            probe.close()
+        if not write:
+            return sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)
+    elif not write:
+        return sqlite3.connect(":memory:")  # nothing applied yet; do not create the file
+    return connection.connect_sqlite(path)
+
+
+def _print_status(applied: dict[str, str], migrations: list[Any]) -> None:
+    known = {m.version for m in migrations}
+    print("Applied migrations:" if applied else "Applied migrations: none")
+    for migration in migrations:
+        if migration.version in applied:
+            print(f"  {migration.filename}  applied {applied[migration.version]} UTC")
+    for version in sorted(set(applied) - known):
+        print(f"  {version} (unknown to this code: applied {applied[version]} UTC by a newer version?)")
+    pending = [m for m in migrations if m.version not in applied]
+    print("Pending migrations:" if pending else "Pending migrations: none (the schema is up to date)")
+    for migration in pending:
+        print(f"  {migration.filename}")
+
+
+def _print_info(command: Command, target: Target) -> None:
+    print(RULE)
+    if target.dialect == connection.SQLITE:
+        print("SQLite Database Info")
+        print(RULE)
+        print(f"  Path:     {target.url.path}")
+    else:
+        from holocron_scrapy.db import sqlserver
+
+        settings = sqlserver.SqlServerSettings.resolve(target.sqlserver_config, conn_str=target.url.odbc_connect)
+        print("SQL Server Connection Info")
+        print(RULE)
+        for key, value in settings.describe().items():
+            print(f"  {key + ':':<9} {value}")
+    print(RULE)
+
+
+def _server_info(conn: Any, target: Target) -> str:
+    if target.dialect == connection.SQLITE:
+        return f" (SQLite {sqlite3.sqlite_version})"
+    from holocron_scrapy.db import sqlserver
+
+    cursor = conn.cursor()
+    cursor.execute(sqlserver.TSQL_SERVER_INFO)
+    version, database, login = cursor.fetchone()
+    cursor.close()
+    return f" (SQL Server {version}, database {database}, login {login})"
+
+
+def _verify_schema(conn: Any, runner: MigrationRunner, target: Target) -> str:
+    """Check that every migration is applied and every table exists; return work_items' name."""
+    pending = runner.pending()
+    if pending:
+        names = ", ".join(m.filename for m in pending)
+        raise StoreError(f"pending migrations ({names}): run `scrapy db init` first")
+    print(f"  - migrations applied: {', '.join(sorted(runner.applied()))}")
+    if target.dialect == connection.SQLITE:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        table = "work_items"
+    else:
+        from holocron_scrapy.db import sqlserver
+
+        cursor = conn.cursor()
+        cursor.execute(sqlserver.TSQL_LIST_TABLES, runner.schema)
+        rows = cursor.fetchall()
+        table = f"[{runner.schema}].[work_items]"
+    found = {row[0] for row in rows}
+    missing = [name for name in TABLES[target.dialect] if name not in found]
+    if missing:
+        raise StoreError(f"missing tables: {', '.join(missing)}")
+    print(f"  - tables: {', '.join(TABLES[target.dialect])}")
+    return table
+
+
+def _round_trip(conn: Any, target: Target, table: str, *, step: Callable[[str], None]) -> None:
+    """Insert, read, update a work item; check the dedupe key rejects a twin; delete own rows."""
+    from holocron_scrapy.db import sqlserver
+
+    sql = {
+        "insert": sqlserver.SMOKETEST_INSERT.format(table=table),
+        "select": sqlserver.SMOKETEST_SELECT.format(table=table),
+        "update": sqlserver.SMOKETEST_UPDATE.format(table=table),
+        "delete": sqlserver.SMOKETEST_DELETE.format(table=table),
+    }
+    now: Any = datetime.now(UTC).replace(tzinfo=None)
+    if target.dialect == connection.SQLITE:
+        now = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    dedupe_key = f"{SMOKETEST_SOURCE}:smoketest:page:{first}"
+
+    def run(statement: str, *params: Any) -> Any:
+        cursor = conn.cursor()
+        cursor.execute(statement, params)
+        return cursor
+
+    def row(work_item_id: str) -> tuple[Any, ...]:
+        return (work_item_id, SMOKETEST_SOURCE, "smoketest", "page", work_item_id,
+                f"https://example.invalid/{work_item_id}", now, now, dedupe_key)
+
+    ok = _mark()
+    try:
+        step("Test 3: Testing write/read operations...")
+        run(sql["insert"], *row(first))
+        conn.commit()
+        step(f"  - Inserted work item: {first}")
+        found = run(sql["select"], first).fetchone()
+        if not found or found[0] != first or found[1] != "pending":
+            raise StoreError(f"smoke test row {first} could not be read back (got {found!r})")
+        step("  - Retrieved work item successfully")
+        run(sql["update"], now, now, first)
+        conn.commit()
+        found = run(sql["select"], first).fetchone()
+        if not found or found[1] != "completed":
+            raise StoreError(f"smoke test row {first} was not updated (got {found!r})")
+        step("  - Updated status to completed")
+        step(f"{ok} Write/read operations successful")
+        step("Test 4: Testing deduplication...")
+        try:
+            run(sql["insert"], *row(second))
+            conn.commit()
+        except Exception as exc:
+            conn.rollback()
+            if not sqlserver.is_duplicate_key(exc):
+                raise
+            step("  - Second insert with the same dedupe_key correctly rejected (dedupe working)")
+        else:
+            raise StoreError("a second work item with the same dedupe_key was accepted: the unique index is missing")
+        step(f"{ok} Deduplication working correctly")
+    finally:
+        try:
+            for work_item_id in (first, second):
+                run(sql["delete"], work_item_id, SMOKETEST_SOURCE)
+            conn.commit()
+            step("  - Removed the smoke-test row")
+        except _db_errors() as exc:  # do not hide the error that brought us here
+            step(f"  - Could not remove the smoke-test row {first}: {' '.join(str(exc).split())}")

@@ -1,0 +1,247 @@
+"""Load and validate the YAML configuration (sources, storage, state, frontier).
+
+The file is chosen by the ``HOLOCRON_CONFIG`` setting, then the ``HOLOCRON_CONFIG``
+environment variable, then ``config/holocron.yaml`` in the working directory, then the
+copy packaged in ``holocron_scrapy/resources`` (so a bare ``scrapy crawl`` works, also
+inside a Scrapyd egg). Every problem raises :class:`ConfigError` naming file and key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from holocron_scrapy import defaults
+from holocron_scrapy.errors import ConfigError
+
+SOURCE_TYPES = ("mediawiki", "http")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class Discovery:
+    links: bool = True
+    categories: bool = False
+    max_depth: int = defaults.MEDIAWIKI_MAX_DEPTH
+    namespaces: tuple[int, ...] = defaults.MEDIAWIKI_NAMESPACES
+
+
+@dataclass(frozen=True)
+class Source:
+    """One configured source. ``options`` keeps type-specific keys (validated by its spider)."""
+
+    name: str
+    type: str
+    api_url: str | None = None
+    contact: str | None = None
+    concurrency: int = defaults.CONCURRENCY_PER_HOST
+    delay: float = defaults.DOWNLOAD_DELAY
+    batch_size: int = defaults.MEDIAWIKI_BATCH_SIZE
+    maxlag: int = defaults.MEDIAWIKI_MAXLAG
+    recrawl_after: float | None = None
+    discovery: Discovery = field(default_factory=Discovery)
+    seeds: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    contact: str | None = None
+    lake_dir: str = defaults.LAKE_DIR
+    records_url: str = defaults.RECORDS_URL
+    state_url: str | None = None  # None: JOBDIR's frontier, else defaults.STATE_URL
+    records_sqlserver: dict[str, Any] = field(default_factory=dict)
+    state_sqlserver: dict[str, Any] = field(default_factory=dict)
+    frontier: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+
+    def source(self, name: str) -> Source:
+        try:
+            return self.sources[name]
+        except KeyError:
+            known = ", ".join(sorted(self.sources)) or "none"
+            raise ConfigError(
+                f"unknown source {name!r} (configured: {known})", key="sources", source=self.path
+            ) from None
+
+
+def resolve_path(explicit: str | None = None) -> str | None:
+    """Return the config file to read, or None for the packaged default."""
+    chosen = explicit or os.environ.get(defaults.CONFIG_ENV)
+    if chosen:
+        if not Path(chosen).is_file():
+            raise ConfigError("config file does not exist", source=str(chosen))
+        return str(chosen)
+    if Path(defaults.CONFIG_PATH).is_file():
+        return defaults.CONFIG_PATH
+    return None
+
+
+def load_config(path: str | None = None) -> Config:
+    """Load the config from *path* (see :func:`resolve_path`) and validate it."""
+    path = resolve_path(path)
+    if path is None:
+        label = f"<packaged {defaults.PACKAGED_CONFIG}>"
+        text = resources.files("holocron_scrapy.resources").joinpath(defaults.PACKAGED_CONFIG).read_text("utf-8")
+    else:
+        label = path
+        try:
+            text = Path(path).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read file: {exc}", source=label) from exc
+    return parse_config(text, label)
+
+
+def parse_config(text: str, label: str = "<string>") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed YAML: {exc}", source=label) from exc
+    if data is None:
+        data = {}
+    return _Reader(label).config(data)
+
+
+def parse_duration(value: Any, *, key: str, source: str | None = None) -> float:
+    """Parse ``90``, ``30s``, ``15m``, ``6h``, ``1d`` or ``2w`` into seconds."""
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"not a duration like 30s, 15m, 6h, 1d: {value!r}", key=key, source=source)
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+class _Reader:
+    """Walks the YAML tree, checking types and naming the offending key."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(problem, key=key, source=self.label)
+
+    def mapping(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
+        unknown = sorted(set(map(str, value)) - allowed)
+        if unknown:
+            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0], f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def string(self, value: Any, key: str, *, optional: bool = True) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "expected a non-empty string")
+        return value.strip()
+
+    def integer(self, value: Any, key: str, *, low: int | None = None, high: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected an integer, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.fail(key, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, value: Any, key: str, *, low: float = 0.0) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+            raise self.fail(key, f"expected a number >= {low}, got {value!r}")
+        return float(value)
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
+    def config(self, data: Any) -> Config:
+        top = self.mapping(data, "", {"contact", "storage", "state", "frontier", "sources"})
+        storage = self.mapping(top.get("storage"), "storage", {"lake_dir", "records_url", "sql_server"})
+        state = self.mapping(top.get("state"), "state", {"url", "sqlserver"})
+        frontier = self.mapping(
+            top.get("frontier"), "frontier", {"order", "claim_size", "lease_seconds", "max_attempts", "retry_backoff"}
+        )
+        if "order" in frontier and frontier["order"] not in ("bfs", "dfs"):
+            raise self.fail("frontier.order", f"expected bfs or dfs, got {frontier['order']!r}")
+        raw_sources = top.get("sources") or []
+        if not isinstance(raw_sources, list):
+            raise self.fail("sources", "expected a list of sources")
+        sources: dict[str, Source] = {}
+        for index, raw in enumerate(raw_sources):
+            source = self.source(raw, f"sources[{index}]")
+            if source.name in sources:
+                raise self.fail(f"sources[{index}].name", f"duplicate source name {source.name!r}")
+            sources[source.name] = source
+        return Config(
+            path=self.label,
+            contact=self.string(top.get("contact"), "contact"),
+            lake_dir=self.string(storage.get("lake_dir", defaults.LAKE_DIR), "storage.lake_dir", optional=False),
+            records_url=self.string(storage.get("records_url", defaults.RECORDS_URL), "storage.records_url", optional=False),
+            state_url=self.string(state.get("url"), "state.url"),
+            records_sqlserver=self.mapping(storage.get("sql_server"), "storage.sql_server", _SQLSERVER_KEYS),
+            state_sqlserver=self.mapping(state.get("sqlserver"), "state.sqlserver", _SQLSERVER_KEYS),
+            frontier=dict(frontier),
+            sources=sources,
+        )
+
+    def source(self, raw: Any, key: str) -> Source:
+        common = {
+            "name", "type", "api_url", "contact", "concurrency", "delay", "batch_size", "maxlag",
+            "recrawl_after", "discovery", "seeds",
+        }
+        http_keys = {
+            "allowed_domains", "max_depth", "max_pages", "follow", "deny", "sitemap", "store_binary",
+            "max_body_bytes", "auth", "deltafetch", "response_headers",
+        }
+        raw = self.mapping(raw, key, common | http_keys)
+        name = self.string(raw.get("name"), f"{key}.name", optional=False)
+        kind = raw.get("type")
+        if kind not in SOURCE_TYPES:
+            raise self.fail(f"{key}.type", f"expected one of {', '.join(SOURCE_TYPES)}, got {kind!r}")
+        if kind == "mediawiki":
+            api_url = self.string(raw.get("api_url"), f"{key}.api_url", optional=False)
+            if not re.match(r"^https?://", api_url):
+                raise self.fail(f"{key}.api_url", f"expected an http(s) URL, got {api_url!r}")
+        else:
+            api_url = self.string(raw.get("api_url"), f"{key}.api_url")
+        disc = self.mapping(raw.get("discovery"), f"{key}.discovery", {"links", "categories", "max_depth", "namespaces"})
+        namespaces = disc.get("namespaces", list(defaults.MEDIAWIKI_NAMESPACES))
+        if not isinstance(namespaces, list) or not namespaces:
+            raise self.fail(f"{key}.discovery.namespaces", "expected a non-empty list of namespace numbers")
+        discovery = Discovery(
+            links=self.boolean(disc.get("links", True), f"{key}.discovery.links"),
+            categories=self.boolean(disc.get("categories", False), f"{key}.discovery.categories"),
+            max_depth=self.integer(disc.get("max_depth", defaults.MEDIAWIKI_MAX_DEPTH), f"{key}.discovery.max_depth", low=0),
+            namespaces=tuple(self.integer(n, f"{key}.discovery.namespaces", low=0) for n in namespaces),
+        )
+        seeds = raw.get("seeds") or []
+        if not isinstance(seeds, list):
+            raise self.fail(f"{key}.seeds", "expected a list of strings")
+        recrawl = raw.get("recrawl_after")
+        return Source(
+            name=name,
+            type=kind,
+            api_url=api_url,
+            contact=self.string(raw.get("contact"), f"{key}.contact"),
+            concurrency=self.integer(raw.get("concurrency", defaults.CONCURRENCY_PER_HOST), f"{key}.concurrency", low=1, high=64),
+            delay=self.number(raw.get("delay", defaults.DOWNLOAD_DELAY), f"{key}.delay"),
+            batch_size=self.integer(
+                raw.get("batch_size", defaults.MEDIAWIKI_BATCH_SIZE), f"{key}.batch_size",
+                low=1, high=defaults.MEDIAWIKI_MAX_BATCH_SIZE,
+            ),
+            maxlag=self.integer(raw.get("maxlag", defaults.MEDIAWIKI_MAXLAG), f"{key}.maxlag", low=0),
+            recrawl_after=None if recrawl is None else parse_duration(recrawl, key=f"{key}.recrawl_after", source=self.label),
+            discovery=discovery,
+            seeds=tuple(self.string(s, f"{key}.seeds", optional=False) for s in seeds),
+            options={k: raw[k] for k in http_keys if k in raw},
+        )
+
+
+_SQLSERVER_KEYS = {"host", "port", "database", "user", "driver", "schema", "trust_server_certificate", "encrypt", "conn_str"}

@@ -1,0 +1,1 @@
+"""Database access: one module for connections, one for migrations."""

@@ -1,0 +1,56 @@
+"""Every default value of holocron_scrapy lives here, and nowhere else."""
+
+from __future__ import annotations
+
+# Configuration file -------------------------------------------------------
+CONFIG_ENV = "HOLOCRON_CONFIG"
+CONFIG_PATH = "config/holocron.yaml"
+PACKAGED_CONFIG = "holocron.default.yaml"  # inside holocron_scrapy/resources
+
+# Storage --------------------------------------------------------------------
+LAKE_DIR = "data/lake"
+RECORDS_URL = "sqlite:///data/records.sqlite3"
+RECORDS_BATCH_SIZE = 100
+RECORDS_FLUSH_INTERVAL = 0.5  # seconds an item may wait for its batch to be committed
+
+# Frontier (work_items state table) ------------------------------------------
+STATE_URL = "sqlite:///data/state.sqlite3"
+JOBDIR_STATE_FILE = "frontier.sqlite3"
+FRONTIER_ORDER = "bfs"  # or "dfs"
+FRONTIER_CLAIM_SIZE = 50
+FRONTIER_LEASE_SECONDS = 600.0
+FRONTIER_MAX_ATTEMPTS = 3
+FRONTIER_RETRY_BACKOFF = 30.0  # seconds, doubled per attempt
+FRONTIER_FLUSH_INTERVAL = 0.5  # seconds between flushes of buffered enqueues and acks
+FRONTIER_PROGRESS_INTERVAL = 60.0  # seconds between progress lines; 0 disables
+FRONTIER_FILL_BATCHES = True  # hold a half-empty batch while own requests may still add work
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Politeness ------------------------------------------------------------------
+USER_AGENT_TEMPLATE = "holocron_scrapy/{version} ({contact})"
+CONCURRENCY_PER_HOST = 3
+DOWNLOAD_DELAY = 1.0
+AUTOTHROTTLE_START_DELAY = 1.0
+AUTOTHROTTLE_MAX_DELAY = 60.0
+AUTOTHROTTLE_TARGET_CONCURRENCY = 1.0
+RETRY_TIMES = 5
+RETRY_BACKOFF_BASE = 2.0  # seconds; doubled per retry when Retry-After is absent
+RETRY_BACKOFF_MAX = 300.0
+#: Hosts whose operators require a contact address in the User-Agent.
+CONTACT_REQUIRED_HOST_SUFFIXES = ("wikipedia.org", "wikimedia.org", "wikidata.org")
+
+# MediaWiki -------------------------------------------------------------------
+MEDIAWIKI_BATCH_SIZE = 50
+MEDIAWIKI_MAX_BATCH_SIZE = 50  # the limit for clients without apihighlimits
+MEDIAWIKI_MAXLAG = 5
+MEDIAWIKI_MAX_DEPTH = 1
+MEDIAWIKI_NAMESPACES = (0,)
+MEDIAWIKI_RETRYABLE_ERRORS = (
+    "maxlag",
+    "ratelimited",
+    "readonly",
+    "internal_api_error_DBQueryError",
+    "internal_api_error_DBConnectionError",
+    "internal_api_error_DBQueryTimeoutError",
+    "internal_api_error_Exception",
+)

@@ -1,0 +1,86 @@
+"""Acknowledge work items only after storage.
+
+A claimed request carries the ids (``seq``) of its work items in ``meta["holocron_ids"]``.
+Ownership of an id moves with the request it is handed to (a continuation or a retry),
+or to the item that claims it in its ``work_item_ids`` field. An item's ids are acked when
+the item leaves the pipelines (``item_scraped`` / ``item_dropped``) and failed on
+``item_error``; ids no item or request took are acked when the callback output ends,
+and failed if the callback raised. The frontier is found at ``crawler.holocron_frontier``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from itemadapter import ItemAdapter, is_item
+from scrapy import Request, Spider
+from scrapy.crawler import Crawler
+from scrapy.http import Response
+
+IDS_META = "holocron_ids"
+
+
+def item_ids(item: Any) -> list[int]:
+    """Work item ids claimed by *item* (empty for foreign items)."""
+    if not is_item(item):
+        return []
+    adapter = ItemAdapter(item)
+    if "work_item_ids" not in adapter.field_names():
+        return []
+    return list(adapter.get("work_item_ids") or ())
+
+
+def taken_ids(output: Any) -> set[int]:
+    if isinstance(output, Request):
+        return set(output.meta.get(IDS_META) or ())
+    return set(item_ids(output))
+
+
+class FrontierAckMiddleware:
+    """Spider middleware that acks or fails the ids left over when a callback finishes."""
+
+    def __init__(self, crawler: Crawler):
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> FrontierAckMiddleware:
+        return cls(crawler)
+
+    def _start(self, response: Response) -> tuple[Any, set[int]]:
+        frontier = getattr(self.crawler, "holocron_frontier", None)
+        ids = set(response.meta.get(IDS_META) or ()) if response.request is not None else set()
+        return frontier, ids
+
+    def process_spider_output(
+        self, response: Response, result: Iterable[Any], spider: Spider | None = None
+    ) -> Iterable[Any]:
+        frontier, remaining = self._start(response)
+        if frontier is None or not remaining:
+            yield from result
+            return
+        try:
+            for output in result:
+                remaining -= taken_ids(output)
+                yield output
+        except Exception as exc:
+            frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
+            raise
+        frontier.ack(sorted(remaining))
+
+    async def process_spider_output_async(
+        self, response: Response, result: AsyncIterator[Any], spider: Spider | None = None
+    ) -> AsyncIterator[Any]:
+        frontier, remaining = self._start(response)
+        if frontier is None or not remaining:
+            async for output in result:
+                yield output
+            return
+        try:
+            async for output in result:
+                remaining -= taken_ids(output)
+                yield output
+        except Exception as exc:
+            frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
+            raise
+        frontier.ack(sorted(remaining))

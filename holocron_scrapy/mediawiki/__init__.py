@@ -1,0 +1,1 @@
+"""MediaWiki API client pieces: pure request building (api) and response parsing (parse)."""

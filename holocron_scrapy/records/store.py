@@ -1,0 +1,127 @@
+"""Write IngestRecords rows and run summaries; read the latest hash of a resource.
+
+:class:`SqliteRecordStore` writes the ``ingest_records`` / ``ingest_runs`` tables of a SQLite
+file; the SQL Server twin (``ingest.IngestRecords``) lives in ``records/sqlserver_store.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from typing import Any
+
+from itemadapter import ItemAdapter
+
+from holocron_scrapy.items import INTERNAL_FIELDS, canonical_json
+
+RECORD_COLUMNS = (
+    "ingest_id", "source_system", "source_name", "resource_type", "resource_id", "requested_id", "outcome",
+    "request_uri", "request_method", "request_headers", "status_code", "content_type", "response_headers",
+    "fetched_at_utc", "duration_ms", "hash_sha256", "run_id", "work_item_id", "attempt", "error_message",
+    "lake_path", "payload",
+)
+RUN_COLUMNS = (
+    "run_id", "spider", "source_system", "source_name", "status", "started_at", "finished_at", "duration_s",
+    "pages_stored", "pages_unchanged", "pages_missing", "pages_failed", "requests", "finish_reason", "summary",
+)
+
+
+def format_time(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def item_row(item: Any) -> dict[str, Any]:
+    """The ``ingest_records`` row of an item (JSON columns serialised, times as UTC text)."""
+    data = {k: v for k, v in ItemAdapter(item).items() if k not in INTERNAL_FIELDS}
+    row = {column: data.get(column) for column in RECORD_COLUMNS}
+    row["payload"] = canonical_json(data.get("payload"))
+    for column in ("request_headers", "response_headers"):
+        if row[column] is not None:
+            row[column] = json.dumps(row[column], ensure_ascii=False, sort_keys=True)
+    row["fetched_at_utc"] = format_time(row["fetched_at_utc"])
+    return row
+
+
+class RecordStore(ABC):
+    @abstractmethod
+    def insert(self, rows: list[dict[str, Any]]) -> None:
+        """Insert *rows* in one transaction (all or none)."""
+
+    @abstractmethod
+    def latest_hash(self, source_system: str, source_name: str, resource_type: str, resource_id: str) -> str | None:
+        """Hash of the newest stored record of a resource, or None."""
+
+    @abstractmethod
+    def write_run(self, summary: dict[str, Any]) -> None:
+        """Insert or update the ``ingest_runs`` row of ``summary["run_id"]``."""
+
+    @abstractmethod
+    def count(self, **where: Any) -> int: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SqliteRecordStore(RecordStore):
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def insert(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns = ", ".join(RECORD_COLUMNS)
+        marks = ", ".join("?" for _ in RECORD_COLUMNS)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.executemany(
+                f"INSERT INTO ingest_records ({columns}) VALUES ({marks})",
+                [tuple(row[c] for c in RECORD_COLUMNS) for row in rows],
+            )
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def latest_hash(self, source_system: str, source_name: str, resource_type: str, resource_id: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT hash_sha256 FROM ingest_records WHERE source_system = ? AND source_name = ?"
+            " AND resource_type = ? AND resource_id = ? ORDER BY fetched_at_utc DESC LIMIT 1",
+            (source_system, source_name, resource_type, resource_id),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def write_run(self, summary: dict[str, Any]) -> None:
+        row = {c: format_time(summary.get(c)) for c in RUN_COLUMNS}
+        if not isinstance(row["summary"], (str, type(None))):
+            row["summary"] = json.dumps(row["summary"], ensure_ascii=False, default=str)
+        columns = ", ".join(RUN_COLUMNS)
+        marks = ", ".join("?" for _ in RUN_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS if c != "run_id")
+        self.conn.execute(
+            f"INSERT INTO ingest_runs ({columns}) VALUES ({marks}) ON CONFLICT (run_id) DO UPDATE SET {updates}",
+            tuple(row[c] for c in RUN_COLUMNS),
+        )
+
+    def count(self, **where: Any) -> int:
+        clause = " AND ".join(f"{k} = ?" for k in where) or "1 = 1"
+        return self.conn.execute(f"SELECT COUNT(*) FROM ingest_records WHERE {clause}", tuple(where.values())).fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_record_store(url: str, *, setting: str = "HOLOCRON_RECORDS_URL", sqlserver_config: dict[str, Any] | None = None) -> RecordStore:
+    """Open the records backend named by the store *url* (schema brought up to date)."""
+    from holocron_scrapy.db.connection import SQLITE, open_store, parse_store_url
+
+    parsed = parse_store_url(url, setting=setting)
+    conn = open_store(parsed, sqlserver_config=sqlserver_config)
+    if parsed.dialect == SQLITE:
+        return SqliteRecordStore(conn)
+    from holocron_scrapy.records.sqlserver_store import SqlServerRecordStore
+
+    return SqlServerRecordStore(conn, schema=(sqlserver_config or {}).get("schema", "ingest"))

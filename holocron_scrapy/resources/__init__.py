@@ -1,0 +1,1 @@
+"""Files packaged with holocron_scrapy (read with importlib.resources)."""

@@ -1,0 +1,57 @@
+"""Scrapy settings of holocron_scrapy.
+
+Per-source values (User-Agent contact, concurrency, delay, storage and state URLs) come
+from the YAML config and are applied by the spiders at ``spider`` priority, so ``-s``
+on the command line still wins. Defaults live in :mod:`holocron_scrapy.defaults`.
+"""
+
+from holocron_scrapy import __version__, defaults
+
+BOT_NAME = "holocron_scrapy"
+SPIDER_MODULES = ["holocron_scrapy.spiders"]
+NEWSPIDER_MODULE = "holocron_scrapy.spiders"
+COMMANDS_MODULE = "holocron_scrapy.commands"
+
+USER_AGENT = f"holocron_scrapy/{__version__} (contact not configured)"
+
+# The SQL frontier -----------------------------------------------------------------
+SCHEDULER = "holocron_scrapy.frontier.scheduler.FrontierScheduler"
+DUPEFILTER_CLASS = "holocron_scrapy.frontier.dupefilter.FrontierDupeFilter"
+
+SPIDER_MIDDLEWARES = {
+    # Last to see the callback output (closest to the engine): acks what nothing took.
+    "holocron_scrapy.frontier.acks.FrontierAckMiddleware": 10,
+}
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "holocron_scrapy.middlewares.retry.PoliteRetryMiddleware": 550,
+}
+ITEM_PIPELINES = {
+    "holocron_scrapy.pipelines.changes.ChangeFilterPipeline": 200,
+    "holocron_scrapy.pipelines.lake.JsonLakePipeline": 300,
+    "holocron_scrapy.pipelines.records.IngestRecordsPipeline": 400,
+}
+EXTENSIONS = {
+    "holocron_scrapy.extensions.runs.RunSummary": 500,
+}
+
+# Politeness, on by default ----------------------------------------------------------
+ROBOTSTXT_OBEY = True
+AUTOTHROTTLE_ENABLED = True
+AUTOTHROTTLE_START_DELAY = defaults.AUTOTHROTTLE_START_DELAY
+AUTOTHROTTLE_MAX_DELAY = defaults.AUTOTHROTTLE_MAX_DELAY
+AUTOTHROTTLE_TARGET_CONCURRENCY = defaults.AUTOTHROTTLE_TARGET_CONCURRENCY
+CONCURRENT_REQUESTS_PER_DOMAIN = defaults.CONCURRENCY_PER_HOST
+DOWNLOAD_DELAY = defaults.DOWNLOAD_DELAY
+RETRY_TIMES = defaults.RETRY_TIMES
+RETRY_HTTP_CODES = [429, 500, 502, 503, 504, 522, 524, 408]
+DEFAULT_REQUEST_HEADERS = {
+    "Accept": "application/json, text/html;q=0.9, */*;q=0.8",
+    "Accept-Encoding": "gzip, deflate",
+}
+COMPRESSION_ENABLED = True
+
+LOG_LEVEL = "INFO"
+DEFAULT_DROPITEM_LOG_LEVEL = "DEBUG"
+FEED_EXPORT_ENCODING = "utf-8"
+TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"

@@ -1,0 +1,1 @@
+"""Spiders: ``wikipedia``/``mediawiki`` (MediaWiki Action API) and ``http`` (any website)."""

@@ -1,0 +1,160 @@
+"""What every holocron spider shares: config loading, spider-argument parsing, and the
+per-source settings (User-Agent, politeness, storage and state URLs) applied at
+``spider`` priority before the crawl starts (``-s`` still wins).
+
+Settings read: ``HOLOCRON_CONFIG``, ``HOLOCRON_CONTACT``, ``HOLOCRON_RUN_ID``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from scrapy import Spider
+from scrapy.crawler import Crawler
+
+from holocron_scrapy import __version__, defaults
+from holocron_scrapy.config import Config, Source, load_config
+from holocron_scrapy.errors import ConfigError
+
+
+def new_run_id() -> str:
+    return f"run_{datetime.now(timezone.utc):%Y%m%d_%H%M%S}_{uuid.uuid4().hex[:6]}"
+
+
+def parse_seeds(value: str | None, *, key: str = "seeds") -> list[str]:
+    """``"A|B|C"`` or ``@path`` (one seed per line; blank lines and ``#`` comments skipped)."""
+    if value is None:
+        return []
+    value = value.strip()
+    if value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        try:
+            lines = path.read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            raise ConfigError(f"seeds file {str(path)!r} does not exist", key=key) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read seeds file {str(path)!r}: {exc}", key=key) from exc
+        seeds = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    else:
+        seeds = [part.strip() for part in value.split("|") if part.strip()]
+    if not seeds:
+        raise ConfigError("no seeds given (use -a seeds='A|B' or -a seeds=@file)", key=key)
+    return seeds
+
+
+def parse_int(value: Any, *, key: str, low: int | None = None, high: int | None = None) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"expected an integer, got {value!r}", key=key) from None
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(f"must be {bounds}, got {number}", key=key)
+    return number
+
+
+def parse_bool(value: Any, *, key: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"expected true or false, got {value!r}", key=key)
+
+
+def user_agent(contact: str | None) -> str:
+    return defaults.USER_AGENT_TEMPLATE.format(version=__version__, contact=contact or "contact not configured")
+
+
+def needs_contact(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return any(host == s or host.endswith("." + s) for s in defaults.CONTACT_REQUIRED_HOST_SUFFIXES)
+
+
+class HolocronSpider(Spider):
+    """Base class: subclasses set ``source_type`` and implement :meth:`configure`."""
+
+    source_type = ""
+    default_source: str | None = None
+    run_id: str
+    config: Config
+    source: Source
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> HolocronSpider:
+        settings = crawler.settings
+        config = load_config(settings.get("HOLOCRON_CONFIG"))
+        source = cls.select_source(config, kwargs)
+        options, settings_updates = cls.configure(config, source, kwargs)
+        contact = source.contact or settings.get("HOLOCRON_CONTACT") or config.contact
+        cls.check_contact(source, contact, cls.target_urls(options))
+        run_id = settings.get("HOLOCRON_RUN_ID") or new_run_id()
+        updates: dict[str, Any] = {
+            "USER_AGENT": user_agent(contact),
+            "CONCURRENT_REQUESTS_PER_DOMAIN": source.concurrency,
+            "DOWNLOAD_DELAY": source.delay,
+            "AUTOTHROTTLE_START_DELAY": max(source.delay, 0.1),
+            "HOLOCRON_LAKE_DIR": str(Path(config.lake_dir).expanduser().resolve()),
+            "HOLOCRON_RECORDS_URL": config.records_url,
+            "HOLOCRON_RECORDS_SQLSERVER": config.records_sqlserver,
+            "HOLOCRON_STATE_SQLSERVER": config.state_sqlserver,
+            "HOLOCRON_RUN_ID": run_id,
+            "HOLOCRON_SOURCE_NAME": source.name,
+            "HOLOCRON_SOURCE_SYSTEM": cls.source_system_name(),
+        }
+        if config.state_url:
+            updates["HOLOCRON_STATE_URL"] = config.state_url
+        for key, value in config.frontier.items():
+            updates[f"HOLOCRON_FRONTIER_{key.upper()}"] = value
+        updates.update(settings_updates)
+        for name, value in updates.items():
+            settings.set(name, value, priority="spider")
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider.config = config
+        spider.source = source
+        spider.options = options
+        spider.run_id = settings.get("HOLOCRON_RUN_ID")
+        return spider
+
+    @classmethod
+    def source_system_name(cls) -> str:
+        return cls.source_type
+
+    @classmethod
+    def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:
+        name = kwargs.get("source") or cls.default_source
+        if not name:
+            raise ConfigError(f"no source given: use -a source=NAME (configured: {', '.join(config.sources) or 'none'})", key="source")
+        source = config.source(name)
+        if source.type != cls.source_type:
+            raise ConfigError(
+                f"source {name!r} has type {source.type!r}; the {cls.name!r} spider crawls {cls.source_type!r} sources",
+                key="source",
+                source=config.path,
+            )
+        return source
+
+    @classmethod
+    def configure(cls, config: Config, source: Source, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Validate spider arguments into an options object; return it and extra settings.
+
+        Raises ConfigError on bad input, before any request is made."""
+        raise NotImplementedError
+
+    @classmethod
+    def target_urls(cls, options: Any) -> list[str]:
+        """The URLs the crawl will contact first (checked for the Wikimedia contact rule)."""
+        return []
+
+    @classmethod
+    def check_contact(cls, source: Source, contact: str | None, urls: list[str]) -> None:
+        if not contact and any(needs_contact(u) for u in urls):
+            raise ConfigError(
+                "Wikimedia sites require a contact (e-mail or URL) in the User-Agent; set `contact:` in the"
+                f" config (top level or on source {source.name!r}) or pass -s HOLOCRON_CONTACT=you@example.org",
+                key="contact",
+            )

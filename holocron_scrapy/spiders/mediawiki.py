@@ -1,0 +1,308 @@
+"""Crawl a MediaWiki through its Action API: pages, their links and (optionally) categories.
+
+Each title is one work item in the frontier; the frontier hands out up to ``batch_size``
+titles at a time and :meth:`MediaWikiSpider.build_batch_request` turns them into one
+``action=query``. Continuations belong to the batch; when the last part is merged every
+requested title yields one record (or shares the record of the page it redirects to).
+
+Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``api_url``, ``max_depth``,
+``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from scrapy import Request
+from scrapy.http import Response
+from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.python.failure import Failure
+
+from holocron_scrapy import defaults
+from holocron_scrapy.config import Config, Source
+from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.frontier.keys import resource_meta
+from holocron_scrapy.frontier.scheduler import ATTEMPT_META, BATCH_META, BATCH_SIZE_META, IDS_META, STATUS_META, WORK_ITEM_META
+from holocron_scrapy.items import FAILED, OK, IngestItem
+from holocron_scrapy.mediawiki import api
+from holocron_scrapy.mediawiki.errors import ApiError
+from holocron_scrapy.mediawiki.parse import Accumulator, MalformedResponse, merge_query, page_categories, page_links, resolve
+from holocron_scrapy.middlewares.retry import MEDIAWIKI_META
+from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds
+
+SOURCE_SYSTEM = "mediawiki"
+RESOURCE_TYPE = "page"
+_DISCOVER = {"links": (True, False), "categories": (False, True), "both": (True, True), "none": (False, False)}
+
+
+@dataclass(frozen=True)
+class MediaWikiOptions:
+    source_name: str
+    api_url: str
+    seeds: tuple[str, ...]
+    max_depth: int
+    follow_links: bool
+    follow_categories: bool
+    namespaces: tuple[int, ...]
+    batch_size: int
+    maxlag: int
+
+
+def parse_namespaces(value: str, *, key: str = "namespaces") -> tuple[int, ...]:
+    parts = [p for p in str(value).replace(",", "|").split("|") if p.strip()]
+    if not parts:
+        raise ConfigError("expected namespace numbers such as 0 or 0|14", key=key)
+    return tuple(sorted({parse_int(p, key=key, low=0) for p in parts}))
+
+
+def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOptions:
+    """Merge the source's config with ``-a`` arguments, validating every value."""
+    seeds = parse_seeds(kwargs["seeds"]) if "seeds" in kwargs else list(source.seeds)
+    if not seeds:
+        raise ConfigError(f"no seeds: pass -a seeds='A|B' or set seeds on source {source.name!r}", key="seeds")
+    api_url = kwargs.get("api_url") or source.api_url
+    parts = urlsplit(api_url or "")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"expected an http(s) URL of api.php, got {api_url!r}", key="api_url")
+    if "discover" in kwargs:
+        choice = str(kwargs["discover"]).strip().lower()
+        if choice not in _DISCOVER:
+            raise ConfigError(f"expected one of {', '.join(_DISCOVER)}, got {choice!r}", key="discover")
+        links, categories = _DISCOVER[choice]
+    else:
+        links, categories = source.discovery.links, source.discovery.categories
+    return MediaWikiOptions(
+        source_name=source.name,
+        api_url=api_url,
+        seeds=tuple(dict.fromkeys(api.normalize_title(s) for s in seeds if api.normalize_title(s))),
+        max_depth=parse_int(kwargs.get("max_depth", source.discovery.max_depth), key="max_depth", low=0),
+        follow_links=links,
+        follow_categories=categories,
+        namespaces=parse_namespaces(kwargs["namespaces"]) if "namespaces" in kwargs else source.discovery.namespaces,
+        batch_size=parse_int(
+            kwargs.get("batch_size", source.batch_size), key="batch_size", low=1, high=defaults.MEDIAWIKI_MAX_BATCH_SIZE
+        ),
+        maxlag=source.maxlag,
+    )
+
+
+class MediaWikiSpider(HolocronSpider):
+    """``scrapy crawl mediawiki -a source=NAME``: any MediaWiki source in the config."""
+
+    name = "mediawiki"
+    source_type = "mediawiki"
+    options: MediaWikiOptions
+    custom_settings = {"ROBOTSTXT_OBEY": False}  # an API client, as pywikibot; etiquette via maxlag
+
+    @classmethod
+    def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:
+        name = kwargs.get("source") or cls.default_source
+        if name and name not in config.sources and kwargs.get("api_url"):
+            return Source(name=name, type="mediawiki", api_url=kwargs["api_url"])  # ad-hoc wiki
+        return super().select_source(config, kwargs)
+
+    @classmethod
+    def configure(cls, config: Config, source: Source, kwargs: dict[str, Any]) -> tuple[MediaWikiOptions, dict[str, Any]]:
+        options = mediawiki_options(source, kwargs)
+        return options, {"CONCURRENT_REQUESTS": source.concurrency, "HOLOCRON_FRONTIER_CLAIM_SIZE": options.batch_size}
+
+    @classmethod
+    def target_urls(cls, options: MediaWikiOptions) -> list[str]:
+        return [options.api_url]
+
+    # -- requests ------------------------------------------------------------------------
+    async def start(self) -> AsyncIterator[Request]:
+        for title in self.options.seeds:
+            yield self.title_request(title, depth=0)
+
+    def title_request(self, title: str, *, depth: int, discovered_from: str | None = None, known: bool = False) -> Request:
+        """The per-title request the frontier stores; batched by :meth:`build_batch_request`."""
+        meta = {
+            "holocron": resource_meta(
+                SOURCE_SYSTEM, self.options.source_name, RESOURCE_TYPE, title, depth=depth, discovered_from=discovered_from
+            ),
+            BATCH_META: self.options.api_url,
+            BATCH_SIZE_META: self.options.batch_size,
+        }
+        if known:
+            meta[STATUS_META] = "completed"
+        return Request(
+            api.title_url(self.options.api_url, title),
+            callback=self.parse_batch,
+            errback=self.errback_batch,
+            meta=meta,
+        )
+
+    def build_batch_request(self, requests: list[Request]) -> Request:
+        """One ``action=query`` for the titles of several claimed per-title requests."""
+        titles = [
+            {
+                "title": r.meta["holocron"]["resource_id"],
+                "depth": r.meta["holocron"].get("depth", 0),
+                "ids": list(r.meta.get(IDS_META, ())),
+                "attempt": r.meta.get(ATTEMPT_META, 1),
+                "work_item_id": r.meta.get(WORK_ITEM_META),
+            }
+            for r in requests
+        ]
+        return self._query_request(titles, continuation=None, acc=None)
+
+    def _query_request(
+        self, titles: list[dict[str, Any]], *, continuation: dict | None, acc: dict | None, first_url: str | None = None
+    ) -> Request:
+        params = api.query_params(
+            sorted(t["title"] for t in titles),
+            namespaces=self.options.namespaces,
+            maxlag=self.options.maxlag,
+            continuation=continuation,
+        )
+        url = api.api_url(self.options.api_url, params)
+        first_url = first_url or url
+        return Request(
+            url,
+            callback=self.parse_batch,
+            errback=self.errback_batch,
+            meta={
+                MEDIAWIKI_META: True,
+                "mw_titles": titles,
+                "mw_acc": acc,
+                "mw_first_url": first_url,
+                IDS_META: [i for t in titles for i in t["ids"]],
+            },
+            dont_filter=True,
+        )
+
+    # -- responses -----------------------------------------------------------------------
+    def parse_batch(self, response: Response) -> Iterator[Any]:
+        titles = response.meta["mw_titles"]
+        acc = Accumulator.from_dict(response.meta.get("mw_acc"))
+        try:
+            body = json.loads(response.body)
+            continuation = merge_query(acc, body)
+        except ApiError as exc:
+            self.crawler.stats.inc_value(f"mediawiki/api_error/{exc.code}")
+            yield from self.failure_items(titles, response, str(exc), retryable=exc.retryable, payload=body)
+            return
+        except (ValueError, MalformedResponse) as exc:
+            yield from self.failure_items(
+                titles, response, f"not a MediaWiki query answer: {exc}", retryable=False,
+                payload={"body_prefix": response.text[:2000] if hasattr(response, "text") else repr(response.body[:2000])},
+            )
+            return
+        if continuation:
+            self.crawler.stats.inc_value("mediawiki/continuations")
+            yield self._query_request(
+                titles, continuation=continuation, acc=acc.to_dict(), first_url=response.meta.get("mw_first_url")
+            )
+            return
+        yield from self.batch_output(titles, acc, response)
+
+    def batch_output(self, titles: list[dict[str, Any]], acc: Accumulator, response: Response) -> Iterator[Any]:
+        groups: dict[tuple[str, str], list[tuple[dict[str, Any], Any]]] = {}
+        for entry in titles:
+            resolution = resolve(acc, entry["title"])
+            groups.setdefault((resolution.outcome, resolution.title), []).append((entry, resolution))
+        latency = response.meta.get("download_latency")
+        for (outcome, title), members in groups.items():
+            entries = [m[0] for m in members]
+            depth = min(e["depth"] for e in entries)
+            direct = next((e for e in entries if e["title"] == title), entries[0])
+            page = members[0][1].page
+            self.crawler.stats.inc_value(f"mediawiki/pages/{outcome}")
+            yield IngestItem(
+                source_system=SOURCE_SYSTEM,
+                source_name=self.options.source_name,
+                resource_type=RESOURCE_TYPE,
+                resource_id=title,
+                requested_id=direct["title"],
+                outcome=outcome,
+                payload=page,
+                request_uri=response.meta.get("mw_first_url") or response.url,
+                status_code=response.status,
+                content_type=_header(response, b"Content-Type"),
+                duration_ms=None if latency is None else int(latency * 1000),
+                run_id=self.run_id,
+                attempt=max(e["attempt"] for e in entries),
+                depth=depth,
+                work_item_id=direct.get("work_item_id"),
+                work_item_ids=[i for e in entries for i in e["ids"]],
+                context={
+                    "requested_titles": [e["title"] for e in entries],
+                    "resolution": [list(m[1].chain) for m in members],
+                    "api_parts": acc.parts,
+                    "api_url": self.options.api_url,
+                },
+            )
+            if outcome != OK:
+                continue
+            if title not in {e["title"] for e in entries}:
+                yield self.title_request(title, depth=depth, known=True)  # a redirect target: don't fetch again
+            if depth < self.options.max_depth:
+                yield from self.discovered(page, depth + 1, title)
+
+    def discovered(self, page: dict[str, Any], depth: int, parent: str) -> Iterator[Request]:
+        found: list[str] = []
+        if self.options.follow_links:
+            found.extend(page_links(page, self.options.namespaces))
+        if self.options.follow_categories:
+            found.extend(page_categories(page))
+        for title in dict.fromkeys(found):
+            yield self.title_request(title, depth=depth, discovered_from=parent)
+
+    def failure_items(
+        self, titles: list[dict[str, Any]], response: Response | None, error: str, *, retryable: bool,
+        payload: Any = None, status: int | None = None, url: str | None = None,
+    ) -> Iterator[IngestItem]:
+        for entry in titles:
+            self.crawler.stats.inc_value("mediawiki/pages/failed")
+            yield IngestItem(
+                source_system=SOURCE_SYSTEM,
+                source_name=self.options.source_name,
+                resource_type=RESOURCE_TYPE,
+                resource_id=entry["title"],
+                requested_id=entry["title"],
+                outcome=FAILED,
+                payload=payload if payload is not None else {"error": error},
+                request_uri=url or (response.url if response is not None else self.options.api_url),
+                status_code=status if status is not None else (response.status if response is not None else None),
+                run_id=self.run_id,
+                attempt=entry["attempt"],
+                depth=entry["depth"],
+                error_message=error,
+                retryable=retryable,
+                work_item_id=entry.get("work_item_id"),
+                work_item_ids=list(entry["ids"]),
+            )
+
+    def errback_batch(self, failure: Failure) -> Iterator[IngestItem]:
+        request = failure.request
+        titles = request.meta.get("mw_titles")
+        if titles is None:  # a per-title request that was never batched (no frontier)
+            info = request.meta["holocron"]
+            titles = [{"title": info["resource_id"], "depth": info.get("depth", 0), "ids": list(request.meta.get(IDS_META, ())), "attempt": 1}]
+        status = None
+        retryable = True
+        if failure.check(HttpError):
+            status = failure.value.response.status
+            retryable = status >= 500 or status == 429
+        self.logger.warning("Batch of %d titles failed: %s", len(titles), failure.getErrorMessage())
+        yield from self.failure_items(
+            titles, None, f"{failure.type.__name__}: {failure.getErrorMessage()}", retryable=retryable,
+            status=status, url=request.url,
+        )
+
+
+class WikipediaSpider(MediaWikiSpider):
+    """``scrapy crawl wikipedia``: the ``wikipedia`` source of the config."""
+
+    name = "wikipedia"
+    default_source = "wikipedia"
+
+
+def _header(response: Response, name: bytes) -> str | None:
+    value = response.headers.get(name)
+    return value.decode("latin-1") if value else None
