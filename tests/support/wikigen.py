@@ -48,6 +48,7 @@ MediaWiki 1.39 behaviours verified against the real API and encoded here:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -610,7 +611,8 @@ class _Builder:
     def _add(self, page: Page) -> None:
         assert page.title not in self.pages, page.title
         assert normalize_title(page.title) == page.title, page.title
-        self.pages[page.title] = page
+        # Saving through MediaWiki strips trailing whitespace; keep imported text alike.
+        self.pages[page.title] = dataclasses.replace(page, text=page.text.rstrip())
 
     def _article(
         self,
@@ -783,8 +785,10 @@ class _Builder:
                         "\nSee [[Special:Random]], [[wikipedia:Star Wars]], [[#Overview]], "
                         f"[[{title}]] and [[{title}#History|its history]].\n"
                     )
+                self_links: list[str] = [title] if extra else []  # [[self#History]] is recorded
                 if title == "Han's Blaster":
                     links += ["Mos eisley cantina", "Tokyo Base", "AT-AT Walker", "Who Shot First?"]
+                    extra = f"\nA plain self-link is not recorded: [[{title}]].\n"
                 if title == tiers[1][7]:
                     links.append("Hub Beta")
                 if title == tiers[3][0]:
@@ -798,7 +802,7 @@ class _Builder:
                     links,
                     tier=tier_index,
                     extra_text=extra,
-                    extra_links=[title] if extra else [],  # [[self#History]] is recorded
+                    extra_links=self_links,
                     stub=rng.chance(0.12),
                     categories=cats,
                 )

@@ -1,0 +1,100 @@
+"""``scrapy frontier stats|retry-failed|recrawl|release-leases``: inspect and steer the frontier.
+
+The state URL is ``--url``, else the ``HOLOCRON_STATE_URL`` setting, else ``state.url`` of the
+config chosen by ``HOLOCRON_CONFIG``, else ``JOBDIR``/frontier.sqlite3, else the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
+
+from holocron_scrapy.config import load_config, parse_duration
+from holocron_scrapy.errors import HolocronError
+from holocron_scrapy.frontier.scheduler import state_url_from_settings
+from holocron_scrapy.frontier.store import STATUSES, WorkItemStore, open_work_item_store
+
+ACTIONS = ("stats", "retry-failed", "recrawl", "release-leases")
+
+
+class Command(ScrapyCommand):
+    requires_project = False
+    requires_crawler_process = False
+    default_settings = {"LOG_LEVEL": "WARNING"}
+
+    def syntax(self) -> str:
+        return "stats [--json] | retry-failed [--source NAME] | recrawl --source NAME [--older-than 30d] | release-leases"
+
+    def short_desc(self) -> str:
+        return "Show or steer the SQL frontier (work_items)"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        group = parser.add_argument_group(title="Frontier options")
+        group.add_argument("--url", metavar="URL", help="state URL (default: HOLOCRON_STATE_URL, then the config)")
+        group.add_argument("--json", action="store_true", help="stats: print JSON")
+        group.add_argument("--source", metavar="NAME", help="limit to one source")
+        group.add_argument("--older-than", metavar="AGE", help="recrawl: only items completed before AGE ago (30d)")
+
+    def state_url(self, opts: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+        if opts.url:
+            return opts.url, {}
+        settings = self.settings
+        if settings.get("HOLOCRON_STATE_URL"):
+            return settings["HOLOCRON_STATE_URL"], settings.getdict("HOLOCRON_STATE_SQLSERVER")
+        config = load_config(settings.get("HOLOCRON_CONFIG"))
+        if config.state_url:
+            return config.state_url, config.state_sqlserver
+        return state_url_from_settings(settings), config.state_sqlserver
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        if len(args) != 1 or args[0] not in ACTIONS:
+            raise UsageError(f"expected one of: {', '.join(ACTIONS)}")
+        try:
+            url, sqlserver = self.state_url(opts)
+            store = open_work_item_store(url, sqlserver_config=sqlserver)
+        except HolocronError as exc:
+            print(f"frontier: {exc}", file=sys.stderr)
+            self.exitcode = 1
+            return
+        try:
+            self.exitcode = getattr(self, "do_" + args[0].replace("-", "_"))(store, opts)
+        finally:
+            store.close()
+
+    def do_stats(self, store: WorkItemStore, opts: argparse.Namespace) -> int:
+        counts = store.counts()
+        if opts.source:
+            counts = {k: v for k, v in counts.items() if k == opts.source}
+        report = {"sources": counts, "oldest_lease": store.oldest_lease(), "failure_reasons": store.failure_reasons()}
+        if opts.json:
+            print(json.dumps(report, indent=2, default=str))
+            return 0
+        print(f"{'source':<24}" + "".join(f"{s:>13}" for s in STATUSES))
+        for source, per_status in sorted(counts.items()):
+            print(f"{source:<24}" + "".join(f"{per_status.get(s, 0):>13}" for s in STATUSES))
+        lease = report["oldest_lease"]
+        print("oldest lease: " + (f"{lease['dedupe_key']} by {lease['lease_owner']} until {lease['lease_expires_at']}" if lease else "none"))
+        for message, count in report["failure_reasons"]:
+            print(f"failed x{count}: {message}")
+        return 0
+
+    def do_retry_failed(self, store: WorkItemStore, opts: argparse.Namespace) -> int:
+        print(f"{store.retry_failed(opts.source)} failed items back to pending")
+        return 0
+
+    def do_recrawl(self, store: WorkItemStore, opts: argparse.Namespace) -> int:
+        if not opts.source:
+            raise UsageError("recrawl needs --source NAME")
+        older = parse_duration(opts.older_than, key="--older-than") if opts.older_than else None
+        print(f"{store.recrawl(opts.source, older)} completed items of {opts.source} back to pending")
+        return 0
+
+    def do_release_leases(self, store: WorkItemStore, opts: argparse.Namespace) -> int:
+        print(f"{store.release_leases()} leased items back to pending")
+        return 0

@@ -1,0 +1,155 @@
+"""holocron_scrapy.frontier.scheduler: enqueue, claim, batching, acks and order modes."""
+
+from __future__ import annotations
+
+import pytest
+from scrapy import Request, Spider
+from scrapy.utils.test import get_crawler
+
+from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.frontier.keys import resource_meta
+from holocron_scrapy.frontier.scheduler import BATCH_META, BATCH_SIZE_META, IDS_META, FrontierScheduler
+from holocron_scrapy.items import FAILED, IngestItem
+
+
+class PageSpider(Spider):
+    name = "pages"
+
+    def parse(self, response):
+        pass
+
+
+class BatchSpider(PageSpider):
+    name = "batches"
+
+    def build_batch_request(self, requests):
+        titles = [r.meta["holocron"]["resource_id"] for r in requests]
+        return Request("https://w/api.php?titles=" + "|".join(titles), meta={"titles": titles}, dont_filter=True)
+
+
+def page(title: str, depth: int = 0, priority: int = 0, batch: bool = False) -> Request:
+    meta = {"holocron": resource_meta("mediawiki", "w", "page", title, depth=depth)}
+    if batch:
+        meta.update({BATCH_META: "https://w/api.php", BATCH_SIZE_META: 2})
+    return Request(f"https://w/{title}", meta=meta, priority=priority)
+
+
+def make(tmp_path, spidercls=PageSpider, **settings):
+    crawler = get_crawler(
+        spidercls,
+        {
+            "HOLOCRON_STATE_URL": f"sqlite:///{tmp_path / 'f.sqlite3'}",
+            "DUPEFILTER_CLASS": "holocron_scrapy.frontier.dupefilter.FrontierDupeFilter",
+            "HOLOCRON_FRONTIER_FLUSH_INTERVAL": 0,
+            **settings,
+        },
+    )
+    crawler.spider = spidercls()
+    scheduler = FrontierScheduler.from_crawler(crawler)
+    scheduler.open(crawler.spider)
+    return crawler, scheduler
+
+
+def drain(scheduler) -> list[Request]:
+    out = []
+    while (request := scheduler.next_request()) is not None:
+        out.append(request)
+    return out
+
+
+def test_enqueue_dedupes_and_hands_out_with_ids(tmp_path):
+    crawler, s = make(tmp_path)
+    assert s.enqueue_request(page("A"))
+    assert not s.enqueue_request(page("A"))  # same resource: filtered
+    assert s.enqueue_request(page("B"))
+    assert s.has_pending_requests()
+    got = drain(s)
+    assert [r.url for r in got] == ["https://w/A", "https://w/B"]
+    assert all(len(r.meta[IDS_META]) == 1 for r in got)
+    s.ack(got[0].meta[IDS_META])
+    s.fail(got[1].meta[IDS_META], "HTTP 404", retryable=False)
+    s.flush()
+    assert s.store.counts()["w"] == {"pending": 0, "in_progress": 0, "completed": 1, "failed": 1}
+    assert not s.has_pending_requests()
+    assert crawler.stats.get_value("frontier/filtered") == 1
+    s.close("finished")
+
+
+def test_requests_that_own_ids_stay_in_memory(tmp_path):
+    _, s = make(tmp_path)
+    s.enqueue_request(page("A"))
+    (first,) = drain(s)
+    continuation = first.replace(url="https://w/A?continue=1")
+    assert s.enqueue_request(continuation)
+    assert s.next_request() is continuation
+    assert s.store.counts()["w"]["in_progress"] == 1
+    s.close("finished")
+
+
+def test_batches_are_merged_by_the_spider(tmp_path):
+    _, s = make(tmp_path, BatchSpider, HOLOCRON_FRONTIER_FILL_BATCHES=False)
+    for title in "ABC":
+        s.enqueue_request(page(title, batch=True))
+    got = drain(s)
+    assert [r.meta["titles"] for r in got] == [["A", "B"], ["C"]]
+    assert [len(r.meta[IDS_META]) for r in got] == [2, 1]
+    s.close("finished")
+
+
+def test_item_signals_ack_and_fail(tmp_path):
+    crawler, s = make(tmp_path)
+    s.enqueue_request(page("A"))
+    s.enqueue_request(page("B"))
+    a, b = drain(s)
+    ok = IngestItem("mediawiki", "w", "page", "A", "u", {}, work_item_ids=a.meta[IDS_META])
+    bad = IngestItem("mediawiki", "w", "page", "B", "u", {}, outcome=FAILED, error_message="gone",
+                     work_item_ids=b.meta[IDS_META])
+    s._item_done(ok)
+    s._item_done(bad)
+    s.flush()
+    assert s.store.get("mediawiki:w:page:A")["status"] == "completed"
+    row = s.store.get("mediawiki:w:page:B")
+    assert row["status"] == "failed" and row["error_message"] == "gone"
+    s.close("finished")
+
+
+@pytest.mark.parametrize(("order", "expected"), [("bfs", ["root", "d1", "d2"]), ("dfs", ["d2", "d1", "root"])])
+def test_order_modes(tmp_path, order, expected):
+    _, s = make(tmp_path, HOLOCRON_FRONTIER_ORDER=order)
+    s.enqueue_request(page("root", 0))
+    s.enqueue_request(page("d1", 1))
+    s.enqueue_request(page("d2", 2))
+    assert [r.meta["holocron"]["resource_id"] for r in drain(s)] == expected
+    s.close("finished")
+
+
+def test_priority_comes_before_depth(tmp_path):
+    _, s = make(tmp_path)
+    s.enqueue_request(page("shallow", 0))
+    s.enqueue_request(page("urgent", 3, priority=10))
+    assert [r.meta["holocron"]["resource_id"] for r in drain(s)] == ["urgent", "shallow"]
+    s.close("finished")
+
+
+def test_close_gives_unsent_and_inflight_items_back(tmp_path):
+    _, s = make(tmp_path, HOLOCRON_FRONTIER_CLAIM_SIZE=10)
+    for title in "ABC":
+        s.enqueue_request(page(title))
+    s.next_request()  # A is "in flight", B and C claimed but unsent
+    s.close("shutdown")
+    _, again = make(tmp_path)
+    assert again.store.counts()["w"]["pending"] == 3
+    assert [r.meta["holocron"]["resource_id"] for r in drain(again)] == ["A", "B", "C"]
+    again.close("finished")
+
+
+def test_bad_order_setting_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="HOLOCRON_FRONTIER_ORDER"):
+        make(tmp_path, HOLOCRON_FRONTIER_ORDER="random")
+
+
+def test_jobdir_holds_the_frontier_without_a_state_url(tmp_path):
+    from holocron_scrapy.frontier.scheduler import state_url_from_settings
+
+    assert state_url_from_settings({"JOBDIR": str(tmp_path / "job")}) == f"sqlite:///{tmp_path / 'job' / 'frontier.sqlite3'}"
+    assert state_url_from_settings({"JOBDIR": "x", "HOLOCRON_STATE_URL": "sqlite:///y"}) == "sqlite:///y"

@@ -1,0 +1,244 @@
+"""Offline checks of every T-SQL statement: the migration files in sql/*.sql and the
+strings that holocron_scrapy.db.sqlserver / .migrations execute.
+
+Each statement must parse with sqlfluff (dialect tsql, no unparsable segment) and with
+sqlglot (read="tsql", no fallback to an unparsed ``Command``). The files must also mirror
+the SQLite schema column by column, stay idempotent (no DROP, every batch guarded by IF),
+name the schema only as ``[ingest]`` and keep index keys within SQL Server's size limits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlfluff
+import sqlglot
+from sqlglot import exp
+
+from holocron_scrapy.db import migrations, sqlserver
+from holocron_scrapy.db.migrations import MigrationRunner, split_go_batches, strip_comments
+
+ROOT = Path(__file__).resolve().parents[1]
+TSQL_FILES = sorted((ROOT / "sql").glob("[0-9][0-9][0-9][0-9]_*.sql"))
+SQLITE_TWIN = {"IngestRecords": "ingest_records"}
+
+
+def _batches() -> list[tuple[str, str]]:
+    found = []
+    for path in TSQL_FILES:
+        for number, batch in enumerate(split_go_batches(path.read_text("utf-8")), 1):
+            found.append((f"{path.name}#{number}", batch))
+    return found
+
+
+def _dynamic_sql(batch: str) -> list[str]:
+    """The N'...' strings handed to sp_executesql (dynamic DDL)."""
+    return [m.group(1).replace("''", "'") for m in re.finditer(r"sp_executesql\s+N'((?:[^']|'')*)'", batch)]
+
+
+def _code_statements() -> list[tuple[str, str]]:
+    statements = {**migrations.tsql_statements(), **sqlserver.tsql_statements()}
+    return sorted(statements.items())
+
+
+def _with_parameters(sql: str) -> str:
+    """Replace pyodbc ``?`` markers by T-SQL variables so the parsers see valid T-SQL."""
+    counter = iter(range(1, 1000))
+    return re.sub(r"\?", lambda _m: f"@p{next(counter)}", sql)
+
+
+BATCHES = _batches()
+CODE = _code_statements()
+DYNAMIC = [(f"{name}:dynamic{i}", text) for name, batch in BATCHES for i, text in enumerate(_dynamic_sql(batch), 1)]
+
+
+def assert_sqlfluff_parses(sql: str) -> None:
+    try:
+        tree = sqlfluff.parse(sql, dialect="tsql")
+    except sqlfluff.api.APIParsingError as exc:  # unparsable segment
+        pytest.fail(f"sqlfluff (tsql) cannot parse:\n{sql}\n{exc}")
+    text = json.dumps(tree)
+    assert "unparsable" not in text, sql
+
+
+def assert_sqlglot_parses(sql: str) -> None:
+    try:
+        trees = sqlglot.parse(sql, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)
+    except sqlglot.errors.ParseError as exc:
+        pytest.fail(f"sqlglot (tsql) cannot parse:\n{sql}\n{exc}")
+    fallbacks = [node.sql("tsql")[:80] for tree in trees if tree for node in tree.find_all(exp.Command)]
+    assert not fallbacks, f"sqlglot fell back to an unparsed Command for: {fallbacks}"
+
+
+def test_migration_files_exist():
+    assert [p.name for p in TSQL_FILES] == [
+        "0001_create_schema.sql", "0002_create_tables.sql", "0003_indexes_constraints.sql",
+    ]
+    assert len(BATCHES) >= 16 and DYNAMIC, "expected one GO batch per object and dynamic CREATE SCHEMA"
+
+
+@pytest.mark.parametrize(("name", "sql"), BATCHES + DYNAMIC, ids=[n for n, _ in BATCHES + DYNAMIC])
+def test_migration_batch_parses_with_sqlfluff(name, sql):
+    assert_sqlfluff_parses(sql)
+
+
+@pytest.mark.parametrize(("name", "sql"), BATCHES + DYNAMIC, ids=[n for n, _ in BATCHES + DYNAMIC])
+def test_migration_batch_parses_with_sqlglot(name, sql):
+    assert_sqlglot_parses(sql)
+
+
+@pytest.mark.parametrize(("name", "sql"), CODE, ids=[n for n, _ in CODE])
+def test_code_statement_parses_with_sqlfluff(name, sql):
+    assert_sqlfluff_parses(_with_parameters(sql))
+
+
+@pytest.mark.parametrize(("name", "sql"), CODE, ids=[n for n, _ in CODE])
+def test_code_statement_parses_with_sqlglot(name, sql):
+    assert_sqlglot_parses(_with_parameters(sql))
+
+
+def test_code_statements_with_a_custom_schema_parse():
+    for sql in migrations.tsql_statements("crawl_2").values():
+        assert "[ingest]" not in sql
+        assert_sqlglot_parses(_with_parameters(sql))
+
+
+def test_substituted_batches_parse():
+    runner = MigrationRunner(None, "sqlserver", schema="crawl_2")
+    for migration in runner.migrations():
+        for batch in runner.statements(migration):
+            assert "[ingest]" not in batch
+            assert_sqlglot_parses(batch)
+
+
+def test_portable_smoketest_statements_parse_as_sqlite_too():
+    for template in (sqlserver.SMOKETEST_INSERT, sqlserver.SMOKETEST_SELECT,
+                     sqlserver.SMOKETEST_UPDATE, sqlserver.SMOKETEST_DELETE):
+        sqlglot.parse_one(template.format(table="work_items"), read="sqlite")
+
+
+# -- conventions -------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", TSQL_FILES, ids=[p.name for p in TSQL_FILES])
+def test_no_drop_and_schema_only_as_placeholder(path):
+    code = strip_comments(path.read_text("utf-8"))
+    assert not re.search(r"\bDROP\b", code, re.IGNORECASE)
+    assert not re.search(r"\bTRUNCATE\b", code, re.IGNORECASE)
+    rest = code.replace("[ingest]", "")
+    assert not re.search(r"\bingest\b", rest, re.IGNORECASE), "write the schema as [ingest] only"
+    assert not re.search(r"\bdbo\.", rest, re.IGNORECASE)
+
+
+@pytest.mark.parametrize(("name", "sql"), BATCHES, ids=[n for n, _ in BATCHES])
+def test_every_batch_is_guarded(name, sql):
+    code = strip_comments(sql).strip()
+    assert re.match(r"IF\s+(NOT\s+EXISTS|OBJECT_ID)\b", code, re.IGNORECASE), f"{name} is not idempotent"
+
+
+# -- mirror of the SQLite schema -----------------------------------------------------------
+def _tsql_tables() -> dict[str, list[tuple[str, str, bool]]]:
+    """table -> [(column, type, not_null)] from the CREATE TABLE statements."""
+    tables: dict[str, list[tuple[str, str, bool]]] = {}
+    for _name, batch in BATCHES:
+        for tree in sqlglot.parse(batch, read="tsql"):
+            for create in tree.find_all(exp.Create):
+                if create.kind != "TABLE":
+                    continue
+                schema = create.this
+                table = schema.this.name
+                columns = []
+                for column in schema.expressions:
+                    if isinstance(column, exp.ColumnDef):
+                        not_null = any(
+                            isinstance(c.kind, exp.NotNullColumnConstraint) and not c.kind.args.get("allow_null")
+                            for c in column.constraints
+                        )
+                        columns.append((column.name, column.kind.sql("tsql"), not_null))
+                tables[table] = columns
+    return tables
+
+
+def _sqlite_tables() -> dict[str, list[tuple[str, bool]]]:
+    conn = sqlite3.connect(":memory:")
+    MigrationRunner(conn, "sqlite").apply()
+    query = "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'schema_migrations'"
+    names = [r[0] for r in conn.execute(query)]
+    # INTEGER PRIMARY KEY (seq) is implicitly NOT NULL in SQLite
+    return {
+        name: [(r[1], bool(r[3]) or bool(r[5])) for r in conn.execute(f"PRAGMA table_info({name})")]
+        for name in names
+    }
+
+
+def test_tables_mirror_sqlite_column_by_column():
+    tsql, lite = _tsql_tables(), _sqlite_tables()
+    assert sorted(SQLITE_TWIN.get(t, t) for t in tsql) == sorted(lite)
+    for table, columns in tsql.items():
+        twin = lite[SQLITE_TWIN.get(table, table)]
+        assert [c[0] for c in columns] == [c[0] for c in twin], table
+        assert [c[2] for c in columns] == [c[1] for c in twin], f"{table}: NULL / NOT NULL differ"
+
+
+def test_column_types_follow_the_conventions():
+    for table, columns in _tsql_tables().items():
+        for name, kind, _ in columns:
+            if name.endswith("_at") or name == "fetched_at_utc":
+                assert kind == "DATETIME2(6)", f"{table}.{name}"
+            if name in ("request_headers", "request_body", "metadata", "response_headers", "payload", "summary"):
+                assert kind == "NVARCHAR(MAX)", f"{table}.{name}"
+            assert not kind.startswith(("VARCHAR", "TEXT", "NTEXT", "DATETIME(", "DATETIME ")), f"{table}.{name}"
+    work_items = {name: kind for name, kind, _ in _tsql_tables()["work_items"]}
+    assert work_items["seq"] == "BIGINT"
+    assert work_items["work_item_id"] == "NVARCHAR(36)"
+    assert work_items["dedupe_key"] == "NVARCHAR(850)"
+
+
+def test_indexes_mirror_sqlite():
+    conn = sqlite3.connect(":memory:")
+    MigrationRunner(conn, "sqlite").apply()
+    lite = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    text = "\n".join(batch for _n, batch in BATCHES)
+    tsql = set(re.findall(r"CREATE\s+(?:UNIQUE\s+)?(?:NONCLUSTERED\s+|CLUSTERED\s+)?INDEX\s+(\w+)", text))
+    assert lite <= tsql, f"missing on SQL Server: {sorted(lite - tsql)}"
+    assert re.search(r"ix_work_items_dequeue\s+ON \[ingest\]\.\[work_items\] \(status, priority DESC, seq\)", text)
+    assert re.search(r"UNIQUE NONCLUSTERED INDEX ix_work_items_dedupe\s+ON \[ingest\]\.\[work_items\] \(dedupe_key\)",
+                     text)
+    assert re.search(r"ix_work_items_leases[^;]*WHERE status = N'in_progress'", text)
+    assert re.search(r"CHECK \(ISJSON\(payload\) = 1\)", text)
+    assert "sys.check_constraints" in text
+
+
+_BYTES = {"BIGINT": 8, "INT": 4, "INTEGER": 4, "FLOAT": 8, "DATETIME2(6)": 8}
+
+
+def _key_bytes(columns: dict[str, str], names: list[str]) -> int:
+    total = 0
+    for name in names:
+        kind = columns[name.split()[0]]
+        match = re.fullmatch(r"NVARCHAR\((\d+)\)", kind)
+        total += int(match.group(1)) * 2 if match else _BYTES[kind]
+    return total
+
+
+def test_index_keys_fit_sql_server_limits():
+    """1700 bytes for nonclustered keys, 900 for clustered ones (SQL Server 2016+)."""
+    tables = {t: {n: k for n, k, _ in cols} for t, cols in _tsql_tables().items()}
+    text = "\n".join(batch for _n, batch in BATCHES)
+    checked = 0
+    for match in re.finditer(
+        r"CREATE\s+(UNIQUE\s+)?(NONCLUSTERED|CLUSTERED)\s+INDEX\s+\w+\s+ON \[ingest\]\.\[(\w+)\] \(([^)]*)\)", text
+    ):
+        limit = 900 if match.group(2) == "CLUSTERED" else 1700
+        size = _key_bytes(tables[match.group(3)], [c.strip() for c in match.group(4).split(",")])
+        assert size <= limit, match.group(0)
+        checked += 1
+    for match in re.finditer(r"CREATE TABLE \[ingest\]\.\[(\w+)\].*?\n    \);", text, re.S):
+        body = match.group(0)
+        for key in re.finditer(r"(PRIMARY KEY|UNIQUE) (NONCLUSTERED|CLUSTERED) \(([^)]*)\)", body):
+            limit = 900 if key.group(2) == "CLUSTERED" else 1700
+            assert _key_bytes(tables[match.group(1)], key.group(3).split(",")) <= limit, key.group(0)
+            checked += 1
+    assert checked >= 15
