@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 #: Outcomes of a fetch, stored in ``ingest_records.outcome``.
-OK, MISSING, INVALID, REDIRECT_LOOP, FAILED = "ok", "missing", "invalid", "redirect_loop", "failed"
+OK, MISSING, INVALID, SPECIAL, REDIRECT_LOOP, FAILED = "ok", "missing", "invalid", "special", "redirect_loop", "failed"
 #: Item fields that are bookkeeping, never written to the lake or the records table.
 INTERNAL_FIELDS = frozenset({"work_item_ids", "retryable"})
 

@@ -2,7 +2,10 @@
 -- (SQLite's ingest_records is [ingest].[IngestRecords] here).
 -- Times are DATETIME2(6) in UTC; JSON documents are NVARCHAR(MAX).
 -- Key sizes respect SQL Server's index limits (1700 bytes nonclustered, 900 clustered):
--- dedupe_key is NVARCHAR(850) = 1700 bytes, so callers hash longer keys.
+-- dedupe_key is NVARCHAR(850) = 1700 bytes, so callers hash longer keys; resource_id is
+-- NVARCHAR(450) and hash_sha256 NVARCHAR(64) (hex) so that the records indexes fit.
+-- Strings stay NVARCHAR: pyodbc sends str parameters as NVARCHAR, and a VARCHAR column
+-- compared with them would be converted row by row (no index seek).
 
 IF OBJECT_ID(N'[ingest].[work_items]', N'U') IS NULL
 BEGIN
@@ -12,7 +15,7 @@ BEGIN
         source_system NVARCHAR(100) NOT NULL,
         source_name NVARCHAR(100) NOT NULL,
         resource_type NVARCHAR(100) NOT NULL,
-        resource_id NVARCHAR(500) NOT NULL,
+        resource_id NVARCHAR(450) NOT NULL,
         request_uri NVARCHAR(4000) NOT NULL,
         request_method NVARCHAR(10) NOT NULL CONSTRAINT df_work_items_request_method DEFAULT N'GET',
         request_headers NVARCHAR(MAX) NULL,
@@ -48,8 +51,8 @@ BEGIN
         source_system NVARCHAR(100) NOT NULL,
         source_name NVARCHAR(100) NOT NULL,
         resource_type NVARCHAR(100) NOT NULL,
-        resource_id NVARCHAR(500) NOT NULL,
-        requested_id NVARCHAR(500) NULL,
+        resource_id NVARCHAR(450) NOT NULL,
+        requested_id NVARCHAR(450) NULL,
         outcome NVARCHAR(50) NOT NULL,
         request_uri NVARCHAR(4000) NOT NULL,
         request_method NVARCHAR(10) NOT NULL,
@@ -59,7 +62,7 @@ BEGIN
         response_headers NVARCHAR(MAX) NULL,
         fetched_at_utc DATETIME2(6) NOT NULL,
         duration_ms INT NULL,
-        hash_sha256 NVARCHAR(128) NOT NULL,
+        hash_sha256 NVARCHAR(64) NOT NULL,
         run_id NVARCHAR(64) NULL,
         work_item_id NVARCHAR(36) NULL,
         attempt INT NOT NULL CONSTRAINT df_IngestRecords_attempt DEFAULT 1,
@@ -103,8 +106,8 @@ BEGIN
         source_system NVARCHAR(100) NOT NULL,
         source_name NVARCHAR(100) NOT NULL,
         resource_type NVARCHAR(100) NOT NULL,
-        resource_id NVARCHAR(500) NOT NULL,
-        last_hash_sha256 NVARCHAR(128) NULL,
+        resource_id NVARCHAR(450) NOT NULL,
+        last_hash_sha256 NVARCHAR(64) NULL,
         last_revision_id BIGINT NULL,
         etag NVARCHAR(1000) NULL,
         last_modified NVARCHAR(200) NULL,

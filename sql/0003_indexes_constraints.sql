@@ -57,7 +57,7 @@ BEGIN
 END
 GO
 
--- Records: latest fetch of a resource (key 1608 bytes < 1700).
+-- Records: latest fetch of a resource (key 1508 bytes < 1700).
 IF NOT EXISTS (
     SELECT 1 FROM sys.indexes
     WHERE object_id = OBJECT_ID(N'[ingest].[IngestRecords]') AND name = N'ix_ingest_records_resource'
@@ -65,6 +65,18 @@ IF NOT EXISTS (
 BEGIN
     CREATE NONCLUSTERED INDEX ix_ingest_records_resource
         ON [ingest].[IngestRecords] (source_system, source_name, resource_type, resource_id, fetched_at_utc);
+END
+GO
+
+-- One record per distinct payload of a resource: a second copy of the same version
+-- (two workers racing on one page) is rejected (key 1628 bytes < 1700).
+IF NOT EXISTS (
+    SELECT 1 FROM sys.indexes
+    WHERE object_id = OBJECT_ID(N'[ingest].[IngestRecords]') AND name = N'ux_ingest_records_version'
+)
+BEGIN
+    CREATE UNIQUE NONCLUSTERED INDEX ux_ingest_records_version
+        ON [ingest].[IngestRecords] (source_system, source_name, resource_type, resource_id, hash_sha256);
 END
 GO
 

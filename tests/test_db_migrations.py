@@ -375,7 +375,7 @@ def test_live_sqlserver_apply_twice():
     from holocron_scrapy.db import sqlserver
 
     schema = f"holocron_test_{uuid.uuid4().hex[:8]}"
-    settings = sqlserver.SqlServerSettings.resolve({"schema": schema})
+    settings = sqlserver.SqlServerSettings.resolve({}, environ={**os.environ, "INGEST_SQLSERVER_SCHEMA": schema})
     sqlserver.ensure_database(settings, wait_timeout=30)
     conn = sqlserver.connect(settings, wait_timeout=30)
     try:

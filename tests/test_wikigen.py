@@ -354,16 +354,6 @@ def test_oracle_agrees_with_independent_crawl(
     assert got == expected
 
 
-def _normalise_recording(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _normalise_recording(v) for k, v in value.items() if k != "touched"}
-    if isinstance(value, list):
-        return [_normalise_recording(v) for v in value]
-    if isinstance(value, str):
-        return re.sub(r"http://127\.0\.0\.1:\d+", "http://127.0.0.1:PORT", value)
-    return value
-
-
 @live
 def test_recorded_fixtures_match_live_wiki(mediawiki) -> None:
     """tests/fixtures/mediawiki is what this wiki answers (re-record with the CLI if the generator changed)."""
@@ -373,14 +363,14 @@ def test_recorded_fixtures_match_live_wiki(mediawiki) -> None:
     readme = (FIXTURES / "README.md").read_text(encoding="utf-8")
     for name, params, resp in responses:
         stored = json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
-        assert _normalise_recording(stored) == _normalise_recording(resp.json()), name
+        assert ms.normalise_recording(stored) == ms.normalise_recording(resp.json()), name
         assert urllib.parse.urlencode(params, quote_via=urllib.parse.quote) in readme, name
         headers_file = FIXTURES / f"{name}.headers.json"
         if headers_file.exists():
             stored_headers = json.loads(headers_file.read_text())
-            assert stored_headers["status"] == resp.status == 200
-            for header in ("Retry-After", "X-Database-Lag", "MediaWiki-API-Error"):
-                assert stored_headers["headers"].get(header) == resp.headers.get(header), (name, header)
+            live_headers = {"status": resp.status, "headers": resp.headers}
+            assert ms.normalise_recording(stored_headers) == ms.normalise_recording(live_headers), name
+            assert resp.status == 200 and "MediaWiki-API-Error" in resp.headers
     maxlag = json.loads((FIXTURES / "maxlag_error.headers.json").read_text())
     assert maxlag["headers"]["Retry-After"] == "5"
     assert json.loads((FIXTURES / "maxlag_error.json").read_text())["error"]["code"] == "maxlag"

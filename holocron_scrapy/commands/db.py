@@ -178,7 +178,14 @@ class Command(ScrapyCommand):
         from holocron_scrapy.db import sqlserver
 
         settings = sqlserver.SqlServerSettings.resolve(target.sqlserver_config, conn_str=target.url.odbc_connect)
-        existed = sqlserver.ensure_database(settings, wait_timeout=opts.wait_timeout, create=not opts.dry_run)
+        try:
+            existed = sqlserver.ensure_database(settings, wait_timeout=opts.wait_timeout, create=not opts.dry_run)
+        except StoreError as exc:
+            if "login failed" not in str(exc).lower():
+                raise
+            # e.g. a contained database user who may not log in to master: use the database directly
+            print(f"  (could not check database {settings.database} through master; connecting to it directly)")
+            existed = None
         if existed is False and opts.dry_run:
             runner = MigrationRunner(None, connection.SQLSERVER, schema=settings.schema)
             print(f"-- database {settings.database} does not exist: init would create it")

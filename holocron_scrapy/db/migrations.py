@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+from holocron_scrapy.db.sqlserver import TSQL_SESSION_SETUP
 from holocron_scrapy.errors import ConfigError, HolocronError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def tsql_statements(schema: str = DEFAULT_SCHEMA) -> dict[str, str]:
         "insert_applied": TSQL_INSERT_APPLIED,
         "get_applock": TSQL_GET_APPLOCK,
         "release_applock": TSQL_RELEASE_APPLOCK,
+        "session_options": TSQL_SESSION_SETUP,
         "xact_abort_on": TSQL_XACT_ABORT_ON,
         "xact_abort_off": TSQL_XACT_ABORT_OFF,
     }
@@ -384,6 +386,7 @@ class MigrationRunner:
         resource = f"holocron_scrapy.migrations.{self.schema}"
         cur = self.conn.cursor()
         try:
+            self._execute(cur, sql["session_options"])  # filtered indexes need them, whoever opened conn
             self._execute(cur, sql["xact_abort_on"])
             cur.execute(sql["get_applock"], resource, self.lock_timeout_ms)
             result = cur.fetchone()[0]

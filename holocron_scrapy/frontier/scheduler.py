@@ -115,7 +115,7 @@ class FrontierScheduler(BaseScheduler):
         self.spider: Spider | None = None
         self.owned: deque[Request] = deque()  # requests handing on ids we already lease
         self.ready: deque[Request] = deque()  # claimed, not yet handed to the engine
-        self.leased: set[int] = set()
+        self.leased: dict[int, int] = {}  # seq -> depth of every item this worker leases
         self._new: list[NewItem] = []
         self._completed: list[int] = []
         self._failed: list[FailedItem] = []
@@ -261,11 +261,13 @@ class FrontierScheduler(BaseScheduler):
     def _refill(self) -> None:
         assert self.store is not None
         self.flush()
-        if self.fill_batches and self._batches() and self.leased:
-            # Requests in flight may still discover work: don't send a half-empty batch yet.
+        if self.fill_batches and self._batches() and (self.leased or getattr(self.spider, "frontier_hold", False)):
+            # Requests in flight (or start requests) may still add work: don't send a half-empty batch yet.
             if self.store.ready_count(self.claim_size) < self.claim_size:
                 return
         rows = self.store.claim(self.owner, self.claim_size, self.lease_seconds)
+        if rows and self.order == "bfs":
+            rows = self._level_gate(rows)
         if not rows:
             return
         self._stat("frontier/claimed", len(rows))
@@ -277,7 +279,7 @@ class FrontierScheduler(BaseScheduler):
             except (SerializationError, ValueError, KeyError) as exc:
                 self._failed.append(FailedItem(row["seq"], f"cannot rebuild request: {exc}", retryable=False))
                 continue
-            self.leased.add(row["seq"])
+            self.leased[row["seq"]] = row["depth"]
             request.meta[IDS_META] = [row["seq"]]
             request.meta[ATTEMPT_META] = row["attempt"]
             request.meta[WORK_ITEM_META] = row["work_item_id"]
@@ -295,19 +297,35 @@ class FrontierScheduler(BaseScheduler):
                 self.ready.append(merged)
         self.ready.extend(singles)
 
+    def _level_gate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Breadth-first means level by level: while items of depth d are in flight (here or
+        in another worker) they may still discover depth d+1, so nothing deeper than d is
+        sent; claimed rows beyond the gate are given back at once."""
+        assert self.store is not None
+        depths = list(self.leased.values())
+        others = self.store.min_inflight_depth(self.owner)
+        if others is not None:
+            depths.append(others)
+        if not depths:
+            return rows
+        gate = min(depths)
+        keep = [r for r in rows if r["depth"] <= gate]
+        if len(keep) < len(rows):
+            self.store.release([r["seq"] for r in rows if r["depth"] > gate])
+            self._stat("frontier/level_waits")
+        return keep
+
     # -- acknowledgements --------------------------------------------------------------
     def ack(self, seqs: list[int]) -> None:
         """Mark items completed (buffered; flushed after the enqueues of the same period)."""
         for seq in seqs:
-            if seq in self.leased:
-                self.leased.discard(seq)
+            if self.leased.pop(seq, None) is not None:
                 self._completed.append(seq)
         self._stat("frontier/completed", len(seqs))
 
     def fail(self, seqs: list[int], error: str, *, retryable: bool = True) -> None:
         for seq in seqs:
-            if seq in self.leased:
-                self.leased.discard(seq)
+            if self.leased.pop(seq, None) is not None:
                 self._failed.append(FailedItem(seq, error, retryable))
         self._stat("frontier/failed" if not retryable else "frontier/failed_attempts", len(seqs))
 
@@ -330,7 +348,7 @@ class FrontierScheduler(BaseScheduler):
     def _spider_idle(self, spider: Spider) -> None:
         """The engine is idle: ids we still lease have no request left to settle them."""
         in_memory = {seq for req in (*self.ready, *self.owned) for seq in req.meta.get(IDS_META, ())}
-        orphans = sorted(self.leased - in_memory)
+        orphans = sorted(set(self.leased) - in_memory)
         if orphans:
             logger.warning("Frontier: %d leased items finished without an outcome; retrying them", len(orphans))
             self.fail(orphans, "request finished without storing an outcome", retryable=True)

@@ -109,6 +109,10 @@ class WorkItemStore(ABC):
         """Pending items claimable now, counted up to *limit*."""
 
     @abstractmethod
+    def min_inflight_depth(self, owner: str) -> int | None:
+        """The smallest depth among items leased live by owners other than *owner*."""
+
+    @abstractmethod
     def outstanding(self, owner: str) -> bool:
         """True while any item is pending (even in backoff) or leased live by another owner."""
 
@@ -273,6 +277,13 @@ class SqliteWorkItemStore(WorkItemStore):
             "SELECT COUNT(*) FROM (SELECT 1 FROM work_items WHERE status = 'pending'"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) LIMIT ?)",
             (ts(utcnow()), limit),
+        ).fetchone()[0]
+
+    def min_inflight_depth(self, owner: str) -> int | None:
+        return self.conn.execute(
+            "SELECT MIN(depth) FROM work_items WHERE status = 'in_progress' AND lease_owner <> ?"
+            " AND lease_expires_at >= ?",
+            (owner, ts(utcnow())),
         ).fetchone()[0]
 
     def outstanding(self, owner: str) -> bool:

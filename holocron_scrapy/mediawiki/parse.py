@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from holocron_scrapy.items import INVALID, MISSING, OK, REDIRECT_LOOP
+from holocron_scrapy.items import INVALID, MISSING, OK, REDIRECT_LOOP, SPECIAL
 from holocron_scrapy.mediawiki.errors import ApiError, api_error
 
 _LIST_PROPS = ("revisions", "links", "categories", "templates", "images", "langlinks", "iwlinks")
@@ -98,7 +98,10 @@ def _merge_page(pages: dict[str, dict[str, Any]], page: dict[str, Any]) -> None:
     for key, value in page.items():
         if key in _LIST_PROPS and isinstance(value, list):
             seen = current.setdefault(key, [])
-            seen.extend(v for v in value if v not in seen) if key == "revisions" else seen.extend(value)
+            if key == "revisions":  # a continuation may repeat the revision
+                seen.extend(v for v in value if v not in seen)
+            else:
+                seen.extend(value)
         elif key not in current:
             current[key] = value
 
@@ -113,8 +116,10 @@ def resolve(acc: Accumulator, requested: str) -> Resolution:
     while title in acc.redirects:
         title = acc.redirects[title]["to"]
         chain.append(title)
-        if title in seen:
-            return Resolution(requested, chain[-2], REDIRECT_LOOP, acc.pages.get(chain[-2]), tuple(chain))
+        if title in seen:  # MediaWiki answers a loop with its redirects and no page
+            start = chain[1] if len(chain) > 1 and chain[1] == acc.normalized.get(requested) else chain[0]
+            loop = {"title": start, "redirect_loop": [acc.redirects[t] for t in chain[:-1] if t in acc.redirects]}
+            return Resolution(requested, start, REDIRECT_LOOP, loop, tuple(chain))
         seen.add(title)
     if title in acc.interwiki:
         return Resolution(requested, title, INVALID, {"title": title, **acc.interwiki[title]}, tuple(chain))
@@ -123,7 +128,9 @@ def resolve(acc: Accumulator, requested: str) -> Resolution:
         return Resolution(requested, title, MISSING, {"title": title, "missing": True, "absent_from_response": True}, tuple(chain))
     if page.get("invalid"):
         return Resolution(requested, title, INVALID, page, tuple(chain))
-    if page.get("missing") or page.get("special"):
+    if page.get("special"):
+        return Resolution(requested, title, SPECIAL, page, tuple(chain))
+    if page.get("missing"):
         return Resolution(requested, title, MISSING, page, tuple(chain))
     return Resolution(requested, title, OK, page, tuple(chain))
 

@@ -1,7 +1,8 @@
 """Drop items whose payload is unchanged since the last stored record of the resource.
 
 Records are append-only: a resource gets a new record (and lake file) only when its
-payload hash differs from the newest stored one. Stats: ``recrawl/unchanged``,
+payload hash differs from the newest stored one, or from one that passed this filter
+moments ago and is still on its way to the store (two redirects to one page in flight). Stats: ``recrawl/unchanged``,
 ``recrawl/changed``, ``records/new_resources``.
 
 Settings: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``.
@@ -9,6 +10,7 @@ Settings: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from itemadapter import ItemAdapter
@@ -24,8 +26,12 @@ class UnchangedError(DropItem):
 
 
 class ChangeFilterPipeline:
-    def __init__(self, url: str, *, sqlserver_config: dict[str, Any] | None = None, stats: Any = None):
+    def __init__(
+        self, url: str, *, sqlserver_config: dict[str, Any] | None = None, stats: Any = None, memory: int = 100_000
+    ):
         self.url = url
+        self.memory = memory
+        self._recent: OrderedDict[tuple[str, str, str, str], str] = OrderedDict()  # passed, maybe not yet committed
         self.sqlserver_config = sqlserver_config
         self.stats = stats
         self.store: RecordStore | None = None
@@ -49,9 +55,12 @@ class ChangeFilterPipeline:
     def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
         assert self.store is not None
-        latest = self.store.latest_hash(
-            adapter["source_system"], adapter["source_name"], adapter["resource_type"], adapter["resource_id"]
-        )
+        key = (adapter["source_system"], adapter["source_name"], adapter["resource_type"], adapter["resource_id"])
+        latest = self._recent.get(key) or self.store.latest_hash(*key)
+        self._recent[key] = adapter["hash_sha256"]
+        self._recent.move_to_end(key)
+        if len(self._recent) > self.memory:
+            self._recent.popitem(last=False)
         if latest is None:
             self._inc("records/new_resources")
         elif latest == adapter["hash_sha256"]:

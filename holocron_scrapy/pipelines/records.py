@@ -5,17 +5,22 @@ after the pipelines (the frontier's acknowledgement) never runs ahead of storage
 A batch is written when it holds ``HOLOCRON_RECORDS_BATCH_SIZE`` rows or its oldest row
 has waited ``HOLOCRON_RECORDS_FLUSH_INTERVAL`` seconds; a kill loses at most that batch,
 whose work items are not acknowledged and so are fetched again.
-Stats: ``records/written``, ``records/batches``.
+A row whose resource already has a record with the same hash (another worker won the
+race) is dropped and its lake file removed. Stats: ``records/written``, ``records/batches``,
+``records/duplicates``.
 
 Settings: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``, ``HOLOCRON_RECORDS_BATCH_SIZE``,
-``HOLOCRON_RECORDS_FLUSH_INTERVAL``.
+``HOLOCRON_RECORDS_FLUSH_INTERVAL``, ``HOLOCRON_LAKE_DIR``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from itemadapter import ItemAdapter
 from scrapy.crawler import Crawler
+from scrapy.exceptions import DropItem
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer, threads
 
@@ -32,8 +37,10 @@ class IngestRecordsPipeline:
         batch_size: int = defaults.RECORDS_BATCH_SIZE,
         flush_interval: float = defaults.RECORDS_FLUSH_INTERVAL,
         stats: Any = None,
+        lake_dir: str | None = None,
     ):
         self.url = url
+        self.lake_dir = lake_dir
         self.sqlserver_config = sqlserver_config
         self.batch_size = max(1, batch_size)
         self.flush_interval = flush_interval
@@ -53,6 +60,7 @@ class IngestRecordsPipeline:
             batch_size=s.getint("HOLOCRON_RECORDS_BATCH_SIZE", defaults.RECORDS_BATCH_SIZE),
             flush_interval=s.getfloat("HOLOCRON_RECORDS_FLUSH_INTERVAL", defaults.RECORDS_FLUSH_INTERVAL),
             stats=crawler.stats,
+            lake_dir=s.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
         )
 
     def open_spider(self) -> None:
@@ -74,8 +82,18 @@ class IngestRecordsPipeline:
             from twisted.internet import reactor
 
             self._timer = reactor.callLater(self.flush_interval, self.flush)
-        await maybe_deferred_to_future(done)
+        inserted = await maybe_deferred_to_future(done)
+        if not inserted:  # another worker stored this very version first
+            self._remove_lake_file(item)
+            if self.stats is not None:
+                self.stats.inc_value("records/duplicates")
+            raise DropItem(f"already stored by another worker: {item!r}", log_level="DEBUG")
         return item
+
+    def _remove_lake_file(self, item: Any) -> None:
+        path = ItemAdapter(item).get("lake_path")
+        if path and self.lake_dir:
+            (Path(self.lake_dir) / path).unlink(missing_ok=True)
 
     def flush(self) -> defer.Deferred:
         """Write the buffered rows; their items' ``process_item`` calls return afterwards."""
@@ -92,13 +110,13 @@ class IngestRecordsPipeline:
     def _write(self, rows: list[dict[str, Any]], waiters: list[defer.Deferred]):
         assert self.store is not None
         try:
-            yield threads.deferToThread(self.store.insert, rows)
+            inserted = yield threads.deferToThread(self.store.insert, rows)
         except Exception as exc:  # every item of the batch fails; none is acknowledged
             for waiter in waiters:
                 waiter.errback(exc)
             return
         if self.stats is not None:
-            self.stats.inc_value("records/written", len(rows))
+            self.stats.inc_value("records/written", sum(inserted))
             self.stats.inc_value("records/batches")
-        for waiter in waiters:
-            waiter.callback(None)
+        for waiter, ok in zip(waiters, inserted, strict=True):
+            waiter.callback(ok)

@@ -48,8 +48,9 @@ def item_row(item: Any) -> dict[str, Any]:
 
 class RecordStore(ABC):
     @abstractmethod
-    def insert(self, rows: list[dict[str, Any]]) -> None:
-        """Insert *rows* in one transaction (all or none)."""
+    def insert(self, rows: list[dict[str, Any]]) -> list[bool]:
+        """Insert *rows* in one transaction (all or none); a row whose resource already has a
+        record with the same hash is skipped. Returns, per row, whether it was inserted."""
 
     @abstractmethod
     def latest_hash(self, source_system: str, source_name: str, resource_type: str, resource_id: str) -> str | None:
@@ -70,21 +71,24 @@ class SqliteRecordStore(RecordStore):
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
 
-    def insert(self, rows: list[dict[str, Any]]) -> None:
+    def insert(self, rows: list[dict[str, Any]]) -> list[bool]:
         if not rows:
-            return
+            return []
         columns = ", ".join(RECORD_COLUMNS)
         marks = ", ".join("?" for _ in RECORD_COLUMNS)
-        self.conn.execute("BEGIN IMMEDIATE")
+        sql = f"INSERT INTO ingest_records ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
         try:
-            self.conn.executemany(
-                f"INSERT INTO ingest_records ({columns}) VALUES ({marks})",
-                [tuple(row[c] for c in RECORD_COLUMNS) for row in rows],
-            )
+            inserted = []
+            for row in rows:
+                cur.execute(sql, tuple(row[c] for c in RECORD_COLUMNS))
+                inserted.append(cur.rowcount == 1)
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            cur.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        cur.execute("COMMIT")
+        return inserted
 
     def latest_hash(self, source_system: str, source_name: str, resource_type: str, resource_id: str) -> str | None:
         row = self.conn.execute(

@@ -26,11 +26,25 @@ from holocron_scrapy import defaults
 from holocron_scrapy.config import Config, Source
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.keys import resource_meta
-from holocron_scrapy.frontier.scheduler import ATTEMPT_META, BATCH_META, BATCH_SIZE_META, IDS_META, STATUS_META, WORK_ITEM_META
+from holocron_scrapy.frontier.scheduler import (
+    ATTEMPT_META,
+    BATCH_META,
+    BATCH_SIZE_META,
+    IDS_META,
+    STATUS_META,
+    WORK_ITEM_META,
+)
 from holocron_scrapy.items import FAILED, OK, IngestItem
 from holocron_scrapy.mediawiki import api
 from holocron_scrapy.mediawiki.errors import ApiError
-from holocron_scrapy.mediawiki.parse import Accumulator, MalformedResponse, merge_query, page_categories, page_links, resolve
+from holocron_scrapy.mediawiki.parse import (
+    Accumulator,
+    MalformedResponse,
+    merge_query,
+    page_categories,
+    page_links,
+    resolve,
+)
 from holocron_scrapy.middlewares.retry import MEDIAWIKI_META
 from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds
 
@@ -96,6 +110,7 @@ class MediaWikiSpider(HolocronSpider):
     name = "mediawiki"
     source_type = "mediawiki"
     options: MediaWikiOptions
+    frontier_hold = False  # read by the frontier: more work is about to be queued
     custom_settings = {"ROBOTSTXT_OBEY": False}  # an API client, as pywikibot; etiquette via maxlag
 
     @classmethod
@@ -116,8 +131,12 @@ class MediaWikiSpider(HolocronSpider):
 
     # -- requests ------------------------------------------------------------------------
     async def start(self) -> AsyncIterator[Request]:
-        for title in self.options.seeds:
+        # Hold the frontier's half-empty batches until the last seed is queued.
+        last = len(self.options.seeds) - 1
+        for index, title in enumerate(self.options.seeds):
+            self.frontier_hold = index < last
             yield self.title_request(title, depth=0)
+        self.frontier_hold = False
 
     def title_request(self, title: str, *, depth: int, discovered_from: str | None = None, known: bool = False) -> Request:
         """The per-title request the frontier stores; batched by :meth:`build_batch_request`."""

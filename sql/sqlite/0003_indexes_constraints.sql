@@ -9,6 +9,10 @@ CREATE INDEX IF NOT EXISTS ix_work_items_source ON work_items (source_system, so
 
 CREATE INDEX IF NOT EXISTS ix_ingest_records_resource
     ON ingest_records (source_system, source_name, resource_type, resource_id, fetched_at_utc);
+-- One record per distinct payload of a resource: a second copy of the same version
+-- (two workers racing on one page) is rejected by the store.
+CREATE UNIQUE INDEX IF NOT EXISTS ux_ingest_records_version
+    ON ingest_records (source_system, source_name, resource_type, resource_id, hash_sha256);
 CREATE INDEX IF NOT EXISTS ix_ingest_records_run_id ON ingest_records (run_id);
 CREATE INDEX IF NOT EXISTS ix_ingest_records_hash ON ingest_records (hash_sha256);
 

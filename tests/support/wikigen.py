@@ -37,7 +37,11 @@ MediaWiki 1.39 behaviours verified against the real API and encoded here:
   ``missing`` page: keyed by the target title, outcome ``"missing"``.
 * Invalid titles (``INVALID_TITLES``) come back as ``{"title": <as sent>,
   "invalid": true, "invalidreason": ...}``: outcome ``"invalid"`` keyed by the
-  title as sent.  ``Special:`` titles come back with ``special: true``.
+  title as sent.  ``Special:`` titles come back with ``special: true``
+  (outcome ``"special"``).  ``Foo#Bar`` is normalised to ``Foo``; a bare
+  ``#Bar`` is normalised to ``""`` and silently dropped (not modelled).
+* ``redirects=0`` still resolves redirects (a boolean parameter is true when
+  present); more than 50 ``titles`` is an error (``toomanyvalues``).
 * Link tables: a plain self-link ``[[Own title]]`` is *not* recorded, but
   ``[[Own title#Section]]`` is; ``[[Special:...]]``, interwiki links
   (``[[wikipedia:...]]``) and ``[[#Section]]`` are not recorded; a redirect
@@ -329,7 +333,8 @@ class WikiModel:
         (see :meth:`resolve`) is stored once, at the first depth reaching it.
         An ``ok`` page at depth < max_depth contributes its links whose
         namespace is in ``namespaces`` and (if ``follow_categories``) all its
-        categories, at depth + 1.
+        categories, at depth + 1.  ``requested`` is the title as sent: the seed
+        string as given, or the link title as MediaWiki reports it.
         """
         result: dict[str, dict] = {}
         requested: set[str] = set()

@@ -1,0 +1,266 @@
+"""``scrapy db init|status|smoketest`` run for real in subprocesses from the repo root, on
+temporary SQLite files, plus error cases (no traceback, one line, non-zero exit) and a live
+SQL Server run when INGEST_SQLSERVER_HOST/PASSWORD are set."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST/PASSWORD to run"
+SQLSERVER_CONFIGURED = bool(os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD"))
+PASSWORD = "Cmd-Test-Pa55word!"
+# Used when the project settings do not enable the command module yet: Scrapy discovers
+# commands before it reads -s options, so COMMANDS_MODULE must be in the settings object.
+RUNNER = (
+    "import sys\n"
+    "from scrapy.cmdline import execute\n"
+    "from scrapy.utils.project import get_project_settings\n"
+    "settings = get_project_settings()\n"
+    "if not settings.get('COMMANDS_MODULE'):\n"
+    "    settings.set('COMMANDS_MODULE', 'holocron_scrapy.commands', priority='project')\n"
+    "execute(['scrapy', *sys.argv[1:]], settings=settings)\n"
+)
+
+
+def _settings_enable_commands() -> bool:
+    try:
+        from holocron_scrapy import settings
+    except ImportError:
+        return False
+    return getattr(settings, "COMMANDS_MODULE", None) == "holocron_scrapy.commands"
+
+
+def scrapy_db(*args: str, env: dict[str, str] | None = None, keep_sqlserver_env: bool = False):
+    base = {k: v for k, v in os.environ.items() if keep_sqlserver_env or not k.startswith("INGEST_SQLSERVER_")}
+    base.pop("HOLOCRON_CONFIG", None)
+    base["PYTHONIOENCODING"] = "utf-8"
+    base.update(env or {})
+    prefix = ["-m", "scrapy"] if _settings_enable_commands() else ["-c", RUNNER]
+    return subprocess.run(
+        [sys.executable, *prefix, "db", *args], cwd=ROOT, env=base, capture_output=True, text=True, timeout=120,
+    )
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    return tmp_path / "records.sqlite3"
+
+
+def url(path: Path) -> str:
+    return f"sqlite:///{path}"  # absolute path: sqlite:////tmp/...
+
+
+# -- happy path ------------------------------------------------------------------------------
+def test_status_of_a_missing_file_lists_pending_and_creates_nothing(db_path):
+    result = scrapy_db("status", "--url", url(db_path))
+    assert result.returncode == 0, result.stderr
+    assert "does not exist yet" in result.stdout
+    for name in ("0001_create_schema.sql", "0002_create_tables.sql", "0003_indexes_constraints.sql"):
+        assert name in result.stdout
+    assert not db_path.exists()
+
+
+def test_init_dry_run_prints_and_creates_nothing(db_path):
+    result = scrapy_db("init", "--dry-run", "--url", url(db_path))
+    assert result.returncode == 0, result.stderr
+    assert "CREATE TABLE IF NOT EXISTS work_items" in result.stdout
+    assert "Dry run: 3 pending migration(s) would be applied" in result.stdout
+    assert not db_path.exists()
+
+
+def test_init_status_smoketest(db_path):
+    first = scrapy_db("init", "--url", url(db_path))
+    assert first.returncode == 0, first.stderr
+    assert "applying 0001_create_schema.sql" in first.stdout
+    assert "Applied 3 migration(s)" in first.stdout
+
+    again = scrapy_db("init", "--url", url(db_path))
+    assert again.returncode == 0, again.stderr
+    assert "Nothing to do" in again.stdout and "applying" not in again.stdout
+
+    dry = scrapy_db("init", "--dry-run", "--url", url(db_path))
+    assert "Dry run: 0 pending migration(s)" in dry.stdout
+
+    status = scrapy_db("status", "--url", url(db_path))
+    assert status.returncode == 0, status.stderr
+    assert "0003_indexes_constraints.sql  applied 20" in status.stdout
+    assert "Pending migrations: none" in status.stdout
+
+    smoke = scrapy_db("smoketest", "--url", url(db_path))
+    assert smoke.returncode == 0, (smoke.stdout, smoke.stderr)
+    for expected in (
+        "Connection established successfully",
+        "Schema and tables verified",
+        "Write/read operations successful",
+        "Second insert with the same dedupe_key correctly rejected",
+        "Deduplication working correctly",
+        "Removed the smoke-test row",
+        "All smoke tests passed!",
+    ):
+        assert expected in smoke.stdout
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT COUNT(*) FROM work_items").fetchone() == (0,)
+    conn.close()
+
+
+def test_smoketest_only_removes_its_own_rows(db_path):
+    assert scrapy_db("init", "--url", url(db_path)).returncode == 0
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        "INSERT INTO work_items (work_item_id, source_system, source_name, resource_type, resource_id, request_uri,"
+        " created_at, updated_at, dedupe_key) VALUES ('keep', 'mediawiki', 'w', 'page', 'X', 'http://w', "
+        "'2025-01-01 00:00:00.000000', '2025-01-01 00:00:00.000000', 'mediawiki:w:page:X')"
+    )
+    conn.commit()
+    assert scrapy_db("smoketest", "--url", url(db_path)).returncode == 0
+    assert conn.execute("SELECT work_item_id FROM work_items").fetchall() == [("keep",)]
+    conn.close()
+
+
+def test_url_from_setting(db_path):
+    result = scrapy_db("init", "-s", f"HOLOCRON_RECORDS_URL={url(db_path)}")
+    assert result.returncode == 0, result.stderr
+    assert db_path.exists()
+
+
+def test_url_from_config(tmp_path):
+    records, state = tmp_path / "r.sqlite3", tmp_path / "s.sqlite3"
+    config = tmp_path / "holocron.yaml"
+    config.write_text(f"storage:\n  records_url: {url(records)}\nstate:\n  url: {url(state)}\n", "utf-8")
+    result = scrapy_db("init", "-s", f"HOLOCRON_CONFIG={config}")
+    assert result.returncode == 0, result.stderr
+    assert records.exists() and not state.exists()
+    result = scrapy_db("init", "--store", "state", "-s", f"HOLOCRON_CONFIG={config}")
+    assert result.returncode == 0, result.stderr
+    assert state.exists()
+
+
+# -- errors ----------------------------------------------------------------------------------
+def test_smoketest_before_init(db_path):
+    result = scrapy_db("smoketest", "--url", url(db_path))
+    assert_one_line_error(result, "run `scrapy db init` first")
+    assert not db_path.exists()
+
+
+def test_foreign_database_refused_and_untouched(tmp_path):
+    path = tmp_path / "foreign.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    for action in ("init", "status", "smoketest"):
+        result = scrapy_db(action, "--url", url(path))
+        assert_one_line_error(result, "not a holocron_scrapy database")
+    assert digest(path) == before
+
+
+def test_bad_url():
+    assert_one_line_error(scrapy_db("status", "--url", "postgres://x/y"), "--url", "unknown store URL scheme")
+    assert_one_line_error(scrapy_db("status", "--url", "not a url"), "not a URL")
+
+
+def test_bad_config_file(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("storage: [unclosed\n", "utf-8")
+    assert_one_line_error(scrapy_db("status", "-s", f"HOLOCRON_CONFIG={config}"), "malformed YAML")
+
+
+def test_usage_errors(db_path):
+    unknown = scrapy_db("migrate", "--url", url(db_path))
+    assert unknown.returncode == 2 and "expected one action: init, status, smoketest" in unknown.stderr
+    assert scrapy_db("--url", url(db_path)).returncode == 2
+    assert scrapy_db("status", "--dry-run", "--url", url(db_path)).returncode == 2
+    assert scrapy_db("init", "--wait-timeout", "-1", "--url", url(db_path)).returncode == 2
+    assert "Traceback" not in unknown.stderr
+
+
+def test_sqlserver_without_password():
+    result = scrapy_db("status", "--url", "sqlserver://")
+    assert_one_line_error(result, "INGEST_SQLSERVER_PASSWORD")
+
+
+def test_sqlserver_unknown_driver_lists_installed():
+    pyodbc = pytest.importorskip("pyodbc", reason="pyodbc cannot load libodbc.so.2: apt-get install unixodbc")
+    env = {"INGEST_SQLSERVER_PASSWORD": PASSWORD, "INGEST_SQLSERVER_DRIVER": "No Such Driver 7"}
+    line = assert_one_line_error(scrapy_db("status", "--url", "sqlserver://", env=env), "'No Such Driver 7'")
+    assert f"installed drivers: {', '.join(pyodbc.drivers()) or 'none'}" in line
+
+
+def test_sqlserver_unreachable_after_wait_timeout():
+    pyodbc = pytest.importorskip("pyodbc", reason="pyodbc cannot load libodbc.so.2: apt-get install unixodbc")
+    driver = next((d for d in pyodbc.drivers() if "freetds" in d.lower()), None)
+    if driver is None:
+        pytest.skip("FreeTDS ODBC driver not registered: apt-get install tdsodbc (see docs/sqlserver.md)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        "INGEST_SQLSERVER_PASSWORD": PASSWORD, "INGEST_SQLSERVER_DRIVER": driver,
+        "INGEST_SQLSERVER_HOST": "127.0.0.1", "INGEST_SQLSERVER_PORT": str(port),
+    }
+    for action in ("init", "status", "smoketest"):
+        result = scrapy_db(action, "--url", "sqlserver://", "--wait-timeout", "1", env=env)
+        assert_one_line_error(result, f"127.0.0.1:{port}", "PWD=***")
+        assert PASSWORD not in result.stdout + result.stderr
+
+
+# -- live SQL Server -------------------------------------------------------------------------
+@pytest.mark.sqlserver
+@pytest.mark.skipif(not SQLSERVER_CONFIGURED, reason=SQLSERVER_REASON)
+def test_live_sqlserver_commands():
+    from holocron_scrapy.db import sqlserver
+
+    schema = f"holocron_cmd_{uuid.uuid4().hex[:8]}"
+    env = {"INGEST_SQLSERVER_SCHEMA": schema}
+    try:
+        dry = scrapy_db("init", "--dry-run", "--url", "sqlserver://", "--wait-timeout", "30", env=env,
+                        keep_sqlserver_env=True)
+        assert dry.returncode == 0, dry.stderr
+        assert f"CREATE TABLE [{schema}].[work_items]" in dry.stdout
+        init = scrapy_db("init", "--url", "sqlserver://", "--wait-timeout", "30", env=env, keep_sqlserver_env=True)
+        assert init.returncode == 0, init.stderr
+        assert "Applied 3 migration(s)" in init.stdout
+        again = scrapy_db("init", "--url", "sqlserver://", env=env, keep_sqlserver_env=True)
+        assert "Nothing to do" in again.stdout
+        status = scrapy_db("status", "--url", "sqlserver://", env=env, keep_sqlserver_env=True)
+        assert "Pending migrations: none" in status.stdout
+        smoke = scrapy_db("smoketest", "--url", "sqlserver://", env=env, keep_sqlserver_env=True)
+        assert smoke.returncode == 0, (smoke.stdout, smoke.stderr)
+        assert "All smoke tests passed!" in smoke.stdout and "Password: ***" in smoke.stdout
+        assert os.environ["INGEST_SQLSERVER_PASSWORD"] not in smoke.stdout + smoke.stderr
+    finally:
+        settings = sqlserver.SqlServerSettings.resolve({}, environ={**os.environ, "INGEST_SQLSERVER_SCHEMA": schema})
+        conn = sqlserver.connect(settings, wait_timeout=30)
+        cur = conn.cursor()
+        cur.execute("SELECT t.name FROM sys.tables AS t WHERE t.schema_id = SCHEMA_ID(?)", schema)
+        for (name,) in cur.fetchall():  # test cleanup only: migrations never drop anything
+            cur.execute(f"DROP TABLE [{schema}].[{name}]")
+        cur.execute(f"IF SCHEMA_ID(N'{schema}') IS NOT NULL EXEC (N'DROP SCHEMA [{schema}]')")
+        conn.commit()
+        conn.close()
