@@ -264,3 +264,84 @@ def test_live_sqlserver_commands():
         cur.execute(f"IF SCHEMA_ID(N'{schema}') IS NOT NULL EXEC (N'DROP SCHEMA [{schema}]')")
         conn.commit()
         conn.close()
+
+
+# -- the SQL Server branch of the smoke test, against a recording fake ------------------------
+class DuplicateKey(Exception):
+    pass
+
+
+class FakeServer:
+    """Just enough of a pyodbc connection for the smoke test's round trip."""
+
+    def __init__(self, *, enforce_unique: bool = True):
+        self.rows: dict[str, list] = {}
+        self.log: list[tuple] = []
+        self.enforce_unique = enforce_unique
+
+    def cursor(self):
+        return FakeServerCursor(self)
+
+    def commit(self):
+        self.log.append(("commit",))
+
+    def rollback(self):
+        self.log.append(("rollback",))
+
+
+class FakeServerCursor:
+    def __init__(self, server):
+        self.server, self.result = server, None
+
+    def execute(self, sql, params):
+        self.server.log.append((sql, params))
+        rows = self.server.rows
+        if sql.startswith("INSERT"):
+            key = params[-1]
+            if self.server.enforce_unique and any(r[2] == key for r in rows.values()):
+                raise DuplicateKey("23000", "[23000] Cannot insert duplicate key row ... (2601) (SQLExecDirectW)")
+            rows[params[0]] = [params[0], "pending", key]
+        elif sql.startswith("SELECT"):
+            self.result = tuple(rows[params[0]]) if params[0] in rows else None
+        elif sql.startswith("UPDATE"):
+            rows[params[2]][1] = "completed"
+        elif sql.startswith("DELETE"):
+            rows.pop(params[0], None)
+        return self
+
+    def fetchone(self):
+        return self.result
+
+
+def test_sqlserver_round_trip_flow():
+    from datetime import datetime
+
+    from holocron_scrapy.commands import db as command
+    from holocron_scrapy.db.connection import StoreURL
+
+    server = FakeServer()
+    lines: list[str] = []
+    target = command.Target(StoreURL("sqlserver"))
+    command._round_trip(server, target, "[crawl].[work_items]", step=lines.append)
+    statements = [entry[0] for entry in server.log if len(entry) == 2]
+    assert all("[crawl].[work_items]" in sql for sql in statements)
+    inserts = [entry for entry in server.log if entry[0].startswith("INSERT")]
+    assert len(inserts) == 2 and isinstance(inserts[0][1][6], datetime)  # DATETIME2 gets a datetime
+    assert inserts[0][1][1] == "holocron_smoketest"
+    deletes = [entry[1] for entry in server.log if entry[0].startswith("DELETE")]
+    assert all(params[1] == "holocron_smoketest" for params in deletes)
+    assert server.rows == {}
+    assert ("rollback",) in server.log and server.log[-1] == ("commit",)
+    assert any("correctly rejected" in line for line in lines)
+
+
+def test_sqlserver_round_trip_detects_missing_unique_index():
+    from holocron_scrapy.commands import db as command
+    from holocron_scrapy.db.connection import StoreURL
+    from holocron_scrapy.errors import StoreError
+
+    server = FakeServer(enforce_unique=False)
+    with pytest.raises(StoreError, match="same dedupe_key was accepted"):
+        command._round_trip(server, command.Target(StoreURL("sqlserver")), "[ingest].[work_items]",
+                            step=lambda line: None)
+    assert server.rows == {}  # both rows removed although the test failed

@@ -318,9 +318,10 @@ def test_sqlserver_apply_flow():
     done = MigrationRunner(conn, "sqlserver", schema="crawl").apply()
     assert [m.version for m in done] == VERSIONS
     sql = conn.executed()
-    assert sql[0] == "SET XACT_ABORT ON;"
-    assert "sp_getapplock" in sql[1]
-    assert conn.log[1][2] == ("holocron_scrapy.migrations.crawl", 60000)
+    assert "SET QUOTED_IDENTIFIER ON;" in sql[0]  # filtered indexes need it
+    assert sql[1] == "SET XACT_ABORT ON;"
+    assert "sp_getapplock" in sql[2]
+    assert conn.log[2][2] == ("holocron_scrapy.migrations.crawl", 60000)
     assert "sp_releaseapplock" in sql[-2] and sql[-1] == "SET XACT_ABORT OFF;"
     inserts = [e for e in conn.log if e[0] == "execute" and "INSERT INTO [crawl].[schema_migrations]" in e[1]]
     assert [e[2][0] for e in inserts] == VERSIONS
@@ -359,6 +360,8 @@ def test_sqlserver_lock_not_granted():
     conn = FakeConnection(lock_result=-1)
     with pytest.raises(StoreError, match="another process is migrating"):
         MigrationRunner(conn, "sqlserver", lock_timeout_ms=10).apply()
+    assert conn.executed()[-1] == "SET XACT_ABORT OFF;"
+    assert not any("CREATE" in s or "sp_releaseapplock" in s for s in conn.executed())
 
 
 def test_sqlserver_foreign_schema_refused():

@@ -494,3 +494,13 @@ def test_live_wrong_password_is_not_retried():
         connect(settings, wait_timeout=20)
     assert time.monotonic() - started < 15
     assert "Wrong-Passw0rd!" not in str(info.value)
+
+
+def test_missing_database_hint_beats_login_failed(fake_pyodbc):
+    module = fake_pyodbc()
+    module.failures = [module.Error(
+        "42000", "[42000] [SQL Server]Cannot open database \"Holocron\" requested by the login. The login failed. "
+        "(4060) (SQLDriverConnect); [28000] [SQL Server]Login failed for user 'sa'. (18456)",
+    )]
+    with pytest.raises(StoreError, match="scrapy db init"):
+        connect(resolve())

@@ -2,7 +2,8 @@
 
 The store URL is ``--url``, else the ``HOLOCRON_RECORDS_URL`` (``--store state``:
 ``HOLOCRON_STATE_URL``) setting, else the YAML config chosen by ``HOLOCRON_CONFIG``
-(``storage.records_url`` / ``state.url``). ``sqlite:///PATH`` and ``sqlserver://`` both
+(``storage.records_url`` / ``state.url``; for the state store then ``JOBDIR``'s
+frontier file, then the default). ``sqlite:///PATH`` and ``sqlserver://`` both
 work; SQL Server settings come from the YAML ``storage.sql_server`` / ``state.sqlserver``
 section and the ``INGEST_SQLSERVER_*`` environment variables (see docs/sqlserver.md).
 Errors print one line on stderr and exit with status 1.
@@ -24,6 +25,7 @@ from typing import Any
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
+from holocron_scrapy import defaults
 from holocron_scrapy.db import connection
 from holocron_scrapy.db.migrations import MigrationRunner
 from holocron_scrapy.errors import ConfigError, HolocronError, StoreError
@@ -92,6 +94,8 @@ class Command(ScrapyCommand):
             raise UsageError("--wait-timeout must be >= 0", print_help=False)
         try:
             target = self.target(opts)
+            if target.dialect == connection.SQLSERVER and opts.wait_timeout > 0:
+                print(f"(retrying connection errors for up to {opts.wait_timeout:g}s)")
             getattr(self, f"do_{action}")(target, opts)
         except (HolocronError, *_db_errors()) as exc:
             self.fail(str(exc))
@@ -111,12 +115,21 @@ class Command(ScrapyCommand):
             if url.dialect == connection.SQLITE:
                 return Target(url)  # no need for the YAML config
         config = self._config()
-        if not raw:
-            raw = config.records_url if opts.store == "records" else config.state_url
-            source = "storage.records_url" if opts.store == "records" else "state.url"
+        if not raw and opts.store == "records":
+            raw, source = config.records_url, "storage.records_url"
+        elif not raw:
+            raw, source = config.state_url or self._default_state_url(), "state.url"
         url = connection.parse_store_url(raw, setting=source)
         section = config.records_sqlserver if opts.store == "records" else config.state_sqlserver
         return Target(url, dict(section))
+
+    def _default_state_url(self) -> str:
+        """Like the frontier: a SQLite file inside ``JOBDIR`` when set, else the default."""
+        assert self.settings is not None
+        jobdir = self.settings.get("JOBDIR")
+        if jobdir:
+            return "sqlite:///" + str(Path(jobdir, defaults.JOBDIR_STATE_FILE).resolve())
+        return defaults.STATE_URL
 
     def _config(self) -> Any:
         from holocron_scrapy.config import load_config
@@ -189,10 +202,13 @@ class Command(ScrapyCommand):
         if existed is False and opts.dry_run:
             runner = MigrationRunner(None, connection.SQLSERVER, schema=settings.schema)
             print(f"-- database {settings.database} does not exist: init would create it")
-            for migration in runner.migrations():
+            todo = runner.migrations()
+            for migration in todo:
                 print(f"-- {migration.filename}")
                 for batch in runner.statements(migration):
                     print(f"{batch}\nGO")
+            names = ", ".join(m.filename for m in todo)
+            print(f"Dry run: {len(todo)} pending migration(s) would be applied: {names}")
             return False
         if existed is False:
             print(f"  created database {settings.database}")

@@ -394,6 +394,8 @@ class MigrationRunner:
         except Exception as exc:
             raise StoreError(f"cannot start migrating schema [{self.schema}]: {_one_line(exc)}") from exc
         if result is None or result < 0:
+            self._rollback()
+            self._execute(cur, sql["xact_abort_off"])
             raise StoreError(
                 f"another process is migrating schema [{self.schema}] (application lock {resource!r} "
                 f"not granted within {self.lock_timeout_ms / 1000:g}s, code {result})"

@@ -417,10 +417,10 @@ def _hint(exc: BaseException) -> str:
     message = str(exc).lower()
     state = sqlstate(exc)
     numbers = native_errors(exc)
+    if 4060 in numbers:  # reported together with 18456 "login failed"
+        return "the database does not exist (or the login may not use it): run `scrapy db init` (it creates it)"
     if state == "28000" or 18456 in numbers:
         return f"login failed: check INGEST_SQLSERVER_USER and {ENV_PASSWORD}"
-    if 4060 in numbers:
-        return "the database does not exist: run `scrapy db init` (it creates it)"
     if "certificate" in message or "ssl" in message or "tls" in message:
         return "TLS/certificate problem: for a self-signed dev server set trust_server_certificate: true " \
             "(or INGEST_SQLSERVER_TRUST_SERVER_CERTIFICATE=yes)"
@@ -521,12 +521,10 @@ def ensure_database(settings: SqlServerSettings, wait_timeout: float = 0.0, *, c
 
     Returns True when the database existed, False when it was missing (and is now created
     if *create*), None when skipped: a full connection string names its own database.
+    The name is passed as a parameter and quoted with QUOTENAME, so any name is safe.
     """
-    from holocron_scrapy.db.migrations import validate_identifier
-
     if settings.conn_str:
         return None
-    validate_identifier(settings.database, key="database")
     conn = connect(replace(settings, database="master"), wait_timeout=wait_timeout, autocommit=True)
     try:
         cursor = conn.cursor()

@@ -35,11 +35,11 @@ class Workspace:
     def config(self) -> Path:
         return self.root / "holocron.yaml"
 
-    def write_config(self, api_url: str, *, extra_source: str = "", frontier: str = "") -> Path:
+    def write_config(self, api_url: str, *, extra_source: str = "", frontier: str = "", state: bool = True) -> Path:
         self.config.write_text(
             "contact: tests@example.org\n"
             f"storage:\n  lake_dir: {self.lake}\n  records_url: sqlite:///{self.records_db}\n"
-            f"state:\n  url: sqlite:///{self.state_db}\n"
+            + (f"state:\n  url: sqlite:///{self.state_db}\n" if state else "")
             + (f"frontier:\n{frontier}" if frontier else "")
             + "sources:\n"
             f"  - name: testwiki\n    type: mediawiki\n    api_url: {api_url}\n    delay: 0\n    concurrency: 3\n"

@@ -1,0 +1,88 @@
+"""API requests per stored page crawling the local test MediaWiki, against the lower bound.
+
+A client without ``apihighlimits`` gets at most 50 titles and 500 links (or categories)
+per request, so no crawl can use fewer than
+``max(ceil(links/500), ceil(categories/500), ceil(titles/50))`` requests.
+
+    python -m benchmarks.mediawiki_requests [--seeds "Hub Alpha|Ωmega Station"] [--max-depth 4]
+
+Needs php and Debian's mediawiki package (see README). Prints a table; the figures go to
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support import mediawiki_server as ms
+from tests.support import wikigen
+from tests.support.crawl import Workspace
+
+
+def measure(api_url: str, seeds: str, max_depth: int, batch_size: int, workdir: Path) -> dict:
+    workdir.mkdir(parents=True)
+    ws = Workspace(workdir)
+    ws.write_config(api_url)
+    started = time.monotonic()
+    proc = ws.crawl(
+        "mediawiki", "source=testwiki", f"seeds={seeds}", f"max_depth={max_depth}", f"batch_size={batch_size}",
+        settings={"LOG_LEVEL": "WARNING", "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": "0"},
+        timeout=1800,
+    )
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    conn = sqlite3.connect(ws.records_db)
+    links = categories = 0
+    for (payload,) in conn.execute("SELECT payload FROM ingest_records WHERE outcome = 'ok'"):
+        page = json.loads(payload)
+        links += len(page.get("links", []))
+        categories += len(page.get("categories", []))
+    stored = conn.execute("SELECT COUNT(*) FROM ingest_records").fetchone()[0]
+    run = conn.execute("SELECT requests, duration_s FROM ingest_runs").fetchone()
+    titles = sqlite3.connect(ws.state_db).execute(
+        "SELECT COUNT(*) FROM work_items WHERE status = 'completed' AND attempt > 0"
+    ).fetchone()[0]
+    bound = max(math.ceil(links / 500), math.ceil(categories / 500), math.ceil(titles / 50))
+    return {
+        "batch_size": batch_size, "titles": titles, "stored": stored, "links": links, "categories": categories,
+        "requests": run[0], "bound": bound, "ratio": run[0] / bound, "requests_per_page": run[0] / stored,
+        "pages_per_s": stored / run[1], "crawl_s": run[1], "wall_s": wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="Hub Alpha|Ωmega Station")
+    parser.add_argument("--max-depth", type=int, default=4)
+    parser.add_argument("--batch-sizes", default="50,1")
+    args = parser.parse_args()
+    reason = ms.unavailable_reason()
+    if reason:
+        raise SystemExit(f"needs the local MediaWiki: {reason}")
+    with tempfile.TemporaryDirectory(prefix="holocron-bench-") as tmp:
+        model = wikigen.build_model()
+        dump = model.write_dump(Path(tmp) / "dump.xml")
+        install = ms.build_wiki(Path(tmp) / "wiki", dump)
+        with ms.serve(install) as wiki:
+            rows = [
+                measure(wiki.api_url, args.seeds, args.max_depth, int(b), Path(tmp) / f"crawl-{b}")
+                for b in args.batch_sizes.split(",")
+            ]
+    header = ("batch", "titles", "stored", "links", "cats", "requests", "bound", "ratio", "req/page", "pages/s")
+    print(" | ".join(header))
+    for r in rows:
+        print(
+            f"{r['batch_size']} | {r['titles']} | {r['stored']} | {r['links']} | {r['categories']} | {r['requests']}"
+            f" | {r['bound']} | {r['ratio']:.2f} | {r['requests_per_page']:.3f} | {r['pages_per_s']:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The frontier survives kill -9 and is shared by several crawlers (real MediaWiki, real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from tests.support.crawl import REPO, Workspace
+
+pytestmark = [pytest.mark.mediawiki, pytest.mark.slow]
+
+SEEDS = "seeds=Hub Alpha|Ωmega Station"
+ARGS = ("source=testwiki", SEEDS, "max_depth=2", "batch_size=5")
+SLOW = {"DOWNLOAD_DELAY": "0.02", "HOLOCRON_RECORDS_BATCH_SIZE": "7", "HOLOCRON_FRONTIER_FLUSH_INTERVAL": "0.2"}
+
+
+def record_count(ws: Workspace) -> int:
+    if not ws.records_db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(ws.records_db, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM ingest_records").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def start(ws: Workspace, *args: str, settings: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        ws.command("mediawiki", *args, settings=settings), cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def kill_after(ws: Workspace, proc: subprocess.Popen, records: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while record_count(ws) < records:
+        assert proc.poll() is None, f"crawl ended before {records} records: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "crawl too slow"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def assert_complete(ws: Workspace, model) -> None:
+    expected = model.reachable(["Hub Alpha", "Ωmega Station"], 2)
+    records = ws.records()
+    counts = Counter(r["resource_id"] for r in records)
+    assert set(counts) == set(expected), (sorted(set(expected) - set(counts))[:5], sorted(set(counts) - set(expected))[:5])
+    assert max(counts.values()) == 1, [k for k, c in counts.items() if c > 1][:5]
+    for record in records:
+        assert (ws.lake / record["lake_path"]).is_file()
+    statuses = Counter(item["status"] for item in ws.work_items())
+    assert set(statuses) == {"completed"}, statuses
+
+
+def test_kill_9_at_several_points_then_resume(mediawiki, tmp_path):
+    ws = Workspace(tmp_path)
+    ws.write_config(mediawiki.api_url)
+    total = len(mediawiki.model.reachable(["Hub Alpha", "Ωmega Station"], 2))
+    for point in (5, total // 3, (2 * total) // 3):
+        proc = start(ws, *ARGS, settings=SLOW)
+        kill_after(ws, proc, point)
+    leased = [i for i in ws.work_items() if i["status"] == "in_progress"]
+    assert leased, "the kills should have left leased items behind"
+    done = ws.crawl("mediawiki", *ARGS, settings=SLOW)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reclaimed" in done.stderr or "Frontier" in done.stderr
+    assert_complete(ws, mediawiki.model)
+
+
+def test_three_crawlers_share_one_frontier(mediawiki, tmp_path):
+    ws = Workspace(tmp_path)
+    ws.write_config(mediawiki.api_url)
+    procs = [start(ws, *ARGS, settings={**SLOW, "HOLOCRON_RUN_ID": f"worker{i}"}) for i in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    assert_complete(ws, mediawiki.model)
+    by_run = Counter(r["run_id"] for r in ws.records())
+    assert len(by_run) == 3 and min(by_run.values()) > 0, by_run  # all three did real work
+
+
+def test_jobdir_holds_the_frontier_and_spider_state(mediawiki, tmp_path):
+    ws = Workspace(tmp_path)
+    ws.write_config(mediawiki.api_url, state=False)
+    jobdir = tmp_path / "crawls" / "run1"
+    args = ("source=testwiki", "seeds=Ωmega Station", "max_depth=1")
+    proc = start(ws, *args, settings={**SLOW, "JOBDIR": str(jobdir)})
+    kill_after(ws, proc, 10)
+    assert (jobdir / "frontier.sqlite3").is_file() and not ws.state_db.exists()
+    done = ws.crawl("mediawiki", *args, settings={**SLOW, "JOBDIR": str(jobdir)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (jobdir / "spider.state").is_file()  # Scrapy's own JOBDIR state keeps working
+    expected = mediawiki.model.reachable(["Ωmega Station"], 1)
+    counts = Counter(r["resource_id"] for r in ws.records())
+    assert set(counts) == set(expected) and max(counts.values()) == 1
