@@ -31,7 +31,11 @@ def measure(api_url: str, seeds: str, max_depth: int, batch_size: int, workdir: 
     ws.write_config(api_url)
     started = time.monotonic()
     proc = ws.crawl(
-        "mediawiki", "source=testwiki", f"seeds={seeds}", f"max_depth={max_depth}", f"batch_size={batch_size}",
+        "mediawiki",
+        "source=testwiki",
+        f"seeds={seeds}",
+        f"max_depth={max_depth}",
+        f"batch_size={batch_size}",
         settings={"LOG_LEVEL": "WARNING", "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": "0"},
         timeout=1800,
     )
@@ -46,14 +50,25 @@ def measure(api_url: str, seeds: str, max_depth: int, batch_size: int, workdir: 
         categories += len(page.get("categories", []))
     stored = conn.execute("SELECT COUNT(*) FROM ingest_records").fetchone()[0]
     run = conn.execute("SELECT requests, duration_s FROM ingest_runs").fetchone()
-    titles = sqlite3.connect(ws.state_db).execute(
-        "SELECT COUNT(*) FROM work_items WHERE status = 'completed' AND attempt > 0"
-    ).fetchone()[0]
+    titles = (
+        sqlite3.connect(ws.state_db)
+        .execute("SELECT COUNT(*) FROM work_items WHERE status = 'completed' AND attempt > 0")
+        .fetchone()[0]
+    )
     bound = max(math.ceil(links / 500), math.ceil(categories / 500), math.ceil(titles / 50))
     return {
-        "batch_size": batch_size, "titles": titles, "stored": stored, "links": links, "categories": categories,
-        "requests": run[0], "bound": bound, "ratio": run[0] / bound, "requests_per_page": run[0] / stored,
-        "pages_per_s": stored / run[1], "crawl_s": run[1], "wall_s": wall,
+        "batch_size": batch_size,
+        "titles": titles,
+        "stored": stored,
+        "links": links,
+        "categories": categories,
+        "requests": run[0],
+        "bound": bound,
+        "ratio": run[0] / bound,
+        "requests_per_page": run[0] / stored,
+        "pages_per_s": stored / run[1],
+        "crawl_s": run[1],
+        "wall_s": wall,
     }
 
 

@@ -134,7 +134,9 @@ class _Reader:
             raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
         unknown = sorted(set(map(str, value)) - allowed)
         if unknown:
-            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0], f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise self.fail(
+                f"{key}.{unknown[0]}" if key else unknown[0], f"unknown key (allowed: {', '.join(sorted(allowed))})"
+            )
         return value
 
     def string(self, value: Any, key: str, *, optional: bool = True) -> str | None:
@@ -183,7 +185,9 @@ class _Reader:
             path=self.label,
             contact=self.string(top.get("contact"), "contact"),
             lake_dir=self.string(storage.get("lake_dir", defaults.LAKE_DIR), "storage.lake_dir", optional=False),
-            records_url=self.string(storage.get("records_url", defaults.RECORDS_URL), "storage.records_url", optional=False),
+            records_url=self.string(
+                storage.get("records_url", defaults.RECORDS_URL), "storage.records_url", optional=False
+            ),
             state_url=self.string(state.get("url"), "state.url"),
             records_sqlserver=self.mapping(storage.get("sql_server"), "storage.sql_server", _SQLSERVER_KEYS),
             state_sqlserver=self.mapping(state.get("sqlserver"), "state.sqlserver", _SQLSERVER_KEYS),
@@ -193,12 +197,30 @@ class _Reader:
 
     def source(self, raw: Any, key: str) -> Source:
         common = {
-            "name", "type", "api_url", "contact", "concurrency", "delay", "batch_size", "maxlag",
-            "recrawl_after", "discovery", "seeds",
+            "name",
+            "type",
+            "api_url",
+            "contact",
+            "concurrency",
+            "delay",
+            "batch_size",
+            "maxlag",
+            "recrawl_after",
+            "discovery",
+            "seeds",
         }
         http_keys = {
-            "allowed_domains", "max_depth", "max_pages", "follow", "deny", "sitemap", "store_binary",
-            "max_body_bytes", "auth", "deltafetch", "response_headers",
+            "allowed_domains",
+            "max_depth",
+            "max_pages",
+            "follow",
+            "deny",
+            "sitemap",
+            "store_binary",
+            "max_body_bytes",
+            "auth",
+            "deltafetch",
+            "response_headers",
         }
         raw = self.mapping(raw, key, common | http_keys)
         name = self.string(raw.get("name"), f"{key}.name", optional=False)
@@ -211,14 +233,18 @@ class _Reader:
                 raise self.fail(f"{key}.api_url", f"expected an http(s) URL, got {api_url!r}")
         else:
             api_url = self.string(raw.get("api_url"), f"{key}.api_url")
-        disc = self.mapping(raw.get("discovery"), f"{key}.discovery", {"links", "categories", "max_depth", "namespaces"})
+        disc = self.mapping(
+            raw.get("discovery"), f"{key}.discovery", {"links", "categories", "max_depth", "namespaces"}
+        )
         namespaces = disc.get("namespaces", list(defaults.MEDIAWIKI_NAMESPACES))
         if not isinstance(namespaces, list) or not namespaces:
             raise self.fail(f"{key}.discovery.namespaces", "expected a non-empty list of namespace numbers")
         discovery = Discovery(
             links=self.boolean(disc.get("links", True), f"{key}.discovery.links"),
             categories=self.boolean(disc.get("categories", False), f"{key}.discovery.categories"),
-            max_depth=self.integer(disc.get("max_depth", defaults.MEDIAWIKI_MAX_DEPTH), f"{key}.discovery.max_depth", low=0),
+            max_depth=self.integer(
+                disc.get("max_depth", defaults.MEDIAWIKI_MAX_DEPTH), f"{key}.discovery.max_depth", low=0
+            ),
             namespaces=tuple(self.integer(n, f"{key}.discovery.namespaces", low=0) for n in namespaces),
         )
         seeds = raw.get("seeds") or []
@@ -230,18 +256,34 @@ class _Reader:
             type=kind,
             api_url=api_url,
             contact=self.string(raw.get("contact"), f"{key}.contact"),
-            concurrency=self.integer(raw.get("concurrency", defaults.CONCURRENCY_PER_HOST), f"{key}.concurrency", low=1, high=64),
+            concurrency=self.integer(
+                raw.get("concurrency", defaults.CONCURRENCY_PER_HOST), f"{key}.concurrency", low=1, high=64
+            ),
             delay=self.number(raw.get("delay", defaults.DOWNLOAD_DELAY), f"{key}.delay"),
             batch_size=self.integer(
-                raw.get("batch_size", defaults.MEDIAWIKI_BATCH_SIZE), f"{key}.batch_size",
-                low=1, high=defaults.MEDIAWIKI_MAX_BATCH_SIZE,
+                raw.get("batch_size", defaults.MEDIAWIKI_BATCH_SIZE),
+                f"{key}.batch_size",
+                low=1,
+                high=defaults.MEDIAWIKI_MAX_BATCH_SIZE,
             ),
             maxlag=self.integer(raw.get("maxlag", defaults.MEDIAWIKI_MAXLAG), f"{key}.maxlag", low=0),
-            recrawl_after=None if recrawl is None else parse_duration(recrawl, key=f"{key}.recrawl_after", source=self.label),
+            recrawl_after=None
+            if recrawl is None
+            else parse_duration(recrawl, key=f"{key}.recrawl_after", source=self.label),
             discovery=discovery,
             seeds=tuple(self.string(s, f"{key}.seeds", optional=False) for s in seeds),
             options={k: raw[k] for k in http_keys if k in raw},
         )
 
 
-_SQLSERVER_KEYS = {"host", "port", "database", "user", "driver", "schema", "trust_server_certificate", "encrypt", "conn_str"}
+_SQLSERVER_KEYS = {
+    "host",
+    "port",
+    "database",
+    "user",
+    "driver",
+    "schema",
+    "trust_server_certificate",
+    "encrypt",
+    "conn_str",
+}

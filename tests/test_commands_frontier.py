@@ -14,7 +14,11 @@ from tests.support.crawl import REPO
 def frontier(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "scrapy", "frontier", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "scrapy", "frontier", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 

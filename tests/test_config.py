@@ -46,10 +46,16 @@ def test_missing_explicit_file_is_an_error(tmp_path):
         ("sources:\n  - {name: w, type: ftp}\n", "sources[0].type", "expected one of"),
         ("sources:\n  - {name: w, type: mediawiki}\n", "sources[0].api_url", "non-empty string"),
         ("sources:\n  - {name: w, type: mediawiki, api_url: 'ftp://x'}\n", "sources[0].api_url", "http(s) URL"),
-        ("sources:\n  - {name: w, type: mediawiki, api_url: 'http://x', batch_size: 51}\n",
-         "sources[0].batch_size", "between 1 and 50"),
-        ("sources:\n  - {name: w, type: mediawiki, api_url: 'http://x', discovery: {max_depth: -1}}\n",
-         "sources[0].discovery.max_depth", "between 0 and None"),
+        (
+            "sources:\n  - {name: w, type: mediawiki, api_url: 'http://x', batch_size: 51}\n",
+            "sources[0].batch_size",
+            "between 1 and 50",
+        ),
+        (
+            "sources:\n  - {name: w, type: mediawiki, api_url: 'http://x', discovery: {max_depth: -1}}\n",
+            "sources[0].discovery.max_depth",
+            "between 0 and None",
+        ),
         ("sources:\n  - {name: w, type: http}\n  - {name: w, type: http}\n", "sources[1].name", "duplicate"),
         ("frontier: {order: random}\n", "frontier.order", "bfs or dfs"),
         ("sources:\n  - {name: w, type: http, recrawl_after: soon}\n", "sources[0].recrawl_after", "duration"),
@@ -71,6 +77,8 @@ def test_unknown_source_lists_the_configured_ones():
         config.source("b")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("30s", 30), ("15m", 900), ("6h", 21600), ("1d", 86400), ("2w", 1209600)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("30s", 30), ("15m", 900), ("6h", 21600), ("1d", 86400), ("2w", 1209600)]
+)
 def test_durations(text, seconds):
     assert parse_duration(text, key="k") == seconds

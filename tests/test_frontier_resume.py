@@ -36,8 +36,12 @@ def record_count(ws: Workspace) -> int:
 def start(ws: Workspace, *args: str, settings: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        ws.command("mediawiki", *args, settings=settings), cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        ws.command("mediawiki", *args, settings=settings),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -55,7 +59,10 @@ def assert_complete(ws: Workspace, model) -> None:
     expected = model.reachable(["Hub Alpha", "Ωmega Station"], 2)
     records = ws.records()
     counts = Counter(r["resource_id"] for r in records)
-    assert set(counts) == set(expected), (sorted(set(expected) - set(counts))[:5], sorted(set(counts) - set(expected))[:5])
+    assert set(counts) == set(expected), (
+        sorted(set(expected) - set(counts))[:5],
+        sorted(set(counts) - set(expected))[:5],
+    )
     assert max(counts.values()) == 1, [k for k, c in counts.items() if c > 1][:5]
     for record in records:
         assert (ws.lake / record["lake_path"]).is_file()

@@ -102,8 +102,9 @@ def test_item_signals_ack_and_fail(tmp_path):
     s.enqueue_request(page("B"))
     a, b = drain(s)
     ok = IngestItem("mediawiki", "w", "page", "A", "u", {}, work_item_ids=a.meta[IDS_META])
-    bad = IngestItem("mediawiki", "w", "page", "B", "u", {}, outcome=FAILED, error_message="gone",
-                     work_item_ids=b.meta[IDS_META])
+    bad = IngestItem(
+        "mediawiki", "w", "page", "B", "u", {}, outcome=FAILED, error_message="gone", work_item_ids=b.meta[IDS_META]
+    )
     s._item_done(ok)
     s._item_done(bad)
     s.flush()
@@ -151,7 +152,10 @@ def test_bad_order_setting_is_named(tmp_path):
 def test_jobdir_holds_the_frontier_without_a_state_url(tmp_path):
     from holocron_scrapy.frontier.scheduler import state_url_from_settings
 
-    assert state_url_from_settings({"JOBDIR": str(tmp_path / "job")}) == f"sqlite:///{tmp_path / 'job' / 'frontier.sqlite3'}"
+    assert (
+        state_url_from_settings({"JOBDIR": str(tmp_path / "job")})
+        == f"sqlite:///{tmp_path / 'job' / 'frontier.sqlite3'}"
+    )
     assert state_url_from_settings({"JOBDIR": "x", "HOLOCRON_STATE_URL": "sqlite:///y"}) == "sqlite:///y"
 
 

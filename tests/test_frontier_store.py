@@ -30,9 +30,14 @@ SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST and ING
 
 def new(key: str, priority: int = 0, source: str = "wiki", status: str = PENDING) -> NewItem:
     return NewItem(
-        dedupe_key=f"mediawiki:{source}:page:{key}", source_system="mediawiki", source_name=source,
-        resource_type="page", resource_id=key, request_uri=f"http://w/api.php?titles={key}",
-        priority=priority, status=status,
+        dedupe_key=f"mediawiki:{source}:page:{key}",
+        source_system="mediawiki",
+        source_name=source,
+        resource_type="page",
+        resource_id=key,
+        request_uri=f"http://w/api.php?titles={key}",
+        priority=priority,
+        status=status,
     )
 
 

@@ -20,16 +20,30 @@ from holocron_scrapy.records.store import open_record_store
 
 def item(resource_id: str = "Star Wars", payload=None, **kw) -> IngestItem:
     return IngestItem(
-        source_system="mediawiki", source_name="wikipedia", resource_type="page", resource_id=resource_id,
-        request_uri="https://w/api.php", payload=payload if payload is not None else {"title": resource_id, "n": 1},
-        fetched_at_utc=datetime(2026, 1, 19, 12, 0, 5, tzinfo=timezone.utc), **kw,
+        source_system="mediawiki",
+        source_name="wikipedia",
+        resource_type="page",
+        resource_id=resource_id,
+        request_uri="https://w/api.php",
+        payload=payload if payload is not None else {"title": resource_id, "n": 1},
+        fetched_at_utc=datetime(2026, 1, 19, 12, 0, 5, tzinfo=timezone.utc),
+        **kw,
     )
 
 
 @pytest.mark.parametrize(
     "title",
-    ["AT-AT/Walker", "../../etc/passwd", "Han's Blaster", "東京 Base", "Ωmega Station", ".hidden", "a\\b:c*d?e", "x" * 400,
-     "Ω" * 200],
+    [
+        "AT-AT/Walker",
+        "../../etc/passwd",
+        "Han's Blaster",
+        "東京 Base",
+        "Ωmega Station",
+        ".hidden",
+        "a\\b:c*d?e",
+        "x" * 400,
+        "Ω" * 200,
+    ],
 )
 def test_safe_component_never_escapes_and_stays_short(title):
     name = safe_component(title)

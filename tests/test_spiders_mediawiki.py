@@ -72,9 +72,10 @@ def test_rerun_fetches_and_stores_nothing_new(mediawiki, tmp_path):
 
 def test_wikipedia_spider_uses_its_source_and_batches(mediawiki, tmp_path):
     ws = Workspace(tmp_path)
-    ws.write_config(mediawiki.api_url, extra_source=(
-        f"  - name: wikipedia\n    type: mediawiki\n    api_url: {mediawiki.api_url}\n    delay: 0\n"
-    ))
+    ws.write_config(
+        mediawiki.api_url,
+        extra_source=(f"  - name: wikipedia\n    type: mediawiki\n    api_url: {mediawiki.api_url}\n    delay: 0\n"),
+    )
     titles = sorted(t for t, p in mediawiki.model.pages.items() if p.ns == 0 and p.redirect is None)[:120]
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("# titles\n" + "\n".join(titles) + "\n\n", encoding="utf-8")

@@ -242,3 +242,29 @@ def test_index_keys_fit_sql_server_limits():
             assert _key_bytes(tables[match.group(1)], key.group(3).split(",")) <= limit, key.group(0)
             checked += 1
     assert checked >= 15
+
+
+def _literal_executes(module) -> list[tuple[str, str]]:
+    """(enclosing function, SQL) for every ``.execute("literal", ...)`` call in *module*."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(module))
+    found = []
+    for func in ast.walk(tree):
+        if not isinstance(func, ast.FunctionDef):
+            continue
+        for node in ast.walk(func):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "execute"
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                found.append((func.name, node.args[0].value))
+    return found
+
+
+def test_sqlserver_code_has_no_inline_tsql():
+    """All T-SQL lives in the enumerated constants checked above (SQLite literals excepted)."""
+    assert _literal_executes(sqlserver) == []
+    sqlite_only = {"_apply_sqlite", "_refuse_foreign_sqlite", "applied"}
+    for function, sql in _literal_executes(migrations):
+        assert function in sqlite_only, f"inline SQL in {function}: {sql}"
+        sqlglot.parse_one(sql, read="sqlite")

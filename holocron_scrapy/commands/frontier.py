@@ -28,7 +28,9 @@ class Command(ScrapyCommand):
     default_settings = {"LOG_LEVEL": "WARNING"}
 
     def syntax(self) -> str:
-        return "stats [--json] | retry-failed [--source NAME] | recrawl --source NAME [--older-than 30d] | release-leases"
+        return (
+            "stats [--json] | retry-failed [--source NAME] | recrawl --source NAME [--older-than 30d] | release-leases"
+        )
 
     def short_desc(self) -> str:
         return "Show or steer the SQL frontier (work_items)"
@@ -79,7 +81,14 @@ class Command(ScrapyCommand):
         for source, per_status in sorted(counts.items()):
             print(f"{source:<24}" + "".join(f"{per_status.get(s, 0):>13}" for s in STATUSES))
         lease = report["oldest_lease"]
-        print("oldest lease: " + (f"{lease['dedupe_key']} by {lease['lease_owner']} until {lease['lease_expires_at']}" if lease else "none"))
+        print(
+            "oldest lease: "
+            + (
+                f"{lease['dedupe_key']} by {lease['lease_owner']} until {lease['lease_expires_at']}"
+                if lease
+                else "none"
+            )
+        )
         for message, count in report["failure_reasons"]:
             print(f"failed x{count}: {message}")
         return 0

@@ -37,8 +37,9 @@ def outcome_count(stats: dict[str, Any], outcome: str) -> int:
     return sum(int(v) for k, v in stats.items() if k.endswith(suffix))
 
 
-def build_summary(stats: dict[str, Any], *, run_id: str, spider: str, source_system: str | None,
-                  source_name: str | None, reason: str) -> dict[str, Any]:
+def build_summary(
+    stats: dict[str, Any], *, run_id: str, spider: str, source_system: str | None, source_name: str | None, reason: str
+) -> dict[str, Any]:
     """The run summary from Scrapy stats (pure; used by the extension and tests)."""
     started = stats.get("start_time")
     finished = stats.get("finish_time") or datetime.now(timezone.utc)

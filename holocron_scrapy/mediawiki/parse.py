@@ -33,8 +33,11 @@ class Accumulator:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "pages": self.pages, "normalized": self.normalized, "redirects": self.redirects,
-            "interwiki": self.interwiki, "parts": self.parts,
+            "pages": self.pages,
+            "normalized": self.normalized,
+            "redirects": self.redirects,
+            "interwiki": self.interwiki,
+            "parts": self.parts,
         }
 
     @classmethod
@@ -125,7 +128,9 @@ def resolve(acc: Accumulator, requested: str) -> Resolution:
         return Resolution(requested, title, INVALID, {"title": title, **acc.interwiki[title]}, tuple(chain))
     page = acc.pages.get(title)
     if page is None:
-        return Resolution(requested, title, MISSING, {"title": title, "missing": True, "absent_from_response": True}, tuple(chain))
+        return Resolution(
+            requested, title, MISSING, {"title": title, "missing": True, "absent_from_response": True}, tuple(chain)
+        )
     if page.get("invalid"):
         return Resolution(requested, title, INVALID, page, tuple(chain))
     if page.get("special"):
@@ -137,11 +142,7 @@ def resolve(acc: Accumulator, requested: str) -> Resolution:
 
 def page_links(page: dict[str, Any], namespaces: tuple[int, ...] | None = None) -> list[str]:
     """Titles linked from *page* (optionally only in *namespaces*), in API order."""
-    return [
-        link["title"]
-        for link in page.get("links", [])
-        if namespaces is None or link.get("ns") in namespaces
-    ]
+    return [link["title"] for link in page.get("links", []) if namespaces is None or link.get("ns") in namespaces]
 
 
 def page_categories(page: dict[str, Any]) -> list[str]:
@@ -149,6 +150,16 @@ def page_categories(page: dict[str, Any]) -> list[str]:
 
 
 __all__ = [
-    "Accumulator", "ApiError", "MalformedResponse", "Resolution", "merge_query", "resolve",
-    "page_links", "page_categories", "OK", "MISSING", "INVALID", "REDIRECT_LOOP",
+    "Accumulator",
+    "ApiError",
+    "MalformedResponse",
+    "Resolution",
+    "merge_query",
+    "resolve",
+    "page_links",
+    "page_categories",
+    "OK",
+    "MISSING",
+    "INVALID",
+    "REDIRECT_LOOP",
 ]

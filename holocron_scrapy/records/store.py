@@ -17,14 +17,45 @@ from itemadapter import ItemAdapter
 from holocron_scrapy.items import INTERNAL_FIELDS, canonical_json
 
 RECORD_COLUMNS = (
-    "ingest_id", "source_system", "source_name", "resource_type", "resource_id", "requested_id", "outcome",
-    "request_uri", "request_method", "request_headers", "status_code", "content_type", "response_headers",
-    "fetched_at_utc", "duration_ms", "hash_sha256", "run_id", "work_item_id", "attempt", "error_message",
-    "lake_path", "payload",
+    "ingest_id",
+    "source_system",
+    "source_name",
+    "resource_type",
+    "resource_id",
+    "requested_id",
+    "outcome",
+    "request_uri",
+    "request_method",
+    "request_headers",
+    "status_code",
+    "content_type",
+    "response_headers",
+    "fetched_at_utc",
+    "duration_ms",
+    "hash_sha256",
+    "run_id",
+    "work_item_id",
+    "attempt",
+    "error_message",
+    "lake_path",
+    "payload",
 )
 RUN_COLUMNS = (
-    "run_id", "spider", "source_system", "source_name", "status", "started_at", "finished_at", "duration_s",
-    "pages_stored", "pages_unchanged", "pages_missing", "pages_failed", "requests", "finish_reason", "summary",
+    "run_id",
+    "spider",
+    "source_system",
+    "source_name",
+    "status",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    "pages_stored",
+    "pages_unchanged",
+    "pages_missing",
+    "pages_failed",
+    "requests",
+    "finish_reason",
+    "summary",
 )
 
 
@@ -112,13 +143,17 @@ class SqliteRecordStore(RecordStore):
 
     def count(self, **where: Any) -> int:
         clause = " AND ".join(f"{k} = ?" for k in where) or "1 = 1"
-        return self.conn.execute(f"SELECT COUNT(*) FROM ingest_records WHERE {clause}", tuple(where.values())).fetchone()[0]
+        return self.conn.execute(
+            f"SELECT COUNT(*) FROM ingest_records WHERE {clause}", tuple(where.values())
+        ).fetchone()[0]
 
     def close(self) -> None:
         self.conn.close()
 
 
-def open_record_store(url: str, *, setting: str = "HOLOCRON_RECORDS_URL", sqlserver_config: dict[str, Any] | None = None) -> RecordStore:
+def open_record_store(
+    url: str, *, setting: str = "HOLOCRON_RECORDS_URL", sqlserver_config: dict[str, Any] | None = None
+) -> RecordStore:
     """Open the records backend named by the store *url* (schema brought up to date)."""
     from holocron_scrapy.db.connection import SQLITE, open_store, parse_store_url
 

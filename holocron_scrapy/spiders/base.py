@@ -128,7 +128,9 @@ class HolocronSpider(Spider):
     def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:
         name = kwargs.get("source") or cls.default_source
         if not name:
-            raise ConfigError(f"no source given: use -a source=NAME (configured: {', '.join(config.sources) or 'none'})", key="source")
+            raise ConfigError(
+                f"no source given: use -a source=NAME (configured: {', '.join(config.sources) or 'none'})", key="source"
+            )
         source = config.source(name)
         if source.type != cls.source_type:
             raise ConfigError(

@@ -121,7 +121,9 @@ class MediaWikiSpider(HolocronSpider):
         return super().select_source(config, kwargs)
 
     @classmethod
-    def configure(cls, config: Config, source: Source, kwargs: dict[str, Any]) -> tuple[MediaWikiOptions, dict[str, Any]]:
+    def configure(
+        cls, config: Config, source: Source, kwargs: dict[str, Any]
+    ) -> tuple[MediaWikiOptions, dict[str, Any]]:
         options = mediawiki_options(source, kwargs)
         return options, {"CONCURRENT_REQUESTS": source.concurrency, "HOLOCRON_FRONTIER_CLAIM_SIZE": options.batch_size}
 
@@ -138,11 +140,18 @@ class MediaWikiSpider(HolocronSpider):
             yield self.title_request(title, depth=0)
         self.frontier_hold = False
 
-    def title_request(self, title: str, *, depth: int, discovered_from: str | None = None, known: bool = False) -> Request:
+    def title_request(
+        self, title: str, *, depth: int, discovered_from: str | None = None, known: bool = False
+    ) -> Request:
         """The per-title request the frontier stores; batched by :meth:`build_batch_request`."""
         meta = {
             "holocron": resource_meta(
-                SOURCE_SYSTEM, self.options.source_name, RESOURCE_TYPE, title, depth=depth, discovered_from=discovered_from
+                SOURCE_SYSTEM,
+                self.options.source_name,
+                RESOURCE_TYPE,
+                title,
+                depth=depth,
+                discovered_from=discovered_from,
             ),
             BATCH_META: self.options.api_url,
             BATCH_SIZE_META: self.options.batch_size,
@@ -208,8 +217,13 @@ class MediaWikiSpider(HolocronSpider):
             return
         except (ValueError, MalformedResponse) as exc:
             yield from self.failure_items(
-                titles, response, f"not a MediaWiki query answer: {exc}", retryable=False,
-                payload={"body_prefix": response.text[:2000] if hasattr(response, "text") else repr(response.body[:2000])},
+                titles,
+                response,
+                f"not a MediaWiki query answer: {exc}",
+                retryable=False,
+                payload={
+                    "body_prefix": response.text[:2000] if hasattr(response, "text") else repr(response.body[:2000])
+                },
             )
             return
         if continuation:
@@ -273,8 +287,15 @@ class MediaWikiSpider(HolocronSpider):
             yield self.title_request(title, depth=depth, discovered_from=parent)
 
     def failure_items(
-        self, titles: list[dict[str, Any]], response: Response | None, error: str, *, retryable: bool,
-        payload: Any = None, status: int | None = None, url: str | None = None,
+        self,
+        titles: list[dict[str, Any]],
+        response: Response | None,
+        error: str,
+        *,
+        retryable: bool,
+        payload: Any = None,
+        status: int | None = None,
+        url: str | None = None,
     ) -> Iterator[IngestItem]:
         for entry in titles:
             self.crawler.stats.inc_value("mediawiki/pages/failed")
@@ -302,7 +323,14 @@ class MediaWikiSpider(HolocronSpider):
         titles = request.meta.get("mw_titles")
         if titles is None:  # a per-title request that was never batched (no frontier)
             info = request.meta["holocron"]
-            titles = [{"title": info["resource_id"], "depth": info.get("depth", 0), "ids": list(request.meta.get(IDS_META, ())), "attempt": 1}]
+            titles = [
+                {
+                    "title": info["resource_id"],
+                    "depth": info.get("depth", 0),
+                    "ids": list(request.meta.get(IDS_META, ())),
+                    "attempt": 1,
+                }
+            ]
         status = None
         retryable = True
         if failure.check(HttpError):
@@ -310,8 +338,12 @@ class MediaWikiSpider(HolocronSpider):
             retryable = status >= 500 or status == 429
         self.logger.warning("Batch of %d titles failed: %s", len(titles), failure.getErrorMessage())
         yield from self.failure_items(
-            titles, None, f"{failure.type.__name__}: {failure.getErrorMessage()}", retryable=retryable,
-            status=status, url=request.url,
+            titles,
+            None,
+            f"{failure.type.__name__}: {failure.getErrorMessage()}",
+            retryable=retryable,
+            status=status,
+            url=request.url,
         )
 
 
