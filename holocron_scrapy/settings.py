@@ -21,10 +21,13 @@ DUPEFILTER_CLASS = "holocron_scrapy.frontier.dupefilter.FrontierDupeFilter"
 SPIDER_MIDDLEWARES = {
     # Last to see the callback output (closest to the engine): acks what nothing took.
     "holocron_scrapy.frontier.acks.FrontierAckMiddleware": 10,
+    # Opt-in per source (DELTAFETCH_ENABLED); scrapy-deltafetch fixed for async output.
+    "holocron_scrapy.middlewares.deltafetch.AsyncDeltaFetch": 100,
 }
 DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "holocron_scrapy.middlewares.retry.PoliteRetryMiddleware": 550,
+    "holocron_scrapy.web.auth.SourceAuthMiddleware": 580,
 }
 ITEM_PIPELINES = {
     "holocron_scrapy.pipelines.changes.ChangeFilterPipeline": 200,
@@ -50,6 +53,8 @@ DEFAULT_REQUEST_HEADERS = {
     "Accept-Encoding": "gzip, deflate",
 }
 COMPRESSION_ENABLED = True
+
+DELTAFETCH_ENABLED = False
 
 LOG_LEVEL = "INFO"
 DEFAULT_DROPITEM_LOG_LEVEL = "DEBUG"

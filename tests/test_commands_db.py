@@ -47,7 +47,12 @@ def scrapy_db(*args: str, env: dict[str, str] | None = None, keep_sqlserver_env:
     base.update(env or {})
     prefix = ["-m", "scrapy"] if _settings_enable_commands() else ["-c", RUNNER]
     return subprocess.run(
-        [sys.executable, *prefix, "db", *args], cwd=ROOT, env=base, capture_output=True, text=True, timeout=120,
+        [sys.executable, *prefix, "db", *args],
+        cwd=ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -221,8 +226,10 @@ def test_sqlserver_unreachable_after_wait_timeout():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {
-        "INGEST_SQLSERVER_PASSWORD": PASSWORD, "INGEST_SQLSERVER_DRIVER": driver,
-        "INGEST_SQLSERVER_HOST": "127.0.0.1", "INGEST_SQLSERVER_PORT": str(port),
+        "INGEST_SQLSERVER_PASSWORD": PASSWORD,
+        "INGEST_SQLSERVER_DRIVER": driver,
+        "INGEST_SQLSERVER_HOST": "127.0.0.1",
+        "INGEST_SQLSERVER_PORT": str(port),
     }
     for action in ("init", "status", "smoketest"):
         result = scrapy_db(action, "--url", "sqlserver://", "--wait-timeout", "1", env=env)
@@ -239,8 +246,9 @@ def test_live_sqlserver_commands():
     schema = f"holocron_cmd_{uuid.uuid4().hex[:8]}"
     env = {"INGEST_SQLSERVER_SCHEMA": schema}
     try:
-        dry = scrapy_db("init", "--dry-run", "--url", "sqlserver://", "--wait-timeout", "30", env=env,
-                        keep_sqlserver_env=True)
+        dry = scrapy_db(
+            "init", "--dry-run", "--url", "sqlserver://", "--wait-timeout", "30", env=env, keep_sqlserver_env=True
+        )
         assert dry.returncode == 0, dry.stderr
         assert f"CREATE TABLE [{schema}].[work_items]" in dry.stdout
         init = scrapy_db("init", "--url", "sqlserver://", "--wait-timeout", "30", env=env, keep_sqlserver_env=True)
@@ -342,6 +350,7 @@ def test_sqlserver_round_trip_detects_missing_unique_index():
 
     server = FakeServer(enforce_unique=False)
     with pytest.raises(StoreError, match="same dedupe_key was accepted"):
-        command._round_trip(server, command.Target(StoreURL("sqlserver")), "[ingest].[work_items]",
-                            step=lambda line: None)
+        command._round_trip(
+            server, command.Target(StoreURL("sqlserver")), "[ingest].[work_items]", step=lambda line: None
+        )
     assert server.rows == {}  # both rows removed although the test failed

@@ -48,7 +48,9 @@ def test_load_migrations_in_version_order(dialect):
     found = load_migrations(dialect)
     assert [m.version for m in found] == VERSIONS
     assert [m.filename for m in found] == [
-        "0001_create_schema.sql", "0002_create_tables.sql", "0003_indexes_constraints.sql",
+        "0001_create_schema.sql",
+        "0002_create_tables.sql",
+        "0003_indexes_constraints.sql",
     ]
     assert all(m.dialect == dialect and m.text.strip() for m in found)
 
@@ -160,31 +162,44 @@ def test_sqlite_triggers_enforce_json_payload(db):
 
 # -- splitting ---------------------------------------------------------------------------------
 def test_go_splitting_variants():
-    script = "\n".join([
-        "SELECT 1", "GO", "SELECT 2", "go", "SELECT 3", "  Go  ", "SELECT 4", "GO -- end of batch 4",
-        "SELECT 5", "GO\t", "",
-    ])
+    script = "\n".join(
+        [
+            "SELECT 1",
+            "GO",
+            "SELECT 2",
+            "go",
+            "SELECT 3",
+            "  Go  ",
+            "SELECT 4",
+            "GO -- end of batch 4",
+            "SELECT 5",
+            "GO\t",
+            "",
+        ]
+    )
     assert split_go_batches(script) == ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 4", "SELECT 5"]
 
 
 def test_go_inside_string_literal_or_comment_does_not_split():
-    script = "\n".join([
-        "INSERT INTO t VALUES (N'line one",
-        "GO",
-        "it''s still the string')",
-        "/* a block comment",
-        "GO",
-        "/* nested",
-        "GO",
-        "*/ still comment",
-        "GO",
-        "*/",
-        "-- GO in a line comment",
-        "SELECT [GO",
-        "] FROM t",
-        "GO",
-        "SELECT 2",
-    ])
+    script = "\n".join(
+        [
+            "INSERT INTO t VALUES (N'line one",
+            "GO",
+            "it''s still the string')",
+            "/* a block comment",
+            "GO",
+            "/* nested",
+            "GO",
+            "*/ still comment",
+            "GO",
+            "*/",
+            "-- GO in a line comment",
+            "SELECT [GO",
+            "] FROM t",
+            "GO",
+            "SELECT 2",
+        ]
+    )
     batches = split_go_batches(script)
     assert len(batches) == 2
     assert batches[0].startswith("INSERT INTO t") and batches[0].endswith("] FROM t")
@@ -231,12 +246,14 @@ def test_schema_substitution():
     assert "CREATE TABLE [crawl_2].[work_items]" in text
     assert "N'[crawl_2].[IngestRecords]'" in text
     assert "EXEC sys.sp_executesql N'CREATE SCHEMA [crawl_2]'" in text
-    assert all("[crawl_2]" in sql or "?" in sql or "SET " in sql
-               for sql in migrations.tsql_statements("crawl_2").values())
+    assert all(
+        "[crawl_2]" in sql or "?" in sql or "SET " in sql for sql in migrations.tsql_statements("crawl_2").values()
+    )
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "1ingest", "bad-name", "a]b", "x; DROP TABLE y", "ingest.x", "[ingest]", "a b", "é", "x" * 129],
+    "bad",
+    ["", "1ingest", "bad-name", "a]b", "x; DROP TABLE y", "ingest.x", "[ingest]", "a b", "é", "x" * 129],
 )
 def test_bad_schema_names_rejected(bad):
     with pytest.raises(ConfigError, match="schema"):
@@ -389,7 +406,11 @@ def test_live_sqlserver_apply_twice():
         cur = conn.cursor()
         cur.execute(sqlserver.TSQL_LIST_TABLES, schema)
         assert {r[0] for r in cur.fetchall()} == {
-            "work_items", "IngestRecords", "ingest_runs", "seen_resources", "schema_migrations",
+            "work_items",
+            "IngestRecords",
+            "ingest_runs",
+            "seen_resources",
+            "schema_migrations",
         }
     finally:
         _drop_test_schema(conn, schema)

@@ -44,7 +44,12 @@ def pairs(conn_str: str) -> dict[str, str]:
 def test_defaults():
     s = resolve()
     assert (s.host, s.port, s.database, s.user, s.driver, s.schema) == (
-        "localhost", 1433, "Holocron", "sa", "ODBC Driver 18 for SQL Server", "ingest",
+        "localhost",
+        1433,
+        "Holocron",
+        "sa",
+        "ODBC Driver 18 for SQL Server",
+        "ingest",
     )
     assert s.password == PASSWORD
     assert s.fast_executemany is False
@@ -53,23 +58,47 @@ def test_defaults():
 
 def test_environment_variables():
     s = resolve(
-        INGEST_SQLSERVER_HOST="db.internal", INGEST_SQLSERVER_PORT="14330", INGEST_SQLSERVER_DATABASE="Lake",
-        INGEST_SQLSERVER_USER="crawler", INGEST_SQLSERVER_DRIVER="FreeTDS", INGEST_SQLSERVER_SCHEMA="crawl",
-        INGEST_SQLSERVER_TRUST_SERVER_CERTIFICATE="yes", INGEST_SQLSERVER_ENCRYPT="no",
-        INGEST_SQLSERVER_LOGIN_TIMEOUT="3", INGEST_SQLSERVER_FAST_EXECUTEMANY="true",
+        INGEST_SQLSERVER_HOST="db.internal",
+        INGEST_SQLSERVER_PORT="14330",
+        INGEST_SQLSERVER_DATABASE="Lake",
+        INGEST_SQLSERVER_USER="crawler",
+        INGEST_SQLSERVER_DRIVER="FreeTDS",
+        INGEST_SQLSERVER_SCHEMA="crawl",
+        INGEST_SQLSERVER_TRUST_SERVER_CERTIFICATE="yes",
+        INGEST_SQLSERVER_ENCRYPT="no",
+        INGEST_SQLSERVER_LOGIN_TIMEOUT="3",
+        INGEST_SQLSERVER_FAST_EXECUTEMANY="true",
     )
     assert (s.host, s.port, s.database, s.user, s.driver, s.schema) == (
-        "db.internal", 14330, "Lake", "crawler", "FreeTDS", "crawl",
+        "db.internal",
+        14330,
+        "Lake",
+        "crawler",
+        "FreeTDS",
+        "crawl",
     )
     assert (s.trust_server_certificate, s.encrypt, s.login_timeout, s.fast_executemany) == (True, False, 3, True)
 
 
 def test_yaml_section_used_when_environment_is_silent():
-    yaml = {"host": "sql.example.org", "port": 1444, "database": "Lake", "user": "bot", "schema": "crawl",
-            "trust_server_certificate": True, "encrypt": True, "driver": "FreeTDS"}
+    yaml = {
+        "host": "sql.example.org",
+        "port": 1444,
+        "database": "Lake",
+        "user": "bot",
+        "schema": "crawl",
+        "trust_server_certificate": True,
+        "encrypt": True,
+        "driver": "FreeTDS",
+    }
     s = resolve(yaml)
     assert (s.host, s.port, s.database, s.user, s.schema, s.driver) == (
-        "sql.example.org", 1444, "Lake", "bot", "crawl", "FreeTDS",
+        "sql.example.org",
+        1444,
+        "Lake",
+        "bot",
+        "crawl",
+        "FreeTDS",
     )
     assert s.trust_server_certificate is True and s.encrypt is True
 
@@ -102,14 +131,17 @@ def test_unknown_yaml_key_refused():
     assert info.value.key == "hots"
 
 
-@pytest.mark.parametrize(("env", "key"), [
-    ({"INGEST_SQLSERVER_PORT": "http"}, "INGEST_SQLSERVER_PORT"),
-    ({"INGEST_SQLSERVER_PORT": "70000"}, "INGEST_SQLSERVER_PORT"),
-    ({"INGEST_SQLSERVER_ENCRYPT": "maybe"}, "INGEST_SQLSERVER_ENCRYPT"),
-    ({"INGEST_SQLSERVER_SCHEMA": "bad-schema"}, "INGEST_SQLSERVER_SCHEMA"),
-    ({"INGEST_SQLSERVER_SCHEMA": "x]; DROP TABLE y --"}, "INGEST_SQLSERVER_SCHEMA"),
-    ({"INGEST_SQLSERVER_LOGIN_TIMEOUT": "0"}, "INGEST_SQLSERVER_LOGIN_TIMEOUT"),
-])
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"INGEST_SQLSERVER_PORT": "http"}, "INGEST_SQLSERVER_PORT"),
+        ({"INGEST_SQLSERVER_PORT": "70000"}, "INGEST_SQLSERVER_PORT"),
+        ({"INGEST_SQLSERVER_ENCRYPT": "maybe"}, "INGEST_SQLSERVER_ENCRYPT"),
+        ({"INGEST_SQLSERVER_SCHEMA": "bad-schema"}, "INGEST_SQLSERVER_SCHEMA"),
+        ({"INGEST_SQLSERVER_SCHEMA": "x]; DROP TABLE y --"}, "INGEST_SQLSERVER_SCHEMA"),
+        ({"INGEST_SQLSERVER_LOGIN_TIMEOUT": "0"}, "INGEST_SQLSERVER_LOGIN_TIMEOUT"),
+    ],
+)
 def test_bad_environment_values_name_the_variable(env, key):
     with pytest.raises(ConfigError) as info:
         resolve(**env)
@@ -117,10 +149,15 @@ def test_bad_environment_values_name_the_variable(env, key):
     assert PASSWORD not in str(info.value)
 
 
-@pytest.mark.parametrize(("yaml", "key"), [
-    ({"schema": "1abc"}, "schema"), ({"port": True}, "port"), ({"host": 5}, "host"),
-    ({"trust_server_certificate": "perhaps"}, "trust_server_certificate"),
-])
+@pytest.mark.parametrize(
+    ("yaml", "key"),
+    [
+        ({"schema": "1abc"}, "schema"),
+        ({"port": True}, "port"),
+        ({"host": 5}, "host"),
+        ({"trust_server_certificate": "perhaps"}, "trust_server_certificate"),
+    ],
+)
 def test_bad_yaml_values_name_the_key(yaml, key):
     with pytest.raises(ConfigError) as info:
         resolve(yaml)
@@ -139,11 +176,18 @@ def test_connection_string_microsoft_driver():
     assert cs.startswith("Driver={ODBC Driver 18 for SQL Server};")
 
 
-@pytest.mark.parametrize(("host", "configured", "expected"), [
-    ("localhost", None, True), ("127.0.0.1", None, True), ("LOCALHOST", None, True),
-    ("db.example.org", None, False), ("10.0.0.5", None, False),
-    ("localhost", False, False), ("db.example.org", True, True),
-])
+@pytest.mark.parametrize(
+    ("host", "configured", "expected"),
+    [
+        ("localhost", None, True),
+        ("127.0.0.1", None, True),
+        ("LOCALHOST", None, True),
+        ("db.example.org", None, False),
+        ("10.0.0.5", None, False),
+        ("localhost", False, False),
+        ("db.example.org", True, True),
+    ],
+)
 def test_trust_server_certificate_defaults(host, configured, expected):
     yaml = {"host": host}
     if configured is not None:
@@ -179,8 +223,9 @@ def test_environment_wins_for_connection_strings_and_passwords():
     env_cs = "Driver={FreeTDS};Server=envhost;Database=A;UID=u;PWD=EnvConnPw1;"
     url_cs = "Driver={FreeTDS};Server=urlhost;Database=B;UID=u;PWD=UrlPw2;"
     yaml_cs = "Driver={FreeTDS};Server=yamlhost;Database=C;UID=u;"
-    s = SqlServerSettings.resolve({"conn_str": yaml_cs}, conn_str=url_cs,
-                                  environ={"INGEST_SQLSERVER_STATE_CONN_STR": env_cs})
+    s = SqlServerSettings.resolve(
+        {"conn_str": yaml_cs}, conn_str=url_cs, environ={"INGEST_SQLSERVER_STATE_CONN_STR": env_cs}
+    )
     assert pairs(s.connection_string())["server"] == "envhost"
     s = SqlServerSettings.resolve({"conn_str": yaml_cs}, conn_str=url_cs, environ={})
     assert pairs(s.connection_string())["server"] == "urlhost"
@@ -221,34 +266,61 @@ class IntegrityError(Exception):
     pass
 
 
-@pytest.mark.parametrize("args", [
-    ("08S01", "[08S01] [FreeTDS][SQL Server]Unable to connect: Adaptive Server is unavailable (20009) "
-              "(SQLDriverConnect)"),
-    ("08001", f"[08001] {MS}TCP Provider: Error code 0x2749 (10057) (SQLDriverConnect)"),
-    ("HYT00", "[HYT00] [Microsoft][ODBC Driver 18 for SQL Server]Login timeout expired (0) (SQLDriverConnect)"),
-    ("40001", "[40001] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Transaction (Process ID 57) was "
-              "deadlocked on lock resources with another process and has been chosen as the deadlock victim. "
-              "Rerun the transaction. (1205) (SQLExecDirectW)"),
-    ("42000", "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Database 'x' on server 'y' is not "
-              "currently available. (40613) (SQLDriverConnect)"),
-    ("42000", "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]The service is currently busy. (40501) "
-              "(SQLExecDirectW)"),
-    ("HY000", f"[HY000] {MS}[SQL Server]Elastic pool busy (49918) (SQLExecDirectW)"),
-    ("HY000", "something (49919) (SQLExecDirectW)"), ("HY000", "something (49920) (SQLExecDirectW)"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (
+            "08S01",
+            "[08S01] [FreeTDS][SQL Server]Unable to connect: Adaptive Server is unavailable (20009) (SQLDriverConnect)",
+        ),
+        ("08001", f"[08001] {MS}TCP Provider: Error code 0x2749 (10057) (SQLDriverConnect)"),
+        ("HYT00", "[HYT00] [Microsoft][ODBC Driver 18 for SQL Server]Login timeout expired (0) (SQLDriverConnect)"),
+        (
+            "40001",
+            "[40001] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Transaction (Process ID 57) was "
+            "deadlocked on lock resources with another process and has been chosen as the deadlock victim. "
+            "Rerun the transaction. (1205) (SQLExecDirectW)",
+        ),
+        (
+            "42000",
+            "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Database 'x' on server 'y' is not "
+            "currently available. (40613) (SQLDriverConnect)",
+        ),
+        (
+            "42000",
+            "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]The service is currently busy. (40501) "
+            "(SQLExecDirectW)",
+        ),
+        ("HY000", f"[HY000] {MS}[SQL Server]Elastic pool busy (49918) (SQLExecDirectW)"),
+        ("HY000", "something (49919) (SQLExecDirectW)"),
+        ("HY000", "something (49920) (SQLExecDirectW)"),
+    ],
+)
 def test_transient_errors(args):
     assert is_transient(FakeError(*args))
     assert not is_duplicate_key(FakeError(*args))
 
 
-@pytest.mark.parametrize("args", [
-    ("28000", "[28000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Login failed for user 'sa'. (18456) "
-              "(SQLDriverConnect)"),
-    ("42S02", "[42S02] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Invalid object name 'x'. (208) "
-              "(SQLExecDirectW)"),
-    ("01000", "[01000] [unixODBC][Driver Manager]Can't open lib 'ODBC Driver 18 for SQL Server' : file not found "
-              "(0) (SQLDriverConnect)"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (
+            "28000",
+            "[28000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Login failed for user 'sa'. (18456) "
+            "(SQLDriverConnect)",
+        ),
+        (
+            "42S02",
+            "[42S02] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Invalid object name 'x'. (208) "
+            "(SQLExecDirectW)",
+        ),
+        (
+            "01000",
+            "[01000] [unixODBC][Driver Manager]Can't open lib 'ODBC Driver 18 for SQL Server' : file not found "
+            "(0) (SQLDriverConnect)",
+        ),
+    ],
+)
 def test_permanent_errors(args):
     assert not is_transient(FakeError(*args))
 
@@ -256,7 +328,8 @@ def test_permanent_errors(args):
 @pytest.mark.parametrize("number", [2601, 2627])
 def test_duplicate_key_errors(number):
     exc = IntegrityError(
-        "23000", "[23000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Cannot insert duplicate key row in "
+        "23000",
+        "[23000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Cannot insert duplicate key row in "
         "object 'ingest.work_items' with unique index 'ix_work_items_dedupe'. The duplicate key value is (1205). "
         f"({number}) (SQLExecDirectW); [01000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]"
         "The statement has been terminated. (3621)",
@@ -329,13 +402,14 @@ def fake_pyodbc(monkeypatch):
         module = FakePyodbc(**kwargs)
         monkeypatch.setitem(sys.modules, "pyodbc", module)
         return module
+
     return install
 
 
 def refused(module):
     return module.OperationalError(
-        "08001", "[08001] [Microsoft][ODBC Driver 18 for SQL Server]TCP Provider: Error code 0x2749 (10057) "
-        "(SQLDriverConnect)",
+        "08001",
+        "[08001] [Microsoft][ODBC Driver 18 for SQL Server]TCP Provider: Error code 0x2749 (10057) (SQLDriverConnect)",
     )
 
 
@@ -363,9 +437,12 @@ def test_connect_without_wait_tries_once(fake_pyodbc):
 
 def test_login_failure_is_not_retried(fake_pyodbc):
     module = fake_pyodbc()
-    module.failures = [module.Error(
-        "28000", f"[28000] [SQL Server]Login failed for user 'sa'. (18456) (SQLDriverConnect) pwd was {PASSWORD}",
-    )]
+    module.failures = [
+        module.Error(
+            "28000",
+            f"[28000] [SQL Server]Login failed for user 'sa'. (18456) (SQLDriverConnect) pwd was {PASSWORD}",
+        )
+    ]
     with pytest.raises(StoreError, match="login failed") as info:
         connect(resolve(), wait_timeout=30, sleep=lambda s: pytest.fail("must not sleep"))
     assert PASSWORD not in str(info.value)
@@ -443,8 +520,12 @@ def freetds_driver() -> str:
 
 def test_unreachable_server_fails_after_the_wait_timeout():
     driver, port = freetds_driver(), closed_port()
-    settings = resolve(INGEST_SQLSERVER_HOST="127.0.0.1", INGEST_SQLSERVER_PORT=str(port),
-                       INGEST_SQLSERVER_DRIVER=driver, INGEST_SQLSERVER_LOGIN_TIMEOUT="2")
+    settings = resolve(
+        INGEST_SQLSERVER_HOST="127.0.0.1",
+        INGEST_SQLSERVER_PORT=str(port),
+        INGEST_SQLSERVER_DRIVER=driver,
+        INGEST_SQLSERVER_LOGIN_TIMEOUT="2",
+    )
     started = time.monotonic()
     with pytest.raises(StoreError) as info:
         connect(settings, wait_timeout=1.5)
@@ -459,8 +540,12 @@ def test_unreachable_server_fails_after_the_wait_timeout():
 
 def test_unreachable_server_without_wait_fails_at_once():
     driver, port = freetds_driver(), closed_port()
-    settings = resolve(INGEST_SQLSERVER_HOST="127.0.0.1", INGEST_SQLSERVER_PORT=str(port),
-                       INGEST_SQLSERVER_DRIVER=driver, INGEST_SQLSERVER_LOGIN_TIMEOUT="2")
+    settings = resolve(
+        INGEST_SQLSERVER_HOST="127.0.0.1",
+        INGEST_SQLSERVER_PORT=str(port),
+        INGEST_SQLSERVER_DRIVER=driver,
+        INGEST_SQLSERVER_LOGIN_TIMEOUT="2",
+    )
     started = time.monotonic()
     with pytest.raises(StoreError, match=f"127.0.0.1:{port}"):
         connect(settings)
@@ -498,9 +583,12 @@ def test_live_wrong_password_is_not_retried():
 
 def test_missing_database_hint_beats_login_failed(fake_pyodbc):
     module = fake_pyodbc()
-    module.failures = [module.Error(
-        "42000", "[42000] [SQL Server]Cannot open database \"Holocron\" requested by the login. The login failed. "
-        "(4060) (SQLDriverConnect); [28000] [SQL Server]Login failed for user 'sa'. (18456)",
-    )]
+    module.failures = [
+        module.Error(
+            "42000",
+            '[42000] [SQL Server]Cannot open database "Holocron" requested by the login. The login failed. '
+            "(4060) (SQLDriverConnect); [28000] [SQL Server]Login failed for user 'sa'. (18456)",
+        )
+    ]
     with pytest.raises(StoreError, match="scrapy db init"):
         connect(resolve())

@@ -76,7 +76,9 @@ def assert_sqlglot_parses(sql: str) -> None:
 
 def test_migration_files_exist():
     assert [p.name for p in TSQL_FILES] == [
-        "0001_create_schema.sql", "0002_create_tables.sql", "0003_indexes_constraints.sql",
+        "0001_create_schema.sql",
+        "0002_create_tables.sql",
+        "0003_indexes_constraints.sql",
     ]
     assert len(BATCHES) >= 16 and DYNAMIC, "expected one GO batch per object and dynamic CREATE SCHEMA"
 
@@ -116,8 +118,12 @@ def test_substituted_batches_parse():
 
 
 def test_portable_smoketest_statements_parse_as_sqlite_too():
-    for template in (sqlserver.SMOKETEST_INSERT, sqlserver.SMOKETEST_SELECT,
-                     sqlserver.SMOKETEST_UPDATE, sqlserver.SMOKETEST_DELETE):
+    for template in (
+        sqlserver.SMOKETEST_INSERT,
+        sqlserver.SMOKETEST_SELECT,
+        sqlserver.SMOKETEST_UPDATE,
+        sqlserver.SMOKETEST_DELETE,
+    ):
         sqlglot.parse_one(template.format(table="work_items"), read="sqlite")
 
 
@@ -168,8 +174,7 @@ def _sqlite_tables() -> dict[str, list[tuple[str, bool]]]:
     names = [r[0] for r in conn.execute(query)]
     # INTEGER PRIMARY KEY (seq) is implicitly NOT NULL in SQLite
     return {
-        name: [(r[1], bool(r[3]) or bool(r[5])) for r in conn.execute(f"PRAGMA table_info({name})")]
-        for name in names
+        name: [(r[1], bool(r[3]) or bool(r[5])) for r in conn.execute(f"PRAGMA table_info({name})")] for name in names
     }
 
 
@@ -204,8 +209,9 @@ def test_indexes_mirror_sqlite():
     tsql = set(re.findall(r"CREATE\s+(?:UNIQUE\s+)?(?:NONCLUSTERED\s+|CLUSTERED\s+)?INDEX\s+(\w+)", text))
     assert lite <= tsql, f"missing on SQL Server: {sorted(lite - tsql)}"
     assert re.search(r"ix_work_items_dequeue\s+ON \[ingest\]\.\[work_items\] \(status, priority DESC, seq\)", text)
-    assert re.search(r"UNIQUE NONCLUSTERED INDEX ix_work_items_dedupe\s+ON \[ingest\]\.\[work_items\] \(dedupe_key\)",
-                     text)
+    assert re.search(
+        r"UNIQUE NONCLUSTERED INDEX ix_work_items_dedupe\s+ON \[ingest\]\.\[work_items\] \(dedupe_key\)", text
+    )
     assert re.search(r"ix_work_items_leases[^;]*WHERE status = N'in_progress'", text)
     assert re.search(r"CHECK \(ISJSON\(payload\) = 1\)", text)
     assert "sys.check_constraints" in text
@@ -255,8 +261,14 @@ def _literal_executes(module) -> list[tuple[str, str]]:
         if not isinstance(func, ast.FunctionDef):
             continue
         for node in ast.walk(func):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "execute"
-                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "execute"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 found.append((func.name, node.args[0].value))
     return found
 

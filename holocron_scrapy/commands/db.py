@@ -75,12 +75,17 @@ class Command(ScrapyCommand):
         group = parser.add_argument_group(title="Database options")
         group.add_argument("--url", metavar="URL", help="store URL (default: HOLOCRON_RECORDS_URL, then the config)")
         group.add_argument(
-            "--store", choices=("records", "state"), default="records",
+            "--store",
+            choices=("records", "state"),
+            default="records",
             help="which configured store to use when --url is not given (default: records)",
         )
         group.add_argument("--dry-run", action="store_true", help="init: print pending migrations, apply nothing")
         group.add_argument(
-            "--wait-timeout", type=float, default=0.0, metavar="S",
+            "--wait-timeout",
+            type=float,
+            default=0.0,
+            metavar="S",
             help="keep retrying a server that is not up yet for S seconds (SQL Server)",
         )
 
@@ -376,8 +381,17 @@ def _round_trip(conn: Any, target: Target, table: str, *, step: Callable[[str], 
         return cursor
 
     def row(work_item_id: str) -> tuple[Any, ...]:
-        return (work_item_id, SMOKETEST_SOURCE, "smoketest", "page", work_item_id,
-                f"https://example.invalid/{work_item_id}", now, now, dedupe_key)
+        return (
+            work_item_id,
+            SMOKETEST_SOURCE,
+            "smoketest",
+            "page",
+            work_item_id,
+            f"https://example.invalid/{work_item_id}",
+            now,
+            now,
+            dedupe_key,
+        )
 
     ok = _mark()
     try:

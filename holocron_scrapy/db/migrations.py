@@ -360,7 +360,8 @@ class MigrationRunner:
     def _refuse_foreign_sqlite(self) -> None:
         """Never add tables to a SQLite database that holds tables but no schema_migrations."""
         tables = sorted(
-            row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            row[0]
+            for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             if not row[0].startswith("sqlite_")
         )
         if tables and "schema_migrations" not in tables:

@@ -229,8 +229,7 @@ class SqlServerSettings:
         section = dict(yaml_section or {})
         if "password" in section:
             raise ConfigError(
-                f"passwords are not read from YAML: set {ENV_PASSWORD} (or a full connection string "
-                f"in {ENV_CONN_STR})",
+                f"passwords are not read from YAML: set {ENV_PASSWORD} (or a full connection string in {ENV_CONN_STR})",
                 key="password",
             )
         unknown = sorted(set(map(str, section)) - YAML_KEYS)
@@ -309,8 +308,12 @@ class SqlServerSettings:
         else:
             pairs = [("Driver", self.driver)]
             if is_freetds(self.driver):
-                pairs += [("Server", self.host), ("Port", str(self.port)), ("TDS_Version", "7.4"),
-                          ("ClientCharset", "UTF-8")]
+                pairs += [
+                    ("Server", self.host),
+                    ("Port", str(self.port)),
+                    ("TDS_Version", "7.4"),
+                    ("ClientCharset", "UTF-8"),
+                ]
                 if self.encrypt is not None:
                     pairs.append(("Encryption", "require" if self.encrypt else "off"))
             else:
@@ -348,13 +351,22 @@ class SqlServerSettings:
             host, _, port = server.removeprefix("tcp:").partition(",")
             port = port or _get(pairs, "port") or ""
             return {
-                "Host": host, "Port": port, "Database": _get(pairs, "database") or "?",
-                "Username": _get(pairs, "uid", "user id", "user") or "?", "Driver": self.effective_driver() or "?",
-                "Schema": self.schema, "Password": MASK,
+                "Host": host,
+                "Port": port,
+                "Database": _get(pairs, "database") or "?",
+                "Username": _get(pairs, "uid", "user id", "user") or "?",
+                "Driver": self.effective_driver() or "?",
+                "Schema": self.schema,
+                "Password": MASK,
             }
         return {
-            "Host": self.host, "Port": str(self.port), "Database": self.database, "Username": self.user,
-            "Driver": self.driver, "Schema": self.schema, "Password": MASK,
+            "Host": self.host,
+            "Port": str(self.port),
+            "Database": self.database,
+            "Username": self.user,
+            "Driver": self.driver,
+            "Schema": self.schema,
+            "Password": MASK,
         }
 
     def where(self) -> str:
@@ -422,8 +434,10 @@ def _hint(exc: BaseException) -> str:
     if state == "28000" or 18456 in numbers:
         return f"login failed: check INGEST_SQLSERVER_USER and {ENV_PASSWORD}"
     if "certificate" in message or "ssl" in message or "tls" in message:
-        return "TLS/certificate problem: for a self-signed dev server set trust_server_certificate: true " \
+        return (
+            "TLS/certificate problem: for a self-signed dev server set trust_server_certificate: true "
             "(or INGEST_SQLSERVER_TRUST_SERVER_CERTIFICATE=yes)"
+        )
     if state in ("08001", "08S01", "HYT00"):
         return "is SQL Server running and reachable (docker compose ps; firewall; port)?"
     return ""
@@ -490,7 +504,10 @@ def connect(
             if is_transient(exc) and remaining > 0:
                 logger.info(
                     "SQL Server at %s not reachable yet (attempt %d, %.0fs left): %s",
-                    settings.where(), attempts, remaining, reason,
+                    settings.where(),
+                    attempts,
+                    remaining,
+                    reason,
                 )
                 sleep(min(delay, remaining))
                 delay = min(delay * 2, 5.0)

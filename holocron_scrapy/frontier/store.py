@@ -385,15 +385,19 @@ def open_work_item_store(
     max_attempts: int = 3,
     retry_backoff: float = 30.0,
 ) -> WorkItemStore:
-    """Open the frontier backend named by the store *url* (schema brought up to date)."""
+    """Open the frontier backend named by the store *url* (schema brought up to date).
+
+    For ``sqlserver://`` the connection settings, schema included, come from
+    :meth:`SqlServerSettings.resolve` (``INGEST_SQLSERVER_*`` first, then *sqlserver_config*).
+    """
     from holocron_scrapy.db.connection import SQLITE, open_store, parse_store_url
 
     parsed = parse_store_url(url, setting=setting)
     conn = open_store(parsed, sqlserver_config=sqlserver_config)
     if parsed.dialect == SQLITE:
         return SqliteWorkItemStore(conn, max_attempts=max_attempts, retry_backoff=retry_backoff)
+    from holocron_scrapy.db.sqlserver import SqlServerSettings
     from holocron_scrapy.frontier.sqlserver_store import SqlServerWorkItemStore
 
-    return SqlServerWorkItemStore(
-        conn, schema=(sqlserver_config or {}).get("schema", "ingest"), max_attempts=max_attempts, retry_backoff=retry_backoff
-    )
+    settings = SqlServerSettings.resolve(sqlserver_config or {}, conn_str=parsed.odbc_connect)
+    return SqlServerWorkItemStore(conn, settings, max_attempts=max_attempts, retry_backoff=retry_backoff)

@@ -70,18 +70,23 @@ def merge_query(acc: Accumulator, body: Any) -> dict[str, Any] | None:
     query = body.get("query")
     if query is None and "continue" not in body and "batchcomplete" not in body:
         raise MalformedResponse("response has neither 'query' nor 'continue' nor 'batchcomplete'")
-    query = query or {}
+    query = {} if query is None else query
     if not isinstance(query, dict):
         raise MalformedResponse("'query' is not an object")
-    for entry in query.get("normalized", []):
-        acc.normalized[entry["from"]] = entry["to"]
-    for entry in query.get("redirects", []):
-        acc.redirects[entry["from"]] = entry
-    for entry in query.get("interwiki", []):
-        acc.interwiki[entry["title"]] = entry
-    pages = query.get("pages", [])
-    if isinstance(pages, dict):  # formatversion=1 shape, tolerated
-        pages = list(pages.values())
+    try:
+        for entry in query.get("normalized", []):
+            acc.normalized[entry["from"]] = entry["to"]
+        for entry in query.get("redirects", []):
+            acc.redirects[entry["from"]] = entry
+        for entry in query.get("interwiki", []):
+            acc.interwiki[entry["title"]] = entry
+        pages = query.get("pages", [])
+        if isinstance(pages, dict):  # formatversion=1 shape, tolerated
+            pages = list(pages.values())
+        if not isinstance(pages, list):
+            raise MalformedResponse("'pages' is not a list")
+    except (TypeError, KeyError) as exc:
+        raise MalformedResponse(f"unexpected 'query' structure: {exc!r}") from exc
     for page in pages:
         if not isinstance(page, dict) or "title" not in page:
             raise MalformedResponse(f"page entry without a title: {page!r:.200}")

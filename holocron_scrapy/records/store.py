@@ -154,13 +154,19 @@ class SqliteRecordStore(RecordStore):
 def open_record_store(
     url: str, *, setting: str = "HOLOCRON_RECORDS_URL", sqlserver_config: dict[str, Any] | None = None
 ) -> RecordStore:
-    """Open the records backend named by the store *url* (schema brought up to date)."""
+    """Open the records backend named by the store *url* (schema brought up to date).
+
+    For ``sqlserver://`` the connection settings, schema included, come from
+    :meth:`SqlServerSettings.resolve` (``INGEST_SQLSERVER_*`` first, then *sqlserver_config*).
+    """
     from holocron_scrapy.db.connection import SQLITE, open_store, parse_store_url
 
     parsed = parse_store_url(url, setting=setting)
     conn = open_store(parsed, sqlserver_config=sqlserver_config)
     if parsed.dialect == SQLITE:
         return SqliteRecordStore(conn)
+    from holocron_scrapy.db.sqlserver import SqlServerSettings
     from holocron_scrapy.records.sqlserver_store import SqlServerRecordStore
 
-    return SqlServerRecordStore(conn, schema=(sqlserver_config or {}).get("schema", "ingest"))
+    settings = SqlServerSettings.resolve(sqlserver_config or {}, conn_str=parsed.odbc_connect)
+    return SqlServerRecordStore(conn, settings)

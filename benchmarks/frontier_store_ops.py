@@ -1,0 +1,224 @@
+"""Enqueue and claim rates of the SQL frontier, next to Scrapy's own schedulers.
+
+Everything runs in this process, without a reactor, on fresh temp dirs; configurations
+alternate within each repeat and the table gives medians (ratios are taken per repeat).
+
+Enqueue (``enqueue_request`` for every request, then ``flush``; the Request objects are built
+before the clock starts) of a stream of ``n`` requests for ``n/2`` distinct URLs:
+
+* ``dupes in process``: every other request repeats an earlier URL of the same stream, so the
+  dupe filter's in-process memory catches it. Frontier vs Scrapy's ``Scheduler`` +
+  ``RFPDupeFilter`` in memory and with ``JOBDIR``.
+* ``dupes from an earlier run``: ``n/2`` URLs were enqueued (and flushed) by a scheduler that is
+  closed since; a new one (nothing in memory) gets those ``n/2`` again interleaved with ``n/2`` new
+  ones: the frontier's unique key rejects the known ones in SQL; JOBDIR's seen file was loaded.
+
+Dequeue from a backlog of ``n/2`` items:
+
+* ``store.claim`` of 50 at a time (``claim_size``), each batch acked with ``store.flush``;
+* ``FrontierScheduler.next_request`` + ``ack`` (claims, rebuilds the requests, flushes acks);
+* Scrapy's ``Scheduler.next_request`` (memory, JOBDIR), for scale.
+
+Scrapy's default priority queue asks the downloader which slots are busy: a stub downloader
+with no active download stands in for it.
+
+    python -m benchmarks.frontier_store_ops            # 100,000 requests, 3 repeats
+    python -m benchmarks.frontier_store_ops --quick    # 10,000 requests, 1 repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from benchmarks.frontier_crawl_rate import _print_table
+
+URL_TEMPLATE = "http://127.0.0.1:9/p/{}"
+CLAIM_SIZE = 50
+ENQUEUE_KINDS = ("frontier", "memory", "jobdir")
+DEQUEUE_KINDS = ("frontier-store", "frontier", "memory", "jobdir")
+
+
+def _spider():
+    from scrapy import Spider
+
+    class StoreOpsSpider(Spider):
+        name = "frontier_bench"
+
+    return StoreOpsSpider
+
+
+def _open(kind: str, workdir: Path) -> tuple[Any, Any]:
+    """(crawler, opened scheduler) of *kind*: frontier, memory or jobdir."""
+    from scrapy.utils.test import get_crawler
+
+    from benchmarks.frontier_crawl_rate import crawl_settings
+
+    settings = crawl_settings(kind, workdir)
+    if kind == "frontier":
+        settings["HOLOCRON_FRONTIER_FLUSH_INTERVAL"] = 0  # no reactor here: flushed by size, claim and close
+    spidercls = _spider()
+    crawler = get_crawler(spidercls, settings)
+    crawler.spider = spidercls()
+    if kind == "frontier":
+        from holocron_scrapy.frontier.scheduler import FrontierScheduler
+
+        scheduler = FrontierScheduler.from_crawler(crawler)
+    else:
+        from scrapy.core.scheduler import Scheduler
+        from scrapy.utils.httpobj import urlparse_cached
+
+        downloader = SimpleNamespace(slots={}, get_slot_key=lambda request: urlparse_cached(request).hostname or "")
+        crawler.engine = SimpleNamespace(downloader=downloader)
+        scheduler = Scheduler.from_crawler(crawler)
+    scheduler.open(crawler.spider)
+    return crawler, scheduler
+
+
+def _close(scheduler: Any) -> None:
+    scheduler.close("finished")
+
+
+def _requests(ids: list[int]) -> list[Any]:
+    from scrapy import Request
+
+    return [Request(URL_TEMPLATE.format(i)) for i in ids]
+
+
+def _enqueue(scheduler: Any, requests: list[Any]) -> tuple[float, int]:
+    started = time.perf_counter()
+    accepted = sum(1 for request in requests if scheduler.enqueue_request(request))
+    if hasattr(scheduler, "flush"):
+        scheduler.flush()
+    return time.perf_counter() - started, accepted
+
+
+def stream_in_process(n: int, rng: random.Random) -> list[int]:
+    """n ids: even positions new, odd positions a random earlier one."""
+    out: list[int] = []
+    for i in range(n):
+        out.append(i // 2 if i % 2 == 0 else rng.randrange(i // 2 + 1))
+    return out
+
+
+def enqueue_in_process(kind: str, n: int, workdir: Path, rng: random.Random) -> dict[str, float]:
+    requests = _requests(stream_in_process(n, rng))
+    _, scheduler = _open(kind, workdir)
+    try:
+        took, accepted = _enqueue(scheduler, requests)
+    finally:
+        _close(scheduler)
+    assert accepted <= n // 2 + 1, accepted
+    return {"rate": n / took, "accepted": accepted}
+
+
+def enqueue_earlier_run(kind: str, n: int, workdir: Path, rng: random.Random) -> dict[str, float]:
+    half = n // 2
+    _, first = _open(kind, workdir)
+    _enqueue(first, _requests(list(range(half))))  # an earlier run: n/2 known URLs
+    _close(first)
+    ids = [i for pair in zip(range(half, 2 * half), rng.sample(range(half), half), strict=True) for i in pair]
+    requests = _requests(ids)
+    _, scheduler = _open(kind, workdir)  # nothing in memory but what the backend loads
+    try:
+        took, accepted = _enqueue(scheduler, requests)
+    finally:
+        _close(scheduler)
+    assert accepted == half, accepted
+    return {"rate": len(requests) / took, "accepted": accepted}
+
+
+def dequeue(kind: str, n: int, workdir: Path) -> dict[str, float]:
+    """Hand out a backlog of n/2 items; items per second."""
+    half = n // 2
+    _, scheduler = _open("frontier" if kind == "frontier-store" else kind, workdir)
+    _enqueue(scheduler, _requests(list(range(half))))
+    try:
+        if kind == "frontier-store":
+            store, owner = scheduler.store, scheduler.owner
+            started, got = time.perf_counter(), 0
+            while rows := store.claim(owner, CLAIM_SIZE, 600.0):
+                store.flush([], [row["seq"] for row in rows], [])
+                got += len(rows)
+        elif kind == "frontier":
+            from holocron_scrapy.frontier.acks import IDS_META
+
+            started, got = time.perf_counter(), 0
+            while (request := scheduler.next_request()) is not None:
+                scheduler.ack(list(request.meta[IDS_META]))
+                got += 1
+            scheduler.flush()
+        else:
+            started, got = time.perf_counter(), 0
+            while scheduler.next_request() is not None:
+                got += 1
+        took = time.perf_counter() - started
+    finally:
+        _close(scheduler)
+    assert got == half, (kind, got)
+    return {"rate": got / took}
+
+
+def benchmark(n: int, repeats: int) -> int:
+    rng = random.Random(20261122)
+    in_process, earlier = "enqueue, 50% dupes in process", "enqueue, 50% dupes from an earlier run"
+    cases: list[tuple[str, str, Any]] = [
+        *((in_process, kind, lambda d, k=kind: enqueue_in_process(k, n, d, rng)) for kind in ENQUEUE_KINDS),
+        *((earlier, kind, lambda d, k=kind: enqueue_earlier_run(k, n, d, rng)) for kind in ("frontier", "jobdir")),
+        *(("dequeue", kind, lambda d, k=kind: dequeue(k, n, d)) for kind in DEQUEUE_KINDS),
+    ]
+    results: dict[tuple[str, str], list[float]] = {(c, k): [] for c, k, _ in cases}
+    scratch = Path(tempfile.mkdtemp(prefix="holocron-store-bench-"))
+    try:
+        for rep in range(repeats):
+            # alternate the configurations of each case; reverse the order every other repeat
+            for case, kind, run in cases if rep % 2 == 0 else cases[::-1]:
+                workdir = Path(tempfile.mkdtemp(prefix="case-", dir=scratch))
+                try:
+                    rate = run(workdir)
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
+                results[(case, kind)].append(rate["rate"])
+                print(f"repeat {rep + 1} {case} / {kind}: {rate['rate']:,.0f}/s", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    labels = {
+        "frontier": "FrontierScheduler",
+        "frontier-store": "store.claim(50) + flush(acks)",
+        "memory": "Scrapy Scheduler, memory",
+        "jobdir": "Scrapy Scheduler, JOBDIR",
+    }
+    print(f"\nFrontier store operations: {n:,} requests for {n // 2:,} URLs, {repeats} repeat(s), medians")
+    rows = []
+    for case, kind, _ in cases:
+        rates = results[(case, kind)]
+        base_kind = "memory" if (case, "memory") in results else "jobdir"
+        base = results[(case, base_kind)]
+        ratio = statistics.median(a / b for a, b in zip(rates, base, strict=True))
+        rows.append([case, labels[kind], f"{statistics.median(rates):,.0f}",
+                     f"{ratio:.2f}x {'memory' if base_kind == 'memory' else 'JOBDIR'}"])
+    _print_table(["operation", "implementation", "per second", "vs Scrapy"], rows)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10,000 requests, 1 repeat (smoke run)")
+    parser.add_argument("-n", type=int, help="requests per enqueue run (default 100,000)")
+    parser.add_argument("--repeats", type=int, help="default 3")
+    args = parser.parse_args(argv)
+    n = args.n or (10_000 if args.quick else 100_000)
+    return benchmark(n, args.repeats or (1 if args.quick else 3))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""scrapy-deltafetch for Scrapy 2.19: skip requests to pages that already gave items.
+
+scrapy-deltafetch 2.1.0 only has a synchronous ``process_spider_output``, which Scrapy
+2.19 refuses for asynchronous spider output (TypeError). This subclass adds
+``process_spider_output_async`` with the same logic, and resolves ``DELTAFETCH_DIR`` to an
+absolute path (a relative one would land in Scrapyd's working directory).
+
+Settings: ``DELTAFETCH_ENABLED``, ``DELTAFETCH_DIR`` (default ``<cwd>/data/deltafetch``),
+``DELTAFETCH_RESET``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+from scrapy import Request
+from scrapy.crawler import Crawler
+from scrapy.http import Response
+from scrapy_deltafetch.middleware import DeltaFetch
+
+
+class AsyncDeltaFetch(DeltaFetch):
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> AsyncDeltaFetch:
+        mw = super().from_crawler(crawler)
+        mw.dir = str(Path(crawler.settings.get("DELTAFETCH_DIR") or "data/deltafetch").expanduser().resolve())
+        return mw
+
+    def _check(self, response: Response | None, output: Any) -> bool:
+        """Record items; tell whether a request must be dropped (its page gave items before)."""
+        if isinstance(output, Request):
+            key = self._get_key(output)
+            if key in self.db and self._is_enabled_for_request(output):
+                if self.stats:
+                    self.stats.inc_value("deltafetch/skipped")
+                return False
+            return True
+        if response is not None:
+            self.db[self._get_key(response.request)] = str(time.time())
+            if self.stats:
+                self.stats.inc_value("deltafetch/stored")
+        return True
+
+    def process_spider_output(self, response: Response, result: Iterable[Any], spider: Any = None) -> Iterable[Any]:
+        for output in result:
+            if self._check(response, output):
+                yield output
+
+    async def process_spider_output_async(
+        self, response: Response, result: AsyncIterator[Any], spider: Any = None
+    ) -> AsyncIterator[Any]:
+        async for output in result:
+            if self._check(response, output):
+                yield output

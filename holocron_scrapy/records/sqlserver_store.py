@@ -1,0 +1,209 @@
+"""IngestRecords and run summaries on SQL Server: the twin of :class:`SqliteRecordStore`.
+
+Opened by :func:`holocron_scrapy.records.store.open_record_store` for ``sqlserver://`` URLs with
+:class:`~holocron_scrapy.db.sqlserver.SqlServerSettings` resolved from the ``INGEST_SQLSERVER_*``
+variables and the YAML ``storage.sql_server`` section (schema: ``INGEST_SQLSERVER_SCHEMA``).
+
+* :meth:`SqlServerRecordStore.insert` writes a batch in one transaction, one
+  ``INSERT ... SELECT ... WHERE NOT EXISTS (... WITH (UPDLOCK, HOLDLOCK))`` per row against the
+  unique version index ``ux_ingest_records_version``: a row whose (source_system, source_name,
+  resource_type, resource_id, hash_sha256) is already stored is skipped (False), as is a row
+  that loses a race with the duplicate-key error 2601/2627.
+* Every text parameter is declared NVARCHAR (``setinputsizes``: SQL_WVARCHAR, 4000 characters,
+  or 0 = NVARCHAR(MAX) for the JSON columns and longer values), so any Unicode survives and
+  multi-megabyte payloads are streamed. Times are naive UTC ``datetime`` DATETIME2 parameters.
+* Transient errors and deadlocks roll the whole batch back and run it again
+  (:class:`holocron_scrapy.frontier.sqlserver_store.SqlServerSession`); after a failed commit the
+  batch's own ``ingest_id`` values tell whether it was applied before anything is re-run.
+* :meth:`SqlServerRecordStore.write_run` upserts ``ingest_runs``: ``UPDATE ... WITH (UPDLOCK,
+  SERIALIZABLE)`` then ``INSERT`` when no row was updated, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from holocron_scrapy.db import sqlserver
+from holocron_scrapy.db.migrations import validate_identifier
+from holocron_scrapy.db.sqlserver import SqlServerSettings
+from holocron_scrapy.errors import StoreError
+from holocron_scrapy.frontier.sqlserver_store import NVARCHAR_MAX, SqlServerSession, parse_time, text_sizes
+from holocron_scrapy.records.store import RECORD_COLUMNS, RUN_COLUMNS, RecordStore
+
+#: The columns identifying one stored version of a resource (the unique ``ux_ingest_records_version``).
+VERSION_COLUMNS = ("source_system", "source_name", "resource_type", "resource_id", "hash_sha256")
+#: Text columns of IngestRecords / ingest_runs with their widths (NVARCHAR_MAX for NVARCHAR(MAX)).
+RECORD_TEXT_WIDTHS = {
+    "ingest_id": 64, "source_system": 100, "source_name": 100, "resource_type": 100, "resource_id": 450,
+    "requested_id": 450, "outcome": 50, "request_uri": 4000, "request_method": 10,
+    "request_headers": NVARCHAR_MAX, "content_type": 255, "response_headers": NVARCHAR_MAX,
+    "hash_sha256": 64, "run_id": 64, "work_item_id": 36, "error_message": NVARCHAR_MAX, "lake_path": 1024,
+    "payload": NVARCHAR_MAX,
+}  # fmt: skip
+RUN_TEXT_WIDTHS = {
+    "run_id": 64, "spider": 100, "source_system": 100, "source_name": 100, "status": 50,
+    "finish_reason": 200, "summary": NVARCHAR_MAX,
+}  # fmt: skip
+RECORD_TIME_COLUMNS = frozenset({"fetched_at_utc"})
+RUN_TIME_COLUMNS = frozenset({"started_at", "finished_at"})
+
+_TEMPLATES = {
+    "insert_record": (
+        "INSERT INTO {records} ({record_columns})\n"
+        "OUTPUT inserted.ingest_id\n"
+        "SELECT {record_marks}\n"
+        "WHERE NOT EXISTS (\n"
+        "    SELECT 1 FROM {records} WITH (UPDLOCK, HOLDLOCK)\n"
+        "    WHERE {version_match}\n"
+        ")"
+    ),
+    "count_ingest_id": "SELECT COUNT(*) FROM {records} WHERE ingest_id = ?",
+    "latest_hash": (
+        "SELECT TOP (1) hash_sha256 FROM {records}"
+        " WHERE source_system = ? AND source_name = ? AND resource_type = ? AND resource_id = ?"
+        " ORDER BY fetched_at_utc DESC"
+    ),
+    "update_run": "UPDATE {runs} WITH (UPDLOCK, SERIALIZABLE) SET {run_updates} WHERE run_id = ?",
+    "insert_run": "INSERT INTO {runs} ({run_columns}) VALUES ({run_marks})",
+    "truncate_records_for_tests": "DELETE FROM {records}",
+    "truncate_runs_for_tests": "DELETE FROM {runs}",
+}
+
+
+def _tables(schema: str) -> tuple[str, str]:
+    validate_identifier(schema)
+    return f"[{schema}].[IngestRecords]", f"[{schema}].[ingest_runs]"
+
+
+def statements(schema: str = sqlserver.DEFAULT_SCHEMA) -> dict[str, str]:
+    """Every fixed T-SQL string :class:`SqlServerRecordStore` executes, for the validated *schema*
+    (``count`` builds its statement with :func:`count_statement`)."""
+    records, runs = _tables(schema)
+    found = {
+        name: template.format(
+            records=records,
+            runs=runs,
+            record_columns=", ".join(RECORD_COLUMNS),
+            record_marks=", ".join("?" for _ in RECORD_COLUMNS),
+            version_match=" AND ".join(f"{c} = ?" for c in VERSION_COLUMNS),
+            run_updates=", ".join(f"{c} = ?" for c in RUN_COLUMNS if c != "run_id"),
+            run_columns=", ".join(RUN_COLUMNS),
+            run_marks=", ".join("?" for _ in RUN_COLUMNS),
+        )
+        for name, template in _TEMPLATES.items()
+    }
+    found["count_all"] = count_statement(schema, ())
+    return found
+
+
+def count_statement(schema: str, columns: tuple[str, ...] | list[str]) -> str:
+    """``SELECT COUNT(*)`` of IngestRecords rows whose *columns* equal parameters (names checked)."""
+    unknown = [c for c in columns if c not in RECORD_COLUMNS]
+    if unknown:
+        raise StoreError(f"unknown IngestRecords column(s): {', '.join(map(str, unknown))}")
+    records, _ = _tables(schema)
+    where = " AND ".join(f"[{c}] = ?" for c in columns)
+    return f"SELECT COUNT(*) FROM {records}" + (f" WHERE {where}" if where else "")
+
+
+def _bind(column: str, value: Any, times: frozenset[str]) -> Any:
+    return parse_time(value) if column in times else value
+
+
+class SqlServerRecordStore(RecordStore):
+    """Records in ``[schema].[IngestRecords]`` and ``[schema].[ingest_runs]`` (schema from
+    *settings*, already validated). *conn* is an open pyodbc connection with the migrations
+    applied; *session_options* go to :class:`SqlServerSession`."""
+
+    def __init__(self, conn: Any, settings: SqlServerSettings, **session_options: Any):
+        self.settings = settings
+        self.schema = settings.schema
+        self.sql = statements(self.schema)
+        self.session = SqlServerSession(conn, settings, what="records", **session_options)
+
+    def describe(self) -> str:
+        return self.session.describe("IngestRecords")
+
+    def insert(self, rows: list[dict[str, Any]]) -> list[bool]:
+        if not rows:
+            return []
+        batch = []
+        for row in rows:  # conversion errors surface before the transaction
+            params = [_bind(c, row[c], RECORD_TIME_COLUMNS) for c in RECORD_COLUMNS]
+            params += [row[c] for c in VERSION_COLUMNS]
+            batch.append(params)
+        widths = [RECORD_TEXT_WIDTHS.get(c) for c in RECORD_COLUMNS] + [RECORD_TEXT_WIDTHS[c] for c in VERSION_COLUMNS]
+        sql = self.sql
+
+        def work(cur: Any) -> list[bool]:
+            inserted = []
+            for params in batch:
+                cur.setinputsizes(text_sizes(params, widths))
+                try:
+                    cur.execute(sql["insert_record"], *params)
+                    inserted.append(bool(cur.fetchall()))
+                except self.session.errors as exc:
+                    if not sqlserver.is_duplicate_key(exc):
+                        raise
+                    inserted.append(False)  # lost a race on the same version: already stored
+            return inserted
+
+        def recover(cur: Any) -> list[bool] | None:
+            # ingest_ids are this batch's own: any of them stored means the lost commit was applied.
+            found = []
+            for row in rows:
+                cur.execute(sql["count_ingest_id"], row["ingest_id"])
+                found.append(bool(cur.fetchone()[0]))
+            return found if any(found) else None
+
+        return self.session.run("insert", work, recover=recover)
+
+    def latest_hash(self, source_system: str, source_name: str, resource_type: str, resource_id: str) -> str | None:
+        def work(cur: Any) -> str | None:
+            cur.execute(self.sql["latest_hash"], source_system, source_name, resource_type, resource_id)
+            row = cur.fetchone()
+            return None if row is None else row[0]
+
+        return self.session.run("latest_hash", work)
+
+    def write_run(self, summary: dict[str, Any]) -> None:
+        row = {c: _bind(c, summary.get(c), RUN_TIME_COLUMNS) for c in RUN_COLUMNS}
+        if not isinstance(row["summary"], (str, type(None))):
+            row["summary"] = json.dumps(row["summary"], ensure_ascii=False, default=str)
+        updates = [c for c in RUN_COLUMNS if c != "run_id"]
+        update_params = [row[c] for c in updates] + [row["run_id"]]
+        update_widths = [RUN_TEXT_WIDTHS.get(c) for c in updates] + [RUN_TEXT_WIDTHS["run_id"]]
+        insert_params = [row[c] for c in RUN_COLUMNS]
+        insert_widths = [RUN_TEXT_WIDTHS.get(c) for c in RUN_COLUMNS]
+
+        def work(cur: Any) -> None:
+            cur.setinputsizes(text_sizes(update_params, update_widths))
+            cur.execute(self.sql["update_run"], *update_params)
+            if cur.rowcount == 0:
+                cur.setinputsizes(text_sizes(insert_params, insert_widths))
+                cur.execute(self.sql["insert_run"], *insert_params)
+
+        self.session.run("write_run", work)
+
+    def count(self, **where: Any) -> int:
+        statement = count_statement(self.schema, tuple(where))
+        params = [_bind(c, v, RECORD_TIME_COLUMNS) for c, v in where.items()]
+
+        def work(cur: Any) -> int:
+            cur.execute(statement, *params)
+            return cur.fetchone()[0]
+
+        return self.session.run("count", work)
+
+    def truncate_for_tests(self) -> None:
+        """Delete every row of IngestRecords and ingest_runs (tests only: the tables stay)."""
+
+        def work(cur: Any) -> None:
+            cur.execute(self.sql["truncate_records_for_tests"])
+            cur.execute(self.sql["truncate_runs_for_tests"])
+
+        self.session.run("truncate_for_tests", work)
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,295 @@
+"""Crawl ordinary websites politely and store every response raw.
+
+``scrapy crawl http -a seeds="https://a.example/|https://b.example/docs/"`` (or ``@file``), or
+``-a source=NAME`` for an ``http`` source of the config. Scrapy does the heavy lifting:
+``LinkExtractor``, ``ROBOTSTXT_OBEY``, AutoThrottle, redirects, canonical URLs; the frontier
+dedupes by canonical URL.
+
+Spider arguments: ``source``, ``seeds``, ``allowed_domains`` ("a.org|b.org"; default: the
+seeds' hosts), ``max_depth``, ``max_pages``, ``follow`` and ``deny`` (regexes, "|"-separated
+lists are not used: pass one regex each, combine with ``(a|b)``), ``sitemap`` (a URL, or
+``robots`` to find sitemaps through robots.txt), ``store_binary``, ``max_body_bytes``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+from scrapy import Request
+from scrapy.exceptions import IgnoreRequest
+from scrapy.http import Response, TextResponse
+from scrapy.linkextractors import LinkExtractor
+from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
+from twisted.python.failure import Failure
+
+from holocron_scrapy.config import Config, Source
+from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.frontier.keys import resource_meta
+from holocron_scrapy.frontier.scheduler import ATTEMPT_META, IDS_META, STATUS_META, WORK_ITEM_META
+from holocron_scrapy.items import FAILED, OK, IngestItem
+from holocron_scrapy.spiders.base import HolocronSpider, parse_bool, parse_int, parse_seeds
+from holocron_scrapy.web.auth import SourceAuth, parse_auth
+from holocron_scrapy.web.content import RAW_HTML, build_payload, resource_type_for
+from holocron_scrapy.web.urls import canonical_url, host_allowed, host_of, url_resource_id, validate_seed_url
+
+SOURCE_SYSTEM = "http_scrape"
+WORK_ITEM_TYPE = "url"  # the frontier's resource type; records get raw_html/json/xml/text/binary
+DEFAULT_MAX_DEPTH = 2
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+DEFAULT_HEADERS = ("Content-Type", "Content-Length", "Content-Language", "Last-Modified", "ETag", "Cache-Control")
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    source_name: str
+    seeds: tuple[str, ...]
+    allowed_domains: tuple[str, ...]
+    max_depth: int
+    max_pages: int
+    follow: tuple[str, ...]
+    deny: tuple[str, ...]
+    sitemap: str | None
+    store_binary: bool
+    max_body_bytes: int
+    response_headers: tuple[str, ...]
+    auth: SourceAuth | None
+    deltafetch: bool
+
+
+def _regexes(value: Any, key: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else list(value or [])
+    for pattern in items:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"not a valid regular expression {pattern!r}: {exc}", key=key) from None
+    return tuple(items)
+
+
+def http_options(source: Source, kwargs: dict[str, Any]) -> HttpOptions:
+    """Merge the source's config with ``-a`` arguments, validating every value."""
+    opts = source.options
+    seeds = parse_seeds(kwargs["seeds"]) if "seeds" in kwargs else list(source.seeds)
+    if not seeds:
+        raise ConfigError(f"no seeds: pass -a seeds=URL or set seeds on source {source.name!r}", key="seeds")
+    seeds = [validate_seed_url(s) for s in seeds]
+    domains = kwargs.get("allowed_domains") or opts.get("allowed_domains") or [host_of(s) for s in seeds]
+    if isinstance(domains, str):
+        domains = [d for d in domains.replace(",", "|").split("|") if d.strip()]
+    sitemap = kwargs.get("sitemap") or opts.get("sitemap")
+    if sitemap and sitemap != "robots":
+        validate_seed_url(sitemap, key="sitemap")
+    return HttpOptions(
+        source_name=source.name,
+        seeds=tuple(dict.fromkeys(seeds)),
+        allowed_domains=tuple(dict.fromkeys(host_of(d) for d in domains)),
+        max_depth=parse_int(kwargs.get("max_depth", opts.get("max_depth", DEFAULT_MAX_DEPTH)), key="max_depth", low=0),
+        max_pages=parse_int(kwargs.get("max_pages", opts.get("max_pages", 0)), key="max_pages", low=0),
+        follow=_regexes(kwargs.get("follow", opts.get("follow")), "follow"),
+        deny=_regexes(kwargs.get("deny", opts.get("deny")), "deny"),
+        sitemap=sitemap,
+        store_binary=parse_bool(kwargs.get("store_binary", opts.get("store_binary", False)), key="store_binary"),
+        max_body_bytes=parse_int(
+            kwargs.get("max_body_bytes", opts.get("max_body_bytes", DEFAULT_MAX_BODY)), key="max_body_bytes", low=1
+        ),
+        response_headers=tuple(opts.get("response_headers") or DEFAULT_HEADERS),
+        auth=parse_auth(opts.get("auth"), host_of(seeds[0])),
+        deltafetch=parse_bool(kwargs.get("deltafetch", opts.get("deltafetch", False)), key="deltafetch"),
+    )
+
+
+class HttpSpider(HolocronSpider):
+    """``scrapy crawl http``: any website, politely."""
+
+    name = "http"
+    source_type = "http"
+    options: HttpOptions
+    source_auth: SourceAuth | None = None
+
+    @classmethod
+    def source_system_name(cls) -> str:
+        return SOURCE_SYSTEM
+
+    @classmethod
+    def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:
+        name = kwargs.get("source")
+        if name:
+            return super().select_source(config, kwargs)
+        seeds = parse_seeds(kwargs.get("seeds")) if kwargs.get("seeds") is not None else []
+        if not seeds:
+            raise ConfigError("no seeds given (use -a seeds=URL, -a seeds=@file, or -a source=NAME)", key="seeds")
+        return Source(name=host_of(validate_seed_url(seeds[0])) or "web", type="http")  # ad-hoc site
+
+    @classmethod
+    def configure(cls, config: Config, source: Source, kwargs: dict[str, Any]) -> tuple[HttpOptions, dict[str, Any]]:
+        options = http_options(source, kwargs)
+        settings: dict[str, Any] = {"ROBOTSTXT_OBEY": True}
+        if options.max_pages:
+            settings["CLOSESPIDER_PAGECOUNT"] = options.max_pages
+        if options.deltafetch:
+            settings["DELTAFETCH_ENABLED"] = True
+        return options, settings
+
+    @classmethod
+    def target_urls(cls, options: HttpOptions) -> list[str]:
+        return list(options.seeds)
+
+    @property
+    def allowed_domains(self) -> list[str]:  # read by Scrapy's OffsiteMiddleware
+        return list(self.options.allowed_domains)
+
+    def _set_up(self) -> None:
+        self.source_auth = self.options.auth
+        self.link_extractor = LinkExtractor(allow=self.options.follow, deny=self.options.deny)
+
+    # -- requests ------------------------------------------------------------------------
+    async def start(self) -> AsyncIterator[Request]:
+        self._set_up()
+        for url in self.options.seeds:
+            yield self.page_request(url, depth=0)
+        if self.options.sitemap == "robots":
+            for host in dict.fromkeys(self._origin(u) for u in self.options.seeds):
+                yield self.aux_request(urljoin(host, "/robots.txt"), "robots", self.parse_robots)
+        elif self.options.sitemap:
+            yield self.aux_request(self.options.sitemap, "sitemap", self.parse_sitemap)
+
+    @staticmethod
+    def _origin(url: str) -> str:
+        """``scheme://host[:port]/`` of *url*."""
+        return "/".join(canonical_url(url).split("/", 3)[:3]) + "/"
+
+    def page_request(self, url: str, *, depth: int, discovered_from: str | None = None, known: bool = False) -> Request:
+        meta = {
+            "holocron": resource_meta(
+                SOURCE_SYSTEM, self.options.source_name, WORK_ITEM_TYPE, url_resource_id(url),
+                depth=depth, discovered_from=discovered_from,
+            )
+        }
+        if known:
+            meta[STATUS_META] = "completed"
+        if self.options.deltafetch:
+            meta["deltafetch_key"] = meta["holocron"]["resource_id"]  # stable across redirects
+        return Request(url, callback=self.parse_page, errback=self.errback_page, meta=meta)
+
+    def aux_request(self, url: str, kind: str, callback: Any) -> Request:
+        """A robots.txt or sitemap fetch: a work item of its own, stored as no record."""
+        meta = {"holocron": resource_meta(SOURCE_SYSTEM, self.options.source_name, kind, url_resource_id(url))}
+        return Request(url, callback=callback, errback=self.errback_page, meta=meta, dont_filter=False)
+
+    # -- responses -----------------------------------------------------------------------
+    def parse_page(self, response: Response) -> Iterator[Any]:
+        info = response.meta["holocron"]
+        depth = int(info.get("depth", 0))
+        content_type = _header(response, "Content-Type")
+        kind = resource_type_for(content_type, response)
+        payload, note = build_payload(
+            response, kind, store_binary=self.options.store_binary, max_body_bytes=self.options.max_body_bytes
+        )
+        self.crawler.stats.inc_value(f"http/pages/{OK}")
+        requested = (response.meta.get("redirect_urls") or [response.request.url])[0]
+        latency = response.meta.get("download_latency")
+        yield IngestItem(
+            source_system=SOURCE_SYSTEM,
+            source_name=self.options.source_name,
+            resource_type=kind,
+            resource_id=info["resource_id"],
+            requested_id=requested,
+            payload=payload,
+            request_uri=requested,
+            status_code=response.status,
+            content_type=content_type,
+            response_headers=self._headers(response),
+            duration_ms=None if latency is None else int(latency * 1000),
+            run_id=self.run_id,
+            attempt=response.meta.get(ATTEMPT_META, 1),
+            depth=depth,
+            discovered_from=info.get("discovered_from"),
+            error_message=note,
+            work_item_id=response.meta.get(WORK_ITEM_META),
+            work_item_ids=list(response.meta.get(IDS_META, ())),
+            context={"final_url": response.url, "redirects": response.meta.get("redirect_urls", [])},
+        )
+        if url_resource_id(response.url) != info["resource_id"]:  # redirected: the target is known now
+            yield self.page_request(response.url, depth=depth, known=True)
+        if kind != RAW_HTML or depth >= self.options.max_depth or not isinstance(response, TextResponse):
+            return  # non-HTML is never parsed for links
+        for link in self.link_extractor.extract_links(response):
+            if host_allowed(link.url, self.options.allowed_domains):
+                yield self.page_request(link.url, depth=depth + 1, discovered_from=info["resource_id"])
+
+    def parse_robots(self, response: Response) -> Iterator[Request]:
+        for url in sitemap_urls_from_robots(response.text, base_url=response.url):
+            yield self.aux_request(url, "sitemap", self.parse_sitemap)
+
+    def parse_sitemap(self, response: Response) -> Iterator[Request]:
+        try:
+            sitemap = Sitemap(response.body)
+        except Exception as exc:  # noqa: BLE001 - a broken sitemap is logged, not fatal
+            self.logger.warning("Ignoring unparsable sitemap %s: %s", response.url, exc)
+            return
+        for entry in sitemap:
+            loc = entry.get("loc")
+            if not loc:
+                continue
+            if sitemap.type == "sitemapindex":
+                yield self.aux_request(loc, "sitemap", self.parse_sitemap)
+            elif host_allowed(loc, self.options.allowed_domains):
+                yield self.page_request(loc, depth=0, discovered_from=url_resource_id(response.url))
+
+    def errback_page(self, failure: Failure) -> Iterator[IngestItem]:
+        request = failure.request
+        ids = list(request.meta.get(IDS_META, ()))
+        info = request.meta.get("holocron") or {}
+        if failure.check(IgnoreRequest) and not failure.check(HttpError):
+            frontier = getattr(self.crawler, "holocron_frontier", None)  # robots.txt, offsite: nothing to store
+            if frontier is not None and ids:
+                frontier.fail(ids, f"not fetched: {failure.getErrorMessage()}", retryable=False)
+            return
+        status = None
+        retryable = True
+        if failure.check(HttpError):
+            status = failure.value.response.status
+            retryable = status >= 500 or status == 429
+        if info.get("resource_type") != WORK_ITEM_TYPE:
+            frontier = getattr(self.crawler, "holocron_frontier", None)
+            if frontier is not None and ids:
+                frontier.fail(ids, failure.getErrorMessage(), retryable=retryable)
+            return
+        self.crawler.stats.inc_value("http/pages/failed")
+        message = f"HTTP {status}" if status else f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        yield IngestItem(
+            source_system=SOURCE_SYSTEM,
+            source_name=self.options.source_name,
+            resource_type="error",
+            resource_id=info.get("resource_id") or url_resource_id(request.url),
+            requested_id=request.url,
+            payload={"error": message, "status": status},
+            request_uri=request.url,
+            status_code=status,
+            outcome=FAILED,
+            error_message=message,
+            retryable=retryable,
+            run_id=self.run_id,
+            attempt=request.meta.get(ATTEMPT_META, 1),
+            depth=int(info.get("depth", 0)),
+            work_item_id=request.meta.get(WORK_ITEM_META),
+            work_item_ids=ids,
+        )
+
+    def _headers(self, response: Response) -> dict[str, str]:
+        out = {}
+        for name in self.options.response_headers:
+            value = response.headers.get(name)
+            if value is not None:
+                out[name] = value.decode("latin-1")
+        return out
+
+
+def _header(response: Response, name: str) -> str | None:
+    value = response.headers.get(name)
+    return value.decode("latin-1") if value else None

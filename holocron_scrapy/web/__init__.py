@@ -1,0 +1,1 @@
+"""Plain-website helpers for the ``http`` spider: URLs, content types, source auth."""
