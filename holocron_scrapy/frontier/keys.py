@@ -35,7 +35,8 @@ def make_dedupe_key(source_system: str, source_name: str, resource_type: str, re
     if len(key) <= MAX_KEY_LENGTH:
         return key
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-    return f"{key[: MAX_KEY_LENGTH - 72]}...#sha256:{digest}"
+    suffix = f"...#sha256:{digest}"
+    return key[: MAX_KEY_LENGTH - len(suffix)] + suffix
 
 
 def resource_meta(

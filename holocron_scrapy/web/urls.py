@@ -61,4 +61,5 @@ def url_resource_id(url: str) -> str:
     import hashlib
 
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    return f"{canonical[: MAX_RESOURCE_ID - 72]}...#sha256:{digest}"
+    suffix = f"...#sha256:{digest}"
+    return canonical[: MAX_RESOURCE_ID - len(suffix)] + suffix
