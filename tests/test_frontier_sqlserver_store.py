@@ -603,7 +603,8 @@ def test_live_concurrent_claims_are_disjoint_and_best_first(live_schema):
     try:
         stores[0].flush([new(f"T{i}", priority=i % 3) for i in range(300)], [], [])
         first = stores[0].claim(make_owner(), 5, 60)
-        assert [r["priority"] for r in first] == [2] * 5 and [r["seq"] for r in first] == sorted(r["seq"] for r in first)
+        assert [r["priority"] for r in first] == [2] * 5
+        assert [r["seq"] for r in first] == sorted(r["seq"] for r in first)
 
         def claim_all(i: int) -> list[int]:
             owner, got = make_owner(), []

@@ -110,8 +110,7 @@ _TEMPLATES = {
         "OUTPUT {claim_output}"
     ),
     "claimed_by_lease": (
-        "SELECT {claim_columns} FROM {t}"
-        " WHERE status = N'in_progress' AND lease_expires_at = ? AND lease_owner = ?"
+        "SELECT {claim_columns} FROM {t} WHERE status = N'in_progress' AND lease_expires_at = ? AND lease_owner = ?"
     ),
     "release": (
         "UPDATE {t} SET status = N'pending', attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END,"
@@ -133,16 +132,13 @@ _TEMPLATES = {
         " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
         " WHERE status = N'in_progress' AND lease_owner = ?"
     ),
-    "lease_owners": (
-        "SELECT DISTINCT lease_owner FROM {t} WHERE status = N'in_progress' AND lease_owner IS NOT NULL"
-    ),
+    "lease_owners": ("SELECT DISTINCT lease_owner FROM {t} WHERE status = N'in_progress' AND lease_owner IS NOT NULL"),
     "ready_count": (
         "SELECT COUNT(*) FROM (SELECT TOP (?) seq FROM {t}"
         " WHERE status = N'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)) AS ready"
     ),
     "min_inflight_depth": (
-        "SELECT MIN(depth) FROM {t}"
-        " WHERE status = N'in_progress' AND lease_owner <> ? AND lease_expires_at >= ?"
+        "SELECT MIN(depth) FROM {t} WHERE status = N'in_progress' AND lease_owner <> ? AND lease_expires_at >= ?"
     ),
     "outstanding": (
         "SELECT CASE WHEN EXISTS (SELECT 1 FROM {t} WHERE status = N'pending')"
