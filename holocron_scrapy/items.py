@@ -53,6 +53,9 @@ class IngestItem:
     depth: int = 0
     discovered_from: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    revision_id: int | None = None  # MediaWiki revision of the payload (incremental re-crawls)
+    etag: str | None = None  # HTTP validators of the payload (conditional re-crawls)
+    last_modified: str | None = None
     ingest_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     hash_sha256: str = ""
     lake_path: str | None = None

@@ -24,7 +24,7 @@ from holocron_scrapy.errors import ConfigError, StoreError
 
 SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST/PASSWORD to run"
 SQLSERVER_CONFIGURED = bool(os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD"))
-VERSIONS = ["0001", "0002", "0003"]
+VERSIONS = ["0001", "0002", "0003", "0004"]
 
 
 def digest(path) -> str:
@@ -51,6 +51,7 @@ def test_load_migrations_in_version_order(dialect):
         "0001_create_schema.sql",
         "0002_create_tables.sql",
         "0003_indexes_constraints.sql",
+        "0004_seen_resources_lookup.sql",
     ]
     assert all(m.dialect == dialect and m.text.strip() for m in found)
 
@@ -110,7 +111,7 @@ def test_partial_state_applies_only_the_rest(db, monkeypatch):
     monkeypatch.setattr(migrations, "load_migrations", lambda d: real(d)[:2])
     assert [m.version for m in MigrationRunner(db, "sqlite").apply()] == ["0001", "0002"]
     monkeypatch.setattr(migrations, "load_migrations", real)
-    assert [m.version for m in MigrationRunner(db, "sqlite").apply()] == ["0003"]
+    assert [m.version for m in MigrationRunner(db, "sqlite").apply()] == VERSIONS[2:]
 
 
 def test_failed_migration_rolls_back_everything(db, monkeypatch):

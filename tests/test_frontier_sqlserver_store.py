@@ -507,6 +507,13 @@ def test_lost_flush_commit_is_recovered_from_the_work_item_ids(fstore, fake_pyod
     assert fake_pyodbc.kinds()[-3:] == ["2:count_work_item_id", "2:count_work_item_id", "2:commit"]
 
 
+def test_a_python_error_inside_the_transaction_rolls_it_back(fstore, fake_pyodbc, sleeps):
+    with pytest.raises(TypeError):
+        fstore.flush([new("A")], [], [FailedItem(9, None)])  # type: ignore[arg-type]
+    assert fake_pyodbc.kinds() == ["1:insert_new", "1:select_attempt", "1:rollback"] and sleeps == []
+    assert fstore.flush([new("B")], [], []) == 1  # the connection is still usable
+
+
 def test_closed_store_refuses_work(fstore, fake_pyodbc):
     fstore.close()
     assert fake_pyodbc.connections[0].closed

@@ -79,7 +79,9 @@ def test_migration_files_exist():
         "0001_create_schema.sql",
         "0002_create_tables.sql",
         "0003_indexes_constraints.sql",
+        "0004_seen_resources_lookup.sql",
     ]
+    assert [p.name for p in TSQL_FILES] == sorted(p.name for p in (TSQL_FILES[0].parent / "sqlite").glob("*.sql"))
     assert len(BATCHES) >= 16 and DYNAMIC, "expected one GO batch per object and dynamic CREATE SCHEMA"
 
 

@@ -1,23 +1,32 @@
-"""Summarise every crawl: log it and write it to ``ingest_runs``.
+"""Summarise every crawl: log it, write it to ``ingest_runs`` and ``<lake>/_runs/<run_id>.json``,
+and POST it to an optional webhook (a failing webhook is logged, never fails the crawl).
 
 The summary counts pages stored, unchanged, missing and failed, requests, duration and
 errors, with a status: ``completed`` (finished, nothing failed), ``partial`` (finished with
 failures, or stopped early) or ``failed`` (nothing stored and errors, or a start error).
 
 Settings: ``HOLOCRON_RUN_ID``, ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``,
-``HOLOCRON_SOURCE_NAME``, ``HOLOCRON_SOURCE_SYSTEM``.
+``HOLOCRON_SOURCE_NAME``, ``HOLOCRON_SOURCE_SYSTEM``, ``HOLOCRON_LAKE_DIR``,
+``HOLOCRON_NOTIFY_WEBHOOK`` (or the environment variable of that name), ``HOLOCRON_NOTIFY_TIMEOUT``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import urllib.request
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from scrapy import Spider, signals
 from scrapy.crawler import Crawler
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
 
 from holocron_scrapy import defaults
+from holocron_scrapy.pipelines.lake import write_atomically
 from holocron_scrapy.records.store import open_record_store
 
 logger = logging.getLogger(__name__)
@@ -48,6 +57,12 @@ def build_summary(
     missing = outcome_count(stats, "missing") + outcome_count(stats, "invalid") + outcome_count(stats, "redirect_loop")
     failed_items = outcome_count(stats, "failed")
     errors = int(stats.get("spider_exceptions/count", 0)) + int(stats.get("log_count/ERROR", 0))
+    error_counts = {
+        k: int(v)
+        for k, v in stats.items()
+        if k.startswith(("spider_exceptions/", "downloader/exception_type_count/", "mediawiki/api_error/"))
+        or k == "log_count/ERROR"
+    }
     return {
         "run_id": run_id,
         "spider": spider,
@@ -63,15 +78,44 @@ def build_summary(
         "pages_failed": failed_items,
         "requests": int(stats.get("downloader/request_count", 0)),
         "finish_reason": reason,
+        "pages_changed": int(stats.get("recrawl/changed", 0)),
+        "errors": error_counts,
         "summary": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in sorted(stats.items())},
     }
 
 
+def report_json(summary: dict[str, Any]) -> bytes:
+    """The run report as written to the lake and sent to the webhook."""
+    def default(value: Any) -> Any:
+        return value.isoformat() if isinstance(value, datetime) else str(value)
+
+    return json.dumps(summary, ensure_ascii=False, indent=1, default=default).encode("utf-8")
+
+
+def post_webhook(url: str, body: bytes, timeout: float) -> int:
+    """POST *body* as JSON; return the HTTP status (raises on network errors)."""
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-configured URL
+        return response.status
+
+
 class RunSummary:
-    def __init__(self, crawler: Crawler, *, records_url: str, sqlserver_config: dict[str, Any] | None):
+    def __init__(
+        self,
+        crawler: Crawler,
+        *,
+        records_url: str,
+        sqlserver_config: dict[str, Any] | None,
+        lake_dir: str | None = None,
+        webhook: str | None = None,
+        webhook_timeout: float = 10.0,
+    ):
         self.crawler = crawler
         self.records_url = records_url
         self.sqlserver_config = sqlserver_config
+        self.lake_dir = lake_dir
+        self.webhook = webhook
+        self.webhook_timeout = webhook_timeout
         self.summary: dict[str, Any] | None = None
 
     @classmethod
@@ -81,11 +125,14 @@ class RunSummary:
             crawler,
             records_url=s.get("HOLOCRON_RECORDS_URL") or defaults.RECORDS_URL,
             sqlserver_config=s.getdict("HOLOCRON_RECORDS_SQLSERVER"),
+            lake_dir=s.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
+            webhook=s.get("HOLOCRON_NOTIFY_WEBHOOK") or os.environ.get("HOLOCRON_NOTIFY_WEBHOOK") or None,
+            webhook_timeout=s.getfloat("HOLOCRON_NOTIFY_TIMEOUT", 10.0),
         )
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
         return ext
 
-    def spider_closed(self, spider: Spider, reason: str) -> None:
+    def spider_closed(self, spider: Spider, reason: str) -> Deferred | None:
         s = self.crawler.settings
         stats = dict(self.crawler.stats.get_stats())
         stats.setdefault("finish_time", datetime.now(timezone.utc))
@@ -112,3 +159,21 @@ class RunSummary:
                 store.close()
         except Exception:
             logger.exception("Could not write the run summary to ingest_runs", extra={"spider": spider})
+        body = report_json(summary)
+        if self.lake_dir:
+            try:
+                path = Path(self.lake_dir).expanduser().resolve() / "_runs" / f"{summary['run_id']}.json"
+                write_atomically(path, body)
+                summary["report_path"] = str(path)
+            except OSError:
+                logger.exception("Could not write the run report file", extra={"spider": spider})
+        if not self.webhook:
+            return None
+        d = threads.deferToThread(post_webhook, self.webhook, body, self.webhook_timeout)
+        d.addCallbacks(
+            lambda status: logger.info("Run report sent to the webhook (HTTP %s)", status, extra={"spider": spider}),
+            lambda failure: logger.warning(
+                "Run report webhook failed: %s", failure.getErrorMessage(), extra={"spider": spider}
+            ),
+        )
+        return d

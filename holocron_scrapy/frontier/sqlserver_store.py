@@ -340,6 +340,9 @@ class SqlServerSession:
                         self.settings.redact(sqlserver.error_text(exc)),
                     )
                     self._sleep(wait)
+                except BaseException:  # not a database error (a bug, an interrupt): never leave the transaction open
+                    self._after_error(reconnect=False)
+                    raise
             raise AssertionError("unreachable")  # pragma: no cover
 
     def _connection(self) -> Any:

@@ -26,6 +26,7 @@ from twisted.internet import defer, threads
 
 from holocron_scrapy import defaults
 from holocron_scrapy.records.store import RecordStore, item_row, open_record_store
+from holocron_scrapy.records.versions import VersionStore
 
 
 class IngestRecordsPipeline:
@@ -46,6 +47,7 @@ class IngestRecordsPipeline:
         self.flush_interval = flush_interval
         self.stats = stats
         self.store: RecordStore | None = None
+        self.versions: VersionStore | None = None
         self._rows: list[dict[str, Any]] = []
         self._waiters: list[defer.Deferred] = []
         self._timer: Any = None
@@ -65,6 +67,7 @@ class IngestRecordsPipeline:
 
     def open_spider(self) -> None:
         self.store = open_record_store(self.url, sqlserver_config=self.sqlserver_config)
+        self.versions = VersionStore(getattr(self.store, "conn", None))
 
     async def close_spider(self) -> None:
         await maybe_deferred_to_future(self.flush())
@@ -95,6 +98,13 @@ class IngestRecordsPipeline:
         if path and self.lake_dir:
             (Path(self.lake_dir) / path).unlink(missing_ok=True)
 
+    def _insert(self, rows: list[dict[str, Any]]) -> list[bool]:
+        assert self.store is not None
+        inserted = self.store.insert(rows)
+        if self.versions is not None:
+            self.versions.upsert([row for row, ok in zip(rows, inserted, strict=True) if ok])
+        return inserted
+
     def flush(self) -> defer.Deferred:
         """Write the buffered rows; their items' ``process_item`` calls return afterwards."""
         if self._timer is not None and self._timer.active():
@@ -110,7 +120,7 @@ class IngestRecordsPipeline:
     def _write(self, rows: list[dict[str, Any]], waiters: list[defer.Deferred]):
         assert self.store is not None
         try:
-            inserted = yield threads.deferToThread(self.store.insert, rows)
+            inserted = yield threads.deferToThread(self._insert, rows)
         except Exception as exc:  # every item of the batch fails; none is acknowledged
             for waiter in waiters:
                 waiter.errback(exc)

@@ -66,9 +66,10 @@ def format_time(value: Any) -> Any:
 
 
 def item_row(item: Any) -> dict[str, Any]:
-    """The ``ingest_records`` row of an item (JSON columns serialised, times as UTC text)."""
+    """The ``ingest_records`` row of an item (JSON columns serialised, times as UTC text), plus the
+    version fields ``seen_resources`` keeps."""
     data = {k: v for k, v in ItemAdapter(item).items() if k not in INTERNAL_FIELDS}
-    row = {column: data.get(column) for column in RECORD_COLUMNS}
+    row = {column: data.get(column) for column in (*RECORD_COLUMNS, "revision_id", "etag", "last_modified")}
     row["payload"] = canonical_json(data.get("payload"))
     for column in ("request_headers", "response_headers"):
         if row[column] is not None:
