@@ -4,7 +4,9 @@ A loopback HTTP server (asyncio, its own process) serves ``/p/N`` for ``0 <= N <
 page N links to pages ``(10 N + k) mod pages`` for k = 1..10, so a crawl from ``/p/0`` reaches
 exactly ``pages`` pages (a 10-ary tree, plus links back to known pages: 10 links per page,
 9 of 10 of them duplicates overall). Each configuration crawls the whole graph in its own
-subprocess with politeness off (16 concurrent requests):
+subprocess with politeness off (16 concurrent requests, no pipelines, no extensions, and
+``CONCURRENT_ITEMS`` 16 instead of Scrapy's 100, which spawns 100 tasks per response whatever
+its output: the same cost for every scheduler, so the scheduler's share shows more):
 
 * ``frontier``: :class:`holocron_scrapy.frontier.scheduler.FrontierScheduler` with the project's
   scheduler, dupe filter and spider middlewares (the ack middleware), a state URL in a temp dir,
@@ -12,11 +14,15 @@ subprocess with politeness off (16 concurrent requests):
 * ``memory``: ``scrapy.core.scheduler.Scheduler`` + ``scrapy.dupefilters.RFPDupeFilter``;
 * ``jobdir``: the same with ``JOBDIR`` (disk queues, persisted seen set).
 
-Pages per second = ``response_received_count / elapsed_time_seconds`` (Scrapy's stats: spider
-opened to spider closed). Configurations are interleaved (rotated) within each repeat and the
-frontier's ratio to ``memory`` is taken per repeat; the table gives medians.
+By default the crawls run one at a time, the configurations rotated within each repeat: pages per
+second = ``response_received_count / elapsed_time_seconds`` (Scrapy's stats: spider opened to
+spider closed). With ``--paired`` the configurations of a repeat crawl simultaneously and are
+compared in the time window where all of them run (past their first and before their last 5% of
+pages), so that load from other processes weighs on all of them alike. Ratios to ``memory`` are
+taken per repeat; the table gives medians.
 
-    python -m benchmarks.frontier_crawl_rate            # 20,000 pages, 3 repeats
+    python -m benchmarks.frontier_crawl_rate            # 20,000 pages, 3 repeats, one crawl at a time
+    python -m benchmarks.frontier_crawl_rate --paired   # 20,000 pages, 3 rounds of simultaneous crawls
     python -m benchmarks.frontier_crawl_rate --quick    # 2,000 pages, 1 repeat
 """
 
@@ -39,7 +45,8 @@ from typing import Any
 
 CONFIGS = ("frontier", "memory", "jobdir")
 LINKS_PER_PAGE = 10
-CRAWL_TIMEOUT = 300.0  # seconds; a crawl taking longer is killed and reported as failed
+CRAWL_TIMEOUT = 400.0  # seconds; a crawl taking longer is killed and reported as failed
+TRACE_EVERY = 200  # responses between two points of a crawl's progress trace
 SERVER_MAX_LIFETIME = 3600.0
 
 
@@ -79,8 +86,12 @@ class _PageProtocol(asyncio.Protocol):
                 status, body = b"200 OK", page_body(int(path[3:]), self.pages)
             assert self.transport is not None
             self.transport.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\nConnection: keep-alive\r\n\r\n" + body
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: keep-alive\r\n\r\n"
+                + body
             )
 
 
@@ -126,9 +137,10 @@ class PageServer:
 
 
 # -- one crawl (in a subprocess) -------------------------------------------------------------
-def crawl_settings(config: str, workdir: Path) -> dict[str, Any]:
+def crawl_settings(config: str, workdir: Path, concurrent_items: int = 100) -> dict[str, Any]:
     """Scrapy settings of *config*: politeness off, no pipelines, no extensions."""
     settings: dict[str, Any] = {
+        "CONCURRENT_ITEMS": concurrent_items,
         "BOT_NAME": "frontier_bench",
         "USER_AGENT": "holocron-frontier-benchmark",
         "ROBOTSTXT_OBEY": False,
@@ -155,7 +167,9 @@ def crawl_settings(config: str, workdir: Path) -> dict[str, Any]:
         if config == "frontier-dfs":
             settings["HOLOCRON_FRONTIER_ORDER"] = "dfs"
     elif config in ("memory", "jobdir"):
-        settings.update(SCHEDULER="scrapy.core.scheduler.Scheduler", DUPEFILTER_CLASS="scrapy.dupefilters.RFPDupeFilter")
+        settings.update(
+            SCHEDULER="scrapy.core.scheduler.Scheduler", DUPEFILTER_CLASS="scrapy.dupefilters.RFPDupeFilter"
+        )
         if config == "jobdir":
             settings["JOBDIR"] = str(workdir / "job")
     else:
@@ -183,27 +197,41 @@ def _bench_spider_class():
     return FrontierBenchSpider
 
 
-def run_crawl(config: str, port: int, workdir: Path) -> dict[str, Any]:
-    """Crawl the graph in this process; the figures of the run."""
+def run_crawl(config: str, port: int, workdir: Path, concurrent_items: int = 16) -> dict[str, Any]:
+    """Crawl the graph in this process; the figures of the run.
+
+    ``trace`` holds ``(monotonic time, responses, CPU seconds)`` every ``TRACE_EVERY`` responses
+    (the monotonic clock is the same for every process of the machine)."""
     from scrapy import signals
     from scrapy.crawler import CrawlerProcess
 
-    marks: dict[str, float] = {}
+    marks: dict[str, Any] = {}
+    trace: list[tuple[float, int, float]] = []
+    received = 0
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
     def engine_started() -> None:
-        marks["t0"], marks["cpu0"] = time.perf_counter(), cpu()
+        marks["t0"], marks["cpu0"] = time.monotonic(), cpu()
+        trace.append((marks["t0"], 0, marks["cpu0"]))
+
+    def response_received(**kwargs: Any) -> None:
+        nonlocal received
+        received += 1
+        if received % TRACE_EVERY == 0:
+            trace.append((time.monotonic(), received, cpu()))
 
     def spider_closed(spider: Any, reason: str) -> None:
-        marks["t1"], marks["cpu1"] = time.perf_counter(), cpu()
-        marks["reason"] = reason  # type: ignore[assignment]
+        marks["t1"], marks["cpu1"] = time.monotonic(), cpu()
+        marks["reason"] = reason
+        trace.append((marks["t1"], received, marks["cpu1"]))
 
-    process = CrawlerProcess(crawl_settings(config, workdir))
+    process = CrawlerProcess(crawl_settings(config, workdir, concurrent_items))
     crawler = process.create_crawler(_bench_spider_class())
     crawler.signals.connect(engine_started, signal=signals.engine_started)
+    crawler.signals.connect(response_received, signal=signals.response_received)
     crawler.signals.connect(spider_closed, signal=signals.spider_closed)
     process.crawl(crawler, seed=f"http://127.0.0.1:{port}/p/0")
     process.start()
@@ -218,28 +246,67 @@ def run_crawl(config: str, port: int, workdir: Path) -> dict[str, Any]:
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "filtered": stats.get("dupefilter/filtered", 0) + stats.get("frontier/filtered", 0),
         "errors": stats.get("log_count/ERROR", 0),
+        "trace": trace,
     }
 
 
-def crawl_in_subprocess(config: str, port: int, pages: int, scratch: Path) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=scratch))
-    cmd = [sys.executable, "-m", "benchmarks.frontier_crawl_rate", "--crawl", config, "--port", str(port),
-           "--workdir", str(workdir)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CRAWL_TIMEOUT, cwd=_repo_root())
-    except subprocess.TimeoutExpired:
-        return {"config": config, "failed": f"timed out after {CRAWL_TIMEOUT:.0f} s"}
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return {"config": config, "failed": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
-    result = json.loads(lines[-1])
-    if result["responses"] != pages:
-        result["failed"] = f"expected {pages} responses, got {result['responses']}"
-    result["pps"] = result["responses"] / result["elapsed"]
-    result["cpu_ms_per_page"] = 1000 * result["cpu"] / max(result["responses"], 1)
-    return result
+class CrawlJob:
+    """One crawl in a subprocess with its own temp dir."""
+
+    def __init__(self, config: str, port: int, pages: int, scratch: Path, concurrent_items: int):
+        self.config, self.pages = config, pages
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=scratch))
+        cmd = [
+            *(sys.executable, "-m", "benchmarks.frontier_crawl_rate", "--crawl", config, "--port", str(port)),
+            *("--workdir", str(self.workdir), "--concurrent-items", str(concurrent_items)),
+        ]
+        self.deadline = time.monotonic() + CRAWL_TIMEOUT
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_repo_root())
+
+    def result(self) -> dict[str, Any]:
+        try:
+            out, err = self.proc.communicate(timeout=max(self.deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            return {"config": self.config, "failed": f"timed out after {CRAWL_TIMEOUT:.0f} s"}
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        lines = out.strip().splitlines()
+        if self.proc.returncode != 0 or not lines:
+            return {"config": self.config, "failed": f"exit {self.proc.returncode}: {err.strip()[-2000:]}"}
+        result = json.loads(lines[-1])
+        if result["responses"] != self.pages:
+            result["failed"] = f"expected {self.pages} responses, got {result['responses']}"
+        result["pps"] = result["responses"] / result["elapsed"]
+        result["cpu_ms_per_page"] = 1000 * result["cpu"] / max(result["responses"], 1)
+        return result
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _at(trace: list[list[float]], moment: float) -> tuple[float, float]:
+    """(responses, CPU seconds) at *moment*, interpolated linearly in the trace."""
+    for (t0, n0, c0), (t1, n1, c1) in zip(trace, trace[1:], strict=False):
+        if t0 <= moment <= t1:
+            f = (moment - t0) / (t1 - t0) if t1 > t0 else 0.0
+            return n0 + f * (n1 - n0), c0 + f * (c1 - c0)
+    raise ValueError("moment outside the trace")
+
+
+def common_window(results: list[dict[str, Any]], pages: int) -> tuple[float, float] | None:
+    """The time span in which every crawl ran at full speed (past its first and before its last 5%)."""
+
+    def when(trace: list[list[float]], count: float) -> float:
+        return next(t for t, n, _ in trace if n >= count)
+
+    start = max(when(r["trace"], 0.05 * pages) for r in results)
+    end = min(when(r["trace"], 0.95 * pages) for r in results)
+    return (start, end) if end - start > 1.0 else None
 
 
 # -- the benchmark -----------------------------------------------------------------------------
@@ -248,61 +315,112 @@ def _repo_root() -> str:
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
-def benchmark(pages: int, repeats: int, configs: list[str]) -> int:
+def _median_x(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}x" if values else "n/a"
+
+
+def run_sequential(port: int, pages: int, repeats: int, configs: list[str], scratch: Path, ci: int) -> list[dict]:
+    runs = []
+    for rep in range(repeats):
+        for config in configs[rep % len(configs) :] + configs[: rep % len(configs)]:  # rotate per repeat
+            result = CrawlJob(config, port, pages, scratch, ci).result()
+            result["repeat"] = rep
+            runs.append(result)
+            if "failed" in result:
+                print(f"repeat {rep + 1} {config}: FAILED: {result['failed']}", file=sys.stderr)
+                continue
+            print(
+                f"repeat {rep + 1} {config:<12} {result['responses']} pages in {result['elapsed']:.2f} s"
+                f" = {result['pps']:.0f} pages/s, cpu {result['cpu_ms_per_page']:.2f} ms/page,"
+                f" peak RSS {result['maxrss_mb']:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
+    return runs
+
+
+def run_paired(port: int, pages: int, repeats: int, configs: list[str], scratch: Path, ci: int) -> list[dict]:
+    """All configurations crawl at the same time (each its own process); rates in their common window."""
+    runs = []
+    for rep in range(repeats):
+        jobs = []
+        try:
+            for config in configs[rep % len(configs) :] + configs[: rep % len(configs)]:
+                jobs.append(CrawlJob(config, port, pages, scratch, ci))
+            results = [job.result() for job in jobs]
+        finally:
+            for job in jobs:
+                job.kill()
+        ok = [r for r in results if "failed" not in r]
+        window = common_window(ok, pages) if len(ok) == len(results) else None
+        for result in results:
+            result["repeat"] = rep
+            runs.append(result)
+            if "failed" in result:
+                print(f"round {rep + 1} {result['config']}: FAILED: {result['failed']}", file=sys.stderr)
+                continue
+            if window is None:
+                result["failed"] = "no common window of the simultaneous crawls"
+                continue
+            (n0, c0), (n1, c1) = _at(result["trace"], window[0]), _at(result["trace"], window[1])
+            result["pps"] = (n1 - n0) / (window[1] - window[0])
+            result["cpu_ms_per_page"] = 1000 * (c1 - c0) / (n1 - n0)
+            print(
+                f"round {rep + 1} {result['config']:<12} {n1 - n0:.0f} pages in the common"
+                f" {window[1] - window[0]:.1f} s = {result['pps']:.0f} pages/s,"
+                f" cpu {result['cpu_ms_per_page']:.2f} ms/page (whole crawl {result['elapsed']:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    return runs
+
+
+def benchmark(pages: int, repeats: int, configs: list[str], concurrent_items: int, paired: bool) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="holocron-crawl-bench-"))
-    runs: list[dict[str, Any]] = []
-    failed = False
     try:
         with PageServer(pages) as port:
-            for rep in range(repeats):
-                order = configs[rep % len(configs) :] + configs[: rep % len(configs)]  # rotate per repeat
-                for config in order:
-                    result = crawl_in_subprocess(config, port, pages, scratch)
-                    result["repeat"] = rep
-                    runs.append(result)
-                    if "failed" in result:
-                        failed = True
-                        print(f"repeat {rep + 1} {config}: FAILED: {result['failed']}", file=sys.stderr)
-                    else:
-                        print(
-                            f"repeat {rep + 1} {config:<12} {result['responses']} pages in {result['elapsed']:.2f} s"
-                            f" = {result['pps']:.0f} pages/s, cpu {result['cpu_ms_per_page']:.2f} ms/page,"
-                            f" peak RSS {result['maxrss_mb']:.0f} MB",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+            run = run_paired if paired else run_sequential
+            runs = run(port, pages, repeats, configs, scratch, concurrent_items)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     ok = [r for r in runs if "failed" not in r]
     base = {r["repeat"]: r for r in ok if r["config"] == "memory"}
-    print(f"\nCrawl rate: {pages} pages, {LINKS_PER_PAGE} links/page, 16 concurrent requests, {repeats} repeat(s),"
-          " medians")
+    how = "simultaneous crawls, rates in their common window" if paired else "one crawl at a time"
+    print(
+        f"\nCrawl rate: {pages} pages, {LINKS_PER_PAGE} links/page, 16 concurrent requests, CONCURRENT_ITEMS"
+        f" {concurrent_items}, {how}; {repeats} repeat(s), medians (ratios: per repeat, then median)"
+    )
     rows = []
     for config in configs:
         mine = [r for r in ok if r["config"] == config]
         if not mine:
-            rows.append([config, "failed", "", "", "", ""])
+            rows.append([config, "failed", "", "", "", "", ""])
             continue
-        ratios = [r["pps"] / base[r["repeat"]]["pps"] for r in mine if r["repeat"] in base]
-        cpu_ratios = [r["cpu_ms_per_page"] / base[r["repeat"]]["cpu_ms_per_page"] for r in mine if r["repeat"] in base]
-        rows.append([
-            config,
-            f"{statistics.median(r['pps'] for r in mine):.0f}",
-            f"{statistics.median(ratios):.2f}x" if ratios else "n/a",
-            f"{statistics.median(r['cpu_ms_per_page'] for r in mine):.3f}",
-            f"{statistics.median(cpu_ratios):.2f}x" if cpu_ratios else "n/a",
-            f"{statistics.median(r['maxrss_mb'] for r in mine):.0f}",
-        ])
-    _print_table(["scheduler", "pages/s", "vs memory", "CPU ms/page", "CPU vs memory", "peak RSS MB"], rows)
-    return 1 if failed else 0
+        paired_with = [(r, base[r["repeat"]]) for r in mine if r["repeat"] in base]
+        ratios = [r["pps"] / b["pps"] for r, b in paired_with]
+        cpu_ratios = [r["cpu_ms_per_page"] / b["cpu_ms_per_page"] for r, b in paired_with]
+        rows.append(
+            [
+                config,
+                f"{statistics.median(r['pps'] for r in mine):.0f}",
+                _median_x(ratios),
+                " ".join(f"{x:.2f}" for x in ratios),
+                f"{statistics.median(r['cpu_ms_per_page'] for r in mine):.3f}",
+                _median_x(cpu_ratios),
+                f"{statistics.median(r['maxrss_mb'] for r in mine):.0f}",
+            ]
+        )
+    header = ["scheduler", "pages/s", "vs memory", "each repeat", "CPU ms/page", "CPU vs memory", "peak RSS MB"]
+    _print_table(header, rows)
+    return 0 if len(ok) == len(runs) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,8 +428,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2,000 pages, 1 repeat (smoke run)")
     parser.add_argument("--pages", type=int, default=None, help="pages in the graph (default 20,000)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats of each configuration (default 3)")
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help=f"comma-separated, of {', '.join(CONFIGS)}, frontier-dfs (default: the first three)")
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated, of {', '.join(CONFIGS)}, frontier-dfs (default: the first three)",
+    )
+    parser.add_argument(
+        "--concurrent-items",
+        type=int,
+        default=16,
+        help="CONCURRENT_ITEMS (default 16, above the 10 outputs of a page; Scrapy's default is 100)",
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="run the configurations simultaneously and compare their rates in the common time window",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--crawl", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -323,13 +455,13 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(pages))
         return 0
     if args.crawl:
-        print(json.dumps(run_crawl(args.crawl, args.port, Path(args.workdir))))
+        print(json.dumps(run_crawl(args.crawl, args.port, Path(args.workdir), args.concurrent_items)))
         return 0
     repeats = args.repeats or (1 if args.quick else 3)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if "memory" not in configs:
         configs.insert(0, "memory")  # the baseline of every ratio
-    return benchmark(pages, repeats, configs)
+    return benchmark(pages, repeats, configs, args.concurrent_items, args.paired)
 
 
 if __name__ == "__main__":

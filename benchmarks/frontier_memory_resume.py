@@ -78,12 +78,22 @@ def build_db(path: Path, pending: int) -> float:
         for n in range(start, min(start + BUILD_BATCH, pending)):
             url = URL_TEMPLATE.format(n)
             fp = seed_fp if n == 0 else hashlib.sha1(url.encode()).hexdigest()
-            items.append(NewItem(
-                dedupe_key=make_dedupe_key("request", "scrapy", "fingerprint", fp),
-                source_system="request", source_name="scrapy", resource_type="fingerprint", resource_id=fp,
-                request_uri=url, request_method="GET", request_headers=template["request_headers"],
-                request_body=None, metadata=template["metadata"], priority=-1, depth=1,
-            ))
+            items.append(
+                NewItem(
+                    dedupe_key=make_dedupe_key("request", "scrapy", "fingerprint", fp),
+                    source_system="request",
+                    source_name="scrapy",
+                    resource_type="fingerprint",
+                    resource_id=fp,
+                    request_uri=url,
+                    request_method="GET",
+                    request_headers=template["request_headers"],
+                    request_body=None,
+                    metadata=template["metadata"],
+                    priority=-1,
+                    depth=1,
+                )
+            )
         store.flush(items, [], [])
     store.claim(f"{socket.gethostname()}:{_dead_pid()}:deadbeef", DEAD_LEASES, 600.0)  # a killed worker's leases
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -116,7 +126,7 @@ def measure_scheduler(db: Path, claims: int) -> dict[str, Any]:
         name = "frontier_bench"
 
     crawler = get_crawler(ResumeSpider, settings)
-    crawler.spider = ResumeSpider()
+    crawler.spider = ResumeSpider.from_crawler(crawler)
     t0 = time.perf_counter()
     scheduler = FrontierScheduler.from_crawler(crawler)
     scheduler.open(crawler.spider)
@@ -184,8 +194,12 @@ def measure_crawl(db: Path | None, config: str) -> dict[str, Any]:
     process.start()
     if db is None:
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"start_wall": t_start, **marks, "reclaimed": crawler.stats.get_value("frontier/reclaimed", 0),
-            "peak_rss_mb": _rss_mb()["VmHWM"]}
+    return {
+        "start_wall": t_start,
+        **marks,
+        "reclaimed": crawler.stats.get_value("frontier/reclaimed", 0),
+        "peak_rss_mb": _rss_mb()["VmHWM"],
+    }
 
 
 def _child(args: list[str]) -> dict[str, Any]:
@@ -209,8 +223,11 @@ def benchmark(small: int, large: int, claims: int, repeats: int) -> int:
         for size in sizes:
             pristine[size] = scratch / f"pending-{size}.sqlite3"
             took = build_db(pristine[size], size)
-            print(f"setup: {size:,} pending items built in {took:.1f} s"
-                  f" ({pristine[size].stat().st_size / 2**20:.0f} MB)", file=sys.stderr, flush=True)
+            print(
+                f"setup: {size:,} pending items built in {took:.1f} s ({pristine[size].stat().st_size / 2**20:.0f} MB)",
+                file=sys.stderr,
+                flush=True,
+            )
         sched: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
         crawl: dict[Any, list[dict[str, Any]]] = {size: [] for size in sizes}
         crawl["memory"] = []
@@ -223,9 +240,13 @@ def benchmark(small: int, large: int, claims: int, repeats: int) -> int:
                 finally:
                     shutil.rmtree(copy.parent, ignore_errors=True)
                 sched[size].append(r)
-                print(f"repeat {rep + 1} scheduler {size:>9,} pending: open+first {r['open_first_s'] * 1000:.0f} ms,"
-                      f" spawn->first {r['spawn_to_first_s']:.2f} s, peak RSS {r['peak_rss_mb']:.1f} MB,"
-                      f" {r['claim_ack_per_s']:.0f} claims+acks/s", file=sys.stderr, flush=True)
+                print(
+                    f"repeat {rep + 1} scheduler {size:>9,} pending: open+first {r['open_first_s'] * 1000:.0f} ms,"
+                    f" spawn->first {r['spawn_to_first_s']:.2f} s, peak RSS {r['peak_rss_mb']:.1f} MB,"
+                    f" {r['claim_ack_per_s']:.0f} claims+acks/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             for size in [*order, "memory"]:
                 copy = None if size == "memory" else fresh_copy(pristine[size], scratch)
                 try:
@@ -235,35 +256,73 @@ def benchmark(small: int, large: int, claims: int, repeats: int) -> int:
                     if copy is not None:
                         shutil.rmtree(copy.parent, ignore_errors=True)
                 crawl[size].append(r)
-                print(f"repeat {rep + 1} crawl {size!s:>9}: spawn->first request {r['spawn_to_first_s']:.2f} s,"
-                      f" peak RSS {r['peak_rss_mb']:.1f} MB", file=sys.stderr, flush=True)
+                print(
+                    f"repeat {rep + 1} crawl {size!s:>9}: spawn->first request {r['spawn_to_first_s']:.2f} s,"
+                    f" peak RSS {r['peak_rss_mb']:.1f} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     def med(runs: list[dict[str, Any]], key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
-    print(f"\nFrontier memory and resume: {large:,} vs {small:,} pending items, {claims:,} claims+acks,"
-          f" {repeats} repeat(s), medians")
+    print(
+        f"\nFrontier memory and resume: {large:,} vs {small:,} pending items, {claims:,} claims+acks,"
+        f" {repeats} repeat(s), medians"
+    )
     rows = []
     for size in sizes:
         s = sched[size]
-        rows.append([f"{size:,}", f"{med(s, 'rss_imported_mb'):.1f}", f"{med(s, 'peak_rss_mb'):.1f}",
-                     f"{med(s, 'open_first_s') * 1000:.0f}", f"{med(s, 'spawn_to_first_s'):.2f}",
-                     f"{med(crawl[size], 'spawn_to_first_s'):.2f}", f"{med(crawl[size], 'peak_rss_mb'):.1f}",
-                     f"{med(s, 'claim_ack_per_s'):.0f}"])
+        rows.append(
+            [
+                f"{size:,}",
+                f"{med(s, 'rss_imported_mb'):.1f}",
+                f"{med(s, 'peak_rss_mb'):.1f}",
+                f"{med(s, 'open_first_s') * 1000:.0f}",
+                f"{med(s, 'spawn_to_first_s'):.2f}",
+                f"{med(crawl[size], 'spawn_to_first_s'):.2f}",
+                f"{med(crawl[size], 'peak_rss_mb'):.1f}",
+                f"{med(s, 'claim_ack_per_s'):.0f}",
+            ]
+        )
     m = crawl["memory"]
-    rows.append(["memory scheduler, fresh", "", "", "", "", f"{med(m, 'spawn_to_first_s'):.2f}",
-                 f"{med(m, 'peak_rss_mb'):.1f}", ""])
-    _print_table(["pending", "RSS after imports MB", "peak RSS MB", "open + 1st next_request ms",
-                  "process start -> 1st request s", "crawl process start -> 1st request s", "crawl peak RSS MB",
-                  "next_request+ack/s"], rows)
+    rows.append(
+        [
+            "memory scheduler, fresh",
+            "",
+            "",
+            "",
+            "",
+            f"{med(m, 'spawn_to_first_s'):.2f}",
+            f"{med(m, 'peak_rss_mb'):.1f}",
+            "",
+        ]
+    )
+    _print_table(
+        [
+            "pending",
+            "RSS after imports MB",
+            "peak RSS MB",
+            "open + 1st next_request ms",
+            "process start -> 1st request s",
+            "crawl process start -> 1st request s",
+            "crawl peak RSS MB",
+            "next_request+ack/s",
+        ],
+        rows,
+    )
     peak_ratios = [a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in zip(sched[large], sched[small], strict=True)]
     crawl_ratios = [a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in zip(crawl[large], crawl[small], strict=True)]
-    print(f"\npeak RSS ratio {large:,} / {small:,} pending: scheduler process {statistics.median(peak_ratios):.3f}x,"
-          f" crawl process {statistics.median(crawl_ratios):.3f}x (target <= 1.2x)")
-    print(f"resume with {large:,} pending: open + first next_request {med(sched[large], 'open_first_s'):.3f} s,"
-          f" crawl process start to first request {med(crawl[large], 'spawn_to_first_s'):.2f} s (target < 2 s)")
+    print(
+        f"\npeak RSS ratio {large:,} / {small:,} pending: scheduler process {statistics.median(peak_ratios):.3f}x,"
+        f" crawl process {statistics.median(crawl_ratios):.3f}x (target <= 1.2x)"
+    )
+    print(
+        f"resume with {large:,} pending: open + first next_request {med(sched[large], 'open_first_s'):.3f} s,"
+        f" crawl process start to first request {med(crawl[large], 'spawn_to_first_s'):.2f} s (target < 2 s)"
+    )
     return 0
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.crawl import REPO, Workspace
+from tests.support.crawl import Workspace
 from tests.support.static_site import PYTHON_DOCS, serve_directory
 
 

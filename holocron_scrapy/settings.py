@@ -28,6 +28,7 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "holocron_scrapy.middlewares.retry.PoliteRetryMiddleware": 550,
     "holocron_scrapy.web.auth.SourceAuthMiddleware": 580,
+    "holocron_scrapy.middlewares.conditional.ConditionalRequestMiddleware": 585,
 }
 ITEM_PIPELINES = {
     "holocron_scrapy.pipelines.changes.ChangeFilterPipeline": 200,

@@ -173,6 +173,7 @@ def test_completed_status_on_insert_marks_known(store):
     store.flush([new("A", status=COMPLETED)], [], [])
     assert store.get("mediawiki:wiki:page:A")["status"] == COMPLETED
     assert store.claim(make_owner(), 5, 60) == []
+    assert store.recrawl("wiki") == 0  # never fetched itself: a re-crawl leaves it alone
 
 
 def _insert_keys(url: str, keys: list[str], out) -> None:

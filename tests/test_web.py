@@ -48,10 +48,17 @@ def test_bad_seed_urls(bad):
 @pytest.mark.parametrize(
     ("content_type", "kind"),
     [
-        ("text/html; charset=utf-8", "raw_html"), ("application/xhtml+xml", "raw_html"),
-        ("application/json", "json"), ("application/ld+json", "json"), ("text/xml", "xml"),
-        ("application/atom+xml", "xml"), ("text/plain", "text"), ("text/css", "text"),
-        ("image/png", "binary"), ("application/octet-stream", "binary"), (None, "binary"),
+        ("text/html; charset=utf-8", "raw_html"),
+        ("application/xhtml+xml", "raw_html"),
+        ("application/json", "json"),
+        ("application/ld+json", "json"),
+        ("text/xml", "xml"),
+        ("application/atom+xml", "xml"),
+        ("text/plain", "text"),
+        ("text/css", "text"),
+        ("image/png", "binary"),
+        ("application/octet-stream", "binary"),
+        (None, "binary"),
     ],
 )
 def test_content_type_mapping(content_type, kind):
@@ -73,7 +80,9 @@ def test_payloads():
 def test_auth_config_reads_secrets_from_the_environment():
     env = {"PW": "hunter2", "TOK": "abc", "KEY": "k"}
     basic = parse_auth({"type": "basic", "username": "bot", "password_env": "PW"}, "api.example.org", env)
-    assert basic.header == "Authorization" and basic.value == "Basic Ym90Omh1bnRlcjI=" and basic.host == "api.example.org"
+    assert (
+        basic.header == "Authorization" and basic.value == "Basic Ym90Omh1bnRlcjI=" and basic.host == "api.example.org"
+    )
     assert "hunter2" not in repr(basic) and "Ym90" not in repr(basic)
     assert parse_auth({"type": "bearer", "token_env": "TOK", "host": "x.org:8443"}, "y", env).host == "x.org"
     assert parse_auth({"type": "header", "header": "X-Key", "value_env": "KEY"}, "h", env).header == "X-Key"
@@ -86,7 +95,9 @@ def test_auth_config_reads_secrets_from_the_environment():
 
 def test_auth_middleware_adds_the_header_only_for_its_host():
     crawler = get_crawler()
-    crawler.spider = type("S", (), {"source_auth": parse_auth({"type": "bearer", "token_env": "T"}, "a.org", {"T": "x"})})()
+    crawler.spider = type(
+        "S", (), {"source_auth": parse_auth({"type": "bearer", "token_env": "T"}, "a.org", {"T": "x"})}
+    )()
     mw = SourceAuthMiddleware.from_crawler(crawler)
     mine, other = Request("https://a.org/p"), Request("https://b.org/p", headers={"Authorization": "Bearer x"})
     mw.process_request(mine)

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from holocron_scrapy.frontier.store import (
     WorkItemStore,
     make_owner,
     open_work_item_store,
+    ts,
 )
 from holocron_scrapy.items import FAILED as FAILED_OUTCOME
 
@@ -65,6 +67,8 @@ ATTEMPT_META = "holocron_attempt"
 WORK_ITEM_META = "holocron_work_item_id"
 #: ``meta[STATUS_META] = "completed"`` records a resource as already known (e.g. a redirect target).
 STATUS_META = "holocron_status"
+#: Set on a claimed request whose item was completed before (a re-crawl): the time it completed.
+RECRAWL_META = "holocron_completed_at"
 _ENQUEUE_FLUSH_SIZE = 1000
 
 
@@ -94,6 +98,9 @@ class FrontierScheduler(BaseScheduler):
         fill_batches: bool = defaults.FRONTIER_FILL_BATCHES,
         run_id: str | None = None,
         crawler: Crawler | None = None,
+        recrawl_source: str | None = None,
+        recrawl_after: float | None = None,
+        full_refresh: bool = False,
     ):
         if order not in ("bfs", "dfs"):
             raise ConfigError(f"expected bfs or dfs, got {order!r}", key="HOLOCRON_FRONTIER_ORDER")
@@ -110,6 +117,9 @@ class FrontierScheduler(BaseScheduler):
         self.fill_batches = fill_batches
         self.run_id = run_id
         self.crawler = crawler
+        self.recrawl_source = recrawl_source
+        self.recrawl_after = recrawl_after
+        self.full_refresh = full_refresh
         self.owner = make_owner()
         self.store: WorkItemStore | None = None
         self.spider: Spider | None = None
@@ -159,6 +169,9 @@ class FrontierScheduler(BaseScheduler):
             fill_batches=s.getbool("HOLOCRON_FRONTIER_FILL_BATCHES", defaults.FRONTIER_FILL_BATCHES),
             run_id=s.get("HOLOCRON_RUN_ID"),
             crawler=crawler,
+            recrawl_source=s.get("HOLOCRON_SOURCE_NAME"),
+            recrawl_after=s.getfloat("HOLOCRON_RECRAWL_AFTER") if s.get("HOLOCRON_RECRAWL_AFTER") is not None else None,
+            full_refresh=s.getbool("HOLOCRON_FULL_REFRESH"),
         )
         crawler.holocron_frontier = scheduler  # found by the ack middleware
         crawler.signals.connect(scheduler._item_done, signal=signals.item_scraped)
@@ -172,11 +185,29 @@ class FrontierScheduler(BaseScheduler):
         self.spider = spider
         self.store = self.store_factory()
         self._reclaim_dead_local_owners()
+        self._requeue_stale()
         self.df.open()
         if self.flush_interval > 0:
             self._loop = task.LoopingCall(self._tick)
             self._loop.start(self.flush_interval, now=False)
-        logger.info("Frontier open: %s as %s", getattr(self.store, "describe", lambda: "")() or type(self.store).__name__, self.owner)
+        logger.info(
+            "Frontier open: %s as %s",
+            getattr(self.store, "describe", lambda: "")() or type(self.store).__name__,
+            self.owner,
+        )
+
+    def _requeue_stale(self) -> None:
+        """Incremental re-crawl: completed items older than ``recrawl_after`` (all of them with
+        ``full_refresh``) of this run's source go back to pending."""
+        assert self.store is not None
+        if not self.recrawl_source or (self.recrawl_after is None and not self.full_refresh):
+            return
+        older = None if self.full_refresh else self.recrawl_after
+        count = self.store.recrawl(self.recrawl_source, older)
+        self._stat("recrawl/requeued", count)
+        if count:
+            what = "all completed items" if self.full_refresh else f"items completed over {older:.0f}s ago"
+            logger.info("Frontier: re-crawling %d %s of %s", count, what, self.recrawl_source)
 
     def close(self, reason: str) -> None:
         if self._loop is not None and self._loop.running:
@@ -283,6 +314,9 @@ class FrontierScheduler(BaseScheduler):
             request.meta[IDS_META] = [row["seq"]]
             request.meta[ATTEMPT_META] = row["attempt"]
             request.meta[WORK_ITEM_META] = row["work_item_id"]
+            if row.get("completed_at"):
+                done = row["completed_at"]
+                request.meta[RECRAWL_META] = ts(done) if isinstance(done, datetime) else str(done)
             batch_key = request.meta.get(BATCH_META)
             if batch_key and self._batches():
                 batches.setdefault(batch_key, []).append(request)
@@ -339,7 +373,9 @@ class FrontierScheduler(BaseScheduler):
         else:
             self.ack(ids)
 
-    def _item_error(self, item: Any, response: Any = None, spider: Any = None, failure: Any = None, **kwargs: Any) -> None:
+    def _item_error(
+        self, item: Any, response: Any = None, spider: Any = None, failure: Any = None, **kwargs: Any
+    ) -> None:
         ids = item_ids(item)
         if ids:
             message = failure.getErrorMessage() if failure is not None else "item pipeline error"
@@ -420,7 +456,12 @@ class FrontierScheduler(BaseScheduler):
         eta = f"{left / rate:.1f} min" if rate > 0 else "unknown"
         logger.info(
             "Frontier progress: done=%d pending=%d in_progress=%d failed=%d | %.1f pages/min | ETA %s",
-            totals["completed"], totals["pending"], totals["in_progress"], totals["failed"], rate, eta,
+            totals["completed"],
+            totals["pending"],
+            totals["in_progress"],
+            totals["failed"],
+            rate,
+            eta,
             extra={"spider": self.spider},
         )
 

@@ -165,11 +165,11 @@ _TEMPLATES = {
     ),
     "recrawl_all": (
         "UPDATE {t} SET status = N'pending', attempt = 0, next_attempt_at = NULL, updated_at = ?"
-        " WHERE status = N'completed' AND source_name = ?"
+        " WHERE status = N'completed' AND attempt > 0 AND source_name = ?"
     ),
     "recrawl_older": (
         "UPDATE {t} SET status = N'pending', attempt = 0, next_attempt_at = NULL, updated_at = ?"
-        " WHERE status = N'completed' AND source_name = ? AND completed_at < ?"
+        " WHERE status = N'completed' AND attempt > 0 AND source_name = ? AND completed_at < ?"
     ),
     "release_leases_all": (
         "UPDATE {t} SET status = N'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"

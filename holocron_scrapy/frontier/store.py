@@ -20,9 +20,23 @@ STATUSES = (PENDING, IN_PROGRESS, COMPLETED, FAILED)
 
 #: Columns a claim returns (enough to rebuild the request and to ack it).
 CLAIM_COLUMNS = (
-    "seq", "work_item_id", "source_system", "source_name", "resource_type", "resource_id",
-    "request_uri", "request_method", "request_headers", "request_body", "metadata",
-    "priority", "depth", "attempt", "dedupe_key", "discovered_from",
+    "seq",
+    "work_item_id",
+    "source_system",
+    "source_name",
+    "resource_type",
+    "resource_id",
+    "request_uri",
+    "request_method",
+    "request_headers",
+    "request_body",
+    "metadata",
+    "priority",
+    "depth",
+    "attempt",
+    "dedupe_key",
+    "discovered_from",
+    "completed_at",
 )
 
 
@@ -134,7 +148,8 @@ class WorkItemStore(ABC):
 
     @abstractmethod
     def recrawl(self, source_name: str, older_than_seconds: float | None = None) -> int:
-        """Completed items (completed before the cut-off) back to pending."""
+        """Fetched completed items (completed before the cut-off) back to pending; items only
+        recorded as known (a redirect target, never fetched itself) stay completed."""
 
     @abstractmethod
     def release_leases(self, owner: str | None = None) -> int:
@@ -182,10 +197,25 @@ class SqliteWorkItemStore(WorkItemStore):
                     " ON CONFLICT (dedupe_key) DO NOTHING",
                     [
                         (
-                            n.work_item_id, n.source_system, n.source_name, n.resource_type, n.resource_id,
-                            n.request_uri, n.request_method, n.request_headers, n.request_body, n.metadata,
-                            n.priority, n.depth, n.status, n.run_id, n.discovered_from, now, now,
-                            now if n.status == COMPLETED else None, n.dedupe_key,
+                            n.work_item_id,
+                            n.source_system,
+                            n.source_name,
+                            n.resource_type,
+                            n.resource_id,
+                            n.request_uri,
+                            n.request_method,
+                            n.request_headers,
+                            n.request_body,
+                            n.metadata,
+                            n.priority,
+                            n.depth,
+                            n.status,
+                            n.run_id,
+                            n.discovered_from,
+                            now,
+                            now,
+                            now if n.status == COMPLETED else None,
+                            n.dedupe_key,
                         )
                         for n in new
                     ],
@@ -207,7 +237,13 @@ class SqliteWorkItemStore(WorkItemStore):
                 cur.execute(
                     "UPDATE work_items SET status = ?, error_message = ?, updated_at = ?, lease_owner = NULL,"
                     " lease_expires_at = NULL, next_attempt_at = ? WHERE seq = ?",
-                    (status, item.error[:4000], now, self.backoff_until(attempt) if status == PENDING else None, item.seq),
+                    (
+                        status,
+                        item.error[:4000],
+                        now,
+                        self.backoff_until(attempt) if status == PENDING else None,
+                        item.seq,
+                    ),
                 )
         return inserted
 
@@ -223,7 +259,7 @@ class SqliteWorkItemStore(WorkItemStore):
                 f" RETURNING {', '.join(CLAIM_COLUMNS)}",
                 (owner, ts(now + timedelta(seconds=lease_seconds)), ts(now), ts(now), limit),
             ).fetchall()
-        claimed = [dict(zip(CLAIM_COLUMNS, row)) for row in rows]
+        claimed = [dict(zip(CLAIM_COLUMNS, row, strict=True)) for row in rows]
         claimed.sort(key=lambda r: (-r["priority"], r["seq"]))
         return claimed
 
@@ -310,7 +346,7 @@ class SqliteWorkItemStore(WorkItemStore):
         ).fetchone()
         if row is None:
             return None
-        return dict(zip(("dedupe_key", "lease_owner", "lease_expires_at", "claimed_at"), row))
+        return dict(zip(("dedupe_key", "lease_owner", "lease_expires_at", "claimed_at"), row, strict=True))
 
     def failure_reasons(self, limit: int = 10) -> list[tuple[str, int]]:
         return [
@@ -338,7 +374,7 @@ class SqliteWorkItemStore(WorkItemStore):
         with self._tx() as cur:
             cur.execute(
                 "UPDATE work_items SET status = 'pending', attempt = 0, next_attempt_at = NULL, updated_at = ?"
-                " WHERE status = 'completed' AND source_name = ? AND (? IS NULL OR completed_at < ?)",
+                " WHERE status = 'completed' AND attempt > 0 AND source_name = ? AND (? IS NULL OR completed_at < ?)",
                 (ts(now), source_name, cutoff, cutoff),
             )
             return cur.rowcount
@@ -356,7 +392,7 @@ class SqliteWorkItemStore(WorkItemStore):
     def get(self, dedupe_key: str) -> dict[str, Any] | None:
         cur = self.conn.execute("SELECT * FROM work_items WHERE dedupe_key = ?", (dedupe_key,))
         row = cur.fetchone()
-        return None if row is None else dict(zip((d[0] for d in cur.description), row))
+        return None if row is None else dict(zip((d[0] for d in cur.description), row, strict=True))
 
     def close(self) -> None:
         self.conn.close()

@@ -12,13 +12,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from holocron_scrapy.frontier.keys import make_dedupe_key
-
-VERSION_FIELDS = ("revision_id", "etag", "last_modified")
-
-
-def version_key(source_system: str, source_name: str, resource_type: str, resource_id: str) -> str:
-    return make_dedupe_key(source_system, source_name, resource_type, resource_id)
+from holocron_scrapy.frontier.keys import make_dedupe_key as version_key
 
 
 class VersionStore:
@@ -31,21 +25,28 @@ class VersionStore:
     def enabled(self) -> bool:
         return self.conn is not None
 
-    def lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        if not self.conn or not keys:
+    def lookup(self, source_system: str, source_name: str, resource_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The last stored version of each of *resource_ids* (any resource type), by resource id."""
+        if not self.conn or not resource_ids:
             return {}
         out: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+        for start in range(0, len(resource_ids), 500):
+            chunk = resource_ids[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
             cur = self.conn.execute(
-                "SELECT dedupe_key, last_hash_sha256, last_revision_id, etag, last_modified, last_fetched_at"
-                f" FROM seen_resources WHERE dedupe_key IN ({marks})",
-                chunk,
+                "SELECT resource_id, last_hash_sha256, last_revision_id, etag, last_modified, last_fetched_at"
+                " FROM seen_resources WHERE source_system = ? AND source_name = ?"
+                f" AND resource_id IN ({marks}) ORDER BY last_fetched_at",
+                (source_system, source_name, *chunk),
             )
-            for key, digest, revid, etag, modified, fetched in cur:
-                out[key] = {"hash_sha256": digest, "revision_id": revid, "etag": etag,
-                            "last_modified": modified, "last_fetched_at": fetched}
+            for rid, digest, revid, etag, modified, fetched in cur:
+                out[rid] = {
+                    "hash_sha256": digest,
+                    "revision_id": revid,
+                    "etag": etag,
+                    "last_modified": modified,
+                    "last_fetched_at": fetched,
+                }
         return out
 
     def upsert(self, rows: list[dict[str, Any]]) -> None:
@@ -65,9 +66,16 @@ class VersionStore:
                 [
                     (
                         version_key(r["source_system"], r["source_name"], r["resource_type"], r["resource_id"]),
-                        r["source_system"], r["source_name"], r["resource_type"], r["resource_id"],
-                        r["hash_sha256"], r.get("revision_id"), r.get("etag"), r.get("last_modified"),
-                        r["fetched_at_utc"], r["fetched_at_utc"],
+                        r["source_system"],
+                        r["source_name"],
+                        r["resource_type"],
+                        r["resource_id"],
+                        r["hash_sha256"],
+                        r.get("revision_id"),
+                        r.get("etag"),
+                        r.get("last_modified"),
+                        r["fetched_at_utc"],
+                        r["fetched_at_utc"],
                     )
                     for r in rows
                 ],

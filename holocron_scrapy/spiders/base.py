@@ -17,8 +17,10 @@ from scrapy import Spider
 from scrapy.crawler import Crawler
 
 from holocron_scrapy import __version__, defaults
-from holocron_scrapy.config import Config, Source, load_config
+from holocron_scrapy.config import Config, Source, load_config, parse_duration
 from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.records.store import open_record_store
+from holocron_scrapy.records.versions import VersionStore
 
 
 def new_run_id() -> str:
@@ -108,6 +110,15 @@ class HolocronSpider(Spider):
         }
         if config.state_url:
             updates["HOLOCRON_STATE_URL"] = config.state_url
+        recrawl_after = (
+            parse_duration(kwargs["recrawl_after"], key="recrawl_after")
+            if "recrawl_after" in kwargs
+            else source.recrawl_after
+        )
+        if recrawl_after is not None:
+            updates["HOLOCRON_RECRAWL_AFTER"] = recrawl_after
+        if parse_bool(kwargs.get("full_refresh", False), key="full_refresh"):
+            updates["HOLOCRON_FULL_REFRESH"] = True
         for key, value in config.frontier.items():
             updates[f"HOLOCRON_FRONTIER_{key.upper()}"] = value
         updates.update(settings_updates)
@@ -118,7 +129,29 @@ class HolocronSpider(Spider):
         spider.source = source
         spider.options = options
         spider.run_id = settings.get("HOLOCRON_RUN_ID")
+        spider.full_refresh = settings.getbool("HOLOCRON_FULL_REFRESH")
+        spider.records_url = settings.get("HOLOCRON_RECORDS_URL")
+        spider.records_sqlserver = settings.getdict("HOLOCRON_RECORDS_SQLSERVER")
         return spider
+
+    _versions: VersionStore | None = None
+    _versions_store: Any = None
+
+    @property
+    def versions(self) -> VersionStore:
+        """Last stored versions (``seen_resources``), opened on first use; empty when disabled."""
+        if self._versions is None:
+            if getattr(self, "records_url", None) and not getattr(self, "full_refresh", False):
+                self._versions_store = open_record_store(self.records_url, sqlserver_config=self.records_sqlserver)
+                self._versions = VersionStore(getattr(self._versions_store, "conn", None))
+            else:
+                self._versions = VersionStore(None)
+        return self._versions
+
+    def closed(self, reason: str) -> None:
+        if self._versions_store is not None:
+            self._versions_store.close()
+            self._versions_store = None
 
     @classmethod
     def source_system_name(cls) -> str:

@@ -166,8 +166,12 @@ class HttpSpider(HolocronSpider):
     def page_request(self, url: str, *, depth: int, discovered_from: str | None = None, known: bool = False) -> Request:
         meta = {
             "holocron": resource_meta(
-                SOURCE_SYSTEM, self.options.source_name, WORK_ITEM_TYPE, url_resource_id(url),
-                depth=depth, discovered_from=discovered_from,
+                SOURCE_SYSTEM,
+                self.options.source_name,
+                WORK_ITEM_TYPE,
+                url_resource_id(url),
+                depth=depth,
+                discovered_from=discovered_from,
             )
         }
         if known:
@@ -184,6 +188,9 @@ class HttpSpider(HolocronSpider):
     # -- responses -----------------------------------------------------------------------
     def parse_page(self, response: Response) -> Iterator[Any]:
         info = response.meta["holocron"]
+        if response.status == 304:  # conditional re-crawl: unchanged since the stored version
+            self.crawler.stats.inc_value("recrawl/unchanged")
+            return
         depth = int(info.get("depth", 0))
         content_type = _header(response, "Content-Type")
         kind = resource_type_for(content_type, response)
@@ -213,6 +220,8 @@ class HttpSpider(HolocronSpider):
             work_item_id=response.meta.get(WORK_ITEM_META),
             work_item_ids=list(response.meta.get(IDS_META, ())),
             context={"final_url": response.url, "redirects": response.meta.get("redirect_urls", [])},
+            etag=_header(response, "ETag"),
+            last_modified=_header(response, "Last-Modified"),
         )
         if url_resource_id(response.url) != info["resource_id"]:  # redirected: the target is known now
             yield self.page_request(response.url, depth=depth, known=True)

@@ -31,6 +31,7 @@ from holocron_scrapy.frontier.scheduler import (
     BATCH_META,
     BATCH_SIZE_META,
     IDS_META,
+    RECRAWL_META,
     STATUS_META,
     WORK_ITEM_META,
 )
@@ -174,10 +175,66 @@ class MediaWikiSpider(HolocronSpider):
                 "ids": list(r.meta.get(IDS_META, ())),
                 "attempt": r.meta.get(ATTEMPT_META, 1),
                 "work_item_id": r.meta.get(WORK_ITEM_META),
+                "completed_at": r.meta.get(RECRAWL_META),
             }
             for r in requests
         ]
+        known = self.known_revisions(titles)
+        if known:  # a re-crawl: one cheap prop=info first, content only for what changed
+            return self._info_request(titles, known)
         return self._query_request(titles, continuation=None, acc=None)
+
+    def known_revisions(self, titles: list[dict[str, Any]]) -> dict[str, int]:
+        """Stored revisions of re-crawled titles whose discoveries are already in the frontier
+        (stored no later than the item last completed); only those may skip the content fetch."""
+        since = {t["title"]: t["completed_at"] for t in titles if t.get("completed_at")}
+        if not since:
+            return {}
+        found = self.versions.lookup(SOURCE_SYSTEM, self.options.source_name, list(since))
+        return {
+            title: v["revision_id"]
+            for title, v in found.items()
+            if v.get("revision_id") and str(v.get("last_fetched_at")) <= since[title]
+        }
+
+    def _info_request(self, titles: list[dict[str, Any]], known: dict[str, int]) -> Request:
+        params = api.info_params(sorted(t["title"] for t in titles), maxlag=self.options.maxlag)
+        return Request(
+            api.api_url(self.options.api_url, params),
+            callback=self.parse_info,
+            errback=self.errback_batch,
+            meta={
+                MEDIAWIKI_META: True,
+                "mw_titles": titles,
+                "mw_known": known,
+                IDS_META: [i for t in titles for i in t["ids"]],
+            },
+            dont_filter=True,
+        )
+
+    def parse_info(self, response: Response) -> Iterator[Any]:
+        """Compare ``lastrevid`` with the stored revisions; fetch content only for changed titles.
+
+        Titles left out of the follow-up request are acknowledged as unchanged."""
+        titles = response.meta["mw_titles"]
+        known = response.meta["mw_known"]
+        acc = Accumulator()
+        try:
+            merge_query(acc, json.loads(response.body))
+        except (ApiError, ValueError, MalformedResponse) as exc:
+            self.logger.warning("prop=info check failed (%s); fetching all %d titles", exc, len(titles))
+            yield self._query_request(titles, continuation=None, acc=None)
+            return
+        changed = []
+        for entry in titles:
+            resolution = resolve(acc, entry["title"])
+            page = resolution.page or {}
+            if resolution.outcome == OK and known.get(resolution.title) == page.get("lastrevid"):
+                self.crawler.stats.inc_value("recrawl/unchanged")
+            else:
+                changed.append(entry)
+        if changed:
+            yield self._query_request(changed, continuation=None, acc=None)
 
     def _query_request(
         self, titles: list[dict[str, Any]], *, continuation: dict | None, acc: dict | None, first_url: str | None = None
@@ -245,6 +302,7 @@ class MediaWikiSpider(HolocronSpider):
             depth = min(e["depth"] for e in entries)
             direct = next((e for e in entries if e["title"] == title), entries[0])
             page = members[0][1].page
+            revisions = (page or {}).get("revisions") or [{}]
             self.crawler.stats.inc_value(f"mediawiki/pages/{outcome}")
             yield IngestItem(
                 source_system=SOURCE_SYSTEM,
@@ -263,6 +321,7 @@ class MediaWikiSpider(HolocronSpider):
                 depth=depth,
                 work_item_id=direct.get("work_item_id"),
                 work_item_ids=[i for e in entries for i in e["ids"]],
+                revision_id=revisions[0].get("revid") if isinstance(revisions[0], dict) else None,
                 context={
                     "requested_titles": [e["title"] for e in entries],
                     "resolution": [list(m[1].chain) for m in members],

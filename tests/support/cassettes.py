@@ -48,9 +48,19 @@ RECORD_ENV = "HOLOCRON_RECORD"
 RECORD_API_ENV = "HOLOCRON_RECORD_API_URL"
 USER_AGENT = "holocron_scrapy-tests (cassette recording; tests@example.org)"
 
-_MODES = {"": "none", "0": "none", "no": "none", "false": "none", "none": "none",
-          "1": "once", "yes": "once", "true": "once", "once": "once",
-          "new_episodes": "new_episodes", "all": "all"}
+_MODES = {
+    "": "none",
+    "0": "none",
+    "no": "none",
+    "false": "none",
+    "none": "none",
+    "1": "once",
+    "yes": "once",
+    "true": "once",
+    "once": "once",
+    "new_episodes": "new_episodes",
+    "all": "all",
+}
 # A local wiki's address, with or without the scheme (php -S even echoes "Host: 127.0.0.1:PORT").
 _LOCAL = re.compile(r"(https?://)?(?:127\.0\.0\.1|localhost|\[::1\]):\d+")
 # Headers that describe the transfer, not the answer: the body we keep is decoded and complete.
@@ -149,7 +159,7 @@ def cassette_name(node: Any) -> str:
     name = ".".join(parts)
     name = re.sub(r"[^\w.\-]+", "-", re.sub(r"[\[\]]", "__", name).strip("_"))
     if len(name) > _MAX_NAME:  # long parameter ids: keep a readable prefix, stay unique
-        name = f"{name[:_MAX_NAME - 13]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+        name = f"{name[: _MAX_NAME - 13]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
     return name + ".yaml"
 
 
@@ -193,7 +203,7 @@ class CassettePlayer:
             return url
         if self.live_origin is None:
             raise RuntimeError(f"recording needs a live wiki: set {RECORD_API_ENV}")
-        return self.live_origin + url[len(PLACEHOLDER_ORIGIN):]
+        return self.live_origin + url[len(PLACEHOLDER_ORIGIN) :]
 
     def fetch(self, request: Request | str) -> Response:
         """Replay (or record) *request*; returns the response Scrapy would hand its callback."""
@@ -202,8 +212,12 @@ class CassettePlayer:
         headers = {k.decode("latin-1"): v[-1].decode("latin-1") for k, v in request.headers.items() if v}
         headers.setdefault("User-Agent", USER_AGENT)
         answer = self.session.request(
-            request.method, self._target(request.url), headers=headers, data=request.body or None,
-            allow_redirects=True, timeout=120,
+            request.method,
+            self._target(request.url),
+            headers=headers,
+            data=request.body or None,
+            allow_redirects=True,
+            timeout=120,
         )
         return to_scrapy_response(request, answer)
 
@@ -212,9 +226,7 @@ class CassettePlayer:
 
 
 @contextlib.contextmanager
-def use_cassette(
-    recorder: vcr.VCR, name: str, live_api: Callable[[], str] | None = None
-) -> Iterator[CassettePlayer]:
+def use_cassette(recorder: vcr.VCR, name: str, live_api: Callable[[], str] | None = None) -> Iterator[CassettePlayer]:
     """Open cassette *name* of *recorder*'s library; fail loudly when replaying a missing one.
 
     ``live_api`` (the wiki to record from) is called only when something may be recorded, and

@@ -96,7 +96,15 @@ class Workspace:
             conn.close()
 
     def lake_documents(self) -> list[dict]:
-        return [json.loads(p.read_text("utf-8")) for p in sorted(self.lake.rglob("*.json"))]
+        """Every lake file of a fetched resource (run reports in ``_runs/`` left out)."""
+        return [
+            json.loads(p.read_text("utf-8"))
+            for p in sorted(self.lake.rglob("*.json"))
+            if p.relative_to(self.lake).parts[0] != "_runs"
+        ]
+
+    def run_reports(self) -> list[dict]:
+        return [json.loads(p.read_text("utf-8")) for p in sorted((self.lake / "_runs").glob("*.json"))]
 
     def work_items(self) -> list[dict]:
         conn = sqlite3.connect(self.state_db)

@@ -48,7 +48,9 @@ def write_edge_site(root: Path, port: int) -> dict[str, str]:
         "image.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
         "big.html": b"<html><body>" + b"x" * 20000 + b"</body></html>",
         "broken.html": b"<html><body><div><a href='b.html'>unclosed <p><table><tr><td>cell",
-        "latin1.html": '<html><head><meta charset="utf-8"></head><body>Caf\xe9 \xd8rsted</body></html>'.encode("latin-1"),
+        "latin1.html": '<html><head><meta charset="utf-8"></head><body>Caf\xe9 \xd8rsted</body></html>'.encode(
+            "latin-1"
+        ),
         "elsewhere.html": b"<html><body>other host name</body></html>",
         "orphan.html": b"<html><body>only in the sitemap</body></html>",
         "robots.txt": f"User-agent: *\nDisallow: /private/\nSitemap: {base}/sitemap.xml\n".encode(),
@@ -64,7 +66,7 @@ def write_edge_site(root: Path, port: int) -> dict[str, str]:
     return {rel: "" for rel in files}
 
 
-SERVER = r'''
+SERVER = r"""
 import http.server, json, sys
 log = open(sys.argv[3], "a", buffering=1)
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -77,7 +79,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         return super().send_head()
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])),
     lambda *a, **k: Handler(*a, directory=sys.argv[2], **k)).serve_forever()
-'''
+"""
 
 
 @contextmanager
