@@ -44,6 +44,7 @@ from holocron_scrapy.frontier.store import (
     FailedItem,
     NewItem,
     WorkItemStore,
+    claimed_rows,
     utcnow,
 )
 
@@ -482,9 +483,7 @@ class SqlServerWorkItemStore(WorkItemStore):
             return cur.fetchall() or None
 
         rows = self.session.run("claim", work, recover=recover)
-        claimed = [dict(zip(CLAIM_COLUMNS, row, strict=True)) for row in rows]
-        claimed.sort(key=lambda r: (-r["priority"], r["seq"]))
-        return claimed
+        return claimed_rows(rows)
 
     def release(self, seqs: list[int]) -> None:
         if not seqs:

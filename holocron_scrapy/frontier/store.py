@@ -49,6 +49,13 @@ def ts(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def claimed_rows(rows: list[Any]) -> list[dict[str, Any]]:
+    """Claimed rows (``CLAIM_COLUMNS`` tuples) as dicts, best first (RETURNING/OUTPUT order is arbitrary)."""
+    claimed = [dict(zip(CLAIM_COLUMNS, row, strict=True)) for row in rows]
+    claimed.sort(key=lambda r: (-r["priority"], r["seq"]))
+    return claimed
+
+
 def make_owner() -> str:
     """A lease owner id: ``host:pid:token`` (the host and pid let a restart reclaim at once)."""
     import os
@@ -259,9 +266,7 @@ class SqliteWorkItemStore(WorkItemStore):
                 f" RETURNING {', '.join(CLAIM_COLUMNS)}",
                 (owner, ts(now + timedelta(seconds=lease_seconds)), ts(now), ts(now), limit),
             ).fetchall()
-        claimed = [dict(zip(CLAIM_COLUMNS, row, strict=True)) for row in rows]
-        claimed.sort(key=lambda r: (-r["priority"], r["seq"]))
-        return claimed
+        return claimed_rows(rows)
 
     def release(self, seqs: list[int]) -> None:
         if not seqs:

@@ -77,23 +77,25 @@ class Workspace:
             timeout=timeout,
         )
 
-    def records(self) -> list[dict]:
-        if not self.records_db.exists():
+    @staticmethod
+    def _rows(db: Path, sql: str) -> list[dict]:
+        if not db.exists():
             return []
-        conn = sqlite3.connect(self.records_db)
+        conn = sqlite3.connect(db)
         conn.row_factory = sqlite3.Row
         try:
-            return [dict(r) for r in conn.execute("SELECT * FROM ingest_records ORDER BY fetched_at_utc")]
+            return [dict(r) for r in conn.execute(sql)]
         finally:
             conn.close()
 
+    def records(self) -> list[dict]:
+        return self._rows(self.records_db, "SELECT * FROM ingest_records ORDER BY fetched_at_utc")
+
     def runs(self) -> list[dict]:
-        conn = sqlite3.connect(self.records_db)
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in conn.execute("SELECT * FROM ingest_runs ORDER BY started_at")]
-        finally:
-            conn.close()
+        return self._rows(self.records_db, "SELECT * FROM ingest_runs ORDER BY started_at")
+
+    def work_items(self) -> list[dict]:
+        return self._rows(self.state_db, "SELECT * FROM work_items")
 
     def lake_documents(self) -> list[dict]:
         """Every lake file of a fetched resource (run reports in ``_runs/`` left out)."""
@@ -105,11 +107,3 @@ class Workspace:
 
     def run_reports(self) -> list[dict]:
         return [json.loads(p.read_text("utf-8")) for p in sorted((self.lake / "_runs").glob("*.json"))]
-
-    def work_items(self) -> list[dict]:
-        conn = sqlite3.connect(self.state_db)
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in conn.execute("SELECT * FROM work_items")]
-        finally:
-            conn.close()
