@@ -137,7 +137,7 @@ class PageServer:
 
 
 # -- one crawl (in a subprocess) -------------------------------------------------------------
-def crawl_settings(config: str, workdir: Path, concurrent_items: int = 100) -> dict[str, Any]:
+def crawl_settings(config: str, workdir: Path, concurrent_items: int = 16) -> dict[str, Any]:
     """Scrapy settings of *config*: politeness off, no pipelines, no extensions."""
     settings: dict[str, Any] = {
         "CONCURRENT_ITEMS": concurrent_items,

@@ -237,3 +237,27 @@ def test_deltafetch_skips_pages_that_gave_items(edge_site, tmp_path):
     assert [e["path"] for e in second if e["path"] != "/robots.txt"] == ["/index.html"]
     assert "deltafetch/skipped" in proc.stderr
     assert (tmp_path / "delta" / "http.db").exists() or list((tmp_path / "delta").glob("http.db*"))
+
+
+def test_follow_deny_and_max_pages(edge_site, tmp_path):
+    base, log = edge_site
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    http_config(ws, "  - {name: site, type: http, delay: 0}\n")
+    proc = ws.crawl(
+        "http", "source=site", f"seeds={base}/index.html", "max_depth=2", r"follow=\.html", "deny=deep|broken"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    paths = {r["resource_id"].removeprefix(base) for r in ws.records()}
+    assert "/a.html" in paths and "/data.json" not in paths and "/sub" not in paths
+    assert not any("deep" in p or "broken" in p for p in paths)
+    limited = Workspace(tmp_path / "limited")
+    limited.root.mkdir()
+    http_config(limited, "  - {name: site, type: http, delay: 0, concurrency: 1}\n")
+    proc = limited.crawl("http", "source=site", f"seeds={base}/index.html", "max_depth=2", "max_pages=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 3 <= len(limited.records()) <= 4  # the run stops; a page in flight still finishes
+    assert limited.runs()[0]["finish_reason"] == "max_pages"
+    rerun = limited.crawl("http", "source=site", f"seeds={base}/index.html", "max_depth=2")
+    assert rerun.returncode == 0  # the next run continues from the frontier
+    assert len(limited.records()) > 4

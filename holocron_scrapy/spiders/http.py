@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from scrapy import Request
-from scrapy.exceptions import IgnoreRequest
+from scrapy.exceptions import CloseSpider, IgnoreRequest
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
 from scrapy.spidermiddlewares.httperror import HttpError
@@ -109,6 +109,7 @@ class HttpSpider(HolocronSpider):
     name = "http"
     source_type = "http"
     options: HttpOptions
+    pages_seen = 0
     source_auth: SourceAuth | None = None
 
     @classmethod
@@ -130,7 +131,11 @@ class HttpSpider(HolocronSpider):
         options = http_options(source, kwargs)
         settings: dict[str, Any] = {"ROBOTSTXT_OBEY": True}
         if options.max_pages:
-            settings["CLOSESPIDER_PAGECOUNT"] = options.max_pages
+            # The run stops after max_pages pages (see parse_page); with no more requests in flight
+            # than the per-host concurrency it overshoots by at most that many, and claimed but
+            # unsent items go back to the frontier for the next run.
+            settings["CONCURRENT_REQUESTS"] = source.concurrency
+            settings["HOLOCRON_FRONTIER_CLAIM_SIZE"] = source.concurrency
         if options.deltafetch:
             settings["DELTAFETCH_ENABLED"] = True
         return options, settings
@@ -187,6 +192,14 @@ class HttpSpider(HolocronSpider):
 
     # -- responses -----------------------------------------------------------------------
     def parse_page(self, response: Response) -> Iterator[Any]:
+        yield from self.page_output(response)
+        # max_pages: stop once this page and all it discovered are out (nothing is lost).
+        self.pages_seen += 1
+        if self.options.max_pages and self.pages_seen >= self.options.max_pages:
+            raise CloseSpider("max_pages")
+
+    def page_output(self, response: Response) -> Iterator[Any]:
+        """The page's record, and the links it leads to."""
         info = response.meta["holocron"]
         if response.status == 304:  # conditional re-crawl: unchanged since the stored version
             self.crawler.stats.inc_value("recrawl/unchanged")
@@ -223,6 +236,7 @@ class HttpSpider(HolocronSpider):
             etag=_header(response, "ETag"),
             last_modified=_header(response, "Last-Modified"),
         )
+
         if url_resource_id(response.url) != info["resource_id"]:  # redirected: the target is known now
             yield self.page_request(response.url, depth=depth, known=True)
         if kind != RAW_HTML or depth >= self.options.max_depth or not isinstance(response, TextResponse):
