@@ -343,3 +343,36 @@ def test_live_write_run_upsert(live):
     assert json.loads(text) == {"note": UNICODE}
     store.truncate_for_tests()
     assert store.count() == 0
+
+
+def test_record_versions_updates_else_inserts(rstore, fake_pyodbc):
+    known, new = record("Known", revision_id=7), record("New", etag='"abc"')
+    fake_pyodbc.responder = lambda sql, params: (
+        ([], 1 if params[-1].endswith(":Known") else 0) if sql.startswith("UPDATE") else None
+    )
+    rstore.record_versions([known, new])
+    updates = fake_pyodbc.executed("UPDATE [ingest].[seen_resources]")
+    inserts = fake_pyodbc.executed("INSERT INTO [ingest].[seen_resources]")
+    assert len(updates) == 2 and len(inserts) == 1
+    assert inserts[0][2][0] == "mediawiki:wikipedia:page:New" and inserts[0][2][7] == '"abc"'
+    assert updates[0][2][1] == 7 and updates[0][2][4] == datetime(2026, 1, 19, 12, 0, 5, 123456)
+
+
+def test_versions_lookup_reads_text_times(rstore, fake_pyodbc):
+    fetched = datetime(2026, 1, 19, 12, 0, 5, 123456)
+    fake_pyodbc.responder = lambda sql, params: (
+        [(params[2], "h", 7, None, None, fetched)] if "FROM [ingest].[seen_resources]" in sql else None
+    )
+    found = rstore.versions("mediawiki", "wikipedia", ["A", "B", "A"])
+    assert set(found) == {"A", "B"} and found["A"]["last_fetched_at"] == "2026-01-19 12:00:05.123456"
+    assert found["B"]["revision_id"] == 7
+
+
+@pytest.mark.sqlserver
+def test_live_versions_upsert_and_lookup(live):
+    store, _, _ = live
+    first, later = record("V", revision_id=1), record("V", payload={"v": 2}, revision_id=2)
+    store.record_versions([first])
+    store.record_versions([later])
+    found = store.versions("mediawiki", "wikipedia", ["V", "missing"])
+    assert list(found) == ["V"] and found["V"]["revision_id"] == 2 and found["V"]["hash_sha256"] == later["hash_sha256"]

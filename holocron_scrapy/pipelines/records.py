@@ -67,7 +67,7 @@ class IngestRecordsPipeline:
 
     def open_spider(self) -> None:
         self.store = open_record_store(self.url, sqlserver_config=self.sqlserver_config)
-        self.versions = VersionStore(getattr(self.store, "conn", None))
+        self.versions = VersionStore(self.store)
 
     async def close_spider(self) -> None:
         await maybe_deferred_to_future(self.flush())

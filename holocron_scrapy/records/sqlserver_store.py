@@ -29,7 +29,7 @@ from holocron_scrapy.db.migrations import validate_identifier
 from holocron_scrapy.db.sqlserver import SqlServerSettings
 from holocron_scrapy.errors import StoreError
 from holocron_scrapy.frontier.sqlserver_store import NVARCHAR_MAX, SqlServerSession, parse_time, text_sizes
-from holocron_scrapy.records.store import RECORD_COLUMNS, RUN_COLUMNS, RecordStore
+from holocron_scrapy.records.store import RECORD_COLUMNS, RUN_COLUMNS, RecordStore, seen_version, version_params
 
 #: The columns identifying one stored version of a resource (the unique ``ux_ingest_records_version``).
 VERSION_COLUMNS = ("source_system", "source_name", "resource_type", "resource_id", "hash_sha256")
@@ -66,6 +66,21 @@ _TEMPLATES = {
     ),
     "update_run": "UPDATE {runs} WITH (UPDLOCK, SERIALIZABLE) SET {run_updates} WHERE run_id = ?",
     "insert_run": "INSERT INTO {runs} ({run_columns}) VALUES ({run_marks})",
+    "versions": (
+        "SELECT resource_id, last_hash_sha256, last_revision_id, etag, last_modified, last_fetched_at"
+        " FROM {seen} WHERE source_system = ? AND source_name = ? AND resource_id = ?"
+        " ORDER BY last_fetched_at"
+    ),
+    "update_version": (
+        "UPDATE {seen} WITH (UPDLOCK, SERIALIZABLE) SET last_hash_sha256 = ?, last_revision_id = ?, etag = ?,"
+        " last_modified = ?, last_fetched_at = ?, last_changed_at = ? WHERE dedupe_key = ?"
+    ),
+    "insert_version": (
+        "INSERT INTO {seen} (dedupe_key, source_system, source_name, resource_type, resource_id,"
+        " last_hash_sha256, last_revision_id, etag, last_modified, last_fetched_at, last_changed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ),
+    "truncate_seen_for_tests": "DELETE FROM {seen}",
     "truncate_records_for_tests": "DELETE FROM {records}",
     "truncate_runs_for_tests": "DELETE FROM {runs}",
 }
@@ -84,6 +99,7 @@ def statements(schema: str = sqlserver.DEFAULT_SCHEMA) -> dict[str, str]:
         name: template.format(
             records=records,
             runs=runs,
+            seen=f"[{schema}].[seen_resources]",
             record_columns=", ".join(RECORD_COLUMNS),
             record_marks=", ".join("?" for _ in RECORD_COLUMNS),
             version_match=" AND ".join(f"{c} = ?" for c in VERSION_COLUMNS),
@@ -186,6 +202,45 @@ class SqlServerRecordStore(RecordStore):
 
         self.session.run("write_run", work)
 
+    def versions(self, source_system: str, source_name: str, resource_ids: list[str]) -> dict[str, dict[str, Any]]:
+        def work(cur: Any) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for resource_id in dict.fromkeys(resource_ids):
+                cur.execute(self.sql["versions"], source_system, source_name, resource_id)
+                for row in cur.fetchall():
+                    out[row[0]] = seen_version(tuple(row))
+            return out
+
+        return self.session.run("versions", work) if resource_ids else {}
+
+    def record_versions(self, rows: list[dict[str, Any]]) -> None:
+        """Upsert ``seen_resources`` (UPDATE under a range lock, else INSERT), one transaction."""
+        if not rows:
+            return
+
+        def work(cur: Any) -> None:
+            for row in rows:
+                key, ss, sn, rt, rid, digest, revid, etag, modified, fetched, changed = version_params(row)
+                fetched, changed = parse_time(fetched), parse_time(changed)
+                cur.execute(self.sql["update_version"], digest, revid, etag, modified, fetched, changed, key)
+                if cur.rowcount == 0:
+                    cur.execute(
+                        self.sql["insert_version"],
+                        key,
+                        ss,
+                        sn,
+                        rt,
+                        rid,
+                        digest,
+                        revid,
+                        etag,
+                        modified,
+                        fetched,
+                        changed,
+                    )
+
+        self.session.run("record_versions", work)  # an upsert: safe to run again
+
     def count(self, **where: Any) -> int:
         statement = count_statement(self.schema, tuple(where))
         params = [_bind(c, v, RECORD_TIME_COLUMNS) for c, v in where.items()]
@@ -202,6 +257,7 @@ class SqlServerRecordStore(RecordStore):
         def work(cur: Any) -> None:
             cur.execute(self.sql["truncate_records_for_tests"])
             cur.execute(self.sql["truncate_runs_for_tests"])
+            cur.execute(self.sql["truncate_seen_for_tests"])
 
         self.session.run("truncate_for_tests", work)
 

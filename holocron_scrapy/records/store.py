@@ -65,6 +65,38 @@ def format_time(value: Any) -> Any:
     return value
 
 
+SEEN_COLUMNS = ("resource_id", "last_hash_sha256", "last_revision_id", "etag", "last_modified", "last_fetched_at")
+
+
+def seen_version(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A ``seen_resources`` row (``SEEN_COLUMNS``) as a version dict, times as UTC text."""
+    _, digest, revid, etag, modified, fetched = row
+    return {
+        "hash_sha256": digest,
+        "revision_id": revid,
+        "etag": etag,
+        "last_modified": modified,
+        "last_fetched_at": format_time(fetched),
+    }
+
+
+def version_params(row: dict[str, Any]) -> tuple[Any, ...]:
+    """``seen_resources`` insert parameters of a stored row: key, identity, version, times."""
+    from holocron_scrapy.frontier.keys import make_dedupe_key
+
+    identity = (row["source_system"], row["source_name"], row["resource_type"], row["resource_id"])
+    return (
+        make_dedupe_key(*identity),
+        *identity,
+        row["hash_sha256"],
+        row.get("revision_id"),
+        row.get("etag"),
+        row.get("last_modified"),
+        row["fetched_at_utc"],
+        row["fetched_at_utc"],
+    )
+
+
 def item_row(item: Any) -> dict[str, Any]:
     """The ``ingest_records`` row of an item (JSON columns serialised, times as UTC text), plus the
     version fields ``seen_resources`` keeps."""
@@ -91,6 +123,15 @@ class RecordStore(ABC):
     @abstractmethod
     def write_run(self, summary: dict[str, Any]) -> None:
         """Insert or update the ``ingest_runs`` row of ``summary["run_id"]``."""
+
+    @abstractmethod
+    def versions(self, source_system: str, source_name: str, resource_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """``seen_resources``: the last stored version of each resource id (any resource type):
+        ``{resource_id: {hash_sha256, revision_id, etag, last_modified, last_fetched_at}}``."""
+
+    @abstractmethod
+    def record_versions(self, rows: list[dict[str, Any]]) -> None:
+        """Upsert ``seen_resources`` for freshly stored rows (``item_row`` plus version fields)."""
 
     @abstractmethod
     def count(self, **where: Any) -> int: ...
@@ -141,6 +182,40 @@ class SqliteRecordStore(RecordStore):
             f"INSERT INTO ingest_runs ({columns}) VALUES ({marks}) ON CONFLICT (run_id) DO UPDATE SET {updates}",
             tuple(row[c] for c in RUN_COLUMNS),
         )
+
+    def versions(self, source_system: str, source_name: str, resource_ids: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(resource_ids), 500):
+            chunk = resource_ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            cur = self.conn.execute(
+                f"SELECT {', '.join(SEEN_COLUMNS)} FROM seen_resources WHERE source_system = ? AND source_name = ?"
+                f" AND resource_id IN ({marks}) ORDER BY last_fetched_at",
+                (source_system, source_name, *chunk),
+            )
+            for row in cur:
+                out[row[0]] = seen_version(row)
+        return out
+
+    def record_versions(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.executemany(
+                "INSERT INTO seen_resources (dedupe_key, source_system, source_name, resource_type, resource_id,"
+                " last_hash_sha256, last_revision_id, etag, last_modified, last_fetched_at, last_changed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (dedupe_key) DO UPDATE SET last_hash_sha256 = excluded.last_hash_sha256,"
+                " last_revision_id = excluded.last_revision_id, etag = excluded.etag,"
+                " last_modified = excluded.last_modified, last_fetched_at = excluded.last_fetched_at,"
+                " last_changed_at = excluded.last_changed_at",
+                [version_params(r) for r in rows],
+            )
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def count(self, **where: Any) -> int:
         clause = " AND ".join(f"{k} = ?" for k in where) or "1 = 1"

@@ -143,7 +143,7 @@ class HolocronSpider(Spider):
         if self._versions is None:
             if getattr(self, "records_url", None) and not getattr(self, "full_refresh", False):
                 self._versions_store = open_record_store(self.records_url, sqlserver_config=self.records_sqlserver)
-                self._versions = VersionStore(getattr(self._versions_store, "conn", None))
+                self._versions = VersionStore(self._versions_store)
             else:
                 self._versions = VersionStore(None)
         return self._versions
