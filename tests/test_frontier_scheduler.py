@@ -172,3 +172,25 @@ def test_progress_line(tmp_path, caplog):
     (line,) = [r.getMessage() for r in caplog.records if "Frontier progress" in r.getMessage()]
     assert "done=1 pending=0 in_progress=2 failed=0" in line and "pages/min" in line and "ETA" in line
     s.close("finished")
+
+
+def test_dont_filter_requests_bypass_the_dedupe(tmp_path):
+    crawler, s = make(tmp_path)
+    assert s.enqueue_request(page("A"))
+    again = page("A")
+    again.dont_filter = True
+    assert s.enqueue_request(again)
+    assert len(drain(s)) == 2 and not crawler.stats.get_value("frontier/filtered")
+    s.close("finished")
+
+
+def test_stale_items_are_requeued_at_open(tmp_path):
+    _, s = make(tmp_path)
+    s.enqueue_request(page("A"))
+    (a,) = drain(s)
+    s.ack(a.meta[IDS_META])
+    s.close("finished")
+    _, again = make(tmp_path, HOLOCRON_SOURCE_NAME="w", HOLOCRON_RECRAWL_AFTER=0)
+    (b,) = drain(again)
+    assert b.meta["holocron"]["resource_id"] == "A" and b.meta["holocron_completed_at"]
+    again.close("finished")

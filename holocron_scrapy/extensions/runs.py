@@ -32,11 +32,13 @@ from holocron_scrapy.records.store import open_record_store
 logger = logging.getLogger(__name__)
 
 
-def run_status(reason: str, stored: int, failed: int, errors: int) -> str:
-    if reason != "finished":
-        return "failed" if stored == 0 and (failed or errors) else "partial"
-    if stored == 0 and (failed or errors):
+def run_status(reason: str, fetched_ok: int, failed: int, errors: int) -> str:
+    """``completed``: finished without failures; ``failed``: failures or errors and not one page
+    fetched; ``partial``: anything between, or stopped early."""
+    if (failed or errors) and fetched_ok == 0:
         return "failed"
+    if reason != "finished":
+        return "partial"
     return "partial" if failed or errors else "completed"
 
 
@@ -68,7 +70,7 @@ def build_summary(
         "spider": spider,
         "source_system": source_system,
         "source_name": source_name,
-        "status": run_status(reason, stored, failed_items, errors),
+        "status": run_status(reason, outcome_count(stats, "ok"), failed_items, errors),
         "started_at": started,
         "finished_at": finished,
         "duration_s": duration,
@@ -86,6 +88,7 @@ def build_summary(
 
 def report_json(summary: dict[str, Any]) -> bytes:
     """The run report as written to the lake and sent to the webhook."""
+
     def default(value: Any) -> Any:
         return value.isoformat() if isinstance(value, datetime) else str(value)
 
