@@ -68,6 +68,12 @@ def parse_bool(value: Any, *, key: str) -> bool:
     raise ConfigError(f"expected true or false, got {value!r}", key=key)
 
 
+def response_header(response: Any, name: str | bytes) -> str | None:
+    """A response header as text (latin-1, as HTTP sends it), or None when absent or empty."""
+    value = response.headers.get(name)
+    return value.decode("latin-1") if value else None
+
+
 def user_agent(contact: str | None) -> str:
     return defaults.USER_AGENT_TEMPLATE.format(version=__version__, contact=contact or "contact not configured")
 

@@ -32,7 +32,7 @@ from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import ATTEMPT_META, IDS_META, STATUS_META, WORK_ITEM_META
 from holocron_scrapy.items import FAILED, OK, IngestItem
-from holocron_scrapy.spiders.base import HolocronSpider, parse_bool, parse_int, parse_seeds
+from holocron_scrapy.spiders.base import HolocronSpider, parse_bool, parse_int, parse_seeds, response_header
 from holocron_scrapy.web.auth import SourceAuth, parse_auth
 from holocron_scrapy.web.content import RAW_HTML, build_payload, resource_type_for
 from holocron_scrapy.web.urls import canonical_url, host_allowed, host_of, url_resource_id, validate_seed_url
@@ -205,7 +205,7 @@ class HttpSpider(HolocronSpider):
             self.crawler.stats.inc_value("recrawl/unchanged")
             return
         depth = int(info.get("depth", 0))
-        content_type = _header(response, "Content-Type")
+        content_type = response_header(response, "Content-Type")
         kind = resource_type_for(content_type, response)
         payload, note = build_payload(
             response, kind, store_binary=self.options.store_binary, max_body_bytes=self.options.max_body_bytes
@@ -233,8 +233,8 @@ class HttpSpider(HolocronSpider):
             work_item_id=response.meta.get(WORK_ITEM_META),
             work_item_ids=list(response.meta.get(IDS_META, ())),
             context={"final_url": response.url, "redirects": response.meta.get("redirect_urls", [])},
-            etag=_header(response, "ETag"),
-            last_modified=_header(response, "Last-Modified"),
+            etag=response_header(response, "ETag"),
+            last_modified=response_header(response, "Last-Modified"),
         )
 
         if url_resource_id(response.url) != info["resource_id"]:  # redirected: the target is known now
@@ -311,8 +311,3 @@ class HttpSpider(HolocronSpider):
             if value is not None:
                 out[name] = value.decode("latin-1")
         return out
-
-
-def _header(response: Response, name: str) -> str | None:
-    value = response.headers.get(name)
-    return value.decode("latin-1") if value else None

@@ -47,7 +47,7 @@ from holocron_scrapy.mediawiki.parse import (
     resolve,
 )
 from holocron_scrapy.middlewares.retry import MEDIAWIKI_META
-from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds
+from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds, response_header
 
 SOURCE_SYSTEM = "mediawiki"
 RESOURCE_TYPE = "page"
@@ -314,7 +314,7 @@ class MediaWikiSpider(HolocronSpider):
                 payload=page,
                 request_uri=response.meta.get("mw_first_url") or response.url,
                 status_code=response.status,
-                content_type=_header(response, b"Content-Type"),
+                content_type=response_header(response, b"Content-Type"),
                 duration_ms=None if latency is None else int(latency * 1000),
                 run_id=self.run_id,
                 attempt=max(e["attempt"] for e in entries),
@@ -411,8 +411,3 @@ class WikipediaSpider(MediaWikiSpider):
 
     name = "wikipedia"
     default_source = "wikipedia"
-
-
-def _header(response: Response, name: bytes) -> str | None:
-    value = response.headers.get(name)
-    return value.decode("latin-1") if value else None
