@@ -45,12 +45,16 @@ def start(ws: Workspace, *args: str, settings: dict[str, str] | None = None) -> 
     )
 
 
-def kill_after(ws: Workspace, proc: subprocess.Popen, records: int, timeout: float = 120) -> None:
+def wait_for_records(ws: Workspace, proc: subprocess.Popen, records: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while record_count(ws) < records:
         assert proc.poll() is None, f"crawl ended before {records} records: {proc.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, "crawl too slow"
         time.sleep(0.05)
+
+
+def kill_after(ws: Workspace, proc: subprocess.Popen, records: int, timeout: float = 120) -> None:
+    wait_for_records(ws, proc, records, timeout)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
 
@@ -88,13 +92,18 @@ def test_kill_9_at_several_points_then_resume(mediawiki, tmp_path):
 def test_three_crawlers_share_one_frontier(mediawiki, tmp_path):
     ws = Workspace(tmp_path)
     ws.write_config(mediawiki.api_url)
-    procs = [start(ws, *ARGS, settings={**SLOW, "HOLOCRON_RUN_ID": f"worker{i}"}) for i in range(3)]
+    # Paced so that one worker alone would need ~20 s: the two started after the first has
+    # stored some pages still find most of the frontier ahead of them, however slow the machine.
+    paced = {**SLOW, "DOWNLOAD_DELAY": "0.12", "RANDOMIZE_DOWNLOAD_DELAY": "0"}
+    procs = [start(ws, *ARGS, settings={**paced, "HOLOCRON_RUN_ID": "worker0"})]
+    wait_for_records(ws, procs[0], 10)
+    procs += [start(ws, *ARGS, settings={**paced, "HOLOCRON_RUN_ID": f"worker{i}"}) for i in (1, 2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
     assert_complete(ws, mediawiki.model)
     by_run = Counter(r["run_id"] for r in ws.records())
-    assert len(by_run) == 3 and min(by_run.values()) > 0, by_run  # all three did real work
+    assert len(by_run) == 3 and min(by_run.values()) >= 20, by_run  # all three did real work
 
 
 def test_jobdir_holds_the_frontier_and_spider_state(mediawiki, tmp_path):

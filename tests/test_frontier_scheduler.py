@@ -194,3 +194,42 @@ def test_stale_items_are_requeued_at_open(tmp_path):
     (b,) = drain(again)
     assert b.meta["holocron"]["resource_id"] == "A" and b.meta["holocron_completed_at"]
     again.close("finished")
+
+
+class StubEngine:
+    """Just what the wake-up needs from ``ExecutionEngine``: state flags and ``crawl()``."""
+
+    def __init__(self, scheduler, spider):
+        self.scheduler, self.spider = scheduler, spider
+        self.running, self.paused = True, False
+        self.crawled: list[Request] = []
+
+    def crawl(self, request):
+        assert self.scheduler.enqueue_request(request)
+        self.crawled.append(request)
+
+
+def test_an_idle_worker_is_woken_when_another_adds_work(tmp_path):
+    _, producer = make(tmp_path)
+    crawler, idle = make(tmp_path)
+    crawler.engine = engine = StubEngine(idle, crawler.spider)
+    idle._tick()
+    assert engine.crawled == []  # nothing to claim: no wake-up
+    producer.enqueue_request(page("A"))
+    producer.enqueue_request(page("B"))
+    producer.flush()
+    idle._tick()
+    assert len(engine.crawled) == 1 and engine.crawled[0].meta[IDS_META]
+    drained = drain(idle)
+    assert [r.url for r in drained] == ["https://w/A", "https://w/B"]  # the woken one first
+    assert crawler.stats.get_value("frontier/wakeups") == 1
+    producer.enqueue_request(page("C"))
+    producer.flush()
+    idle._tick()
+    assert len(engine.crawled) == 1  # it still holds leases, so its own downloads drive it
+    engine.paused = True
+    idle.ack([seq for r in drained for seq in r.meta[IDS_META]])
+    idle._tick()
+    assert len(engine.crawled) == 1  # a paused engine is left alone
+    for s in (producer, idle):
+        s.close("finished")

@@ -406,6 +406,7 @@ class FrontierScheduler(BaseScheduler):
     def _tick(self) -> None:
         try:
             self.flush()
+            self._wake_if_idle()
             now = time.monotonic()
             if now - self._last_renew >= self.lease_seconds / 3:
                 self._last_renew = now
@@ -420,6 +421,21 @@ class FrontierScheduler(BaseScheduler):
                 self.log_progress()
         except Exception:
             logger.exception("Frontier housekeeping failed; will retry", extra={"spider": self.spider})
+
+    def _wake_if_idle(self) -> None:
+        """A worker with nothing in flight only asks for work on the engine's 5 s heartbeat;
+        with a shared frontier, other workers' discoveries should not wait that long. When we
+        hold nothing and the store has claimable work, claim it and hand the engine a request
+        through :meth:`ExecutionEngine.crawl`, which also wakes it."""
+        engine = getattr(self.crawler, "engine", None)
+        if engine is None or engine.spider is None or not engine.running or engine.paused:
+            return
+        if self.ready or self.owned or self.leased or self.store is None or not self.store.ready_count(1):
+            return
+        self._refill()
+        if self.ready:
+            self._stat("frontier/wakeups")
+            engine.crawl(self.ready.popleft())  # holds leased ids, so it goes to ``owned``
 
     def _reclaim_dead_local_owners(self) -> int:
         """Reclaim at once the leases of crashed processes on this host (pid not running)."""
