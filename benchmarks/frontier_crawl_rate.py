@@ -67,8 +67,9 @@ def page_body(n: int, pages: int) -> bytes:
 class _PageProtocol(asyncio.Protocol):
     """Minimal HTTP/1.1 (GET, keep-alive, pipelining) serving the benchmark graph."""
 
-    def __init__(self, pages: int):
+    def __init__(self, pages: int, latency: float = 0.0):
         self.pages = pages
+        self.latency = latency
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -84,8 +85,7 @@ class _PageProtocol(asyncio.Protocol):
             status, body = b"404 Not Found", b"not found"
             if path.startswith("/p/") and path[3:].isdigit() and int(path[3:]) < self.pages:
                 status, body = b"200 OK", page_body(int(path[3:]), self.pages)
-            assert self.transport is not None
-            self.transport.write(
+            response = (
                 b"HTTP/1.1 "
                 + status
                 + b"\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: "
@@ -93,11 +93,19 @@ class _PageProtocol(asyncio.Protocol):
                 + b"\r\nConnection: keep-alive\r\n\r\n"
                 + body
             )
+            if self.latency > 0:  # a fixed delay keeps pipelined responses in order
+                asyncio.get_running_loop().call_later(self.latency, self._send, response)
+            else:
+                self._send(response)
+
+    def _send(self, response: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(response)
 
 
-async def _serve(pages: int) -> None:
+async def _serve(pages: int, latency: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _PageProtocol(pages), "127.0.0.1", 0, backlog=256)
+    server = await loop.create_server(lambda: _PageProtocol(pages, latency), "127.0.0.1", 0, backlog=256)
     print(server.sockets[0].getsockname()[1], flush=True)
     parent, started = os.getppid(), time.monotonic()
     while os.getppid() == parent and time.monotonic() - started < SERVER_MAX_LIFETIME:
@@ -106,15 +114,20 @@ async def _serve(pages: int) -> None:
 
 
 class PageServer:
-    """The server in a subprocess: ``with PageServer(pages) as port: ...``."""
+    """The server in a subprocess: ``with PageServer(pages) as port: ...``; *latency* (seconds)
+    delays every response, like a remote server."""
 
-    def __init__(self, pages: int):
+    def __init__(self, pages: int, latency: float = 0.0):
         self.pages = pages
+        self.latency = latency
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> int:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.frontier_crawl_rate", "--serve", "--pages", str(self.pages)],
+            [
+                *(sys.executable, "-m", "benchmarks.frontier_crawl_rate", "--serve"),
+                *("--pages", str(self.pages), "--latency", str(self.latency)),
+            ],
             stdout=subprocess.PIPE,
             text=True,
             cwd=_repo_root(),
@@ -197,7 +210,9 @@ def _bench_spider_class():
     return FrontierBenchSpider
 
 
-def run_crawl(config: str, port: int, workdir: Path, concurrent_items: int = 16) -> dict[str, Any]:
+def run_crawl(
+    config: str, port: int, workdir: Path, concurrent_items: int = 16, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Crawl the graph in this process; the figures of the run.
 
     ``trace`` holds ``(monotonic time, responses, CPU seconds)`` every ``TRACE_EVERY`` responses
@@ -228,7 +243,7 @@ def run_crawl(config: str, port: int, workdir: Path, concurrent_items: int = 16)
         marks["reason"] = reason
         trace.append((marks["t1"], received, marks["cpu1"]))
 
-    process = CrawlerProcess(crawl_settings(config, workdir, concurrent_items))
+    process = CrawlerProcess({**crawl_settings(config, workdir, concurrent_items), **(overrides or {})})
     crawler = process.create_crawler(_bench_spider_class())
     crawler.signals.connect(engine_started, signal=signals.engine_started)
     crawler.signals.connect(response_received, signal=signals.response_received)
@@ -241,11 +256,14 @@ def run_crawl(config: str, port: int, workdir: Path, concurrent_items: int = 16)
         "reason": marks.get("reason"),
         "responses": stats.get("response_received_count", 0),
         "elapsed": stats.get("elapsed_time_seconds"),
+        "t0": marks["t0"],
+        "t1": marks["t1"],
         "wall": marks["t1"] - marks["t0"],
         "cpu": marks["cpu1"] - marks["cpu0"],
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "filtered": stats.get("dupefilter/filtered", 0) + stats.get("frontier/filtered", 0),
         "errors": stats.get("log_count/ERROR", 0),
+        "wakeups": stats.get("frontier/wakeups", 0),
         "trace": trace,
     }
 
@@ -445,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run the configurations simultaneously and compare their rates in the common time window",
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--latency", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--crawl", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -452,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     pages = args.pages or (2_000 if args.quick else 20_000)
     if args.serve:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        asyncio.run(_serve(pages))
+        asyncio.run(_serve(pages, args.latency))
         return 0
     if args.crawl:
         print(json.dumps(run_crawl(args.crawl, args.port, Path(args.workdir), args.concurrent_items)))

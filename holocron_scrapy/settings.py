@@ -40,6 +40,8 @@ EXTENSIONS = {
 }
 
 # Politeness, on by default ----------------------------------------------------------
+# Scrapy's downloader, with CONCURRENT_REQUESTS_PER_DOMAIN also enforced when the delay is 0.
+DOWNLOADER = "holocron_scrapy.downloader.PoliteDownloader"
 ROBOTSTXT_OBEY = True
 AUTOTHROTTLE_ENABLED = True
 AUTOTHROTTLE_START_DELAY = defaults.AUTOTHROTTLE_START_DELAY

@@ -1,0 +1,177 @@
+"""Several crawler processes on one SQL frontier: throughput, overlap and idle time.
+
+The graph and server of :mod:`benchmarks.frontier_crawl_rate` (page N links to ``(10 N + k) mod
+pages``), with every response delayed by ``--latency`` seconds as a remote server would, and each
+worker polite on its own: ``--per-domain`` concurrent requests to the host (the project's
+downloader, which enforces that with no delay), no delay. Each case
+crawls the whole graph from ``/p/0`` on a fresh SQLite frontier shared by its workers:
+
+* ``1 worker``: the baseline;
+* ``N workers``: worker 0 starts, the others ``--stagger`` seconds later (as on a fleet, where
+  workers never start at the same instant) and all give the same seed;
+* ``N workers, no wake-up``: the same, with the scheduler's idle wake-up switched off, so that an
+  idle worker asks for work only on Scrapy's 5 s engine heartbeat (how the frontier behaved before).
+
+Reported: pages per second over the whole crawl (first worker's start to last worker's close),
+the speed-up over one worker, pages fetched more than once (the union must be the graph, with no
+overlap), each worker's share, and the wake-ups.
+
+    python -m benchmarks.frontier_shared            # 3,000 pages, 50 ms latency, 2 per worker, 3 workers
+    python -m benchmarks.frontier_shared --quick    # 600 pages
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.frontier_crawl_rate import PageServer, _print_table, _repo_root, run_crawl
+
+CRAWL_TIMEOUT = 600.0
+
+
+def worker_command(port: int, workdir: Path, per_domain: int, run_id: str, wake: bool, claim: int) -> list[str]:
+    return [
+        *(sys.executable, "-m", "benchmarks.frontier_shared", "--crawl", "--port", str(port)),
+        *("--workdir", str(workdir), "--per-domain", str(per_domain), "--run-id", run_id),
+        *("--claim-size", str(claim)),
+        *(() if wake else ("--no-wake",)),
+    ]
+
+
+def run_worker(port: int, workdir: Path, per_domain: int, run_id: str, wake: bool, claim: int) -> dict[str, Any]:
+    if not wake:
+        from holocron_scrapy.frontier.scheduler import FrontierScheduler
+
+        FrontierScheduler._wake_if_idle = lambda self: None  # type: ignore[method-assign]
+    from holocron_scrapy import settings as project
+
+    overrides = {
+        "CONCURRENT_REQUESTS_PER_DOMAIN": per_domain,
+        "DOWNLOADER": project.DOWNLOADER,  # enforces the per-host limit with no delay
+        "HOLOCRON_RUN_ID": run_id,
+        "HOLOCRON_FRONTIER_CLAIM_SIZE": claim,
+    }
+    result = run_crawl("frontier", port, workdir, overrides=overrides)
+    result.pop("trace", None)
+    return result
+
+
+def run_case(
+    port: int, pages: int, workers: int, per_domain: int, stagger: float, wake: bool, claim: int
+) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="holocron-shared-bench-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(workers):
+            if i == 1 and stagger > 0:
+                time.sleep(stagger)
+            cmd = worker_command(port, workdir, per_domain, f"worker{i}", wake, claim)
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          cwd=_repo_root()))  # fmt: skip
+        results = []
+        for i, proc in enumerate(procs):
+            out, err = proc.communicate(timeout=CRAWL_TIMEOUT)
+            lines = out.strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError(f"worker{i} failed (exit {proc.returncode}): {err.strip()[-2000:]}")
+            results.append(json.loads(lines[-1]))
+        conn = sqlite3.connect(workdir / "state.sqlite3")
+        try:
+            statuses = dict(conn.execute("SELECT status, COUNT(*) FROM work_items GROUP BY status").fetchall())
+        finally:
+            conn.close()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        shutil.rmtree(workdir, ignore_errors=True)
+    fetched = sum(r["responses"] for r in results)
+    span = max(r["t1"] for r in results) - min(r["t0"] for r in results)
+    return {
+        "workers": workers,
+        "wake": wake,
+        "fetched": fetched,
+        "overlap": fetched - pages,
+        "completed": statuses.get("completed", 0),
+        "statuses": statuses,
+        "span": span,
+        "pps": pages / span,
+        "shares": [r["responses"] for r in results],
+        "wakeups": sum(r.get("wakeups", 0) for r in results),
+    }
+
+
+def benchmark(pages: int, latency: float, per_domain: int, workers: int, stagger: float, claims: list[int]) -> int:
+    cases = [(1, True, claims[0]), (workers, True, claims[0]), (workers, False, claims[0])]
+    cases += [(workers, True, claim) for claim in claims[1:]]
+    rows, ok, base = [], True, None
+    with PageServer(pages, latency) as port:
+        for count, wake, claim in cases:
+            r = run_case(port, pages, count, per_domain, stagger, wake, claim)
+            name = f"{count} worker{'s' if count > 1 else ''}" + ("" if wake else ", no wake-up")
+            name += "" if claim == claims[0] else f", claim size {claim}"
+            print(f"{name}: {r}", file=sys.stderr, flush=True)
+            ok &= r["completed"] == pages and r["overlap"] == 0
+            base = base or r["pps"]
+            rows.append(
+                [
+                    name,
+                    f"{r['span']:.1f}",
+                    f"{r['pps']:.1f}",
+                    f"{r['pps'] / base:.2f}x",
+                    str(r["overlap"]),
+                    " / ".join(str(n) for n in r["shares"]),
+                    str(r["wakeups"]),
+                ]
+            )
+    print(
+        f"\nShared frontier: {pages} pages, {latency * 1000:.0f} ms per response, {per_domain} concurrent"
+        f" requests per worker, workers 2.. started {stagger:.0f} s after the first, claim size {claims[0]}"
+    )
+    header = ["case", "seconds", "pages/s", "vs 1 worker", "fetched twice", "pages per worker", "wake-ups"]
+    _print_table(header, rows)
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="600 pages (smoke run)")
+    parser.add_argument("--pages", type=int, default=None, help="pages in the graph (default 3,000)")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per response (default 0.05)")
+    parser.add_argument("--per-domain", type=int, default=2, help="concurrent requests per worker (default 2)")
+    parser.add_argument("--workers", type=int, default=3, help="workers of the shared cases (default 3)")
+    parser.add_argument("--stagger", type=float, default=2.0, help="seconds before workers 2.. start")
+    parser.add_argument(
+        "--claim-sizes",
+        default="50",
+        help="HOLOCRON_FRONTIER_CLAIM_SIZE: the first for every case, the others in extra N-worker cases",
+    )
+    parser.add_argument("--claim-size", type=int, default=50, help=argparse.SUPPRESS)
+    parser.add_argument("--crawl", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", help=argparse.SUPPRESS)
+    parser.add_argument("--no-wake", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.crawl:
+        wake = not args.no_wake
+        result = run_worker(args.port, Path(args.workdir), args.per_domain, args.run_id, wake, args.claim_size)
+        print(json.dumps(result))
+        return 0
+    pages = args.pages or (600 if args.quick else 3_000)
+    claims = [int(c) for c in args.claim_sizes.split(",") if c.strip()]
+    return benchmark(pages, args.latency, args.per_domain, args.workers, args.stagger, claims)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
