@@ -24,9 +24,8 @@ from holocron_scrapy.db.sqlserver import (
     parse_odbc,
 )
 from holocron_scrapy.errors import ConfigError, StoreError
+from tests.support.sqlserver import SQLSERVER_CONFIGURED, SQLSERVER_REASON
 
-SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST/PASSWORD to run"
-SQLSERVER_CONFIGURED = bool(os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD"))
 PASSWORD = "Pa55;w{o}rd=Secr3t!"
 MS = "[Microsoft][ODBC Driver 18 for SQL Server]"
 ENV = {"INGEST_SQLSERVER_PASSWORD": PASSWORD}

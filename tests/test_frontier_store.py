@@ -7,7 +7,6 @@ server, and is skipped with that reason otherwise.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sqlite3
 import time
 
@@ -24,8 +23,7 @@ from holocron_scrapy.frontier.store import (
     make_owner,
     open_work_item_store,
 )
-
-SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST and INGEST_SQLSERVER_PASSWORD to run"
+from tests.support.sqlserver import SQLSERVER_CONFIGURED, SQLSERVER_REASON
 
 
 def new(key: str, priority: int = 0, source: str = "wiki", status: str = PENDING) -> NewItem:
@@ -46,7 +44,7 @@ def store(request, tmp_path):
     if request.param == "sqlite":
         s = open_work_item_store(f"sqlite:///{tmp_path / 'f.sqlite3'}", max_attempts=3, retry_backoff=0.2)
     else:
-        if not (os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD")):
+        if not SQLSERVER_CONFIGURED:
             pytest.skip(SQLSERVER_REASON)
         s = open_work_item_store("sqlserver://", max_attempts=3, retry_backoff=0.2)
         s.truncate_for_tests()

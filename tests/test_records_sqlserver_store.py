@@ -2,7 +2,7 @@
 
 * Offline: every T-SQL string of ``holocron_scrapy.records.sqlserver_store`` parses with sqlfluff
   and sqlglot (dialect tsql); ``count`` only accepts real column names.
-* The recording fake pyodbc of ``test_frontier_sqlserver_store.py``: NVARCHAR input sizes (the
+* The recording fake pyodbc of ``tests/support/sqlserver.py``: NVARCHAR input sizes (the
   payload as NVARCHAR(MAX)), DATETIME2 parameters, per-row "inserted or duplicate" results, the
   whole batch retried after a transient error or a deadlock, lost commits resolved from the
   batch's ingest ids, errors with the masked connection string.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -23,14 +22,14 @@ import pytest
 
 from holocron_scrapy.db import sqlserver
 from holocron_scrapy.errors import ConfigError, StoreError
+from holocron_scrapy.frontier.sqlserver_store import SQL_WVARCHAR
 from holocron_scrapy.items import IngestItem
 from holocron_scrapy.records import sqlserver_store
 from holocron_scrapy.records.sqlserver_store import SqlServerRecordStore, count_statement, statements
 from holocron_scrapy.records.store import RECORD_COLUMNS, RUN_COLUMNS, item_row
-from tests.test_frontier_sqlserver_store import (
+from tests.support.sqlserver import (
     PASSWORD,
-    SQL_WVARCHAR,
-    FakePyodbc,
+    SQLSERVER_REASON,
     deadlock,
     drop_schema,
     duplicate_key,
@@ -41,8 +40,6 @@ from tests.test_frontier_sqlserver_store import (
     with_parameters,
 )
 from tests.test_sql_tsql import assert_sqlfluff_parses, assert_sqlglot_parses
-
-SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST and INGEST_SQLSERVER_PASSWORD to run"
 
 # -- offline T-SQL checks ------------------------------------------------------------------------
 STATEMENTS = sorted(statements().items()) + [
@@ -86,18 +83,6 @@ def test_count_refuses_unknown_columns():
 
 
 # -- with the fake pyodbc -----------------------------------------------------------------------------
-@pytest.fixture
-def fake_pyodbc(monkeypatch) -> FakePyodbc:
-    module = FakePyodbc()
-    monkeypatch.setitem(sys.modules, "pyodbc", module)
-    return module
-
-
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
-
-
 @pytest.fixture
 def rstore(fake_pyodbc, sleeps) -> SqlServerRecordStore:
     settings = fake_settings()
