@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 from scrapy import Request, Spider
 from scrapy.utils.test import get_crawler
@@ -202,6 +204,7 @@ class StubEngine:
     def __init__(self, scheduler, spider):
         self.scheduler, self.spider = scheduler, spider
         self.running, self.paused = True, False
+        self._slot = types.SimpleNamespace(closing=None)  # ExecutionEngine's slot: a Deferred once closing
         self.crawled: list[Request] = []
 
     def crawl(self, request):
@@ -231,5 +234,11 @@ def test_an_idle_worker_is_woken_when_another_adds_work(tmp_path):
     idle.ack([seq for r in drained for seq in r.meta[IDS_META]])
     idle._tick()
     assert len(engine.crawled) == 1  # a paused engine is left alone
+    engine.paused, engine._slot.closing = False, object()
+    idle._tick()
+    assert len(engine.crawled) == 1  # nor one that is closing the spider
+    engine._slot.closing = None
+    idle._tick()
+    assert len(engine.crawled) == 2  # C, once the engine runs normally again
     for s in (producer, idle):
         s.close("finished")

@@ -430,6 +430,8 @@ class FrontierScheduler(BaseScheduler):
         engine = getattr(self.crawler, "engine", None)
         if engine is None or engine.spider is None or not engine.running or engine.paused:
             return
+        if getattr(getattr(engine, "_slot", None), "closing", None) is not None:
+            return  # closing (CloseSpider, Ctrl-C): claiming now would only be given back
         if self.ready or self.owned or self.leased or self.store is None or not self.store.ready_count(1):
             return
         self._refill()
