@@ -56,6 +56,7 @@ class Config:
     path: str
     contact: str | None = None
     lake_dir: str = defaults.LAKE_DIR
+    deltafetch_dir: str = defaults.DELTAFETCH_DIR
     records_url: str = defaults.RECORDS_URL
     state_url: str | None = None  # None: JOBDIR's frontier, else defaults.STATE_URL
     records_sqlserver: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +128,19 @@ class _Reader:
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(problem, key=key, source=self.label)
 
+    def store_url(self, value: Any, key: str, *, optional: bool = False) -> str | None:
+        """A ``sqlite:///`` or ``sqlserver://`` URL, checked now rather than when a store opens."""
+        url = self.string(value, key, optional=optional)
+        if url is None:
+            return None
+        from holocron_scrapy.db.connection import parse_store_url
+
+        try:
+            parse_store_url(url, setting=key)
+        except ConfigError as exc:
+            raise self.fail(key, exc.problem) from None
+        return url
+
     def mapping(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
         if value is None:
             return {}
@@ -149,8 +163,12 @@ class _Reader:
     def integer(self, value: Any, key: str, *, low: int | None = None, high: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(key, f"expected an integer, got {value!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
+        if low is not None and high is not None and not low <= value <= high:
             raise self.fail(key, f"must be between {low} and {high}, got {value}")
+        if low is not None and value < low:
+            raise self.fail(key, f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise self.fail(key, f"must be at most {high}, got {value}")
         return value
 
     def number(self, value: Any, key: str, *, low: float = 0.0) -> float:
@@ -165,7 +183,9 @@ class _Reader:
 
     def config(self, data: Any) -> Config:
         top = self.mapping(data, "", {"contact", "storage", "state", "frontier", "sources"})
-        storage = self.mapping(top.get("storage"), "storage", {"lake_dir", "records_url", "sql_server"})
+        storage = self.mapping(
+            top.get("storage"), "storage", {"lake_dir", "deltafetch_dir", "records_url", "sql_server"}
+        )
         state = self.mapping(top.get("state"), "state", {"url", "sqlserver"})
         frontier = self.mapping(
             top.get("frontier"), "frontier", {"order", "claim_size", "lease_seconds", "max_attempts", "retry_backoff"}
@@ -185,10 +205,11 @@ class _Reader:
             path=self.label,
             contact=self.string(top.get("contact"), "contact"),
             lake_dir=self.string(storage.get("lake_dir", defaults.LAKE_DIR), "storage.lake_dir", optional=False),
-            records_url=self.string(
-                storage.get("records_url", defaults.RECORDS_URL), "storage.records_url", optional=False
+            deltafetch_dir=self.string(
+                storage.get("deltafetch_dir", defaults.DELTAFETCH_DIR), "storage.deltafetch_dir", optional=False
             ),
-            state_url=self.string(state.get("url"), "state.url"),
+            records_url=self.store_url(storage.get("records_url", defaults.RECORDS_URL), "storage.records_url"),
+            state_url=self.store_url(state.get("url"), "state.url", optional=True),
             records_sqlserver=self.mapping(storage.get("sql_server"), "storage.sql_server", _SQLSERVER_KEYS),
             state_sqlserver=self.mapping(state.get("sqlserver"), "state.sqlserver", _SQLSERVER_KEYS),
             frontier=dict(frontier),

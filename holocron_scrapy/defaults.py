@@ -9,6 +9,7 @@ PACKAGED_CONFIG = "holocron.default.yaml"  # inside holocron_scrapy/resources
 
 # Storage --------------------------------------------------------------------
 LAKE_DIR = "data/lake"
+DELTAFETCH_DIR = "data/deltafetch"  # scrapy-deltafetch databases (opt-in per HTTP source)
 RECORDS_URL = "sqlite:///data/records.sqlite3"
 RECORDS_BATCH_SIZE = 100
 RECORDS_FLUSH_INTERVAL = 0.5  # seconds an item may wait for its batch to be committed

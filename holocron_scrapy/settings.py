@@ -50,7 +50,7 @@ AUTOTHROTTLE_TARGET_CONCURRENCY = defaults.AUTOTHROTTLE_TARGET_CONCURRENCY
 CONCURRENT_REQUESTS_PER_DOMAIN = defaults.CONCURRENCY_PER_HOST
 DOWNLOAD_DELAY = defaults.DOWNLOAD_DELAY
 RETRY_TIMES = defaults.RETRY_TIMES
-RETRY_HTTP_CODES = [429, 500, 502, 503, 504, 522, 524, 408]
+RETRY_HTTP_CODES = [408, 429, *range(500, 600)]  # every 5xx is a server-side, possibly passing, failure
 DEFAULT_REQUEST_HEADERS = {
     "Accept": "application/json, text/html;q=0.9, */*;q=0.8",
     "Accept-Encoding": "gzip, deflate",

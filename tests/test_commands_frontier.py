@@ -60,3 +60,5 @@ def test_errors_are_one_clear_line(tmp_path):
     usage = frontier("launch")
     assert usage.returncode == 2 and "expected one of" in usage.stderr
     assert frontier("recrawl", "--url", seeded(tmp_path)).returncode == 2
+    bogus = frontier("recrawl", "--source", "wiki", "--older-than", "bogus", "--url", seeded(tmp_path / "b"))
+    assert bogus.returncode == 1 and "--older-than" in bogus.stderr and "Traceback" not in bogus.stderr

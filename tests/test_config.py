@@ -54,8 +54,11 @@ def test_missing_explicit_file_is_an_error(tmp_path):
         (
             "sources:\n  - {name: w, type: mediawiki, api_url: 'http://x', discovery: {max_depth: -1}}\n",
             "sources[0].discovery.max_depth",
-            "between 0 and None",
+            "must be at least 0, got -1",
         ),
+        ("storage: {records_url: 'bogus://x'}\n", "storage.records_url", "unknown store URL scheme 'bogus'"),
+        ("state: {url: 'data/state.sqlite3'}\n", "state.url", "not a URL"),
+        ("storage: {deltafetch_dir: ''}\n", "storage.deltafetch_dir", "non-empty string"),
         ("sources:\n  - {name: w, type: http}\n  - {name: w, type: http}\n", "sources[1].name", "duplicate"),
         ("frontier: {order: random}\n", "frontier.order", "bfs or dfs"),
         ("sources:\n  - {name: w, type: http, recrawl_after: soon}\n", "sources[0].recrawl_after", "duration"),

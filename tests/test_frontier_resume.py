@@ -78,15 +78,19 @@ def test_kill_9_at_several_points_then_resume(mediawiki, tmp_path):
     ws = Workspace(tmp_path)
     ws.write_config(mediawiki.api_url)
     total = len(mediawiki.model.reachable(["Hub Alpha", "Ωmega Station"], 2))
+    in_flight = 0  # items leased (claimed or being fetched) at the moment of each kill
     for point in (5, total // 3, (2 * total) // 3):
         proc = start(ws, *ARGS, settings=SLOW)
         kill_after(ws, proc, point)
-    leased = [i for i in ws.work_items() if i["status"] == "in_progress"]
-    assert leased, "the kills should have left leased items behind"
+        in_flight += sum(1 for i in ws.work_items() if i["status"] == "in_progress")
+    assert in_flight, "the kills should have left leased items behind"
     done = ws.crawl("mediawiki", *ARGS, settings=SLOW)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "reclaimed" in done.stderr or "Frontier" in done.stderr
     assert_complete(ws, mediawiki.model)
+    # Only what was in flight at a kill was claimed again, once per kill: nothing completed was.
+    again = sum(i["attempt"] - 1 for i in ws.work_items() if i["attempt"] > 1)
+    assert 0 < again <= in_flight, (again, in_flight)
 
 
 def test_three_crawlers_share_one_frontier(mediawiki, tmp_path):
@@ -102,6 +106,7 @@ def test_three_crawlers_share_one_frontier(mediawiki, tmp_path):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
     assert_complete(ws, mediawiki.model)
+    assert max(i["attempt"] for i in ws.work_items()) == 1  # no lease expired: no item claimed twice
     by_run = Counter(r["run_id"] for r in ws.records())
     assert len(by_run) == 3 and min(by_run.values()) >= 20, by_run  # all three did real work
 

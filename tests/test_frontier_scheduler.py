@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import types
 
 import pytest
 from scrapy import Request, Spider
+from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.test import get_crawler
 
 from holocron_scrapy.errors import ConfigError
@@ -242,3 +244,32 @@ def test_an_idle_worker_is_woken_when_another_adds_work(tmp_path):
     assert len(engine.crawled) == 2  # C, once the engine runs normally again
     for s in (producer, idle):
         s.close("finished")
+
+
+def test_an_idle_worker_reclaims_expired_leases_before_it_closes(tmp_path):
+    _, gone = make(tmp_path, HOLOCRON_FRONTIER_LEASE_SECONDS=0.2)  # a worker on another host that died
+    gone.enqueue_request(page("A"))
+    (held,) = drain(gone)
+    crawler, idle = make(tmp_path)
+    with pytest.raises(DontCloseSpider):  # the lease is live: A is another worker's, so wait for it
+        idle._spider_idle(crawler.spider)
+    time.sleep(0.3)
+    with pytest.raises(DontCloseSpider):  # expired: reclaimed, so not done yet
+        idle._spider_idle(crawler.spider)
+    assert crawler.stats.get_value("frontier/reclaimed") == 1
+    (again,) = drain(idle)
+    assert again.url == held.url and again.meta[IDS_META] == held.meta[IDS_META]
+    idle.ack(again.meta[IDS_META])
+    idle.flush()
+    idle._spider_idle(crawler.spider)  # drained: nothing raised, the spider may close
+    assert idle.store.counts()["w"]["completed"] == 1
+    idle.close("finished")
+
+
+def test_a_request_that_cannot_be_stored_is_dropped_not_raised(tmp_path):
+    crawler, s = make(tmp_path)
+    request = page("A")
+    request.callback = lambda response: None  # not a spider method: Request.to_dict refuses it
+    assert not s.enqueue_request(request)
+    assert crawler.stats.get_value("frontier/unserializable") == 1
+    s.close("finished")

@@ -8,6 +8,7 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 from scrapy_deltafetch.middleware import DeltaFetch
 
+from holocron_scrapy.items import FAILED, IngestItem
 from holocron_scrapy.middlewares.deltafetch import AsyncDeltaFetch
 
 
@@ -41,4 +42,21 @@ async def test_async_output_records_items_and_skips_seen_requests(tmp_path, monk
     again = [o async for o in mw.process_spider_output_async(index, _aiter([page, Request("http://e/other")]))]
     assert [r.url for r in again] == ["http://e/other"]
     assert crawler.stats.get_value("deltafetch/skipped") == 1
+    mw.spider_closed(spider)
+
+
+@deferred_f_from_coro_f
+async def test_a_failed_page_is_not_marked_seen(tmp_path):
+    crawler = get_crawler(Site, {"DELTAFETCH_ENABLED": True, "DELTAFETCH_DIR": str(tmp_path / "delta")})
+    mw = AsyncDeltaFetch.from_crawler(crawler)
+    spider = Site()
+    mw.spider_opened(spider)
+    broken = Request("http://e/broken", meta={"deltafetch_key": "broken"})
+    response = HtmlResponse("http://e/broken", status=503, body=b"", request=broken)
+    failed = IngestItem("http_scrape", "s", "error", "http://e/broken", "http://e/broken", None, outcome=FAILED)
+    assert [o async for o in mw.process_spider_output_async(response, _aiter([failed]))] == [failed]
+    index = HtmlResponse("http://e/", body=b"", request=Request("http://e/"))
+    again = [o async for o in mw.process_spider_output_async(index, _aiter([broken]))]
+    assert again == [broken]  # tried again next time
+    assert not crawler.stats.get_value("deltafetch/stored")
     mw.spider_closed(spider)

@@ -146,6 +146,14 @@ def test_middleware_reads_its_settings() -> None:
     assert "maxlag" in mw.retryable_errors and 503 in mw.retry_http_codes
 
 
+def test_the_project_retries_429_and_every_5xx() -> None:
+    from holocron_scrapy import settings
+
+    _, mw = make_middleware(RETRY_HTTP_CODES=settings.RETRY_HTTP_CODES)
+    assert {429, 500, 501, 503, 507, 599} <= mw.retry_http_codes
+    assert not {200, 304, 404, 410} & mw.retry_http_codes
+
+
 def test_the_project_replaces_scrapys_retry_middleware() -> None:
     from holocron_scrapy import settings
 

@@ -261,3 +261,23 @@ def test_follow_deny_and_max_pages(edge_site, tmp_path):
     rerun = limited.crawl("http", "source=site", f"seeds={base}/index.html", "max_depth=2")
     assert rerun.returncode == 0  # the next run continues from the frontier
     assert len(limited.records()) > 4
+
+
+@pytest.mark.parametrize(
+    ("source", "args", "where"),
+    [
+        ("{name: s, type: http, seeds: ['http://e/'], max_pages: -1}", {}, "my.yaml: sources[s].max_pages"),
+        ("{name: s, type: http, seeds: ['http://e/'], follow: '(x'}", {}, "my.yaml: sources[s].follow"),
+        ("{name: s, type: http, seeds: ['ftp://e/']}", {}, "my.yaml: sources[s].seeds"),
+        ("{name: s, type: http, seeds: ['http://e/']}", {"max_pages": "-1"}, "max_pages: must be at least 0"),
+    ],
+)
+def test_option_errors_say_whether_the_config_or_an_argument_is_wrong(source, args, where):
+    from holocron_scrapy.config import parse_config
+    from holocron_scrapy.errors import ConfigError
+    from holocron_scrapy.spiders.http import HttpSpider
+
+    config = parse_config(f"sources:\n  - {source}\n", "my.yaml")
+    with pytest.raises(ConfigError) as info:
+        HttpSpider.configure(config, config.source("s"), {"source": "s", **args})
+    assert str(info.value).startswith(where)

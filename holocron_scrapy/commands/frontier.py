@@ -44,9 +44,11 @@ class Command(ScrapyCommand):
         group.add_argument("--older-than", metavar="AGE", help="recrawl: only items completed before AGE ago (30d)")
 
     def state_url(self, opts: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-        if opts.url:
-            return opts.url, {}
         settings = self.settings
+        if opts.url:
+            if opts.url.lower().startswith(("sqlserver:", "mssql:")):  # the YAML section still applies
+                return opts.url, load_config(settings.get("HOLOCRON_CONFIG")).state_sqlserver
+            return opts.url, {}
         if settings.get("HOLOCRON_STATE_URL"):
             return settings["HOLOCRON_STATE_URL"], settings.getdict("HOLOCRON_STATE_SQLSERVER")
         config = load_config(settings.get("HOLOCRON_CONFIG"))
@@ -61,13 +63,18 @@ class Command(ScrapyCommand):
             url, sqlserver = self.state_url(opts)
             store = open_work_item_store(url, sqlserver_config=sqlserver)
         except HolocronError as exc:
-            print(f"frontier: {exc}", file=sys.stderr)
-            self.exitcode = 1
+            self.fail(exc)
             return
         try:
             self.exitcode = getattr(self, "do_" + args[0].replace("-", "_"))(store, opts)
+        except HolocronError as exc:  # a bad option value, or the store failing mid-way
+            self.fail(exc)
         finally:
             store.close()
+
+    def fail(self, exc: HolocronError) -> None:
+        print(f"frontier: {exc}", file=sys.stderr)
+        self.exitcode = 1
 
     def do_stats(self, store: WorkItemStore, opts: argparse.Namespace) -> int:
         counts = store.counts()

@@ -3,7 +3,9 @@ and POST it to an optional webhook (a failing webhook is logged, never fails the
 
 The summary counts pages stored, unchanged, missing and failed, requests, duration and
 errors, with a status: ``completed`` (finished, nothing failed), ``partial`` (finished with
-failures, or stopped early) or ``failed`` (nothing stored and errors, or a start error).
+failures, or stopped early) or ``failed`` (failures or errors and not one successful fetch: a page
+fetched, or found unchanged by a re-crawl check, is a success). A crawl that cannot start (bad
+config or arguments) exits non-zero before the spider opens and leaves no summary.
 
 Settings: ``HOLOCRON_RUN_ID``, ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``,
 ``HOLOCRON_SOURCE_NAME``, ``HOLOCRON_SOURCE_SYSTEM``, ``HOLOCRON_LAKE_DIR``,
@@ -34,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 def run_status(reason: str, fetched_ok: int, failed: int, errors: int) -> str:
     """``completed``: finished without failures; ``failed``: failures or errors and not one page
-    fetched; ``partial``: anything between, or stopped early."""
+    fetched or confirmed unchanged (*fetched_ok* counts both); ``partial``: anything between, or
+    stopped early."""
     if (failed or errors) and fetched_ok == 0:
         return "failed"
     if reason != "finished":
@@ -58,6 +61,7 @@ def build_summary(
     stored = int(stats.get("records/written", 0))
     missing = outcome_count(stats, "missing") + outcome_count(stats, "invalid") + outcome_count(stats, "redirect_loop")
     failed_items = outcome_count(stats, "failed")
+    unchanged = int(stats.get("recrawl/unchanged", 0))
     errors = int(stats.get("spider_exceptions/count", 0)) + int(stats.get("log_count/ERROR", 0))
     error_counts = {
         k: int(v)
@@ -70,12 +74,12 @@ def build_summary(
         "spider": spider,
         "source_system": source_system,
         "source_name": source_name,
-        "status": run_status(reason, outcome_count(stats, "ok"), failed_items, errors),
+        "status": run_status(reason, outcome_count(stats, "ok") + unchanged, failed_items, errors),
         "started_at": started,
         "finished_at": finished,
         "duration_s": duration,
         "pages_stored": stored,
-        "pages_unchanged": int(stats.get("recrawl/unchanged", 0)),
+        "pages_unchanged": unchanged,
         "pages_missing": missing,
         "pages_failed": failed_items,
         "requests": int(stats.get("downloader/request_count", 0)),

@@ -247,7 +247,7 @@ class FrontierScheduler(BaseScheduler):
             return False
         try:
             row = request_to_row(request, self.spider)
-        except SerializationError as exc:
+        except (SerializationError, ValueError) as exc:  # ValueError: Request.to_dict (callback not on the spider)
             logger.error("Cannot store %s in the frontier: %s", request, exc, extra={"spider": self.spider})
             self._stat("frontier/unserializable")
             return False
@@ -389,6 +389,12 @@ class FrontierScheduler(BaseScheduler):
             logger.warning("Frontier: %d leased items finished without an outcome; retrying them", len(orphans))
             self.fail(orphans, "request finished without storing an outcome", retryable=True)
         self.flush()
+        if self.store is not None:
+            # A worker that died elsewhere left leases that have expired: they are work, not done.
+            reclaimed = self.store.reclaim()
+            if reclaimed:
+                logger.info("Frontier: reclaimed %d items from expired leases", reclaimed)
+                self._stat("frontier/reclaimed", reclaimed)
         if orphans or (self.store is not None and self.store.outstanding(self.owner)):
             raise DontCloseSpider
 

@@ -3,9 +3,12 @@
 scrapy-deltafetch 2.1.0 only has a synchronous ``process_spider_output``, which Scrapy
 2.19 refuses for asynchronous spider output (TypeError). This subclass adds
 ``process_spider_output_async`` with the same logic, and resolves ``DELTAFETCH_DIR`` to an
-absolute path (a relative one would land in Scrapyd's working directory).
+absolute path (a relative one would land in Scrapyd's working directory). Items with the outcome
+``failed`` (HTTP 404/5xx, exhausted retries) do not mark their page as seen, so the next run
+tries it again.
 
-Settings: ``DELTAFETCH_ENABLED``, ``DELTAFETCH_DIR`` (default ``<cwd>/data/deltafetch``),
+Settings: ``DELTAFETCH_ENABLED``, ``DELTAFETCH_DIR`` (the config's ``storage.deltafetch_dir``;
+default ``<cwd>/data/deltafetch``),
 ``DELTAFETCH_RESET``.
 """
 
@@ -16,17 +19,29 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
+from itemadapter import ItemAdapter
 from scrapy import Request
 from scrapy.crawler import Crawler
 from scrapy.http import Response
 from scrapy_deltafetch.middleware import DeltaFetch
+
+from holocron_scrapy import defaults
+from holocron_scrapy.items import FAILED
+
+
+def _failed(item: Any) -> bool:
+    """An item recording a failed fetch (outcome ``failed``), which must not mark its page as done."""
+    try:
+        return ItemAdapter(item).get("outcome") == FAILED
+    except TypeError:  # not an item type itemadapter knows
+        return False
 
 
 class AsyncDeltaFetch(DeltaFetch):
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> AsyncDeltaFetch:
         mw = super().from_crawler(crawler)
-        mw.dir = str(Path(crawler.settings.get("DELTAFETCH_DIR") or "data/deltafetch").expanduser().resolve())
+        mw.dir = str(Path(crawler.settings.get("DELTAFETCH_DIR") or defaults.DELTAFETCH_DIR).expanduser().resolve())
         return mw
 
     def _check(self, response: Response | None, output: Any) -> bool:
@@ -38,7 +53,7 @@ class AsyncDeltaFetch(DeltaFetch):
                     self.stats.inc_value("deltafetch/skipped")
                 return False
             return True
-        if response is not None:
+        if response is not None and not _failed(output):  # a failed page must be tried again
             self.db[self._get_key(response.request)] = str(time.time())
             if self.stats:
                 self.stats.inc_value("deltafetch/stored")

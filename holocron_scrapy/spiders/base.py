@@ -107,6 +107,7 @@ class HolocronSpider(Spider):
             "DOWNLOAD_DELAY": source.delay,
             "AUTOTHROTTLE_START_DELAY": max(source.delay, 0.1),
             "HOLOCRON_LAKE_DIR": str(Path(config.lake_dir).expanduser().resolve()),
+            "DELTAFETCH_DIR": str(Path(config.deltafetch_dir).expanduser().resolve()),
             "HOLOCRON_RECORDS_URL": config.records_url,
             "HOLOCRON_RECORDS_SQLSERVER": config.records_sqlserver,
             "HOLOCRON_STATE_SQLSERVER": config.state_sqlserver,

@@ -128,7 +128,13 @@ class HttpSpider(HolocronSpider):
 
     @classmethod
     def configure(cls, config: Config, source: Source, kwargs: dict[str, Any]) -> tuple[HttpOptions, dict[str, Any]]:
-        options = http_options(source, kwargs)
+        try:
+            options = http_options(source, kwargs)
+        except ConfigError as exc:
+            if exc.key in kwargs or exc.source:
+                raise
+            # The value came from the config file: say where.
+            raise ConfigError(exc.problem, key=f"sources[{source.name}].{exc.key}", source=config.path) from None
         settings: dict[str, Any] = {"ROBOTSTXT_OBEY": True}
         if options.max_pages:
             # The run stops after max_pages pages (see parse_page); with no more requests in flight
