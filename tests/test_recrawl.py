@@ -104,6 +104,7 @@ class _Receiver(BaseHTTPRequestHandler):
 def test_webhook_receives_the_report_and_a_dead_one_does_not_fail_the_crawl(mediawiki, tmp_path):
     server = HTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies = []
     try:
         ws = Workspace(tmp_path / "a")
         ws.root.mkdir()
@@ -125,3 +126,25 @@ def test_webhook_receives_the_report_and_a_dead_one_does_not_fail_the_crawl(medi
     proc = ws.crawl("mediawiki", "source=testwiki", SEEDS, "max_depth=0", settings={"HOLOCRON_NOTIFY_WEBHOOK": dead})
     assert proc.returncode == 0
     assert "Run report webhook failed" in proc.stderr and ws.runs()[0]["status"] == "completed"
+
+
+def test_a_run_that_cannot_start_notifies_the_webhook(tmp_path):
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.bodies = []
+    try:
+        ws = Workspace(tmp_path)
+        ws.write_config("http://127.0.0.1:9/api.php")
+        hook = f"http://127.0.0.1:{server.server_port}/hook"
+        proc = ws.crawl(
+            "mediawiki", "source=testwiki", SEEDS, "max_depth=-1",
+            settings={"HOLOCRON_NOTIFY_WEBHOOK": hook, "HOLOCRON_RUN_ID": "run_bad"},
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert proc.returncode == 1 and "max_depth" in proc.stderr and "Traceback" not in proc.stderr
+    (body,) = _Receiver.bodies
+    report = json.loads(body)
+    assert report["status"] == "failed" and report["finish_reason"] == "start_error"
+    assert report["run_id"] == "run_bad" and report["spider"] == "mediawiki" and "max_depth" in report["error"]
+    assert not ws.lake.exists() and not ws.records_db.exists()  # nothing written

@@ -1,15 +1,19 @@
 """``scrapy crawl``, with configuration errors reported as one clear line (exit status 1).
 
 Scrapy's own command prints a traceback for any exception raised while the spider is
-built; for bad seeds, arguments or config files that hides the message. Everything else
-is Scrapy's ``crawl`` unchanged.
+built; for bad seeds, arguments or config files that hides the message. Such a run never
+opens, so it leaves no run summary: when a webhook is configured (``HOLOCRON_NOTIFY_WEBHOOK``,
+setting or environment) it receives a ``failed`` report with the error instead. Everything
+else is Scrapy's ``crawl`` unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
@@ -17,10 +21,14 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from holocron_scrapy.errors import HolocronError
+from holocron_scrapy.extensions.runs import post_webhook, report_json
 
 
 class Command(ScrapyCrawlCommand):
+    spider_name: str | None = None
+
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        self.spider_name = args[0] if args else None
         process = self.crawler_process
         assert process is not None
         original = process.crawl
@@ -41,7 +49,7 @@ class Command(ScrapyCrawlCommand):
 
     def _report(self, failure: Failure) -> Failure | None:
         if failure.check(HolocronError):
-            print(f"holocron_scrapy: error: {failure.value}", file=sys.stderr)
+            self._start_failed(failure.value)
             return None
         return failure
 
@@ -50,6 +58,26 @@ class Command(ScrapyCrawlCommand):
             return
         exc = task.exception()  # retrieved: asyncio will not log it again
         if isinstance(exc, HolocronError):
-            print(f"holocron_scrapy: error: {exc}", file=sys.stderr)
+            self._start_failed(exc)
         elif exc is not None:
             raise exc
+
+    def _start_failed(self, exc: BaseException) -> None:
+        print(f"holocron_scrapy: error: {exc}", file=sys.stderr)
+        settings = self.settings
+        webhook = settings.get("HOLOCRON_NOTIFY_WEBHOOK") or os.environ.get("HOLOCRON_NOTIFY_WEBHOOK")
+        if not webhook:
+            return
+        report = {
+            "run_id": settings.get("HOLOCRON_RUN_ID"),
+            "spider": self.spider_name,
+            "status": "failed",
+            "finish_reason": "start_error",
+            "finished_at": datetime.now(timezone.utc),
+            "pages_stored": 0,
+            "error": str(exc),
+        }
+        try:
+            post_webhook(webhook, report_json(report), settings.getfloat("HOLOCRON_NOTIFY_TIMEOUT", 10.0))
+        except Exception as error:  # noqa: BLE001 - a failing webhook must not hide the real error
+            print(f"holocron_scrapy: run report webhook failed: {error}", file=sys.stderr)
