@@ -17,8 +17,16 @@ def stored_keys(records: list[dict]) -> Counter:
     return Counter(r["resource_id"] for r in records)
 
 
-def check_against_oracle(ws: Workspace, model, seeds: list[str], max_depth: int) -> dict:
-    expected = model.reachable(seeds, max_depth)
+def check_against_oracle(
+    ws: Workspace,
+    model,
+    seeds: list[str],
+    max_depth: int,
+    namespaces: tuple[int, ...] = (0,),
+    links: bool = True,
+    categories: bool = False,
+) -> dict:
+    expected = model.reachable(seeds, max_depth, namespaces, follow_links=links, follow_categories=categories)
     records = ws.records()
     counts = stored_keys(records)
     assert set(counts) == set(expected), (
@@ -31,7 +39,7 @@ def check_against_oracle(ws: Workspace, model, seeds: list[str], max_depth: int)
         if truth["outcome"] == "ok":
             payload = json.loads(by_key[key]["payload"])
             got = sorted(link["title"] for link in payload.get("links", []))
-            want = sorted(t for t in model.pages[key].links if namespace_of(t) == 0)
+            want = sorted(t for t in model.pages[key].links if namespace_of(t) in namespaces)
             assert got == want, f"links of {key}: {len(got)} stored, {len(want)} expected"
             assert sorted(c["title"] for c in payload.get("categories", [])) == sorted(model.pages[key].categories)
     docs = ws.lake_documents()
@@ -56,6 +64,32 @@ def test_crawl_stores_exactly_the_reachable_pages(mediawiki, tmp_path):
     items = ws.work_items()
     assert {i["status"] for i in items} == {"completed"}
     assert "Run " in proc.stderr and " completed: " in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("discover", "namespaces", "links", "categories"),
+    [
+        ("none", "0", False, False),
+        ("categories", "0", False, True),
+        ("both", "0|1|4|14", True, True),
+    ],
+)
+def test_discovery_modes_and_namespaces(mediawiki, tmp_path, discover, namespaces, links, categories):
+    ws = Workspace(tmp_path)
+    ws.write_config(mediawiki.api_url)
+    seeds = ["Ωmega Station", "Hub Beta 1"]
+    proc = ws.crawl(
+        "mediawiki", "source=testwiki", "seeds=" + "|".join(seeds), "max_depth=1",
+        f"discover={discover}", f"namespaces={namespaces}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spaces = tuple(int(n) for n in namespaces.split("|"))
+    expected = check_against_oracle(ws, mediawiki.model, seeds, 1, spaces, links, categories)
+    depth1 = {key for key, truth in expected.items() if truth["depth"] == 1}
+    if discover == "none":
+        assert not depth1
+    else:
+        assert depth1 and (not categories or any(k.startswith("Category:") for k in depth1))
 
 
 def test_rerun_fetches_and_stores_nothing_new(mediawiki, tmp_path):
