@@ -11,6 +11,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 import pytest
 from scrapy.linkextractors import IGNORED_EXTENSIONS
 
+from holocron_scrapy import __version__
 from holocron_scrapy.web.urls import canonical_url
 from tests.support.crawl import Workspace
 from tests.support.static_site import PYTHON_DOCS, free_port, read_log, serve_directory, write_edge_site
@@ -85,7 +86,10 @@ def test_edge_site_crawl(edge_site, tmp_path):
     assert not any(path.startswith("/private/") for path in requested)  # robots.txt Disallow
     assert "/elsewhere.html" not in requested and "/deep/d2.html" not in requested
     assert requested["/robots.txt"] == 1 and requested["/missing.html"] == 1  # 404: not retried
-    assert all(entry["user_agent"].startswith("holocron_scrapy/") for entry in read_log(log))
+    # one canonical URL, one fetch: a.html#section is a.html; the two b.html queries are one page
+    assert requested["/a.html"] == 1 and requested["/b.html?x=1&y=2"] + requested["/b.html?y=2&x=1"] == 1
+    assert max(requested.values()) == 1, [p for p, n in requested.items() if n > 1]
+    assert all(entry["user_agent"] == f"holocron_scrapy/{__version__} (tests@example.org)" for entry in read_log(log))
     states = {i["resource_id"]: i["status"] for i in ws.work_items()}
     assert states[f"{base}/missing.html"] == "failed" and states[f"{base}/private/secret.html"] == "failed"
     assert states[f"{base}/sub/"] == "completed"  # the redirect target is known
