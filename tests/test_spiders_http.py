@@ -108,6 +108,25 @@ def test_sitemap_through_robots(edge_site, tmp_path):
     assert {r["source_name"] for r in ws.records()} == {"127.0.0.1"}  # ad-hoc source named after the host
 
 
+def test_sitemap_url_and_allowed_domains(edge_site, tmp_path):
+    base, log = edge_site
+    port = base.rsplit(":", 1)[1]
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    http_config(ws)
+    proc = ws.crawl(
+        "http", f"seeds={base}/index.html", "max_depth=1", f"sitemap={base}/sitemap.xml",
+        "allowed_domains=127.0.0.1|localhost", "follow=elsewhere|orphan",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(by_id(ws)) == {
+        f"{base}/index.html",
+        f"{base}/orphan.html",  # from the sitemap given by URL
+        f"http://localhost:{port}/elsewhere.html",  # another allowed host name of the same server
+    }
+    assert "/private/secret.html" not in {e["path"] for e in read_log(log)}
+
+
 def test_binary_bodies_can_be_stored(edge_site, tmp_path):
     base, _ = edge_site
     ws = Workspace(tmp_path / "ws")
