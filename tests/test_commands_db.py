@@ -118,6 +118,7 @@ def test_init_status_smoketest(db_path):
     status = scrapy_db("status", "--url", url(db_path))
     assert status.returncode == 0, status.stderr
     assert "0003_indexes_constraints.sql  applied 20" in status.stdout
+    assert "0005_widen_long_text.sql  applied 20" in status.stdout
     assert "Pending migrations: none" in status.stdout
 
     smoke = scrapy_db("smoketest", "--url", url(db_path))

@@ -11,7 +11,7 @@ from holocron_scrapy.errors import ConfigError
 def test_example_config_documents_every_key_and_loads():
     config = load_config("config/holocron.example.yaml")
     wiki = config.source("wikipedia")
-    assert wiki.type == "mediawiki" and wiki.batch_size == 50 and wiki.recrawl_after == 72000  # 20h: fits a daily schedule
+    assert wiki.type == "mediawiki" and wiki.batch_size == 50 and wiki.recrawl_after == 72000  # 20h: daily runs
     assert wiki.discovery.namespaces == (0,) and wiki.discovery.max_depth == 1
     assert config.source("example_site").options["max_pages"] == 1000
     assert config.frontier["order"] == "bfs"

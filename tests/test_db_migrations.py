@@ -18,13 +18,14 @@ from holocron_scrapy.db.migrations import (
     load_migrations,
     split_go_batches,
     split_sqlite_statements,
+    strip_comments,
     validate_identifier,
 )
 from holocron_scrapy.errors import ConfigError, StoreError
 
 SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST/PASSWORD to run"
 SQLSERVER_CONFIGURED = bool(os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD"))
-VERSIONS = ["0001", "0002", "0003", "0004"]
+VERSIONS = ["0001", "0002", "0003", "0004", "0005"]
 
 
 def digest(path) -> str:
@@ -52,6 +53,7 @@ def test_load_migrations_in_version_order(dialect):
         "0002_create_tables.sql",
         "0003_indexes_constraints.sql",
         "0004_seen_resources_lookup.sql",
+        "0005_widen_long_text.sql",
     ]
     assert all(m.dialect == dialect and m.text.strip() for m in found)
 
@@ -114,8 +116,25 @@ def test_partial_state_applies_only_the_rest(db, monkeypatch):
     assert [m.version for m in MigrationRunner(db, "sqlite").apply()] == VERSIONS[2:]
 
 
+def test_database_at_0004_gets_0005_only_and_keeps_its_rows(db, monkeypatch):
+    real = migrations.load_migrations
+    monkeypatch.setattr(migrations, "load_migrations", lambda d: real(d)[:4])
+    MigrationRunner(db, "sqlite").apply()
+    long_uri = "https://w/api.php?titles=" + "|".join(f"Title {i:04}" for i in range(500))  # 5524 characters
+    db.execute(
+        "INSERT INTO work_items (work_item_id, source_system, source_name, resource_type, resource_id, request_uri,"
+        " created_at, updated_at, dedupe_key) VALUES ('w1', 'mediawiki', 'w', 'batch', 'X', ?, 't', 't', 'k')",
+        (long_uri,),
+    )
+    monkeypatch.setattr(migrations, "load_migrations", real)
+    runner = MigrationRunner(db, "sqlite")
+    assert [m.filename for m in runner.apply()] == ["0005_widen_long_text.sql"]
+    assert runner.apply() == [] and sorted(runner.applied()) == VERSIONS
+    assert db.execute("SELECT request_uri FROM work_items").fetchall() == [(long_uri,)]
+
+
 def test_failed_migration_rolls_back_everything(db, monkeypatch):
-    broken = Migration("0004", "broken", "sqlite", "CREATE TABLE extra (a TEXT);\nTHIS IS NOT SQL;\n")
+    broken = Migration("0099", "broken", "sqlite", "CREATE TABLE extra (a TEXT);\nTHIS IS NOT SQL;\n")
     real = migrations.load_migrations
     monkeypatch.setattr(migrations, "load_migrations", lambda d: [*real(d), broken])
     with pytest.raises(sqlite3.OperationalError):
@@ -247,6 +266,8 @@ def test_schema_substitution():
     assert "CREATE TABLE [crawl_2].[work_items]" in text
     assert "N'[crawl_2].[IngestRecords]'" in text
     assert "EXEC sys.sp_executesql N'CREATE SCHEMA [crawl_2]'" in text
+    assert "IF COL_LENGTH(N'[crawl_2].[IngestRecords]', N'requested_id') <> -1" in text
+    assert "ALTER TABLE [crawl_2].[work_items] ALTER COLUMN request_uri NVARCHAR(MAX) NOT NULL;" in text
     assert all(
         "[crawl_2]" in sql or "?" in sql or "SET " in sql for sql in migrations.tsql_statements("crawl_2").values()
     )
@@ -354,6 +375,15 @@ def test_sqlserver_second_run_applies_nothing():
     assert not any("CREATE TABLE [ingest].[work_items]" in s for s in conn.executed())
 
 
+def test_sqlserver_schema_at_0004_gets_only_the_guarded_widening():
+    conn = FakeConnection(applied=VERSIONS[:4], schema_tables=["schema_migrations", "work_items"])
+    assert [m.version for m in MigrationRunner(conn, "sqlserver").apply()] == ["0005"]
+    alters = [sql for sql in conn.executed() if "ALTER COLUMN" in sql]
+    assert len(alters) == 7
+    assert all(strip_comments(sql).strip().startswith("IF COL_LENGTH(N'[ingest].[") for sql in alters)
+    assert not any("CREATE TABLE [ingest].[work_items]" in sql for sql in conn.executed())
+
+
 def test_sqlserver_dry_run_only_reads():
     conn = FakeConnection()
     lines: list[str] = []
@@ -413,6 +443,21 @@ def test_live_sqlserver_apply_twice():
             "seen_resources",
             "schema_migrations",
         }
+        cur.execute(
+            "SELECT OBJECT_NAME(c.object_id), c.name FROM sys.columns AS c"
+            " WHERE c.max_length = -1 AND OBJECT_SCHEMA_NAME(c.object_id) = ?",
+            schema,
+        )
+        widened = {(table, column) for table, column in cur.fetchall()}
+        assert {
+            ("work_items", "request_uri"),
+            ("work_items", "discovered_from"),
+            ("IngestRecords", "requested_id"),
+            ("IngestRecords", "request_uri"),
+            ("IngestRecords", "content_type"),
+            ("seen_resources", "etag"),
+            ("seen_resources", "last_modified"),
+        } <= widened
     finally:
         _drop_test_schema(conn, schema)
         conn.close()

@@ -6,41 +6,45 @@
   shape, the DATETIME2 parameters and the retry policy: deadlocks retried on the same connection,
   lost connections reconnected, other errors raised at once with the masked connection string,
   lost commits resolved before anything runs again.
-* Live (``INGEST_SQLSERVER_HOST`` / ``INGEST_SQLSERVER_PASSWORD``): racing inserts and claims from
-  several connections. The contract suite ``test_frontier_store.py`` covers the rest live.
+* Live (``INGEST_SQLSERVER_HOST`` / ``INGEST_SQLSERVER_PASSWORD``, in a throw-away ``holocron_test_*``
+  schema): racing inserts and claims from several connections. The contract suite
+  ``test_frontier_store.py`` covers the rest live.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from holocron_scrapy.db import sqlserver
-from holocron_scrapy.db.sqlserver import SqlServerSettings
 from holocron_scrapy.errors import ConfigError, StoreError
 from holocron_scrapy.frontier import sqlserver_store
-from holocron_scrapy.frontier.sqlserver_store import SQL_WVARCHAR, SqlServerWorkItemStore, statements
+from holocron_scrapy.frontier.sqlserver_store import (
+    NVARCHAR_MAX,
+    SQL_WVARCHAR,
+    TEXT_WIDTHS,
+    SqlServerWorkItemStore,
+    statements,
+)
 from holocron_scrapy.frontier.store import CLAIM_COLUMNS, COMPLETED, PENDING, FailedItem, NewItem, make_owner
 from tests.support.sqlserver import (
     PASSWORD,
-    SQLSERVER_CONFIGURED,
-    SQLSERVER_REASON,
     deadlock,
-    drop_schema,
     duplicate_key,
     fake_settings,
     link_failure,
     literal_executes,
+    long_url,
     odbc_error,
     with_parameters,
 )
-from tests.test_sql_tsql import assert_sqlfluff_parses, assert_sqlglot_parses
+from tests.test_sql_tsql import assert_sqlfluff_parses, assert_sqlglot_parses, tsql_tables
 
 # -- offline T-SQL checks ------------------------------------------------------------------------
 STATEMENTS = sorted(statements().items())
@@ -149,6 +153,25 @@ def test_flush_is_one_transaction_new_then_completed_then_failed(fstore, fake_py
     status, error, _now, next_at, seq = failed
     assert (status, len(error), seq) == (PENDING, 4000, 9)
     assert timedelta(seconds=19) <= next_at - created <= timedelta(seconds=21)  # 10 s * 2 ** (2 - 1)
+
+
+def test_long_urls_are_bound_as_nvarchar_max(fstore, fake_pyodbc):
+    """request_uri and discovered_from are NVARCHAR(MAX) since sql/0005: bound so whatever their length."""
+    url = long_url()
+    fstore.flush([replace(new("A", discovered_from=url), request_uri=url), new("B")], [], [])
+    (_, _, params, sizes), (_, _, _, short_sizes) = fake_pyodbc.executed("OUTPUT inserted.seq")
+    for column in ("request_uri", "discovered_from"):
+        i = sqlserver_store.INSERT_COLUMNS.index(column)
+        assert params[i] == url and len(params[i]) == 5000
+        assert sizes[i] == short_sizes[i] == (SQL_WVARCHAR, NVARCHAR_MAX, 0), column
+
+
+def test_text_widths_match_the_migrated_schema():
+    columns = {name: kind for name, kind, _ in tsql_tables()["work_items"]}
+    for column, width in TEXT_WIDTHS.items():
+        assert columns[column] == ("NVARCHAR(MAX)" if width == NVARCHAR_MAX else f"NVARCHAR({width})"), column
+    text = [c for c in sqlserver_store.INSERT_COLUMNS if columns[c].startswith("NVARCHAR")]
+    assert set(text) <= set(TEXT_WIDTHS)
 
 
 def test_flush_counts_a_racing_duplicate_as_known(fstore, fake_pyodbc):
@@ -327,20 +350,7 @@ def test_open_work_item_store_takes_the_schema_from_the_settings(monkeypatch, fa
         open_work_item_store("sqlserver://", sqlserver_config={"schema": "bad name"})
 
 
-# -- live SQL Server --------------------------------------------------------------------------------
-@pytest.fixture
-def live_schema(monkeypatch):
-    """A throw-away schema holocron_test_* (the stores create the tables); dropped afterwards."""
-    if not SQLSERVER_CONFIGURED:
-        pytest.skip(SQLSERVER_REASON)
-    schema = f"holocron_test_{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("INGEST_SQLSERVER_SCHEMA", schema)
-    settings = SqlServerSettings.resolve({})
-    sqlserver.ensure_database(settings, wait_timeout=30)
-    yield schema
-    drop_schema(settings, schema)
-
-
+# -- live SQL Server (in the throw-away schema of tests/support/sqlserver.py's live_schema) ---------
 def _in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
     results: list[Any] = [None] * count
     errors: list[BaseException] = []
@@ -413,5 +423,19 @@ def test_live_times_round_trip_and_unicode_keys(live_schema):
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", row["created_at"])
         created = datetime.strptime(row["created_at"], "%Y-%m-%d %H:%M:%S.%f")
         assert abs(created - naive_utcnow()) < timedelta(minutes=5)
+    finally:
+        store.close()
+
+
+@pytest.mark.sqlserver
+def test_live_long_urls_round_trip(live_schema):
+    from holocron_scrapy.frontier.store import open_work_item_store
+
+    url = long_url()
+    store = open_work_item_store("sqlserver://")
+    try:
+        assert store.flush([replace(new("Batch", discovered_from=url), request_uri=url)], [], []) == 1
+        row = store.get("mediawiki:wiki:page:Batch")
+        assert row["request_uri"] == url and row["discovered_from"] == url
     finally:
         store.close()

@@ -23,7 +23,6 @@ from holocron_scrapy.frontier.store import (
     make_owner,
     open_work_item_store,
 )
-from tests.support.sqlserver import SQLSERVER_CONFIGURED, SQLSERVER_REASON
 
 
 def new(key: str, priority: int = 0, source: str = "wiki", status: str = PENDING) -> NewItem:
@@ -39,15 +38,15 @@ def new(key: str, priority: int = 0, source: str = "wiki", status: str = PENDING
     )
 
 
-@pytest.fixture(params=["sqlite", "sqlserver"])
+@pytest.fixture(params=["sqlite", pytest.param("sqlserver", marks=pytest.mark.sqlserver)])
 def store(request, tmp_path):
+    """The SQL Server case runs in the throw-away schema of ``live_schema`` (skipped without a server)."""
     if request.param == "sqlite":
-        s = open_work_item_store(f"sqlite:///{tmp_path / 'f.sqlite3'}", max_attempts=3, retry_backoff=0.2)
+        url = f"sqlite:///{tmp_path / 'f.sqlite3'}"
     else:
-        if not SQLSERVER_CONFIGURED:
-            pytest.skip(SQLSERVER_REASON)
-        s = open_work_item_store("sqlserver://", max_attempts=3, retry_backoff=0.2)
-        s.truncate_for_tests()
+        request.getfixturevalue("live_schema")
+        url = "sqlserver://"
+    s = open_work_item_store(url, max_attempts=3, retry_backoff=0.2)
     yield s
     s.close()
 

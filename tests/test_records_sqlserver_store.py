@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -22,24 +20,23 @@ import pytest
 
 from holocron_scrapy.db import sqlserver
 from holocron_scrapy.errors import ConfigError, StoreError
-from holocron_scrapy.frontier.sqlserver_store import SQL_WVARCHAR
+from holocron_scrapy.frontier.sqlserver_store import NVARCHAR_MAX, SQL_WVARCHAR
 from holocron_scrapy.items import IngestItem
 from holocron_scrapy.records import sqlserver_store
 from holocron_scrapy.records.sqlserver_store import SqlServerRecordStore, count_statement, statements
 from holocron_scrapy.records.store import RECORD_COLUMNS, RUN_COLUMNS, item_row
 from tests.support.sqlserver import (
     PASSWORD,
-    SQLSERVER_REASON,
     deadlock,
-    drop_schema,
     duplicate_key,
     fake_settings,
     link_failure,
     literal_executes,
+    long_url,
     odbc_error,
     with_parameters,
 )
-from tests.test_sql_tsql import assert_sqlfluff_parses, assert_sqlglot_parses
+from tests.test_sql_tsql import assert_sqlfluff_parses, assert_sqlglot_parses, tsql_tables
 
 # -- offline T-SQL checks ------------------------------------------------------------------------
 STATEMENTS = sorted(statements().items()) + [
@@ -116,6 +113,30 @@ def test_insert_binds_nvarchar_and_datetime2(rstore, fake_pyodbc):
     assert sizes[column["resource_id"]] == (SQL_WVARCHAR, 4000, 0)
     assert sizes[column["status_code"]] is None and sizes[column["fetched_at_utc"]] is None
     assert params[-5:] == tuple(row[c] for c in sqlserver_store.VERSION_COLUMNS)
+
+
+def test_long_urls_are_bound_as_nvarchar_max(rstore, fake_pyodbc):
+    """requested_id, request_uri and content_type are NVARCHAR(MAX) since sql/0005, whatever their length."""
+    url = long_url()
+    rstore.insert([{**record("A"), "requested_id": url, "request_uri": url}, record("B")])
+    (_, _, params, sizes), (_, _, _, short_sizes) = fake_pyodbc.executed("INSERT INTO")
+    for column in ("requested_id", "request_uri", "content_type"):
+        i = RECORD_COLUMNS.index(column)
+        assert sizes[i] == short_sizes[i] == (SQL_WVARCHAR, NVARCHAR_MAX, 0), column
+    assert params[RECORD_COLUMNS.index("requested_id")] == params[RECORD_COLUMNS.index("request_uri")] == url
+    assert len(url) == 5000
+
+
+def test_text_widths_match_the_migrated_schema():
+    tables = {table: {name: kind for name, kind, _ in columns} for table, columns in tsql_tables().items()}
+    for table, widths, written in (
+        ("IngestRecords", sqlserver_store.RECORD_TEXT_WIDTHS, RECORD_COLUMNS),
+        ("ingest_runs", sqlserver_store.RUN_TEXT_WIDTHS, RUN_COLUMNS),
+    ):
+        columns = tables[table]
+        for column, width in widths.items():
+            assert columns[column] == ("NVARCHAR(MAX)" if width == NVARCHAR_MAX else f"NVARCHAR({width})"), column
+        assert {c for c in written if columns[c].startswith("NVARCHAR")} <= set(widths), table
 
 
 def test_insert_reports_duplicates_per_row_in_one_transaction(rstore, fake_pyodbc):
@@ -235,24 +256,17 @@ def test_open_record_store_takes_the_schema_from_the_settings(monkeypatch, fake_
 
 # -- live SQL Server --------------------------------------------------------------------------------
 @pytest.fixture
-def live(monkeypatch):
-    """A records store in a throw-away schema holocron_test_*, and a raw connection to check it."""
+def live(live_schema):
+    """A records store in the throw-away schema of ``live_schema``, and a raw connection to check it."""
     from holocron_scrapy.records.store import open_record_store
 
-    if not (os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD")):
-        pytest.skip(SQLSERVER_REASON)
-    schema = f"holocron_test_{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("INGEST_SQLSERVER_SCHEMA", schema)
-    settings = sqlserver.SqlServerSettings.resolve({})
-    sqlserver.ensure_database(settings, wait_timeout=30)
     store = open_record_store("sqlserver://")
-    raw = sqlserver.connect(settings)
+    raw = sqlserver.connect(sqlserver.SqlServerSettings.resolve({}))
     try:
-        yield store, raw, schema
+        yield store, raw, live_schema
     finally:
         raw.close()
         store.close()
-        drop_schema(settings, schema)
 
 
 UNICODE = "東京 Base — Ωmega 🚀👩🏽‍🚀 שָׁלוֹם مرحبا"
@@ -291,6 +305,18 @@ def test_live_five_megabyte_payload(live):
 
 
 @pytest.mark.sqlserver
+def test_live_long_urls_round_trip(live):
+    store, raw, schema = live
+    url = long_url()
+    row = {**record("Batch"), "requested_id": url, "request_uri": url}
+    assert store.insert([row]) == [True]
+    cur = raw.cursor()
+    query = f"SELECT requested_id, request_uri FROM [{schema}].[IngestRecords] WHERE ingest_id = ?"
+    cur.execute(query, row["ingest_id"])
+    assert tuple(cur.fetchone()) == (url, url)
+
+
+@pytest.mark.sqlserver
 def test_live_duplicate_version_is_skipped(live):
     store, _raw, _schema = live
     first, same, changed = record("A"), record("A"), record("A", payload={"title": "A", "rev": 2})
@@ -326,8 +352,6 @@ def test_live_write_run_upsert(live):
     status, stored, finished, text = rows[0]
     assert (status, stored, finished) == ("completed", 5, datetime(2026, 1, 19, 12, 5))
     assert json.loads(text) == {"note": UNICODE}
-    store.truncate_for_tests()
-    assert store.count() == 0
 
 
 def test_record_versions_updates_else_inserts(rstore, fake_pyodbc):

@@ -80,6 +80,7 @@ def test_migration_files_exist():
         "0002_create_tables.sql",
         "0003_indexes_constraints.sql",
         "0004_seen_resources_lookup.sql",
+        "0005_widen_long_text.sql",
     ]
     assert [p.name for p in TSQL_FILES] == sorted(p.name for p in (TSQL_FILES[0].parent / "sqlite").glob("*.sql"))
     assert len(BATCHES) >= 16 and DYNAMIC, "expected one GO batch per object and dynamic CREATE SCHEMA"
@@ -143,30 +144,71 @@ def test_no_drop_and_schema_only_as_placeholder(path):
 @pytest.mark.parametrize(("name", "sql"), BATCHES, ids=[n for n, _ in BATCHES])
 def test_every_batch_is_guarded(name, sql):
     code = strip_comments(sql).strip()
-    assert re.match(r"IF\s+(NOT\s+EXISTS|OBJECT_ID)\b", code, re.IGNORECASE), f"{name} is not idempotent"
+    assert re.match(r"IF\s+(NOT\s+EXISTS|OBJECT_ID|COL_LENGTH)\b", code, re.IGNORECASE), f"{name} is not idempotent"
+
+
+def _alter_columns() -> list[tuple[str, str, exp.Alter, exp.AlterColumn]]:
+    """(batch name, batch, ALTER TABLE, its ALTER COLUMN) of every column change in sql/*.sql."""
+    found = []
+    for name, batch in BATCHES:
+        for tree in sqlglot.parse(batch, read="tsql"):
+            for alter in tree.find_all(exp.Alter):
+                found += [(name, batch, alter, a) for a in alter.args["actions"] if isinstance(a, exp.AlterColumn)]
+    return found
+
+
+def test_alter_column_batches_are_guarded_by_the_current_width():
+    """Rerunning a widening is a no-op: the guard checks the very column it alters (-1 = MAX)."""
+    found = _alter_columns()
+    assert found, "expected the ALTER COLUMNs of 0005_widen_long_text.sql"
+    for name, batch, alter, column in found:
+        table = f"[{alter.this.db}].[{alter.this.name}]"
+        guard = f"IF COL_LENGTH(N'{table}', N'{column.name}') <> -1"
+        assert strip_comments(batch).strip().startswith(guard), name
+        assert column.args["dtype"].sql("tsql") == "NVARCHAR(MAX)", name
+        assert batch.count("ALTER TABLE") == 1, f"{name}: one ALTER per guarded batch"
+
+
+def test_alter_column_keeps_the_nullability_of_create_table():
+    """ALTER COLUMN resets an omitted NULL / NOT NULL: each one must restate 0002's."""
+    created = {t: {c: not_null for c, _k, not_null in cols} for t, cols in tsql_tables(alter=False).items()}
+    for name, _batch, alter, column in _alter_columns():
+        assert column.args.get("allow_null") is not None, f"{name}: state NULL or NOT NULL"
+        assert (not column.args["allow_null"]) == created[alter.this.name][column.name], name
 
 
 # -- mirror of the SQLite schema -----------------------------------------------------------
-def _tsql_tables() -> dict[str, list[tuple[str, str, bool]]]:
-    """table -> [(column, type, not_null)] from the CREATE TABLE statements."""
+def tsql_tables(*, alter: bool = True) -> dict[str, list[tuple[str, str, bool]]]:
+    """table -> [(column, type, not_null)] from the CREATE TABLE statements, with the later
+    ALTER COLUMNs applied unless *alter* is False: the schema after every migration."""
     tables: dict[str, list[tuple[str, str, bool]]] = {}
     for _name, batch in BATCHES:
         for tree in sqlglot.parse(batch, read="tsql"):
             for create in tree.find_all(exp.Create):
-                if create.kind != "TABLE":
-                    continue
-                schema = create.this
-                table = schema.this.name
-                columns = []
-                for column in schema.expressions:
-                    if isinstance(column, exp.ColumnDef):
-                        not_null = any(
-                            isinstance(c.kind, exp.NotNullColumnConstraint) and not c.kind.args.get("allow_null")
-                            for c in column.constraints
-                        )
-                        columns.append((column.name, column.kind.sql("tsql"), not_null))
-                tables[table] = columns
+                if create.kind == "TABLE":
+                    tables[create.this.this.name] = _created_columns(create)
+            for change in tree.find_all(exp.Alter) if alter else ():
+                _apply_alter(tables[change.this.name], change)
     return tables
+
+
+def _created_columns(create: exp.Create) -> list[tuple[str, str, bool]]:
+    columns = []
+    for column in create.this.expressions:
+        if isinstance(column, exp.ColumnDef):
+            not_null = any(
+                isinstance(c.kind, exp.NotNullColumnConstraint) and not c.kind.args.get("allow_null")
+                for c in column.constraints
+            )
+            columns.append((column.name, column.kind.sql("tsql"), not_null))
+    return columns
+
+
+def _apply_alter(columns: list[tuple[str, str, bool]], alter: exp.Alter) -> None:
+    for action in alter.args["actions"]:
+        if isinstance(action, exp.AlterColumn):
+            i = next(i for i, column in enumerate(columns) if column[0] == action.name)
+            columns[i] = (action.name, action.args["dtype"].sql("tsql"), action.args.get("allow_null") is False)
 
 
 def _sqlite_tables() -> dict[str, list[tuple[str, bool]]]:
@@ -181,7 +223,7 @@ def _sqlite_tables() -> dict[str, list[tuple[str, bool]]]:
 
 
 def test_tables_mirror_sqlite_column_by_column():
-    tsql, lite = _tsql_tables(), _sqlite_tables()
+    tsql, lite = tsql_tables(), _sqlite_tables()
     assert sorted(SQLITE_TWIN.get(t, t) for t in tsql) == sorted(lite)
     for table, columns in tsql.items():
         twin = lite[SQLITE_TWIN.get(table, table)]
@@ -190,17 +232,36 @@ def test_tables_mirror_sqlite_column_by_column():
 
 
 def test_column_types_follow_the_conventions():
-    for table, columns in _tsql_tables().items():
+    for table, columns in tsql_tables().items():
         for name, kind, _ in columns:
             if name.endswith("_at") or name == "fetched_at_utc":
                 assert kind == "DATETIME2(6)", f"{table}.{name}"
             if name in ("request_headers", "request_body", "metadata", "response_headers", "payload", "summary"):
                 assert kind == "NVARCHAR(MAX)", f"{table}.{name}"
             assert not kind.startswith(("VARCHAR", "TEXT", "NTEXT", "DATETIME(", "DATETIME ")), f"{table}.{name}"
-    work_items = {name: kind for name, kind, _ in _tsql_tables()["work_items"]}
+    work_items = {name: kind for name, kind, _ in tsql_tables()["work_items"]}
     assert work_items["seq"] == "BIGINT"
     assert work_items["work_item_id"] == "NVARCHAR(36)"
     assert work_items["dedupe_key"] == "NVARCHAR(850)"
+
+
+def test_unbounded_text_is_widened_by_0005_not_by_editing_0002():
+    """Applied migrations never change: 0002 keeps its widths and 0005 widens the URL columns."""
+    before = {t: {n: k for n, k, _ in cols} for t, cols in tsql_tables(alter=False).items()}
+    after = {t: {n: k for n, k, _ in cols} for t, cols in tsql_tables().items()}
+    assert before["IngestRecords"]["requested_id"] == "NVARCHAR(450)"
+    assert before["IngestRecords"]["request_uri"] == before["work_items"]["request_uri"] == "NVARCHAR(4000)"
+    widened = {(t, n) for t, cols in after.items() for n, k in cols.items() if k != before[t][n]}
+    assert widened == {
+        ("work_items", "request_uri"),
+        ("work_items", "discovered_from"),
+        ("IngestRecords", "requested_id"),
+        ("IngestRecords", "request_uri"),
+        ("IngestRecords", "content_type"),
+        ("seen_resources", "etag"),
+        ("seen_resources", "last_modified"),
+    }
+    assert all(after[t][n] == "NVARCHAR(MAX)" for t, n in widened)
 
 
 def test_indexes_mirror_sqlite():
@@ -226,6 +287,7 @@ def _key_bytes(columns: dict[str, str], names: list[str]) -> int:
     total = 0
     for name in names:
         kind = columns[name.split()[0]]
+        assert kind != "NVARCHAR(MAX)", f"{name} is NVARCHAR(MAX): it cannot be an index key"
         match = re.fullmatch(r"NVARCHAR\((\d+)\)", kind)
         total += int(match.group(1)) * 2 if match else _BYTES[kind]
     return total
@@ -233,7 +295,7 @@ def _key_bytes(columns: dict[str, str], names: list[str]) -> int:
 
 def test_index_keys_fit_sql_server_limits():
     """1700 bytes for nonclustered keys, 900 for clustered ones (SQL Server 2016+)."""
-    tables = {t: {n: k for n, k, _ in cols} for t, cols in _tsql_tables().items()}
+    tables = {t: {n: k for n, k, _ in cols} for t, cols in tsql_tables().items()}
     text = "\n".join(batch for _n, batch in BATCHES)
     checked = 0
     for match in re.finditer(
@@ -250,6 +312,29 @@ def test_index_keys_fit_sql_server_limits():
             assert _key_bytes(tables[match.group(1)], key.group(3).split(",")) <= limit, key.group(0)
             checked += 1
     assert checked >= 15
+
+
+def _indexed_columns() -> set[tuple[str, str]]:
+    """(table, column) of every index key, INCLUDE column and key constraint column."""
+    text = strip_comments("\n".join(batch for _n, batch in BATCHES))
+    found = set()
+    pattern = r"INDEX\s+\w+\s+ON \[ingest\]\.\[(\w+)\] \(([^)]*)\)(?:\s+INCLUDE \(([^)]*)\))?"
+    for match in re.finditer(pattern, text):
+        columns = f"{match.group(2)},{match.group(3) or ''}"
+        found |= {(match.group(1), c.split()[0]) for c in columns.split(",") if c.strip()}
+    for create in re.finditer(r"CREATE TABLE \[ingest\]\.\[(\w+)\](.*?)\n    \);", text, re.S):
+        for key in re.finditer(r"(?:PRIMARY KEY|UNIQUE) (?:NONCLUSTERED|CLUSTERED) \(([^)]*)\)", create.group(2)):
+            found |= {(create.group(1), c.strip()) for c in key.group(1).split(",")}
+    return found
+
+
+def test_widened_columns_are_in_no_index():
+    """A column in an index (even an INCLUDE) cannot become NVARCHAR(MAX): ALTER COLUMN fails (5074)."""
+    indexed = _indexed_columns()
+    seen = {("work_items", "dedupe_key"), ("work_items", "next_attempt_at"), ("seen_resources", "resource_id")}
+    assert seen <= indexed  # keys, INCLUDE columns and key constraints are all found
+    for name, _batch, alter, column in _alter_columns():
+        assert (alter.this.name, column.name) not in indexed, name
 
 
 def _literal_executes(module) -> list[tuple[str, str]]:

@@ -68,12 +68,13 @@ INSERT_COLUMNS = (
     "priority", "depth", "status", "run_id", "discovered_from", "created_at", "updated_at",
     "completed_at", "dedupe_key",
 )  # fmt: skip
-#: Text columns of work_items with their widths (NVARCHAR_MAX for NVARCHAR(MAX)).
+#: Text columns of work_items with their widths (NVARCHAR_MAX for NVARCHAR(MAX); request_uri and
+#: discovered_from since sql/0005_widen_long_text.sql).
 TEXT_WIDTHS = {
     "work_item_id": 36, "source_system": 100, "source_name": 100, "resource_type": 100,
-    "resource_id": 450, "request_uri": 4000, "request_method": 10, "request_headers": NVARCHAR_MAX,
+    "resource_id": 450, "request_uri": NVARCHAR_MAX, "request_method": 10, "request_headers": NVARCHAR_MAX,
     "request_body": NVARCHAR_MAX, "metadata": NVARCHAR_MAX, "status": 20, "run_id": 64,
-    "discovered_from": 2000, "dedupe_key": 850,
+    "discovered_from": NVARCHAR_MAX, "dedupe_key": 850,
 }  # fmt: skip
 
 _CLAIM_OUTPUT = ", ".join(f"inserted.{c}" for c in CLAIM_COLUMNS)
@@ -181,7 +182,6 @@ _TEMPLATES = {
         " WHERE status = N'in_progress' AND lease_owner = ?"
     ),
     "get": "SELECT * FROM {t} WHERE dedupe_key = ?",
-    "truncate_for_tests": "DELETE FROM {t}",
 }
 
 
@@ -553,14 +553,6 @@ class SqlServerWorkItemStore(WorkItemStore):
             return cur.rowcount
 
         return self.session.run("release_leases", work)
-
-    def truncate_for_tests(self) -> None:
-        """Delete every row of ``work_items`` (tests only: the table itself stays)."""
-
-        def work(cur: Any) -> None:
-            cur.execute(self.sql["truncate_for_tests"])
-
-        self.session.run("truncate_for_tests", work)
 
     # -- reads ----------------------------------------------------------------------------------
     def _query(self, name: str, *params: Any) -> list[Any]:

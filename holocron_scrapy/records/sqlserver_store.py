@@ -10,8 +10,8 @@ variables and the YAML ``storage.sql_server`` section (schema: ``INGEST_SQLSERVE
   resource_type, resource_id, hash_sha256) is already stored is skipped (False), as is a row
   that loses a race with the duplicate-key error 2601/2627.
 * Every text parameter is declared NVARCHAR (``setinputsizes``: SQL_WVARCHAR, 4000 characters,
-  or 0 = NVARCHAR(MAX) for the JSON columns and longer values), so any Unicode survives and
-  multi-megabyte payloads are streamed. Times are naive UTC ``datetime`` DATETIME2 parameters.
+  or 0 = NVARCHAR(MAX) for the JSON and URL columns and longer values), so any Unicode survives
+  and multi-megabyte payloads are streamed. Times are naive UTC ``datetime`` DATETIME2 parameters.
 * Transient errors and deadlocks roll the whole batch back and run it again
   (:class:`holocron_scrapy.frontier.sqlserver_store.SqlServerSession`); after a failed commit the
   batch's own ``ingest_id`` values tell whether it was applied before anything is re-run.
@@ -33,11 +33,12 @@ from holocron_scrapy.records.store import RECORD_COLUMNS, RUN_COLUMNS, RecordSto
 
 #: The columns identifying one stored version of a resource (the unique ``ux_ingest_records_version``).
 VERSION_COLUMNS = ("source_system", "source_name", "resource_type", "resource_id", "hash_sha256")
-#: Text columns of IngestRecords / ingest_runs with their widths (NVARCHAR_MAX for NVARCHAR(MAX)).
+#: Text columns of IngestRecords / ingest_runs with their widths (NVARCHAR_MAX for NVARCHAR(MAX);
+#: requested_id, request_uri and content_type since sql/0005_widen_long_text.sql).
 RECORD_TEXT_WIDTHS = {
     "ingest_id": 64, "source_system": 100, "source_name": 100, "resource_type": 100, "resource_id": 450,
-    "requested_id": 450, "outcome": 50, "request_uri": 4000, "request_method": 10,
-    "request_headers": NVARCHAR_MAX, "content_type": 255, "response_headers": NVARCHAR_MAX,
+    "requested_id": NVARCHAR_MAX, "outcome": 50, "request_uri": NVARCHAR_MAX, "request_method": 10,
+    "request_headers": NVARCHAR_MAX, "content_type": NVARCHAR_MAX, "response_headers": NVARCHAR_MAX,
     "hash_sha256": 64, "run_id": 64, "work_item_id": 36, "error_message": NVARCHAR_MAX, "lake_path": 1024,
     "payload": NVARCHAR_MAX,
 }  # fmt: skip
@@ -80,9 +81,6 @@ _TEMPLATES = {
         " last_hash_sha256, last_revision_id, etag, last_modified, last_fetched_at, last_changed_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
-    "truncate_seen_for_tests": "DELETE FROM {seen}",
-    "truncate_records_for_tests": "DELETE FROM {records}",
-    "truncate_runs_for_tests": "DELETE FROM {runs}",
 }
 
 
@@ -250,16 +248,6 @@ class SqlServerRecordStore(RecordStore):
             return cur.fetchone()[0]
 
         return self.session.run("count", work)
-
-    def truncate_for_tests(self) -> None:
-        """Delete every row of IngestRecords and ingest_runs (tests only: the tables stay)."""
-
-        def work(cur: Any) -> None:
-            cur.execute(self.sql["truncate_records_for_tests"])
-            cur.execute(self.sql["truncate_runs_for_tests"])
-            cur.execute(self.sql["truncate_seen_for_tests"])
-
-        self.session.run("truncate_for_tests", work)
 
     def close(self) -> None:
         self.session.close()

@@ -1,9 +1,10 @@
 """SQL Server test support: the live-server switch, the T-SQL helpers and a recording fake pyodbc.
 
-Registered as a pytest plugin (``tests/conftest.py``) for the ``fake_pyodbc`` and ``sleeps``
-fixtures. ``FakePyodbc`` records every call as ``(connection, kind, sql, params, inputsizes)``,
-raises queued errors at matching statements, and answers queries, so that the stores' transaction
-shape, parameter types and retry policy are checked without a server.
+Registered as a pytest plugin (``tests/conftest.py``) for the ``fake_pyodbc``, ``sleeps`` and
+``live_schema`` fixtures. ``FakePyodbc`` records every call as ``(connection, kind, sql, params,
+inputsizes)``, raises queued errors at matching statements, and answers queries, so that the stores'
+transaction shape, parameter types and retry policy are checked without a server. ``live_schema``
+gives live tests a throw-away ``holocron_test_*`` schema, never the configured one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -47,6 +49,12 @@ def literal_executes(module: types.ModuleType) -> list[str]:
         ):
             found.append(ast.unparse(node.args[0]))
     return found
+
+
+def long_url(length: int = 5000) -> str:
+    """A MediaWiki batch URL of exactly *length* characters."""
+    url = "https://w/api.php?action=query&titles=" + "|".join(f"Title {i:05}" for i in range(length // 12 + 1))
+    return url[:length]
 
 
 # -- a recording fake pyodbc ------------------------------------------------------------------------
@@ -250,7 +258,10 @@ def sleeps() -> list[float]:
 
 
 def drop_schema(settings: SqlServerSettings, schema: str) -> None:
-    """Test cleanup only (the stores and migrations never drop anything)."""
+    """Test cleanup only (the stores and migrations never drop anything); refuses any schema but a
+    throw-away ``holocron_test_*`` one."""
+    if not schema.startswith("holocron_test_"):
+        raise ValueError(f"refusing to drop schema {schema!r}: not a holocron_test_* schema")
     conn = sqlserver.connect(settings)
     try:
         cur = conn.cursor()
@@ -261,3 +272,17 @@ def drop_schema(settings: SqlServerSettings, schema: str) -> None:
         conn.commit()
     finally:
         conn.close()
+
+
+@pytest.fixture
+def live_schema(monkeypatch) -> Iterator[str]:
+    """A throw-away schema ``holocron_test_<hex>`` set as INGEST_SQLSERVER_SCHEMA (the stores create
+    its tables when they open), dropped afterwards; skips without INGEST_SQLSERVER_HOST/PASSWORD."""
+    if not SQLSERVER_CONFIGURED:
+        pytest.skip(SQLSERVER_REASON)
+    schema = f"holocron_test_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("INGEST_SQLSERVER_SCHEMA", schema)
+    settings = SqlServerSettings.resolve({})
+    sqlserver.ensure_database(settings, wait_timeout=30)
+    yield schema
+    drop_schema(settings, schema)
