@@ -22,6 +22,7 @@ from holocron_scrapy.db.migrations import (
     validate_identifier,
 )
 from holocron_scrapy.errors import ConfigError, StoreError
+from tests.support.sqlserver import WIDENED_COLUMNS
 
 SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST/PASSWORD to run"
 SQLSERVER_CONFIGURED = bool(os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD"))
@@ -449,15 +450,7 @@ def test_live_sqlserver_apply_twice():
             schema,
         )
         widened = {(table, column) for table, column in cur.fetchall()}
-        assert {
-            ("work_items", "request_uri"),
-            ("work_items", "discovered_from"),
-            ("IngestRecords", "requested_id"),
-            ("IngestRecords", "request_uri"),
-            ("IngestRecords", "content_type"),
-            ("seen_resources", "etag"),
-            ("seen_resources", "last_modified"),
-        } <= widened
+        assert WIDENED_COLUMNS <= widened
     finally:
         _drop_test_schema(conn, schema)
         conn.close()

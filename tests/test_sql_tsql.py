@@ -21,6 +21,7 @@ from sqlglot import exp
 
 from holocron_scrapy.db import migrations, sqlserver
 from holocron_scrapy.db.migrations import MigrationRunner, split_go_batches, strip_comments
+from tests.support.sqlserver import WIDENED_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 TSQL_FILES = sorted((ROOT / "sql").glob("[0-9][0-9][0-9][0-9]_*.sql"))
@@ -252,15 +253,7 @@ def test_unbounded_text_is_widened_by_0005_not_by_editing_0002():
     assert before["IngestRecords"]["requested_id"] == "NVARCHAR(450)"
     assert before["IngestRecords"]["request_uri"] == before["work_items"]["request_uri"] == "NVARCHAR(4000)"
     widened = {(t, n) for t, cols in after.items() for n, k in cols.items() if k != before[t][n]}
-    assert widened == {
-        ("work_items", "request_uri"),
-        ("work_items", "discovered_from"),
-        ("IngestRecords", "requested_id"),
-        ("IngestRecords", "request_uri"),
-        ("IngestRecords", "content_type"),
-        ("seen_resources", "etag"),
-        ("seen_resources", "last_modified"),
-    }
+    assert widened == WIDENED_COLUMNS
     assert all(after[t][n] == "NVARCHAR(MAX)" for t, n in widened)
 
 

@@ -28,6 +28,18 @@ PASSWORD = "Sup3r$ecret!pw"
 SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST and INGEST_SQLSERVER_PASSWORD to run"
 SQLSERVER_CONFIGURED = bool(os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD"))
 MS = "[Microsoft][ODBC Driver 18 for SQL Server]"
+#: (table, column) pairs that migration 0005 widens to NVARCHAR(MAX).
+WIDENED_COLUMNS = frozenset(
+    {
+        ("work_items", "request_uri"),
+        ("work_items", "discovered_from"),
+        ("IngestRecords", "requested_id"),
+        ("IngestRecords", "request_uri"),
+        ("IngestRecords", "content_type"),
+        ("seen_resources", "etag"),
+        ("seen_resources", "last_modified"),
+    }
+)
 
 
 def with_parameters(sql: str) -> str:
