@@ -37,10 +37,10 @@ def test_mediawiki_recrawl_refetches_only_changed_pages(fresh_mediawiki, tmp_pat
     run = summary_of(ws)
     assert run["status"] == "completed" and run["pages_stored"] == 2
     assert run["stats"]["recrawl/unchanged"] >= len(stored) - 2
-    # content fetched only for the edited pages, plus titles reached through a redirect (their
-    # stored version is the target's, so the requested title cannot be compared and is re-fetched)
-    redirected = sum(1 for r in stored.values() if r["requested_id"] != r["resource_id"])
-    assert run["stats"]["mediawiki/pages/ok"] == len(changed) + redirected < len(stored)
+    # content fetched only for the edited pages: titles reached through a redirect or a
+    # normalisation are checked against the stored revision of the page they lead to
+    assert any(r["requested_id"] != r["resource_id"] for r in stored.values())
+    assert run["stats"]["mediawiki/pages/ok"] == len(changed)
     assert run["stats"]["recrawl/changed"] == len(changed)
     assert run["stats"]["recrawl/requeued"] == fetched_items
     # one prop=info per batch, then content only for the two changed pages

@@ -225,16 +225,45 @@ class MediaWikiSpider(HolocronSpider):
             self.logger.warning("prop=info check failed (%s); fetching all %d titles", exc, len(titles))
             yield self._query_request(titles, continuation=None, acc=None)
             return
+        resolved = {entry["title"]: resolve(acc, entry["title"]) for entry in titles}
+        targets = self._target_revisions(titles, resolved, known)
         changed = []
         for entry in titles:
-            resolution = resolve(acc, entry["title"])
+            resolution = resolved[entry["title"]]
             page = resolution.page or {}
-            if resolution.outcome == OK and known.get(resolution.title) == page.get("lastrevid"):
+            stored = known.get(entry["title"], targets.get(entry["title"]))
+            if resolution.outcome == OK and stored is not None and stored == page.get("lastrevid"):
                 self.crawler.stats.inc_value("recrawl/unchanged")
             else:
                 changed.append(entry)
         if changed:
             yield self._query_request(changed, continuation=None, acc=None)
+
+    def _target_revisions(
+        self, titles: list[dict[str, Any]], resolved: dict[str, Any], known: dict[str, int]
+    ) -> dict[str, int]:
+        """Stored revisions of the pages that redirects and normalised titles led to, by the title
+        asked for: the page is stored under its own title, so the requested one is not in *known*.
+        Only versions stored no later than the requested item last completed count."""
+        wanted = {
+            entry["title"]: resolved[entry["title"]].title
+            for entry in titles
+            if entry["title"] not in known
+            and entry.get("completed_at")
+            and resolved[entry["title"]].outcome == OK
+            and resolved[entry["title"]].title != entry["title"]
+        }
+        if not wanted:
+            return {}
+        found = self.versions.lookup(SOURCE_SYSTEM, self.options.source_name, sorted(set(wanted.values())))
+        since = {entry["title"]: entry["completed_at"] for entry in titles}
+        return {
+            title: found[target]["revision_id"]
+            for title, target in wanted.items()
+            if target in found
+            and found[target].get("revision_id")
+            and str(found[target].get("last_fetched_at")) <= since[title]
+        }
 
     def _query_request(
         self, titles: list[dict[str, Any]], *, continuation: dict | None, acc: dict | None, first_url: str | None = None
