@@ -5,6 +5,11 @@ per request, so no crawl can use fewer than
 ``max(ceil(links/500), ceil(categories/500), ceil(titles/50))`` requests.
 
     python -m benchmarks.mediawiki_requests [--seeds "Hub Alpha|Ωmega Station"] [--max-depth 4]
+    python -m benchmarks.mediawiki_requests --batch-sizes 50 --recrawl 30
+
+``--recrawl N`` then edits N stored pages (``maintenance/edit.php``) and runs the same crawl again
+with ``recrawl_after=0s``: the incremental re-crawl's requests, pages fetched in full and records
+added, against the first crawl.
 
 Needs php and Debian's mediawiki package (see README). Prints a table; the figures go to
 docs/benchmarks.md.
@@ -49,7 +54,7 @@ def measure(api_url: str, seeds: str, max_depth: int, batch_size: int, workdir: 
         links += len(page.get("links", []))
         categories += len(page.get("categories", []))
     stored = conn.execute("SELECT COUNT(*) FROM ingest_records").fetchone()[0]
-    run = conn.execute("SELECT requests, duration_s FROM ingest_runs").fetchone()
+    run = conn.execute("SELECT requests, duration_s, summary FROM ingest_runs").fetchone()
     titles = (
         sqlite3.connect(ws.state_db)
         .execute("SELECT COUNT(*) FROM work_items WHERE status = 'completed' AND attempt > 0")
@@ -63,6 +68,7 @@ def measure(api_url: str, seeds: str, max_depth: int, batch_size: int, workdir: 
         "links": links,
         "categories": categories,
         "requests": run[0],
+        "response_bytes": json.loads(run[2]).get("downloader/response_bytes", 0),
         "bound": bound,
         "ratio": run[0] / bound,
         "requests_per_page": run[0] / stored,
@@ -72,11 +78,51 @@ def measure(api_url: str, seeds: str, max_depth: int, batch_size: int, workdir: 
     }
 
 
+def recrawl(install: ms.WikiInstall, workdir: Path, seeds: str, max_depth: int, edits: int) -> dict:
+    """Edit *edits* stored pages, re-crawl incrementally; the second run's figures."""
+    ws = Workspace(workdir)
+    conn = sqlite3.connect(ws.records_db)
+    titles = [t for (t,) in conn.execute(
+        "SELECT resource_id FROM ingest_records WHERE outcome = 'ok' AND resource_id NOT LIKE '%:%'"
+        " ORDER BY resource_id"
+    )]  # fmt: skip
+    before = conn.execute("SELECT COUNT(*) FROM ingest_records").fetchone()[0]
+    conn.close()
+    step = max(1, len(titles) // edits)
+    edited = titles[::step][:edits]
+    for title in edited:
+        ms.edit_page(install, title, f"Edited for the re-crawl benchmark: [[{title}]] changed.")
+    proc = ws.crawl(
+        "mediawiki", "source=testwiki", f"seeds={seeds}", f"max_depth={max_depth}", "recrawl_after=0s",
+        settings={"LOG_LEVEL": "WARNING", "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": "0"}, timeout=1800,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    conn = sqlite3.connect(ws.records_db)
+    after = conn.execute("SELECT COUNT(*) FROM ingest_records").fetchone()[0]
+    requests, summary, duration = conn.execute(
+        "SELECT requests, summary, duration_s FROM ingest_runs ORDER BY started_at DESC LIMIT 1"
+    ).fetchone()
+    conn.close()
+    stats = json.loads(summary)
+    return {
+        "edited": len(edited),
+        "requests": requests,
+        "requeued": stats.get("recrawl/requeued", 0),
+        "fetched_in_full": stats.get("mediawiki/pages/ok", 0),
+        "unchanged": stats.get("recrawl/unchanged", 0),
+        "records_added": after - before,
+        "response_bytes": stats.get("downloader/response_bytes", 0),
+        "crawl_s": duration,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="Hub Alpha|Ωmega Station")
     parser.add_argument("--max-depth", type=int, default=4)
     parser.add_argument("--batch-sizes", default="50,1")
+    parser.add_argument("--recrawl", type=int, default=0, help="edit N pages, then re-crawl incrementally")
     args = parser.parse_args()
     reason = ms.unavailable_reason()
     if reason:
@@ -90,12 +136,26 @@ def main() -> None:
                 measure(wiki.api_url, args.seeds, args.max_depth, int(b), Path(tmp) / f"crawl-{b}")
                 for b in args.batch_sizes.split(",")
             ]
+            again = None
+            if args.recrawl:
+                first = Path(tmp) / f"crawl-{rows[0]['batch_size']}"
+                again = recrawl(install, first, args.seeds, args.max_depth, args.recrawl)
     header = ("batch", "titles", "stored", "links", "cats", "requests", "bound", "ratio", "req/page", "pages/s")
     print(" | ".join(header))
     for r in rows:
         print(
             f"{r['batch_size']} | {r['titles']} | {r['stored']} | {r['links']} | {r['categories']} | {r['requests']}"
             f" | {r['bound']} | {r['ratio']:.2f} | {r['requests_per_page']:.3f} | {r['pages_per_s']:.1f}"
+        )
+    if again:
+        first = rows[0]
+        print(
+            f"\nre-crawl after editing {again['edited']} pages (batch {first['batch_size']}):"
+            f" {again['requests']} requests (first crawl {first['requests']}),"
+            f" {again['response_bytes'] / 1e6:.2f} MB of responses"
+            f" (first crawl {first['response_bytes'] / 1e6:.2f} MB),"
+            f" {again['requeued']} items re-queued, {again['fetched_in_full']} pages fetched in full,"
+            f" {again['unchanged']} unchanged, {again['records_added']} records added, {again['crawl_s']:.1f} s"
         )
 
 
