@@ -9,6 +9,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from scrapy import Request, Spider
+from scrapy.core.downloader import Downloader
+from scrapy.utils.defer import deferred_f_from_coro_f
+from scrapy.utils.test import get_crawler
+from twisted.internet.defer import Deferred
+
+from holocron_scrapy.downloader import PoliteDownloader
 from tests.support.crawl import Workspace
 from tests.test_spiders_http import http_config
 
@@ -81,9 +88,23 @@ def test_concurrency_per_host_holds_without_a_delay(tmp_path):
         assert site.peak == 2  # the limit is reached, never exceeded
 
 
-def test_scrapys_own_downloader_still_needs_the_fix(tmp_path):
-    """If this fails, Scrapy enforces the limit itself and PoliteDownloader can go."""
-    with slow_site() as site:
-        stock = {"DOWNLOADER": "scrapy.core.downloader.Downloader"}
-        crawl(tmp_path, "stock", f"http://127.0.0.1:{site.server_port}", settings=stock)
-        assert site.peak > 2
+@deferred_f_from_coro_f
+async def test_a_slot_starts_no_more_than_its_concurrency_at_once():
+    """Six requests queued for a slot of concurrency 2, delay 0, one pass of the queue: Scrapy's
+    downloader starts all six (if this fails for it, Scrapy enforces the limit itself and
+    PoliteDownloader can go); PoliteDownloader starts two."""
+    for cls, started_at_once in ((Downloader, 6), (PoliteDownloader, 2)):
+        crawler = get_crawler(Spider, {"CONCURRENT_REQUESTS_PER_DOMAIN": 2, "DOWNLOAD_DELAY": 0})
+        downloader = cls(crawler)
+        started: list[Request] = []
+
+        async def no_download(slot, request, queue_dfd, started=started):
+            started.append(request)
+
+        downloader._wait_for_download = no_download
+        _, slot = downloader._get_slot(Request("http://h/"))
+        for n in range(6):
+            slot.queue.append((Request(f"http://h/{n}"), Deferred()))
+        downloader._process_queue(slot)
+        assert len(slot.queue) == 6 - started_at_once, cls
+        downloader.close()
