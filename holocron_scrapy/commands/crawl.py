@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -21,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from holocron_scrapy.errors import HolocronError
-from holocron_scrapy.extensions.runs import post_webhook, report_json
+from holocron_scrapy.extensions.runs import post_webhook, report_json, webhook_settings
 
 
 class Command(ScrapyCrawlCommand):
@@ -64,12 +63,11 @@ class Command(ScrapyCrawlCommand):
 
     def _start_failed(self, exc: BaseException) -> None:
         print(f"holocron_scrapy: error: {exc}", file=sys.stderr)
-        settings = self.settings
-        webhook = settings.get("HOLOCRON_NOTIFY_WEBHOOK") or os.environ.get("HOLOCRON_NOTIFY_WEBHOOK")
+        webhook, timeout = webhook_settings(self.settings)
         if not webhook:
             return
         report = {
-            "run_id": settings.get("HOLOCRON_RUN_ID"),
+            "run_id": self.settings.get("HOLOCRON_RUN_ID"),
             "spider": self.spider_name,
             "status": "failed",
             "finish_reason": "start_error",
@@ -78,6 +76,6 @@ class Command(ScrapyCrawlCommand):
             "error": str(exc),
         }
         try:
-            post_webhook(webhook, report_json(report), settings.getfloat("HOLOCRON_NOTIFY_TIMEOUT", 10.0))
+            post_webhook(webhook, report_json(report), timeout)
         except Exception as error:  # noqa: BLE001 - a failing webhook must not hide the real error
             print(f"holocron_scrapy: run report webhook failed: {error}", file=sys.stderr)

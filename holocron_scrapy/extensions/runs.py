@@ -99,6 +99,13 @@ def report_json(summary: dict[str, Any]) -> bytes:
     return json.dumps(summary, ensure_ascii=False, indent=1, default=default).encode("utf-8")
 
 
+def webhook_settings(settings: Any) -> tuple[str | None, float]:
+    """The run-report webhook: ``HOLOCRON_NOTIFY_WEBHOOK`` (the setting, else the environment
+    variable of that name; None when neither is set) and ``HOLOCRON_NOTIFY_TIMEOUT`` (seconds)."""
+    url = settings.get("HOLOCRON_NOTIFY_WEBHOOK") or os.environ.get("HOLOCRON_NOTIFY_WEBHOOK") or None
+    return url, settings.getfloat("HOLOCRON_NOTIFY_TIMEOUT", 10.0)
+
+
 def post_webhook(url: str, body: bytes, timeout: float) -> int:
     """POST *body* as JSON; return the HTTP status (raises on network errors)."""
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
@@ -128,13 +135,14 @@ class RunSummary:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RunSummary:
         s = crawler.settings
+        webhook, webhook_timeout = webhook_settings(s)
         ext = cls(
             crawler,
             records_url=s.get("HOLOCRON_RECORDS_URL") or defaults.RECORDS_URL,
             sqlserver_config=s.getdict("HOLOCRON_RECORDS_SQLSERVER"),
             lake_dir=s.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
-            webhook=s.get("HOLOCRON_NOTIFY_WEBHOOK") or os.environ.get("HOLOCRON_NOTIFY_WEBHOOK") or None,
-            webhook_timeout=s.getfloat("HOLOCRON_NOTIFY_TIMEOUT", 10.0),
+            webhook=webhook,
+            webhook_timeout=webhook_timeout,
         )
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
         return ext

@@ -391,10 +391,7 @@ class FrontierScheduler(BaseScheduler):
         self.flush()
         if self.store is not None:
             # A worker that died elsewhere left leases that have expired: they are work, not done.
-            reclaimed = self.store.reclaim()
-            if reclaimed:
-                logger.info("Frontier: reclaimed %d items from expired leases", reclaimed)
-                self._stat("frontier/reclaimed", reclaimed)
+            self._reclaim_leases(dead_local_owners=False)
         if orphans or (self.store is not None and self.store.outstanding(self.owner)):
             raise DontCloseSpider
 
@@ -419,9 +416,7 @@ class FrontierScheduler(BaseScheduler):
                 self.store.renew(self.owner, self.lease_seconds)
             if now - self._last_reclaim >= min(30.0, self.lease_seconds / 2):
                 self._last_reclaim = now
-                reclaimed = self.store.reclaim() + self._reclaim_dead_local_owners()
-                if reclaimed:
-                    logger.info("Frontier: reclaimed %d items from expired leases", reclaimed)
+                self._reclaim_leases(dead_local_owners=True)
             if self.progress_interval > 0 and now - self._last_progress >= self.progress_interval:
                 self._last_progress = now
                 self.log_progress()
@@ -444,6 +439,17 @@ class FrontierScheduler(BaseScheduler):
         if self.ready:
             self._stat("frontier/wakeups")
             engine.crawl(self.ready.popleft())  # holds leased ids, so it goes to ``owned``
+
+    def _reclaim_leases(self, *, dead_local_owners: bool) -> None:
+        """Give back to pending the expired leases (of workers dead anywhere) and, with
+        *dead_local_owners*, those of crashed processes on this host."""
+        assert self.store is not None
+        reclaimed = self.store.reclaim()
+        self._stat("frontier/reclaimed", reclaimed)
+        if dead_local_owners:
+            reclaimed += self._reclaim_dead_local_owners()
+        if reclaimed:
+            logger.info("Frontier: reclaimed %d items from expired leases", reclaimed)
 
     def _reclaim_dead_local_owners(self) -> int:
         """Reclaim at once the leases of crashed processes on this host (pid not running)."""

@@ -187,14 +187,24 @@ class MediaWikiSpider(HolocronSpider):
     def known_revisions(self, titles: list[dict[str, Any]]) -> dict[str, int]:
         """Stored revisions of re-crawled titles whose discoveries are already in the frontier
         (stored no later than the item last completed); only those may skip the content fetch."""
-        since = {t["title"]: t["completed_at"] for t in titles if t.get("completed_at")}
+        return self._stored_revisions({t["title"]: t["title"] for t in titles}, titles)
+
+    def _stored_revisions(self, stored_as: dict[str, str], titles: list[dict[str, Any]]) -> dict[str, int]:
+        """``{requested title: revision}`` of the versions stored under ``stored_as[title]``, for
+        re-crawled titles only, counting a version only if stored no later than the title's item
+        last completed."""
+        since = {t["title"]: t["completed_at"] for t in titles if t.get("completed_at") and t["title"] in stored_as}
         if not since:
             return {}
-        found = self.versions.lookup(SOURCE_SYSTEM, self.options.source_name, list(since))
+        found = self.versions.lookup(
+            SOURCE_SYSTEM, self.options.source_name, sorted({stored_as[title] for title in since})
+        )
         return {
-            title: v["revision_id"]
-            for title, v in found.items()
-            if v.get("revision_id") and str(v.get("last_fetched_at")) <= since[title]
+            title: version["revision_id"]
+            for title in since
+            if (version := found.get(stored_as[title]))
+            and version.get("revision_id")
+            and str(version.get("last_fetched_at")) <= since[title]
         }
 
     def _info_request(self, titles: list[dict[str, Any]], known: dict[str, int]) -> Request:
@@ -249,21 +259,10 @@ class MediaWikiSpider(HolocronSpider):
             entry["title"]: resolved[entry["title"]].title
             for entry in titles
             if entry["title"] not in known
-            and entry.get("completed_at")
             and resolved[entry["title"]].outcome == OK
             and resolved[entry["title"]].title != entry["title"]
         }
-        if not wanted:
-            return {}
-        found = self.versions.lookup(SOURCE_SYSTEM, self.options.source_name, sorted(set(wanted.values())))
-        since = {entry["title"]: entry["completed_at"] for entry in titles}
-        return {
-            title: found[target]["revision_id"]
-            for title, target in wanted.items()
-            if target in found
-            and found[target].get("revision_id")
-            and str(found[target].get("last_fetched_at")) <= since[title]
-        }
+        return self._stored_revisions(wanted, titles)
 
     def _query_request(
         self, titles: list[dict[str, Any]], *, continuation: dict | None, acc: dict | None, first_url: str | None = None
