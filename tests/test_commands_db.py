@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST/PASSWORD to run"
-SQLSERVER_CONFIGURED = bool(os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD"))
 PASSWORD = "Cmd-Test-Pa55word!"
 # Used when the project settings do not enable the command module yet: Scrapy discovers
 # commands before it reads -s options, so COMMANDS_MODULE must be in the settings object.
@@ -32,6 +30,7 @@ RUNNER = (
 )
 
 from holocron_scrapy.db.migrations import load_migrations  # noqa: E402
+from tests.support.sqlserver import SQLSERVER_CONFIGURED, SQLSERVER_REASON  # noqa: E402
 
 SQLITE_FILES = [m.filename for m in load_migrations("sqlite")]
 

@@ -22,10 +22,8 @@ from holocron_scrapy.db.migrations import (
     validate_identifier,
 )
 from holocron_scrapy.errors import ConfigError, StoreError
-from tests.support.sqlserver import WIDENED_COLUMNS
+from tests.support.sqlserver import SQLSERVER_CONFIGURED, SQLSERVER_REASON, WIDENED_COLUMNS, drop_schema
 
-SQLSERVER_REASON = "SQL Server not configured: set INGEST_SQLSERVER_HOST/PASSWORD to run"
-SQLSERVER_CONFIGURED = bool(os.environ.get("INGEST_SQLSERVER_HOST") and os.environ.get("INGEST_SQLSERVER_PASSWORD"))
 VERSIONS = ["0001", "0002", "0003", "0004", "0005"]
 
 
@@ -452,15 +450,5 @@ def test_live_sqlserver_apply_twice():
         widened = {(table, column) for table, column in cur.fetchall()}
         assert WIDENED_COLUMNS <= widened
     finally:
-        _drop_test_schema(conn, schema)
         conn.close()
-
-
-def _drop_test_schema(conn, schema: str) -> None:
-    """Test cleanup only (migrations never drop anything)."""
-    cur = conn.cursor()
-    cur.execute("SELECT t.name FROM sys.tables AS t WHERE t.schema_id = SCHEMA_ID(?)", schema)
-    for (name,) in cur.fetchall():
-        cur.execute(f"DROP TABLE [{schema}].[{name}]")
-    cur.execute(f"DROP SCHEMA [{schema}]")
-    conn.commit()
+        drop_schema(settings, schema)
