@@ -11,7 +11,7 @@ from scrapy.exceptions import DropItem
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
-from holocron_scrapy.items import IngestItem
+from holocron_scrapy.items import FAILED, IngestItem
 from holocron_scrapy.pipelines.changes import ChangeFilterPipeline
 from holocron_scrapy.pipelines.lake import JsonLakePipeline, lake_relative_path, safe_component
 from holocron_scrapy.pipelines.records import IngestRecordsPipeline
@@ -128,6 +128,20 @@ def test_change_filter_drops_unchanged_and_keeps_changed(tmp_path):
     pipeline.close_spider()
     stats = crawler.stats.get_stats()
     assert stats["recrawl/unchanged"] == 1 and stats["recrawl/changed"] == 1 and stats["records/new_resources"] == 1
+
+
+def test_change_filter_does_not_count_a_repeated_failure_as_unchanged(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
+    crawler = get_crawler(settings_dict={"HOLOCRON_RECORDS_URL": url})
+    pipeline = ChangeFilterPipeline.from_crawler(crawler)
+    pipeline.open_spider()
+    failure = {"error": "DNS lookup failed"}
+    assert pipeline.process_item(item("A", payload=failure, outcome=FAILED))
+    with pytest.raises(DropItem, match="unchanged"):
+        pipeline.process_item(item("A", payload=failure, outcome=FAILED))
+    pipeline.close_spider()
+    stats = crawler.stats.get_stats()
+    assert stats["records/repeated_failures"] == 1 and "recrawl/unchanged" not in stats
 
 
 def test_payload_must_be_json(tmp_path):

@@ -3,7 +3,8 @@
 Records are append-only: a resource gets a new record (and lake file) only when its
 payload hash differs from the newest stored one, or from one that passed this filter
 moments ago and is still on its way to the store (two redirects to one page in flight). Stats: ``recrawl/unchanged``,
-``recrawl/changed``, ``records/new_resources``.
+``recrawl/changed``, ``records/new_resources``, ``records/repeated_failures`` (a ``failed`` record
+identical to the last one: dropped too, but not counted as unchanged).
 
 Settings: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``.
 """
@@ -18,6 +19,7 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem
 
 from holocron_scrapy import defaults
+from holocron_scrapy.items import FAILED
 from holocron_scrapy.records.store import RecordStore, open_record_store
 
 
@@ -64,7 +66,8 @@ class ChangeFilterPipeline:
         if latest is None:
             self._inc("records/new_resources")
         elif latest == adapter["hash_sha256"]:
-            self._inc("recrawl/unchanged")
+            # A failure that repeats is no page found unchanged (the run summary counts those as successes).
+            self._inc("records/repeated_failures" if adapter.get("outcome") == FAILED else "recrawl/unchanged")
             raise UnchangedError(f"unchanged since the last stored record: {item!r}", log_level="DEBUG")
         else:
             self._inc("recrawl/changed")
