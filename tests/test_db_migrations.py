@@ -24,7 +24,7 @@ from holocron_scrapy.db.migrations import (
 from holocron_scrapy.errors import ConfigError, StoreError
 from tests.support.sqlserver import SQLSERVER_CONFIGURED, SQLSERVER_REASON, WIDENED_COLUMNS, drop_schema
 
-VERSIONS = ["0001", "0002", "0003", "0004", "0005"]
+VERSIONS = ["0001", "0002", "0003", "0004", "0005", "0006"]
 
 
 def digest(path) -> str:
@@ -53,6 +53,7 @@ def test_load_migrations_in_version_order(dialect):
         "0003_indexes_constraints.sql",
         "0004_seen_resources_lookup.sql",
         "0005_widen_long_text.sql",
+        "0006_frontier_sources_and_lease_losses.sql",
     ]
     assert all(m.dialect == dialect and m.text.strip() for m in found)
 
@@ -115,7 +116,7 @@ def test_partial_state_applies_only_the_rest(db, monkeypatch):
     assert [m.version for m in MigrationRunner(db, "sqlite").apply()] == VERSIONS[2:]
 
 
-def test_database_at_0004_gets_0005_only_and_keeps_its_rows(db, monkeypatch):
+def test_database_at_0004_gets_0005_and_0006_and_keeps_its_rows(db, monkeypatch):
     real = migrations.load_migrations
     monkeypatch.setattr(migrations, "load_migrations", lambda d: real(d)[:4])
     MigrationRunner(db, "sqlite").apply()
@@ -127,9 +128,13 @@ def test_database_at_0004_gets_0005_only_and_keeps_its_rows(db, monkeypatch):
     )
     monkeypatch.setattr(migrations, "load_migrations", real)
     runner = MigrationRunner(db, "sqlite")
-    assert [m.filename for m in runner.apply()] == ["0005_widen_long_text.sql"]
+    assert [m.filename for m in runner.apply()] == [
+        "0005_widen_long_text.sql",
+        "0006_frontier_sources_and_lease_losses.sql",
+    ]
     assert runner.apply() == [] and sorted(runner.applied()) == VERSIONS
     assert db.execute("SELECT request_uri FROM work_items").fetchall() == [(long_uri,)]
+    assert db.execute("SELECT lease_losses, solo_lease_losses FROM work_items").fetchall() == [(0, 0)]
 
 
 def test_failed_migration_rolls_back_everything(db, monkeypatch):
@@ -376,7 +381,7 @@ def test_sqlserver_second_run_applies_nothing():
 
 def test_sqlserver_schema_at_0004_gets_only_the_guarded_widening():
     conn = FakeConnection(applied=VERSIONS[:4], schema_tables=["schema_migrations", "work_items"])
-    assert [m.version for m in MigrationRunner(conn, "sqlserver").apply()] == ["0005"]
+    assert [m.version for m in MigrationRunner(conn, "sqlserver").apply()] == ["0005", "0006"]
     alters = [sql for sql in conn.executed() if "ALTER COLUMN" in sql]
     assert len(alters) == 7
     assert all(strip_comments(sql).strip().startswith("IF COL_LENGTH(N'[ingest].[") for sql in alters)

@@ -273,3 +273,104 @@ def test_a_request_that_cannot_be_stored_is_dropped_not_raised(tmp_path):
     assert not s.enqueue_request(request)
     assert crawler.stats.get_value("frontier/unserializable") == 1
     s.close("finished")
+
+
+def test_fail_counts_final_failures_and_retries_separately(tmp_path):
+    crawler, s = make(tmp_path, HOLOCRON_FRONTIER_MAX_ATTEMPTS=2, HOLOCRON_FRONTIER_RETRY_BACKOFF=0.01)
+    for title in "ABC":
+        s.enqueue_request(page(title))
+    a, b, c = drain(s)
+    s.fail(a.meta[IDS_META], "HTTP 404", retryable=False)  # failed for good
+    s.fail(b.meta[IDS_META], "HTTP 503")  # attempt 1 of 2: put back
+    s.fail(b.meta[IDS_META], "HTTP 503")  # no longer leased: not counted twice
+    s.ack(c.meta[IDS_META])
+    s.flush()
+    assert crawler.stats.get_value("frontier/failed") == 1
+    assert crawler.stats.get_value("frontier/retried") == 1
+    time.sleep(0.05)
+    (again,) = drain(s)
+    assert again.meta["holocron_attempt"] == 2
+    s.fail(again.meta[IDS_META], "HTTP 503")  # out of attempts: failed for good
+    s.flush()
+    assert crawler.stats.get_value("frontier/failed") == 2
+    assert crawler.stats.get_value("frontier/retried") == 1
+    assert s.store.get("mediawiki:w:page:B")["status"] == "failed"
+    s.close("finished")
+
+
+def test_a_scheduler_with_a_source_touches_only_its_items(tmp_path):
+    _, other = make(tmp_path, HOLOCRON_SOURCE_SYSTEM="mediawiki", HOLOCRON_SOURCE_NAME="other")
+    other_page = Request("https://o/X", meta={"holocron": resource_meta("mediawiki", "other", "page", "X")})
+    other.enqueue_request(other_page)
+    other.flush()
+    crawler, s = make(tmp_path, HOLOCRON_SOURCE_SYSTEM="mediawiki", HOLOCRON_SOURCE_NAME="w")
+    assert not s.has_pending_requests()  # the other source's pending item is not this crawl's work
+    s.enqueue_request(page("A"))
+    assert s.enqueue_request(Request("https://w/plain"))  # no resource in meta: filed under this source
+    got = drain(s)
+    assert sorted(r.url for r in got) == ["https://w/A", "https://w/plain"]
+    counts = s.store.counts()
+    assert counts["w"]["in_progress"] == 2 and counts["other"]["pending"] == 1 and "scrapy" not in counts
+    s.ack([seq for r in got for seq in r.meta[IDS_META]])
+    s.flush()
+    s._spider_idle(crawler.spider)  # done, though the other source still has work
+    (x,) = drain(other)
+    assert x.url == "https://o/X"
+    for sched in (other, s):
+        sched.close("finished")
+
+
+def test_an_unscoped_scheduler_works_on_every_source(tmp_path):
+    _, s = make(tmp_path)
+    s.enqueue_request(page("A"))
+    s.enqueue_request(Request("https://o/X", meta={"holocron": resource_meta("mediawiki", "other", "page", "X")}))
+    assert len(drain(s)) == 2
+    s.close("finished")
+
+
+def test_an_item_lost_twice_is_claimed_alone(tmp_path):
+    crawler, s = make(tmp_path, HOLOCRON_FRONTIER_CLAIM_SIZE=10)
+    for title in "ABC":
+        s.enqueue_request(page(title))
+    s.flush()
+    store = s.store
+    for _ in range(2):  # two workers died holding A (and nothing else)
+        dead = "elsewhere:1:dead"
+        (row,) = store.claim(dead, 1, 600)
+        store.reclaim([dead])
+    assert store.get("mediawiki:w:page:A")["lease_losses"] == 2
+    first = s.next_request()
+    assert first.meta["holocron"]["resource_id"] == "A" and s.next_request() is None  # alone
+    assert crawler.stats.get_value("frontier/solo_claims") == 1
+    assert store.get("mediawiki:w:page:A")["lease_solo"] == 1
+    s.fetched(first.meta[IDS_META])  # its response was parsed: others may join it before it is stored
+    assert store.get("mediawiki:w:page:A")["lease_solo"] == 0
+    assert [r.meta["holocron"]["resource_id"] for r in drain(s)] == ["B", "C"]
+    s.ack(first.meta[IDS_META])
+    s.close("finished")
+
+
+def test_a_jobdir_given_for_the_run_beats_the_config_state_url(tmp_path):
+    from scrapy.settings import Settings
+
+    from holocron_scrapy.frontier.scheduler import state_url_from_settings
+
+    job = tmp_path / "crawls" / "run1"
+    settings = Settings()
+    settings.set("HOLOCRON_STATE_URL", "sqlite:///config.sqlite3", priority="spider")  # from the config file
+    settings.set("JOBDIR", str(job), priority="cmdline")
+    assert state_url_from_settings(settings) == f"sqlite:///{job / 'frontier.sqlite3'}"
+    settings.set("HOLOCRON_STATE_URL", "sqlite:///explicit.sqlite3", priority="cmdline")
+    assert state_url_from_settings(settings) == "sqlite:///explicit.sqlite3"
+    project = Settings()
+    project.set("JOBDIR", str(job), priority="project")
+    project.set("HOLOCRON_STATE_URL", "sqlite:///config.sqlite3", priority="spider")
+    assert state_url_from_settings(project) == "sqlite:///config.sqlite3"
+
+
+def test_the_open_line_names_the_database_and_source(tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        _, s = make(tmp_path, HOLOCRON_SOURCE_SYSTEM="mediawiki", HOLOCRON_SOURCE_NAME="w")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Frontier open:")]
+    assert f"SQLite {tmp_path / 'f.sqlite3'}" in line and "source mediawiki/w" in line
+    s.close("finished")

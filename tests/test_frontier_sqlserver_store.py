@@ -32,7 +32,7 @@ from holocron_scrapy.frontier.sqlserver_store import (
     SqlServerWorkItemStore,
     statements,
 )
-from holocron_scrapy.frontier.store import CLAIM_COLUMNS, COMPLETED, PENDING, FailedItem, NewItem, make_owner
+from holocron_scrapy.frontier.store import CLAIM_COLUMNS, COMPLETED, PENDING, FailedItem, NewItem, Scope, make_owner
 from tests.support.sqlserver import (
     PASSWORD,
     deadlock,
@@ -193,9 +193,33 @@ def test_claim_binds_times_and_sorts_best_first(fstore, fake_pyodbc):
     )
     rows = fstore.claim("me", 3, 60)
     assert [r["seq"] for r in rows] == [3, 4, 5]
-    (_, _, (limit, now, owner, lease, updated), _) = fake_pyodbc.executed("UPDATE next_items")[0]
-    assert (limit, owner) == (3, "me") and now == updated and lease - now == timedelta(seconds=60)
+    (_, _, (limit, now, solo_after, owner, lease, updated), _) = fake_pyodbc.executed("UPDATE next_items")[0]
+    assert (limit, solo_after, owner) == (3, 2, "me") and now == updated and lease - now == timedelta(seconds=60)
     assert fstore.claim("me", 0, 60) == []
+
+
+def test_scoped_and_alone_claims_use_the_source_statements(fstore, fake_pyodbc):
+    sql = statements()
+    answers = {sql["claim_suspect_source"]: [], sql["claim_source"]: [claim_row(4)]}
+    fake_pyodbc.responder = lambda text, params: answers.get(text)
+    rows = fstore.claim("me", 3, 60, scope=Scope("mediawiki", "wiki"), alone=True)
+    assert [r["seq"] for r in rows] == [4]
+    (_, suspect, p1, _), (_, claim, p2, _) = fake_pyodbc.executed("UPDATE next_items")
+    assert suspect == sql["claim_suspect_source"] and "lease_losses >= ?" in suspect and "TOP (1)" in suspect
+    assert p1[1:4] == (2, "mediawiki", "wiki") and p1[4] == "me"
+    assert claim == sql["claim_source"] and "lease_losses < ?" in claim
+    assert p2[:1] == (3,) and p2[2:5] == (2, "mediawiki", "wiki") and p2[5] == "me"
+
+
+def test_reclaim_counts_losses_not_attempts():
+    sql = statements()
+    for name in ("reclaim_expired", "reclaim_owner", "reclaim_expired_source", "reclaim_owner_source"):
+        text = sql[name]
+        assert "attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END" in text, name
+        assert "lease_losses = lease_losses + 1" in text and "solo_lease_losses + lease_solo" in text, name
+        assert "quarantined: its worker died" in text and "lease_solo = 0" in text, name
+    assert sql["reclaim_owner_source"].endswith("AND source_system = ? AND source_name = ?")
+    assert "lease_solo = 1" in sql["claim_suspect"] and "lease_solo = 0" in sql["claim"]
 
 
 def test_reads_return_times_as_sqlite_text(fstore, fake_pyodbc):
@@ -222,11 +246,15 @@ def test_reclaim_by_owner_and_admin_counts(fstore, fake_pyodbc):
     fake_pyodbc.responder = lambda sql, params: ([], 2) if sql.startswith("UPDATE") else None
     assert fstore.reclaim([]) == 0
     assert fstore.reclaim(["a", "b", "a"]) == 4  # each owner once
-    assert [p[3] for _, _, p, _ in fake_pyodbc.executed("lease_owner = ?")] == ["a", "b"]
+    assert [p[3] for _, _, p, _ in fake_pyodbc.executed("AND lease_owner = ?")] == ["a", "b"]
     assert fstore.retry_failed() == 2 and fstore.retry_failed("wiki") == 2
     assert fstore.recrawl("wiki") == 2 and fstore.recrawl("wiki", 3600) == 2
     assert fstore.release_leases() == 2 and fstore.release_leases("me") == 2
     assert fstore.renew("me", 60) == 2
+    fstore.end_solo([3, 4])
+    assert [p for _, _, p, _ in fake_pyodbc.executed("SET lease_solo = 0 WHERE")] == [(3,), (4,)]
+    assert fstore.requeue_keys(["k1", "k2", "k1"]) == 4 and fstore.requeue_keys([]) == 0
+    assert [p[1] for _, _, p, _ in fake_pyodbc.executed("completed_at = NULL")] == ["k1", "k2"]
 
 
 # -- retries ----------------------------------------------------------------------------------------
@@ -296,7 +324,7 @@ def test_lost_claim_commit_is_recovered_not_claimed_twice(fstore, fake_pyodbc, s
     rows = fstore.claim("me", 5, 60)
     assert [r["seq"] for r in rows] == [5]
     assert fake_pyodbc.kinds() == ["1:claim", "1:commit", "1:rollback", "1:close", "2:claimed_by_lease", "2:commit"]
-    (_, _, (_, _, _, lease, _), _) = fake_pyodbc.executed("UPDATE next_items")[0]
+    (_, _, (_, _, _, _, lease, _), _) = fake_pyodbc.executed("UPDATE next_items")[0]
     assert fake_pyodbc.executed("AND lease_owner = ?")[0][2] == (lease, "me")
 
 

@@ -20,8 +20,10 @@ from holocron_scrapy.frontier.store import (
     PENDING,
     FailedItem,
     NewItem,
+    Scope,
     make_owner,
     open_work_item_store,
+    quarantine_message,
 )
 
 
@@ -111,18 +113,108 @@ def test_expired_lease_is_reclaimed(store):
     assert store.claim(make_owner(), 5, 60) == []
     assert store.reclaim() == 2
     rows = store.claim(make_owner(), 5, 60)
-    assert sorted(r["resource_id"] for r in rows) == ["A", "B"] and all(r["attempt"] == 2 for r in rows)
+    # a lost lease is not an attempt: the claim's increment was undone
+    assert sorted(r["resource_id"] for r in rows) == ["A", "B"] and all(r["attempt"] == 1 for r in rows)
+    assert store.get("mediawiki:wiki:page:A")["lease_losses"] == 1
 
 
-def test_reclaim_by_owner_and_out_of_attempts(store):
-    store.flush([new("A")], [], [])
-    for _ in range(3):
+def test_lost_leases_are_not_attempts_and_suspects_go_alone(store):
+    store.flush([new("A"), new("B"), new("C")], [], [])
+    for _ in range(5):  # five workers die holding the whole batch: nothing fails
+        owner = make_owner()
+        assert len(store.claim(owner, 5, 600)) == 3
+        assert store.lease_owners() == [owner]
+        assert store.reclaim([owner]) == 3
+        if store.get("mediawiki:wiki:page:A")["lease_losses"] >= 2:
+            break
+    for key in "ABC":
+        row = store.get(f"mediawiki:wiki:page:{key}")
+        assert (row["status"], row["attempt"], row["lease_losses"], row["solo_lease_losses"]) == (PENDING, 0, 2, 0)
+    assert store.claim(make_owner(), 5, 600) == []  # lost twice: not for a worker with work in flight
+    assert store.ready_count(5) == 3 and store.outstanding(make_owner())
+    (row,) = store.claim(make_owner(), 5, 600, alone=True)  # alone: the best suspect, by itself
+    assert row["resource_id"] == "A" and row["lease_losses"] == 2 and row["attempt"] == 1
+
+
+def test_an_item_that_kills_its_worker_alone_three_times_is_quarantined(store):
+    store.flush([new("A"), new("B")], [], [])
+    for _ in range(2):
         owner = make_owner()
         store.claim(owner, 5, 600)
-        assert store.lease_owners() == [owner]
+        store.reclaim([owner])  # lost with B beside it: not alone
+    for deaths in (1, 2, 3):
+        owner = make_owner()
+        (row,) = store.claim(owner, 5, 600, alone=True)
+        assert row["resource_id"] == "A"
+        assert store.reclaim([owner]) == 1
+        after = store.get("mediawiki:wiki:page:A")
+        assert after["solo_lease_losses"] == deaths and after["attempt"] == 0
+        assert after["status"] == (FAILED if deaths == 3 else PENDING)
+        assert store.get("mediawiki:wiki:page:B")["status"] == PENDING
+        # B is claimed alone next, and completed: it was never the problem
+        other = make_owner()
+        (b,) = store.claim(other, 5, 600, alone=True)
+        if b["resource_id"] == "B":
+            store.flush([], [b["seq"]], [])
+        else:
+            store.release([b["seq"]])
+    row = store.get("mediawiki:wiki:page:A")
+    assert row["error_message"] == quarantine_message(3)
+    assert quarantine_message(3) == "quarantined: its worker died 3 times while it was the only item in flight"
+    assert row["lease_losses"] == 5
+    assert store.retry_failed() == 1
+    again = store.get("mediawiki:wiki:page:A")
+    assert (again["status"], again["lease_losses"], again["solo_lease_losses"]) == (PENDING, 0, 0)
+
+
+def test_a_solo_death_counts_only_until_the_request_was_fetched(store):
+    store.flush([new("A")], [], [])
+    for _ in range(2):
+        owner = make_owner()
+        store.claim(owner, 5, 600)  # ordinary claims (one item by chance): not solo deaths
+        store.reclaim([owner])
+    assert store.get("mediawiki:wiki:page:A")["solo_lease_losses"] == 0
+    for _ in range(4):  # claimed alone, fetched and parsed, then the worker dies: not held against it
+        owner = make_owner()
+        (row,) = store.claim(owner, 5, 600, alone=True)
+        assert store.get("mediawiki:wiki:page:A")["lease_solo"] == 1
+        store.end_solo([row["seq"]])
+        assert store.get("mediawiki:wiki:page:A")["lease_solo"] == 0
         store.reclaim([owner])
     row = store.get("mediawiki:wiki:page:A")
-    assert row["status"] == FAILED and "lease lost" in row["error_message"]
+    assert (row["lease_losses"], row["solo_lease_losses"], row["status"]) == (6, 0, PENDING)
+
+
+def test_scope_limits_claims_counts_and_reclaims(store):
+    wiki, other = Scope("mediawiki", "wiki"), Scope("mediawiki", "other")
+    http_wiki = Scope("http", "wiki")  # same name, other system
+    store.flush([new("A"), new("B"), new("C", source="other")], [], [])
+    me = make_owner()
+    assert store.ready_count(10, wiki) == 2 and store.ready_count(10, other) == 1 and store.ready_count(10) == 3
+    assert store.ready_count(10, http_wiki) == 0 and not store.outstanding(me, http_wiki)
+    assert store.claim(me, 10, 600, scope=http_wiki) == []
+    rows = store.claim(me, 10, 0.05, scope=other)
+    assert [r["resource_id"] for r in rows] == ["C"]
+    assert store.outstanding(make_owner(), wiki) and store.outstanding(make_owner(), other)
+    assert store.lease_owners(wiki) == [] and store.lease_owners(other) == [me]
+    assert store.min_inflight_depth(make_owner(), wiki) is None
+    assert store.min_inflight_depth(make_owner(), other) == 0
+    time.sleep(0.1)
+    assert store.reclaim(scope=wiki) == 0 and store.reclaim([me], scope=wiki) == 0
+    assert store.get("mediawiki:other:page:C")["status"] == IN_PROGRESS
+    assert store.reclaim(scope=other) == 1
+    rows = store.claim(me, 10, 600, scope=wiki, alone=True)
+    assert sorted(r["resource_id"] for r in rows) == ["A", "B"]
+    assert store.ready_count(10, wiki) == 0 and store.ready_count(10, other) == 1
+
+
+def test_release_leases_undoes_the_attempt(store):
+    store.flush([new("A")], [], [])
+    owner = make_owner()
+    store.claim(owner, 5, 600)
+    assert store.release_leases(owner) == 1
+    row = store.get("mediawiki:wiki:page:A")
+    assert (row["status"], row["attempt"], row["lease_losses"]) == (PENDING, 0, 0)
 
 
 def test_renew_extends_leases(store):
@@ -171,6 +263,23 @@ def test_completed_status_on_insert_marks_known(store):
     assert store.get("mediawiki:wiki:page:A")["status"] == COMPLETED
     assert store.claim(make_owner(), 5, 60) == []
     assert store.recrawl("wiki") == 0  # never fetched itself: a re-crawl leaves it alone
+
+
+def test_requeue_keys_resets_items_of_any_status(store):
+    store.flush([new("A"), new("B"), new("C"), new("D", status=COMPLETED), new("E")], [], [])
+    rows = {r["resource_id"]: r["seq"] for r in store.claim(make_owner(), 3, 60)}
+    store.flush([], [rows["A"]], [FailedItem(rows["B"], "gone", retryable=False), FailedItem(rows["C"], "later")])
+    keys = [f"mediawiki:wiki:page:{k}" for k in ("A", "B", "C", "D", "E", "nosuch")]
+    assert store.requeue_keys(keys) == 4  # E is already pending and never attempted; nosuch is unknown
+    for key in keys[:5]:
+        row = store.get(key)
+        assert row["status"] == PENDING and row["attempt"] == 0, key
+        assert row["completed_at"] is None and row["next_attempt_at"] is None and row["lease_owner"] is None, key
+    assert store.requeue_keys(keys) == 0 and store.requeue_keys([]) == 0
+    assert sorted(r["resource_id"] for r in store.claim(make_owner(), 10, 60)) == ["A", "B", "C", "D", "E"]
+    leased = store.get("mediawiki:wiki:page:A")
+    assert store.requeue_keys([leased["dedupe_key"]]) == 1  # a leased item too
+    assert store.get(leased["dedupe_key"])["lease_owner"] is None
 
 
 def _insert_keys(url: str, keys: list[str], out) -> None:

@@ -2,6 +2,14 @@
 
 The state URL is ``--url``, else the ``HOLOCRON_STATE_URL`` setting, else ``state.url`` of the
 config chosen by ``HOLOCRON_CONFIG``, else ``JOBDIR``/frontier.sqlite3, else the default.
+
+* ``--source NAME`` must name a known source (one of the config, or one with work items):
+  otherwise one error line lists the known ones and the exit status is 1.
+* ``release-leases`` gives back only leases whose owner is gone: a worker on this host whose
+  process no longer runs, or a worker elsewhere whose lease expired. ``--force`` releases
+  every lease (only when no worker is running). It says how many it skipped.
+
+Settings read: ``HOLOCRON_STATE_URL``, ``HOLOCRON_STATE_SQLSERVER``, ``HOLOCRON_CONFIG``, ``JOBDIR``.
 """
 
 from __future__ import annotations
@@ -15,9 +23,9 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
 from holocron_scrapy.config import load_config, parse_duration
-from holocron_scrapy.errors import HolocronError
+from holocron_scrapy.errors import ConfigError, HolocronError
 from holocron_scrapy.frontier.scheduler import state_url_from_settings
-from holocron_scrapy.frontier.store import STATUSES, WorkItemStore, open_work_item_store
+from holocron_scrapy.frontier.store import STATUSES, WorkItemStore, local_owner_alive, open_work_item_store
 
 ACTIONS = ("stats", "retry-failed", "recrawl", "release-leases")
 
@@ -29,7 +37,8 @@ class Command(ScrapyCommand):
 
     def syntax(self) -> str:
         return (
-            "stats [--json] | retry-failed [--source NAME] | recrawl --source NAME [--older-than 30d] | release-leases"
+            "stats [--json] [--source NAME] | retry-failed [--source NAME] | recrawl --source NAME [--older-than 30d]"
+            " | release-leases [--force]"
         )
 
     def short_desc(self) -> str:
@@ -40,8 +49,18 @@ class Command(ScrapyCommand):
         group = parser.add_argument_group(title="Frontier options")
         group.add_argument("--url", metavar="URL", help="state URL (default: HOLOCRON_STATE_URL, then the config)")
         group.add_argument("--json", action="store_true", help="stats: print JSON")
-        group.add_argument("--source", metavar="NAME", help="limit to one source")
-        group.add_argument("--older-than", metavar="AGE", help="recrawl: only items completed before AGE ago (30d)")
+        group.add_argument("--source", metavar="NAME", help="limit to one source (of the config or of the frontier)")
+        group.add_argument(
+            "--older-than",
+            metavar="AGE",
+            help="recrawl: only items completed more than AGE ago, e.g. 30d or 12h"
+            " (default: no limit, every completed item of the source is re-queued)",
+        )
+        group.add_argument(
+            "--force",
+            action="store_true",
+            help="release-leases: also release the leases of workers that may still be running",
+        )
 
     def state_url(self, opts: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         settings = self.settings
@@ -66,11 +85,23 @@ class Command(ScrapyCommand):
             self.fail(exc)
             return
         try:
+            if opts.source and args[0] != "release-leases":
+                self.check_source(store, opts.source)
             self.exitcode = getattr(self, "do_" + args[0].replace("-", "_"))(store, opts)
         except HolocronError as exc:  # a bad option value, or the store failing mid-way
             self.fail(exc)
         finally:
             store.close()
+
+    def check_source(self, store: WorkItemStore, name: str) -> None:
+        """Raise ConfigError naming *name* and the known sources unless it is one of them."""
+        known = set(store.counts())
+        try:
+            known |= set(load_config(self.settings.get("HOLOCRON_CONFIG")).sources)
+        except HolocronError:
+            pass  # no usable config: the frontier's sources are all we know
+        if name not in known:
+            raise ConfigError(f"unknown source {name!r} (known: {', '.join(sorted(known)) or 'none'})", key="--source")
 
     def fail(self, exc: HolocronError) -> None:
         print(f"frontier: {exc}", file=sys.stderr)
@@ -112,5 +143,21 @@ class Command(ScrapyCommand):
         return 0
 
     def do_release_leases(self, store: WorkItemStore, opts: argparse.Namespace) -> int:
-        print(f"{store.release_leases()} leased items back to pending")
+        if opts.force:
+            print(f"{store.release_leases()} leased items back to pending")
+            return 0
+        released = skipped = 0
+        for owner, items, live in store.lease_summary():
+            alive = local_owner_alive(owner)
+            if alive is None:  # another host: only its expired leases are known to be lost
+                released += store.release_leases(owner, expired_only=True)
+                skipped += live
+            elif alive:
+                skipped += items
+            else:
+                released += store.release_leases(owner)
+        line = f"{released} leased items back to pending"
+        if skipped:
+            line += f"; skipped {skipped} held by workers that may still be running (--force releases them too)"
+        print(line)
         return 0

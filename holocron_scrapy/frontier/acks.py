@@ -5,7 +5,10 @@ Ownership of an id moves with the request it is handed to (a continuation or a r
 or to the item that claims it in its ``work_item_ids`` field. An item's ids are acked when
 the item leaves the pipelines (``item_scraped`` / ``item_dropped``) and failed on
 ``item_error``; ids no item or request took are acked when the callback output ends,
-and failed if the callback raised. The frontier is found at ``crawler.holocron_frontier``.
+and failed if the callback raised. When the callback output ends, the frontier also learns that
+the ids not handed on to another request were fetched and parsed (``frontier.fetched``: an item
+claimed alone is no longer at risk of being the one that kills its worker). The frontier is
+found at ``crawler.holocron_frontier``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ class FrontierAckMiddleware:
         ids = set(response.meta.get(IDS_META) or ()) if response.request is not None else set()
         return frontier, ids
 
+    @staticmethod
+    def _fetched(frontier: Any, ids: set[int], handed_on: set[int]) -> None:
+        fetched = getattr(frontier, "fetched", None)
+        if fetched is not None and ids - handed_on:
+            fetched(sorted(ids - handed_on))
+
     def process_spider_output(
         self, response: Response, result: Iterable[Any], spider: Spider | None = None
     ) -> Iterable[Any]:
@@ -59,13 +68,19 @@ class FrontierAckMiddleware:
         if frontier is None or not remaining:
             yield from result
             return
+        ids, handed_on = set(remaining), set()
         try:
             for output in result:
-                remaining -= taken_ids(output)
+                taken = taken_ids(output)
+                remaining -= taken
+                if isinstance(output, Request):
+                    handed_on |= taken
                 yield output
         except Exception as exc:
             frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
             raise
+        finally:
+            self._fetched(frontier, ids, handed_on)
         frontier.ack(sorted(remaining))
 
     async def process_spider_output_async(
@@ -76,11 +91,17 @@ class FrontierAckMiddleware:
             async for output in result:
                 yield output
             return
+        ids, handed_on = set(remaining), set()
         try:
             async for output in result:
-                remaining -= taken_ids(output)
+                taken = taken_ids(output)
+                remaining -= taken
+                if isinstance(output, Request):
+                    handed_on |= taken
                 yield output
         except Exception as exc:
             frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
             raise
+        finally:
+            self._fetched(frontier, ids, handed_on)
         frontier.ack(sorted(remaining))

@@ -7,20 +7,35 @@
 * Requests that already own leased items (continuations, retries) stay in memory.
 * Acks and failures (see :mod:`holocron_scrapy.frontier.acks`) are flushed in batches, after
   the enqueues of the same period, so a kill never loses discovered work.
+* A crawl works on its own source only (``HOLOCRON_SOURCE_SYSTEM`` + ``HOLOCRON_SOURCE_NAME``, set
+  by the holocron spiders): claims, counts, reclaims and progress cover that source's items, and
+  requests without a resource in their meta are filed under it. Without both settings (a foreign
+  spider) the scheduler works on every item.
+* A lost lease is not an attempt (see :mod:`holocron_scrapy.frontier.store`); an item lost twice
+  is claimed only when nothing else is in flight, and nothing else is claimed until its request
+  has been fetched and parsed (:meth:`FrontierScheduler.fetched`, called by the ack middleware).
 
-Settings: ``HOLOCRON_STATE_URL`` (else ``JOBDIR``/frontier.sqlite3, else the default),
-``HOLOCRON_STATE_SQLSERVER``, ``HOLOCRON_FRONTIER_ORDER`` (bfs|dfs), ``HOLOCRON_FRONTIER_CLAIM_SIZE``,
+Settings: ``HOLOCRON_STATE_URL`` (else ``JOBDIR``/frontier.sqlite3, else the default; a ``JOBDIR`` set
+at a higher priority than ``HOLOCRON_STATE_URL``, e.g. ``-s JOBDIR`` against the config file's
+``state.url``, wins), ``HOLOCRON_STATE_SQLSERVER``, ``HOLOCRON_SOURCE_SYSTEM``, ``HOLOCRON_SOURCE_NAME``,
+``HOLOCRON_FRONTIER_ORDER`` (bfs|dfs), ``HOLOCRON_FRONTIER_CLAIM_SIZE``,
 ``HOLOCRON_FRONTIER_LEASE_SECONDS``, ``HOLOCRON_FRONTIER_MAX_ATTEMPTS``,
 ``HOLOCRON_FRONTIER_RETRY_BACKOFF``, ``HOLOCRON_FRONTIER_FLUSH_INTERVAL``,
-``HOLOCRON_FRONTIER_PROGRESS_INTERVAL``, ``HOLOCRON_FRONTIER_FILL_BATCHES``, ``HOLOCRON_RUN_ID``,
-``DUPEFILTER_CLASS``.
+``HOLOCRON_FRONTIER_PROGRESS_INTERVAL``, ``HOLOCRON_FRONTIER_FILL_BATCHES``,
+``HOLOCRON_FRONTIER_SOLO_AFTER_LOSSES``, ``HOLOCRON_FRONTIER_QUARANTINE_AFTER``,
+``HOLOCRON_RECRAWL_AFTER``, ``HOLOCRON_FULL_REFRESH``, ``HOLOCRON_RUN_ID``, ``DUPEFILTER_CLASS``.
+
+Stats: ``frontier/enqueued``, ``frontier/filtered``, ``frontier/unserializable``, ``frontier/claimed``,
+``frontier/completed`` (items acknowledged), ``frontier/failed`` (items that ended failed for good
+in this run: not retryable, or out of attempts), ``frontier/retried`` (items put back for another
+attempt after a retryable failure), ``frontier/released``, ``frontier/reclaimed`` (lost leases put
+back), ``frontier/level_waits``, ``frontier/wakeups``, ``frontier/solo_claims`` (items lost twice,
+claimed alone), ``recrawl/requeued``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 import uuid
 from collections import deque
@@ -41,7 +56,7 @@ from holocron_scrapy import defaults
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.acks import IDS_META, item_ids
 from holocron_scrapy.frontier.dupefilter import FrontierDupeFilter
-from holocron_scrapy.frontier.keys import request_depth
+from holocron_scrapy.frontier.keys import Resource, request_depth
 from holocron_scrapy.frontier.serialization import (
     SerializationError,
     request_from_row,
@@ -52,7 +67,9 @@ from holocron_scrapy.frontier.store import (
     PENDING,
     FailedItem,
     NewItem,
+    Scope,
     WorkItemStore,
+    local_owner_alive,
     make_owner,
     open_work_item_store,
     ts,
@@ -73,14 +90,27 @@ _ENQUEUE_FLUSH_SIZE = 1000
 
 
 def state_url_from_settings(settings: Any) -> str:
-    """``HOLOCRON_STATE_URL`` if set, else a SQLite file inside ``JOBDIR``, else the default."""
+    """``HOLOCRON_STATE_URL`` if set, else a SQLite file inside ``JOBDIR``, else the default.
+
+    A ``JOBDIR`` set at a higher priority than ``HOLOCRON_STATE_URL`` wins: ``-s JOBDIR=crawls/run1``
+    (``cmdline``) over the config file's ``state.url`` (``spider``), while an explicit
+    ``-s HOLOCRON_STATE_URL`` (``cmdline`` too) still wins over ``JOBDIR``. For a plain dict
+    (no priorities) ``HOLOCRON_STATE_URL`` wins."""
     url = settings.get("HOLOCRON_STATE_URL")
-    if url:
-        return url
     jobdir = settings.get("JOBDIR")
-    if jobdir:
-        return "sqlite:///" + str(Path(jobdir, defaults.JOBDIR_STATE_FILE).resolve())
-    return defaults.STATE_URL
+    jobdir_url = "sqlite:///" + str(Path(jobdir, defaults.JOBDIR_STATE_FILE).resolve()) if jobdir else None
+    if url and jobdir_url:
+        priority = getattr(settings, "getpriority", None)
+        if priority is not None and (priority("JOBDIR") or 0) > (priority("HOLOCRON_STATE_URL") or 0):
+            return jobdir_url
+        return url
+    return url or jobdir_url or defaults.STATE_URL
+
+
+def scope_from_settings(settings: Any) -> Scope | None:
+    """The crawl's source (``HOLOCRON_SOURCE_SYSTEM`` / ``HOLOCRON_SOURCE_NAME``), or None when either is unset."""
+    system, name = settings.get("HOLOCRON_SOURCE_SYSTEM"), settings.get("HOLOCRON_SOURCE_NAME")
+    return Scope(str(system), str(name)) if system and name else None
 
 
 class FrontierScheduler(BaseScheduler):
@@ -101,6 +131,7 @@ class FrontierScheduler(BaseScheduler):
         recrawl_source: str | None = None,
         recrawl_after: float | None = None,
         full_refresh: bool = False,
+        scope: Scope | None = None,
     ):
         if order not in ("bfs", "dfs"):
             raise ConfigError(f"expected bfs or dfs, got {order!r}", key="HOLOCRON_FRONTIER_ORDER")
@@ -120,12 +151,15 @@ class FrontierScheduler(BaseScheduler):
         self.recrawl_source = recrawl_source
         self.recrawl_after = recrawl_after
         self.full_refresh = full_refresh
+        self.scope = scope
         self.owner = make_owner()
         self.store: WorkItemStore | None = None
         self.spider: Spider | None = None
         self.owned: deque[Request] = deque()  # requests handing on ids we already lease
         self.ready: deque[Request] = deque()  # claimed, not yet handed to the engine
         self.leased: dict[int, int] = {}  # seq -> depth of every item this worker leases
+        self.attempts: dict[int, int] = {}  # seq -> its attempt number, of every leased item
+        self.suspects: set[int] = set()  # leased items whose lease was lost before (claimed alone)
         self._new: list[NewItem] = []
         self._completed: list[int] = []
         self._failed: list[FailedItem] = []
@@ -140,13 +174,20 @@ class FrontierScheduler(BaseScheduler):
         sqlserver = s.getdict("HOLOCRON_STATE_SQLSERVER")
         max_attempts = s.getint("HOLOCRON_FRONTIER_MAX_ATTEMPTS", defaults.FRONTIER_MAX_ATTEMPTS)
         backoff = s.getfloat("HOLOCRON_FRONTIER_RETRY_BACKOFF", defaults.FRONTIER_RETRY_BACKOFF)
+        solo_after = s.getint("HOLOCRON_FRONTIER_SOLO_AFTER_LOSSES", defaults.FRONTIER_SOLO_AFTER_LOSSES)
+        quarantine_after = s.getint("HOLOCRON_FRONTIER_QUARANTINE_AFTER", defaults.FRONTIER_QUARANTINE_AFTER)
         from holocron_scrapy.db.connection import parse_store_url
 
         parse_store_url(url, setting="HOLOCRON_STATE_URL")  # fail before the crawl starts
 
         def factory() -> WorkItemStore:
             return open_work_item_store(
-                url, sqlserver_config=sqlserver, max_attempts=max_attempts, retry_backoff=backoff
+                url,
+                sqlserver_config=sqlserver,
+                max_attempts=max_attempts,
+                retry_backoff=backoff,
+                solo_after=solo_after,
+                quarantine_after=quarantine_after,
             )
 
         dupefilter_cls = load_object(s.get("DUPEFILTER_CLASS"))
@@ -172,6 +213,7 @@ class FrontierScheduler(BaseScheduler):
             recrawl_source=s.get("HOLOCRON_SOURCE_NAME"),
             recrawl_after=s.getfloat("HOLOCRON_RECRAWL_AFTER") if s.get("HOLOCRON_RECRAWL_AFTER") is not None else None,
             full_refresh=s.getbool("HOLOCRON_FULL_REFRESH"),
+            scope=scope_from_settings(s),
         )
         crawler.holocron_frontier = scheduler  # found by the ack middleware
         crawler.signals.connect(scheduler._item_done, signal=signals.item_scraped)
@@ -191,9 +233,10 @@ class FrontierScheduler(BaseScheduler):
             self._loop = task.LoopingCall(self._tick)
             self._loop.start(self.flush_interval, now=False)
         logger.info(
-            "Frontier open: %s as %s",
+            "Frontier open: %s as %s, %s",
             getattr(self.store, "describe", lambda: "")() or type(self.store).__name__,
             self.owner,
+            f"source {self.scope}" if self.scope else "all sources",
         )
 
     def _requeue_stale(self) -> None:
@@ -230,7 +273,7 @@ class FrontierScheduler(BaseScheduler):
         if self.owned or self.ready or self._new:
             return True
         assert self.store is not None
-        return self.store.outstanding(self.owner)
+        return self.store.outstanding(self.owner, self.scope)
 
     # -- enqueue -----------------------------------------------------------------------
     def enqueue_request(self, request: Request) -> bool:
@@ -238,6 +281,11 @@ class FrontierScheduler(BaseScheduler):
             self.owned.append(request)  # continuation or retry of items we lease
             return True
         resource = self.df.request_resource(request)
+        if self.scope is not None and resource.source_system == "request":
+            # no resource in its meta: the request belongs to this crawl's source
+            resource = Resource(
+                self.scope.source_system, self.scope.source_name, resource.resource_type, resource.resource_id
+            )
         key = resource.dedupe_key
         if request.dont_filter:
             key = f"{key}#{uuid.uuid4().hex}"
@@ -292,11 +340,14 @@ class FrontierScheduler(BaseScheduler):
     def _refill(self) -> None:
         assert self.store is not None
         self.flush()
+        if self.suspects:
+            return  # an item lost before is in flight: it goes alone
         if self.fill_batches and self._batches() and (self.leased or getattr(self.spider, "frontier_hold", False)):
             # Requests in flight (or start requests) may still add work: don't send a half-empty batch yet.
-            if self.store.ready_count(self.claim_size) < self.claim_size:
+            if self.store.ready_count(self.claim_size, self.scope) < self.claim_size:
                 return
-        rows = self.store.claim(self.owner, self.claim_size, self.lease_seconds)
+        alone = not (self.leased or self.ready or self.owned)
+        rows = self.store.claim(self.owner, self.claim_size, self.lease_seconds, scope=self.scope, alone=alone)
         if rows and self.order == "bfs":
             rows = self._level_gate(rows)
         if not rows:
@@ -311,6 +362,10 @@ class FrontierScheduler(BaseScheduler):
                 self._failed.append(FailedItem(row["seq"], f"cannot rebuild request: {exc}", retryable=False))
                 continue
             self.leased[row["seq"]] = row["depth"]
+            self.attempts[row["seq"]] = row["attempt"]
+            if (row.get("lease_losses") or 0) >= self.store.solo_after:
+                self.suspects.add(row["seq"])
+                self._stat("frontier/solo_claims")
             request.meta[IDS_META] = [row["seq"]]
             request.meta[ATTEMPT_META] = row["attempt"]
             request.meta[WORK_ITEM_META] = row["work_item_id"]
@@ -337,7 +392,7 @@ class FrontierScheduler(BaseScheduler):
         sent; claimed rows beyond the gate are given back at once."""
         assert self.store is not None
         depths = list(self.leased.values())
-        others = self.store.min_inflight_depth(self.owner)
+        others = self.store.min_inflight_depth(self.owner, self.scope)
         if others is not None:
             depths.append(others)
         if not depths:
@@ -349,19 +404,45 @@ class FrontierScheduler(BaseScheduler):
             self._stat("frontier/level_waits")
         return keep
 
+    def fetched(self, seqs: list[int]) -> None:
+        """The callback of a request holding these items has finished: an item claimed alone is
+        no longer at risk of being the one that kills its worker, and others may join it."""
+        done = [seq for seq in seqs if seq in self.suspects]
+        if done and self.store is not None:
+            self.suspects.difference_update(done)
+            self.store.end_solo(done)
+
+    def _settle(self, seq: int) -> int | None:
+        """Forget a leased item; returns its attempt number (None if it was not leased)."""
+        if self.leased.pop(seq, None) is None:
+            return None
+        self.suspects.discard(seq)
+        return self.attempts.pop(seq, 0)
+
     # -- acknowledgements --------------------------------------------------------------
     def ack(self, seqs: list[int]) -> None:
         """Mark items completed (buffered; flushed after the enqueues of the same period)."""
         for seq in seqs:
-            if self.leased.pop(seq, None) is not None:
+            if self._settle(seq) is not None:
                 self._completed.append(seq)
         self._stat("frontier/completed", len(seqs))
 
     def fail(self, seqs: list[int], error: str, *, retryable: bool = True) -> None:
+        """Record failed attempts: ``frontier/failed`` counts the items that end failed for good
+        (not retryable, or out of attempts), ``frontier/retried`` those put back for another try."""
+        max_attempts = self.store.max_attempts if self.store is not None else defaults.FRONTIER_MAX_ATTEMPTS
+        final = retried = 0
         for seq in seqs:
-            if self.leased.pop(seq, None) is not None:
-                self._failed.append(FailedItem(seq, error, retryable))
-        self._stat("frontier/failed" if not retryable else "frontier/failed_attempts", len(seqs))
+            attempt = self._settle(seq)
+            if attempt is None:
+                continue
+            self._failed.append(FailedItem(seq, error, retryable))
+            if retryable and attempt < max_attempts:
+                retried += 1
+            else:
+                final += 1
+        self._stat("frontier/failed", final)
+        self._stat("frontier/retried", retried)
 
     def _item_done(self, item: Any, response: Any = None, spider: Any = None, **kwargs: Any) -> None:
         ids = item_ids(item)
@@ -392,7 +473,7 @@ class FrontierScheduler(BaseScheduler):
         if self.store is not None:
             # A worker that died elsewhere left leases that have expired: they are work, not done.
             self._reclaim_leases(dead_local_owners=False)
-        if orphans or (self.store is not None and self.store.outstanding(self.owner)):
+        if orphans or (self.store is not None and self.store.outstanding(self.owner, self.scope)):
             raise DontCloseSpider
 
     # -- housekeeping ------------------------------------------------------------------
@@ -433,7 +514,7 @@ class FrontierScheduler(BaseScheduler):
             return
         if getattr(getattr(engine, "_slot", None), "closing", None) is not None:
             return  # closing (CloseSpider, Ctrl-C): claiming now would only be given back
-        if self.ready or self.owned or self.leased or self.store is None or not self.store.ready_count(1):
+        if self.ready or self.owned or self.leased or self.store is None or not self.store.ready_count(1, self.scope):
             return
         self._refill()
         if self.ready:
@@ -444,7 +525,7 @@ class FrontierScheduler(BaseScheduler):
         """Give back to pending the expired leases (of workers dead anywhere) and, with
         *dead_local_owners*, those of crashed processes on this host."""
         assert self.store is not None
-        reclaimed = self.store.reclaim()
+        reclaimed = self.store.reclaim(scope=self.scope)
         self._stat("frontier/reclaimed", reclaimed)
         if dead_local_owners:
             reclaimed += self._reclaim_dead_local_owners()
@@ -454,26 +535,22 @@ class FrontierScheduler(BaseScheduler):
     def _reclaim_dead_local_owners(self) -> int:
         """Reclaim at once the leases of crashed processes on this host (pid not running)."""
         assert self.store is not None
-        host = socket.gethostname()
-        dead = []
-        for owner in self.store.lease_owners():
-            parts = owner.rsplit(":", 2)
-            if owner == self.owner or len(parts) != 3 or parts[0] != host:
-                continue
-            try:
-                os.kill(int(parts[1]), 0)
-            except ProcessLookupError:
-                dead.append(owner)
-            except (ValueError, PermissionError):
-                continue
-        count = self.store.reclaim(dead) if dead else 0
+        dead = [
+            owner
+            for owner in self.store.lease_owners(self.scope)
+            if owner != self.owner and local_owner_alive(owner) is False
+        ]
+        count = self.store.reclaim(dead, scope=self.scope) if dead else 0
         self._stat("frontier/reclaimed", count)
         return count
 
     def log_progress(self) -> None:
         assert self.store is not None
         totals = {"pending": 0, "in_progress": 0, "completed": 0, "failed": 0}
-        for per_status in self.store.counts().values():
+        counts = self.store.counts()
+        if self.scope is not None:
+            counts = {self.scope.source_name: counts.get(self.scope.source_name, {})}
+        for per_status in counts.values():
             for status, count in per_status.items():
                 totals[status] += count
         now = time.monotonic()

@@ -43,6 +43,7 @@ from holocron_scrapy.frontier.store import (
     STATUSES,
     FailedItem,
     NewItem,
+    Scope,
     WorkItemStore,
     claimed_rows,
     utcnow,
@@ -78,6 +79,20 @@ TEXT_WIDTHS = {
 }  # fmt: skip
 
 _CLAIM_OUTPUT = ", ".join(f"inserted.{c}" for c in CLAIM_COLUMNS)
+#: A lost lease: the claim's attempt undone, the loss counted (also as a solo death for an item
+#: marked lease_solo), and quarantine at the limit. Parameters: limit, limit, now, the lost-lease value.
+_RECLAIM = (
+    "UPDATE {{t}} SET attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END,"
+    " lease_losses = lease_losses + 1, solo_lease_losses = solo_lease_losses + lease_solo,"
+    " status = CASE WHEN lease_solo = 1 AND solo_lease_losses + 1 >= ? THEN N'failed' ELSE N'pending' END,"
+    " error_message = CASE WHEN lease_solo = 1 AND solo_lease_losses + 1 >= ?"
+    " THEN CONCAT(N'quarantined: its worker died ', solo_lease_losses + 1,"
+    " N' times while it was the only item in flight') ELSE error_message END,"
+    " lease_solo = 0, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+    " WHERE status = N'in_progress' AND {lost}{{scope}}"
+)
+#: Templates with ``{scope}`` also exist as ``<name>_source``, limited to one source (two more parameters).
+_SCOPE = " AND source_system = ? AND source_name = ?"
 _TEMPLATES = {
     # -- flush ------------------------------------------------------------------------------
     "insert_new": (
@@ -103,49 +118,54 @@ _TEMPLATES = {
         "WITH next_items AS (\n"
         "    SELECT TOP (?) *\n"
         "    FROM {t} WITH (ROWLOCK, READPAST, UPDLOCK)\n"
-        "    WHERE status = N'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)\n"
+        "    WHERE status = N'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+        " AND lease_losses < ?{scope}\n"
         "    ORDER BY priority DESC, seq\n"
         ")\n"
         "UPDATE next_items\n"
-        "SET status = N'in_progress', attempt = attempt + 1, lease_owner = ?, lease_expires_at = ?,"
+        "SET status = N'in_progress', attempt = attempt + 1, lease_solo = 0, lease_owner = ?, lease_expires_at = ?,"
         " updated_at = ?, next_attempt_at = NULL\n"
         "OUTPUT {claim_output}"
     ),
+    "claim_suspect": (
+        "WITH next_items AS (\n"
+        "    SELECT TOP (1) *\n"
+        "    FROM {t} WITH (ROWLOCK, READPAST, UPDLOCK)\n"
+        "    WHERE status = N'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+        " AND lease_losses >= ?{scope}\n"
+        "    ORDER BY priority DESC, seq\n"
+        ")\n"
+        "UPDATE next_items\n"
+        "SET status = N'in_progress', attempt = attempt + 1, lease_solo = 1, lease_owner = ?, lease_expires_at = ?,"
+        " updated_at = ?, next_attempt_at = NULL\n"
+        "OUTPUT {claim_output}"
+    ),
+    "end_solo": "UPDATE {t} SET lease_solo = 0 WHERE seq = ? AND lease_solo = 1",
     "claimed_by_lease": (
         "SELECT {claim_columns} FROM {t} WHERE status = N'in_progress' AND lease_expires_at = ? AND lease_owner = ?"
     ),
     "release": (
         "UPDATE {t} SET status = N'pending', attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END,"
-        " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+        " lease_solo = 0, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
         " WHERE seq = ? AND status = N'in_progress'"
     ),
     "renew": "UPDATE {t} SET lease_expires_at = ? WHERE status = N'in_progress' AND lease_owner = ?",
-    "reclaim_expired": (
-        "UPDATE {t} SET status = CASE WHEN attempt >= ? THEN N'failed' ELSE N'pending' END,"
-        " error_message = CASE WHEN attempt >= ?"
-        " THEN CONCAT(N'lease lost ', attempt, N' times (worker died?)') ELSE error_message END,"
-        " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
-        " WHERE status = N'in_progress' AND lease_expires_at < ?"
+    "reclaim_expired": _RECLAIM.format(lost="lease_expires_at < ?"),
+    "reclaim_owner": _RECLAIM.format(lost="lease_owner = ?"),
+    "lease_owners": (
+        "SELECT DISTINCT lease_owner FROM {t} WHERE status = N'in_progress' AND lease_owner IS NOT NULL{scope}"
     ),
-    "reclaim_owner": (
-        "UPDATE {t} SET status = CASE WHEN attempt >= ? THEN N'failed' ELSE N'pending' END,"
-        " error_message = CASE WHEN attempt >= ?"
-        " THEN CONCAT(N'lease lost ', attempt, N' times (worker died?)') ELSE error_message END,"
-        " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
-        " WHERE status = N'in_progress' AND lease_owner = ?"
-    ),
-    "lease_owners": ("SELECT DISTINCT lease_owner FROM {t} WHERE status = N'in_progress' AND lease_owner IS NOT NULL"),
     "ready_count": (
         "SELECT COUNT(*) FROM (SELECT TOP (?) seq FROM {t}"
-        " WHERE status = N'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)) AS ready"
+        " WHERE status = N'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?){scope}) AS ready"
     ),
     "min_inflight_depth": (
-        "SELECT MIN(depth) FROM {t} WHERE status = N'in_progress' AND lease_owner <> ? AND lease_expires_at >= ?"
+        "SELECT MIN(depth) FROM {t} WHERE status = N'in_progress' AND lease_owner <> ? AND lease_expires_at >= ?{scope}"
     ),
     "outstanding": (
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM {t} WHERE status = N'pending')"
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM {t} WHERE status = N'pending'{scope})"
         " OR EXISTS (SELECT 1 FROM {t} WHERE status = N'in_progress' AND lease_expires_at >= ?"
-        " AND lease_owner <> ?) THEN 1 ELSE 0 END"
+        " AND lease_owner <> ?{scope}) THEN 1 ELSE 0 END"
     ),
     # -- reports and admin ------------------------------------------------------------------
     "counts": "SELECT source_name, status, COUNT(*) FROM {t} GROUP BY source_name, status",
@@ -158,46 +178,75 @@ _TEMPLATES = {
         " WHERE status = N'failed' GROUP BY COALESCE(error_message, N'(none)') ORDER BY n DESC"
     ),
     "retry_failed_all": (
-        "UPDATE {t} SET status = N'pending', attempt = 0, next_attempt_at = NULL, updated_at = ?"
-        " WHERE status = N'failed'"
+        "UPDATE {t} SET status = N'pending', attempt = 0, lease_losses = 0, solo_lease_losses = 0,"
+        " next_attempt_at = NULL, updated_at = ? WHERE status = N'failed'"
     ),
-    "retry_failed_source": (
-        "UPDATE {t} SET status = N'pending', attempt = 0, next_attempt_at = NULL, updated_at = ?"
-        " WHERE status = N'failed' AND source_name = ?"
+    "retry_failed_by_name": (
+        "UPDATE {t} SET status = N'pending', attempt = 0, lease_losses = 0, solo_lease_losses = 0,"
+        " next_attempt_at = NULL, updated_at = ? WHERE status = N'failed' AND source_name = ?"
     ),
     "recrawl_all": (
-        "UPDATE {t} SET status = N'pending', attempt = 0, next_attempt_at = NULL, updated_at = ?"
-        " WHERE status = N'completed' AND attempt > 0 AND source_name = ?"
+        "UPDATE {t} SET status = N'pending', attempt = 0, lease_losses = 0, solo_lease_losses = 0,"
+        " next_attempt_at = NULL, updated_at = ? WHERE status = N'completed' AND attempt > 0 AND source_name = ?"
     ),
     "recrawl_older": (
-        "UPDATE {t} SET status = N'pending', attempt = 0, next_attempt_at = NULL, updated_at = ?"
+        "UPDATE {t} SET status = N'pending', attempt = 0, lease_losses = 0, solo_lease_losses = 0,"
+        " next_attempt_at = NULL, updated_at = ?"
         " WHERE status = N'completed' AND attempt > 0 AND source_name = ? AND completed_at < ?"
     ),
     "release_leases_all": (
-        "UPDATE {t} SET status = N'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
-        " WHERE status = N'in_progress'"
+        "UPDATE {t} SET status = N'pending', attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END,"
+        " lease_solo = 0, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE status = N'in_progress'"
     ),
     "release_leases_owner": (
-        "UPDATE {t} SET status = N'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+        "UPDATE {t} SET status = N'pending', attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END,"
+        " lease_solo = 0, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
         " WHERE status = N'in_progress' AND lease_owner = ?"
+    ),
+    "release_leases_owner_expired": (
+        "UPDATE {t} SET status = N'pending', attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END,"
+        " lease_solo = 0, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+        " WHERE status = N'in_progress' AND lease_owner = ? AND lease_expires_at < ?"
+    ),
+    "release_leases_expired": (
+        "UPDATE {t} SET status = N'pending', attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END,"
+        " lease_solo = 0, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+        " WHERE status = N'in_progress' AND lease_expires_at < ?"
+    ),
+    "lease_summary": (
+        "SELECT lease_owner, COUNT(*) AS items, SUM(CASE WHEN lease_expires_at >= ? THEN 1 ELSE 0 END) AS live"
+        " FROM {t} WHERE status = N'in_progress' AND lease_owner IS NOT NULL GROUP BY lease_owner ORDER BY lease_owner"
+    ),
+    "requeue_key": (
+        "UPDATE {t} SET status = N'pending', attempt = 0, next_attempt_at = NULL, completed_at = NULL,"
+        " lease_owner = NULL, lease_expires_at = NULL, error_message = NULL, lease_losses = 0,"
+        " solo_lease_losses = 0, lease_solo = 0, updated_at = ?"
+        " WHERE dedupe_key = ? AND NOT (status = N'pending' AND attempt = 0 AND next_attempt_at IS NULL"
+        " AND completed_at IS NULL AND lease_owner IS NULL)"
     ),
     "get": "SELECT * FROM {t} WHERE dedupe_key = ?",
 }
 
 
 def statements(schema: str = sqlserver.DEFAULT_SCHEMA) -> dict[str, str]:
-    """Every T-SQL string :class:`SqlServerWorkItemStore` executes, for the validated *schema*."""
+    """Every T-SQL string :class:`SqlServerWorkItemStore` executes, for the validated *schema*
+    (a template with ``{scope}`` twice: as is, and limited to one source as ``<name>_source``)."""
     validate_identifier(schema)
-    return {
-        name: template.format(
-            t=f"[{schema}].[work_items]",
-            insert_columns=", ".join(INSERT_COLUMNS),
-            insert_marks=", ".join("?" for _ in INSERT_COLUMNS),
-            claim_output=_CLAIM_OUTPUT,
-            claim_columns=", ".join(CLAIM_COLUMNS),
-        )
-        for name, template in _TEMPLATES.items()
-    }
+    out: dict[str, str] = {}
+    for name, template in _TEMPLATES.items():
+        variants = [(name, "")]
+        if "{scope" in template:
+            variants.append((f"{name}_source", _SCOPE))
+        for key, scope in variants:
+            out[key] = template.format(
+                t=f"[{schema}].[work_items]",
+                insert_columns=", ".join(INSERT_COLUMNS),
+                insert_marks=", ".join("?" for _ in INSERT_COLUMNS),
+                claim_output=_CLAIM_OUTPUT,
+                claim_columns=", ".join(CLAIM_COLUMNS),
+                scope=scope,
+            )
+    return out
 
 
 # -- times ----------------------------------------------------------------------------------
@@ -405,12 +454,16 @@ class SqlServerWorkItemStore(WorkItemStore):
         *,
         max_attempts: int = 3,
         retry_backoff: float = 30.0,
+        solo_after: int = 2,
+        quarantine_after: int = 3,
         **session_options: Any,
     ):
         self.settings = settings
         self.schema = settings.schema
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
+        self.solo_after = solo_after
+        self.quarantine_after = quarantine_after
         self.sql = statements(self.schema)
         self.session = SqlServerSession(conn, settings, what="frontier", **session_options)
 
@@ -465,17 +518,34 @@ class SqlServerWorkItemStore(WorkItemStore):
 
         return self.session.run("flush", work, recover=recover)
 
-    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+    def _scoped(self, name: str, scope: Scope | None) -> tuple[str, tuple[str, ...]]:
+        """The statement *name*, or its ``_source`` variant and parameters for *scope*."""
+        if scope is None:
+            return self.sql[name], ()
+        return self.sql[f"{name}_source"], (scope.source_system, scope.source_name)
+
+    def claim(
+        self, owner: str, limit: int, lease_seconds: float, *, scope: Scope | None = None, alone: bool = False
+    ) -> list[dict[str, Any]]:
         if limit <= 0:
             return []
         sql = self.sql
+        claim_sql, extra = self._scoped("claim", scope)
+        suspect_sql, _ = self._scoped("claim_suspect", scope)
         lease: dict[str, datetime] = {}
 
         def work(cur: Any) -> list[Any]:
             now = utcnow()
             lease["until"] = db_time(now + timedelta(seconds=lease_seconds))
-            cur.execute(sql["claim"], limit, db_time(now), owner, lease["until"], db_time(now))
-            return cur.fetchall()
+            rows: list[Any] = []
+            if alone:  # a suspect (lost twice) goes alone to a worker with nothing else in flight
+                cur.execute(suspect_sql, db_time(now), self.solo_after, *extra, owner, lease["until"], db_time(now))
+                rows = cur.fetchall()
+            if not rows:
+                params = (limit, db_time(now), self.solo_after, *extra, owner, lease["until"], db_time(now))
+                cur.execute(claim_sql, *params)
+                rows = cur.fetchall()
+            return rows
 
         def recover(cur: Any) -> list[Any] | None:
             # A claim writes this owner and this exact lease expiry: those rows are what it took.
@@ -484,6 +554,15 @@ class SqlServerWorkItemStore(WorkItemStore):
 
         rows = self.session.run("claim", work, recover=recover)
         return claimed_rows(rows)
+
+    def end_solo(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+
+        def work(cur: Any) -> None:
+            cur.executemany(self.sql["end_solo"], [(seq,) for seq in seqs])
+
+        self.session.run("end_solo", work)  # idempotent
 
     def release(self, seqs: list[int]) -> None:
         if not seqs:
@@ -502,19 +581,21 @@ class SqlServerWorkItemStore(WorkItemStore):
 
         return self.session.run("renew", work)
 
-    def reclaim(self, owners: list[str] | None = None) -> int:
+    def reclaim(self, owners: list[str] | None = None, *, scope: Scope | None = None) -> int:
         if owners is not None and not owners:
             return 0
-        sql, limit = self.sql, self.max_attempts
+        limit = self.quarantine_after
+        expired_sql, extra = self._scoped("reclaim_expired", scope)
+        owner_sql, _ = self._scoped("reclaim_owner", scope)
 
         def work(cur: Any) -> int:
             now = db_time(utcnow())
             if owners is None:
-                cur.execute(sql["reclaim_expired"], limit, limit, now, now)
+                cur.execute(expired_sql, limit, limit, now, now, *extra)
                 return cur.rowcount
             total = 0
             for owner in dict.fromkeys(owners):
-                cur.execute(sql["reclaim_owner"], limit, limit, now, owner)
+                cur.execute(owner_sql, limit, limit, now, owner, *extra)
                 total += cur.rowcount
             return total
 
@@ -526,7 +607,7 @@ class SqlServerWorkItemStore(WorkItemStore):
             if source_name is None:
                 cur.execute(self.sql["retry_failed_all"], now)
             else:
-                cur.execute(self.sql["retry_failed_source"], now, source_name)
+                cur.execute(self.sql["retry_failed_by_name"], now, source_name)
             return cur.rowcount
 
         return self.session.run("retry_failed", work)
@@ -543,16 +624,37 @@ class SqlServerWorkItemStore(WorkItemStore):
 
         return self.session.run("recrawl", work)
 
-    def release_leases(self, owner: str | None = None) -> int:
+    def release_leases(self, owner: str | None = None, *, expired_only: bool = False) -> int:
         def work(cur: Any) -> int:
             now = db_time(utcnow())
-            if owner is None:
+            if owner is None and expired_only:
+                cur.execute(self.sql["release_leases_expired"], now, now)
+            elif owner is None:
                 cur.execute(self.sql["release_leases_all"], now)
+            elif expired_only:
+                cur.execute(self.sql["release_leases_owner_expired"], now, owner, now)
             else:
                 cur.execute(self.sql["release_leases_owner"], now, owner)
             return cur.rowcount
 
         return self.session.run("release_leases", work)
+
+    def requeue_keys(self, dedupe_keys: list[str]) -> int:
+        keys = list(dict.fromkeys(dedupe_keys))
+        if not keys:
+            return 0
+
+        def work(cur: Any) -> int:
+            now = db_time(utcnow())
+            changed = 0
+            for key in keys:
+                cur.setinputsizes([None, (SQL_WVARCHAR, TEXT_WIDTHS["dedupe_key"], 0)])
+                cur.execute(self.sql["requeue_key"], now, key)
+                changed += cur.rowcount
+            cur.setinputsizes(None)
+            return changed
+
+        return self.session.run("requeue_keys", work)  # idempotent: a re-run after a lost commit changes 0
 
     # -- reads ----------------------------------------------------------------------------------
     def _query(self, name: str, *params: Any) -> list[Any]:
@@ -562,25 +664,37 @@ class SqlServerWorkItemStore(WorkItemStore):
 
         return self.session.run(name, work)
 
-    def lease_owners(self) -> list[str]:
-        return [row[0] for row in self._query("lease_owners")]
+    def _query_scoped(self, name: str, scope: Scope | None, *params: Any) -> list[Any]:
+        """:meth:`_query` of *name*, or of its ``_source`` variant with the scope's parameters last."""
+        sql_name = name if scope is None else f"{name}_source"
+        extra = () if scope is None else (scope.source_system, scope.source_name)
+        return self._query(sql_name, *params, *extra)
 
-    def ready_count(self, limit: int) -> int:
+    def lease_owners(self, scope: Scope | None = None) -> list[str]:
+        return [row[0] for row in self._query_scoped("lease_owners", scope)]
+
+    def ready_count(self, limit: int, scope: Scope | None = None) -> int:
         if limit <= 0:
             return 0
-        return self._query("ready_count", limit, db_time(utcnow()))[0][0]
+        return self._query_scoped("ready_count", scope, limit, db_time(utcnow()))[0][0]
 
-    def min_inflight_depth(self, owner: str) -> int | None:
-        return self._query("min_inflight_depth", owner, db_time(utcnow()))[0][0]
+    def min_inflight_depth(self, owner: str, scope: Scope | None = None) -> int | None:
+        return self._query_scoped("min_inflight_depth", scope, owner, db_time(utcnow()))[0][0]
 
-    def outstanding(self, owner: str) -> bool:
-        return bool(self._query("outstanding", db_time(utcnow()), owner)[0][0])
+    def outstanding(self, owner: str, scope: Scope | None = None) -> bool:
+        if scope is None:
+            return bool(self._query("outstanding", db_time(utcnow()), owner)[0][0])
+        extra = (scope.source_system, scope.source_name)
+        return bool(self._query("outstanding_source", *extra, db_time(utcnow()), owner, *extra)[0][0])
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for source, status, count in self._query("counts"):
             out.setdefault(source, dict.fromkeys(STATUSES, 0))[status] = count
         return out
+
+    def lease_summary(self) -> list[tuple[str, int, int]]:
+        return [(row[0], row[1], row[2] or 0) for row in self._query("lease_summary", db_time(utcnow()))]
 
     def oldest_lease(self) -> dict[str, Any] | None:
         rows = self._query("oldest_lease")

@@ -3,6 +3,16 @@
 :class:`WorkItemStore` is the contract every backend passes (``tests/test_frontier_store.py``);
 :class:`SqliteWorkItemStore` is the embedded backend. All methods are synchronous and each
 is one transaction; callers batch their writes through :meth:`WorkItemStore.flush`.
+
+* A :class:`Scope` (source system and name) limits the claims, counts and reclaims of a crawl
+  to its own source's items; without one they cover every item (foreign spiders).
+* A lost lease (expired, or its worker died) is not an attempt: :meth:`WorkItemStore.reclaim`
+  undoes the claim's ``attempt`` increment and counts ``lease_losses`` instead. An item lost
+  ``solo_after`` times is only claimed alone (``claim(..., alone=True)``, the claimer has nothing
+  else in flight) and is marked ``lease_solo`` until :meth:`WorkItemStore.end_solo` (its request
+  was fetched and parsed). A lease lost while so marked counts in ``solo_lease_losses``: an item
+  at ``quarantine_after`` of those (it killed its worker that often while it was the only item in
+  flight) is failed as quarantined.
 """
 
 from __future__ import annotations
@@ -37,7 +47,23 @@ CLAIM_COLUMNS = (
     "dedupe_key",
     "discovered_from",
     "completed_at",
+    "lease_losses",
 )
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The source a crawl works on: its claims, counts and reclaims see only these items."""
+
+    source_system: str
+    source_name: str
+
+    def __str__(self) -> str:
+        return f"{self.source_system}/{self.source_name}"
+
+
+def quarantine_message(deaths: int) -> str:
+    return f"quarantined: its worker died {deaths} times while it was the only item in flight"
 
 
 def utcnow() -> datetime:
@@ -61,6 +87,23 @@ def make_owner() -> str:
     import os
 
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def local_owner_alive(owner: str) -> bool | None:
+    """Whether the process of lease *owner* (``host:pid:token``) is running: None when it runs on
+    another host (or the owner is not in that form), so only its lease expiry can tell."""
+    import os
+
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return None
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # running, as another user
+        return True
+    return True
 
 
 @dataclass
@@ -97,6 +140,8 @@ class WorkItemStore(ABC):
 
     max_attempts: int = 3
     retry_backoff: float = 30.0
+    solo_after: int = 2
+    quarantine_after: int = 3
 
     @abstractmethod
     def flush(self, new: list[NewItem], completed: list[int], failed: list[FailedItem]) -> int:
@@ -105,8 +150,19 @@ class WorkItemStore(ABC):
         Returns the number of items inserted."""
 
     @abstractmethod
-    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
-        """Atomically lease up to *limit* ready pending items, best first."""
+    def claim(
+        self, owner: str, limit: int, lease_seconds: float, *, scope: Scope | None = None, alone: bool = False
+    ) -> list[dict[str, Any]]:
+        """Atomically lease up to *limit* ready pending items (of *scope*), best first.
+
+        Items whose lease was lost ``solo_after`` times are claimed only with *alone* (the
+        claimer has nothing else in flight), and then alone: the best such item by itself,
+        before any other item, marked ``lease_solo``."""
+
+    @abstractmethod
+    def end_solo(self, seqs: list[int]) -> None:
+        """The requests of these items claimed alone were fetched and parsed: a lease lost from
+        now on is no longer held against them as a solo death."""
 
     @abstractmethod
     def release(self, seqs: list[int]) -> None:
@@ -117,25 +173,28 @@ class WorkItemStore(ABC):
         """Extend every lease held by *owner*."""
 
     @abstractmethod
-    def reclaim(self, owners: list[str] | None = None) -> int:
-        """Return to pending the items whose lease expired, or (with *owners*) that those
-        owners hold. Items out of attempts become failed."""
+    def reclaim(self, owners: list[str] | None = None, *, scope: Scope | None = None) -> int:
+        """Return to pending the items (of *scope*) whose lease expired, or (with *owners*) that
+        those owners hold. A lost lease is not an attempt: the claim's ``attempt`` increment is
+        undone and ``lease_losses`` counted (``solo_lease_losses`` too for an item marked
+        ``lease_solo``); an item at ``quarantine_after`` solo losses becomes failed with
+        :func:`quarantine_message`."""
 
     @abstractmethod
-    def lease_owners(self) -> list[str]:
-        """Distinct owners of in-progress items."""
+    def lease_owners(self, scope: Scope | None = None) -> list[str]:
+        """Distinct owners of in-progress items (of *scope*)."""
 
     @abstractmethod
-    def ready_count(self, limit: int) -> int:
-        """Pending items claimable now, counted up to *limit*."""
+    def ready_count(self, limit: int, scope: Scope | None = None) -> int:
+        """Pending items (of *scope*) claimable now, counted up to *limit*."""
 
     @abstractmethod
-    def min_inflight_depth(self, owner: str) -> int | None:
-        """The smallest depth among items leased live by owners other than *owner*."""
+    def min_inflight_depth(self, owner: str, scope: Scope | None = None) -> int | None:
+        """The smallest depth among items (of *scope*) leased live by owners other than *owner*."""
 
     @abstractmethod
-    def outstanding(self, owner: str) -> bool:
-        """True while any item is pending (even in backoff) or leased live by another owner."""
+    def outstanding(self, owner: str, scope: Scope | None = None) -> bool:
+        """True while any item (of *scope*) is pending (even in backoff) or leased live by another owner."""
 
     @abstractmethod
     def counts(self) -> dict[str, dict[str, int]]:
@@ -151,7 +210,7 @@ class WorkItemStore(ABC):
 
     @abstractmethod
     def retry_failed(self, source_name: str | None = None) -> int:
-        """Failed items back to pending with a fresh attempt count."""
+        """Failed items back to pending with fresh attempt and lease-loss counts."""
 
     @abstractmethod
     def recrawl(self, source_name: str, older_than_seconds: float | None = None) -> int:
@@ -159,8 +218,21 @@ class WorkItemStore(ABC):
         recorded as known (a redirect target, never fetched itself) stay completed."""
 
     @abstractmethod
-    def release_leases(self, owner: str | None = None) -> int:
-        """Every in-progress item (of *owner*, or of everyone) back to pending."""
+    def release_leases(self, owner: str | None = None, *, expired_only: bool = False) -> int:
+        """Every in-progress item (of *owner*, or of everyone; with *expired_only* only those whose
+        lease expired) back to pending; the claim's ``attempt`` increment is undone (an
+        interrupted item was not a failed attempt)."""
+
+    @abstractmethod
+    def lease_summary(self) -> list[tuple[str, int, int]]:
+        """``(owner, in-progress items, of which with a live lease)`` per lease owner."""
+
+    @abstractmethod
+    def requeue_keys(self, dedupe_keys: list[str]) -> int:
+        """Items with these keys (any status) back to pending as never attempted: attempt 0, no
+        backoff, no lease, ``completed_at`` cleared (so a re-crawl check does not skip them as
+        unchanged). Returns how many rows changed (unknown keys and items already in that state
+        are not counted)."""
 
     @abstractmethod
     def get(self, dedupe_key: str) -> dict[str, Any] | None:
@@ -181,10 +253,25 @@ class WorkItemStore(ABC):
 class SqliteWorkItemStore(WorkItemStore):
     """The embedded backend on one SQLite file (WAL, busy timeout; shared by processes)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, max_attempts: int = 3, retry_backoff: float = 30.0):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        max_attempts: int = 3,
+        retry_backoff: float = 30.0,
+        solo_after: int = 2,
+        quarantine_after: int = 3,
+    ):
         self.conn = conn
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
+        self.solo_after = solo_after
+        self.quarantine_after = quarantine_after
+
+    def describe(self) -> str:
+        """``SQLite <path>`` of the database file (for the "Frontier open:" log line)."""
+        path = next((row[2] for row in self.conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+        return f"SQLite {path or ':memory:'}"
 
     def _tx(self, immediate: bool = True):
         return _Transaction(self.conn, immediate)
@@ -254,19 +341,37 @@ class SqliteWorkItemStore(WorkItemStore):
                 )
         return inserted
 
-    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+    def claim(
+        self, owner: str, limit: int, lease_seconds: float, *, scope: Scope | None = None, alone: bool = False
+    ) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
         now = utcnow()
+        where, extra = _scope_sql(scope)
+        sql = (
+            "UPDATE work_items SET status = 'in_progress', attempt = attempt + 1, lease_solo = {solo},"
+            " lease_owner = ?, lease_expires_at = ?, updated_at = ?, next_attempt_at = NULL"
+            " WHERE seq IN (SELECT seq FROM work_items WHERE status = 'pending'"
+            f" AND (next_attempt_at IS NULL OR next_attempt_at <= ?) AND lease_losses {{op}} ?{where}"
+            " ORDER BY priority DESC, seq LIMIT ?)"
+            f" RETURNING {', '.join(CLAIM_COLUMNS)}"
+        )
+        lease = (owner, ts(now + timedelta(seconds=lease_seconds)), ts(now), ts(now), self.solo_after)
         with self._tx() as cur:
-            rows = cur.execute(
-                "UPDATE work_items SET status = 'in_progress', attempt = attempt + 1, lease_owner = ?,"
-                " lease_expires_at = ?, updated_at = ?, next_attempt_at = NULL"
-                " WHERE seq IN (SELECT seq FROM work_items WHERE status = 'pending'"
-                " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
-                " ORDER BY priority DESC, seq LIMIT ?)"
-                f" RETURNING {', '.join(CLAIM_COLUMNS)}",
-                (owner, ts(now + timedelta(seconds=lease_seconds)), ts(now), ts(now), limit),
-            ).fetchall()
+            rows = []
+            if alone:  # a suspect (lost twice) goes alone to a worker with nothing else in flight
+                rows = cur.execute(sql.format(op=">=", solo=1), (*lease, *extra, 1)).fetchall()
+            if not rows:
+                rows = cur.execute(sql.format(op="<", solo=0), (*lease, *extra, limit)).fetchall()
         return claimed_rows(rows)
+
+    def end_solo(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE work_items SET lease_solo = 0 WHERE seq = ? AND lease_solo = 1", [(seq,) for seq in seqs]
+            )
 
     def release(self, seqs: list[int]) -> None:
         if not seqs:
@@ -274,8 +379,8 @@ class SqliteWorkItemStore(WorkItemStore):
         now = ts(utcnow())
         with self._tx() as cur:
             cur.executemany(
-                "UPDATE work_items SET status = 'pending', attempt = MAX(attempt - 1, 0), lease_owner = NULL,"
-                " lease_expires_at = NULL, updated_at = ? WHERE seq = ? AND status = 'in_progress'",
+                "UPDATE work_items SET status = 'pending', attempt = MAX(attempt - 1, 0), lease_solo = 0,"
+                " lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE seq = ? AND status = 'in_progress'",
                 [(now, seq) for seq in seqs],
             )
 
@@ -288,51 +393,63 @@ class SqliteWorkItemStore(WorkItemStore):
             )
             return cur.rowcount
 
-    def reclaim(self, owners: list[str] | None = None) -> int:
+    def reclaim(self, owners: list[str] | None = None, *, scope: Scope | None = None) -> int:
         now = ts(utcnow())
         if owners is not None and not owners:
             return 0
+        scoped, extra = _scope_sql(scope)
+        if owners is None:
+            where, params = "lease_expires_at < ?", [now]
+        else:
+            marks = ", ".join("?" for _ in owners)
+            where, params = f"lease_owner IN ({marks})", list(owners)
+        quarantine = self.quarantine_after
         with self._tx() as cur:
-            if owners is None:
-                where, params = "status = 'in_progress' AND lease_expires_at < ?", [now]
-            else:
-                marks = ", ".join("?" for _ in owners)
-                where, params = f"status = 'in_progress' AND lease_owner IN ({marks})", list(owners)
             cur.execute(
-                "UPDATE work_items SET status = CASE WHEN attempt >= ? THEN 'failed' ELSE 'pending' END,"
-                " error_message = CASE WHEN attempt >= ? THEN 'lease lost ' || attempt || ' times (worker died?)'"
-                " ELSE error_message END, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
-                f" WHERE {where}",
-                [self.max_attempts, self.max_attempts, now, *params],
+                "UPDATE work_items SET attempt = MAX(attempt - 1, 0), lease_losses = lease_losses + 1,"
+                " solo_lease_losses = solo_lease_losses + lease_solo,"
+                " status = CASE WHEN lease_solo = 1 AND solo_lease_losses + 1 >= ? THEN 'failed' ELSE 'pending' END,"
+                " error_message = CASE WHEN lease_solo = 1 AND solo_lease_losses + 1 >= ?"
+                " THEN 'quarantined: its worker died ' || (solo_lease_losses + 1)"
+                " || ' times while it was the only item in flight' ELSE error_message END,"
+                " lease_solo = 0, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+                f" WHERE status = 'in_progress' AND {where}{scoped}",
+                [quarantine, quarantine, now, *params, *extra],
             )
             return cur.rowcount
 
-    def lease_owners(self) -> list[str]:
+    def lease_owners(self, scope: Scope | None = None) -> list[str]:
+        where, extra = _scope_sql(scope)
         rows = self.conn.execute(
             "SELECT DISTINCT lease_owner FROM work_items WHERE status = 'in_progress' AND lease_owner IS NOT NULL"
+            + where,
+            extra,
         ).fetchall()
         return [r[0] for r in rows]
 
-    def ready_count(self, limit: int) -> int:
+    def ready_count(self, limit: int, scope: Scope | None = None) -> int:
+        where, extra = _scope_sql(scope)
         return self.conn.execute(
             "SELECT COUNT(*) FROM (SELECT 1 FROM work_items WHERE status = 'pending'"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) LIMIT ?)",
-            (ts(utcnow()), limit),
+            f" AND (next_attempt_at IS NULL OR next_attempt_at <= ?){where} LIMIT ?)",
+            (ts(utcnow()), *extra, limit),
         ).fetchone()[0]
 
-    def min_inflight_depth(self, owner: str) -> int | None:
+    def min_inflight_depth(self, owner: str, scope: Scope | None = None) -> int | None:
+        where, extra = _scope_sql(scope)
         return self.conn.execute(
             "SELECT MIN(depth) FROM work_items WHERE status = 'in_progress' AND lease_owner <> ?"
-            " AND lease_expires_at >= ?",
-            (owner, ts(utcnow())),
+            f" AND lease_expires_at >= ?{where}",
+            (owner, ts(utcnow()), *extra),
         ).fetchone()[0]
 
-    def outstanding(self, owner: str) -> bool:
+    def outstanding(self, owner: str, scope: Scope | None = None) -> bool:
+        where, extra = _scope_sql(scope)
         row = self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM work_items WHERE status = 'pending')"
+            f"SELECT EXISTS (SELECT 1 FROM work_items WHERE status = 'pending'{where})"
             " OR EXISTS (SELECT 1 FROM work_items WHERE status = 'in_progress'"
-            " AND lease_expires_at >= ? AND lease_owner <> ?)",
-            (ts(utcnow()), owner),
+            f" AND lease_expires_at >= ? AND lease_owner <> ?{where})",
+            (*extra, ts(utcnow()), owner, *extra),
         ).fetchone()
         return bool(row[0])
 
@@ -367,8 +484,8 @@ class SqliteWorkItemStore(WorkItemStore):
         now = ts(utcnow())
         with self._tx() as cur:
             cur.execute(
-                "UPDATE work_items SET status = 'pending', attempt = 0, next_attempt_at = NULL, updated_at = ?"
-                " WHERE status = 'failed' AND (? IS NULL OR source_name = ?)",
+                "UPDATE work_items SET status = 'pending', attempt = 0, lease_losses = 0, solo_lease_losses = 0,"
+                " next_attempt_at = NULL, updated_at = ? WHERE status = 'failed' AND (? IS NULL OR source_name = ?)",
                 (now, source_name, source_name),
             )
             return cur.rowcount
@@ -378,21 +495,50 @@ class SqliteWorkItemStore(WorkItemStore):
         cutoff = ts(now - timedelta(seconds=older_than_seconds)) if older_than_seconds is not None else None
         with self._tx() as cur:
             cur.execute(
-                "UPDATE work_items SET status = 'pending', attempt = 0, next_attempt_at = NULL, updated_at = ?"
-                " WHERE status = 'completed' AND attempt > 0 AND source_name = ? AND (? IS NULL OR completed_at < ?)",
+                "UPDATE work_items SET status = 'pending', attempt = 0, lease_losses = 0, solo_lease_losses = 0,"
+                " next_attempt_at = NULL, updated_at = ? WHERE status = 'completed' AND attempt > 0"
+                " AND source_name = ? AND (? IS NULL OR completed_at < ?)",
                 (ts(now), source_name, cutoff, cutoff),
             )
             return cur.rowcount
 
-    def release_leases(self, owner: str | None = None) -> int:
+    def release_leases(self, owner: str | None = None, *, expired_only: bool = False) -> int:
         now = ts(utcnow())
         with self._tx() as cur:
             cur.execute(
-                "UPDATE work_items SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
-                " updated_at = ? WHERE status = 'in_progress' AND (? IS NULL OR lease_owner = ?)",
-                (now, owner, owner),
+                "UPDATE work_items SET status = 'pending', attempt = MAX(attempt - 1, 0), lease_solo = 0,"
+                " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+                " WHERE status = 'in_progress' AND (? IS NULL OR lease_owner = ?) AND (? = 0 OR lease_expires_at < ?)",
+                (now, owner, owner, int(expired_only), now),
             )
             return cur.rowcount
+
+    def lease_summary(self) -> list[tuple[str, int, int]]:
+        rows = self.conn.execute(
+            "SELECT lease_owner, COUNT(*), SUM(CASE WHEN lease_expires_at >= ? THEN 1 ELSE 0 END) FROM work_items"
+            " WHERE status = 'in_progress' AND lease_owner IS NOT NULL GROUP BY lease_owner ORDER BY lease_owner",
+            (ts(utcnow()),),
+        ).fetchall()
+        return [(r[0], r[1], r[2] or 0) for r in rows]
+
+    def requeue_keys(self, dedupe_keys: list[str]) -> int:
+        keys = list(dict.fromkeys(dedupe_keys))
+        if not keys:
+            return 0
+        now = ts(utcnow())
+        changed = 0
+        with self._tx() as cur:
+            for key in keys:
+                cur.execute(
+                    "UPDATE work_items SET status = 'pending', attempt = 0, next_attempt_at = NULL,"
+                    " completed_at = NULL, lease_owner = NULL, lease_expires_at = NULL, error_message = NULL,"
+                    " lease_losses = 0, solo_lease_losses = 0, lease_solo = 0,"
+                    " updated_at = ? WHERE dedupe_key = ? AND NOT (status = 'pending' AND attempt = 0"
+                    " AND next_attempt_at IS NULL AND completed_at IS NULL AND lease_owner IS NULL)",
+                    (now, key),
+                )
+                changed += cur.rowcount
+        return changed
 
     def get(self, dedupe_key: str) -> dict[str, Any] | None:
         cur = self.conn.execute("SELECT * FROM work_items WHERE dedupe_key = ?", (dedupe_key,))
@@ -401,6 +547,16 @@ class SqliteWorkItemStore(WorkItemStore):
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _scope_sql(scope: Scope | None, prefix: str = "") -> tuple[str, tuple[str, ...]]:
+    """The ``AND source_system = ? AND source_name = ?`` condition of *scope* and its parameters."""
+    if scope is None:
+        return "", ()
+    return (
+        f" AND {prefix}source_system = ? AND {prefix}source_name = ?",
+        (scope.source_system, scope.source_name),
+    )
 
 
 class _Transaction:
@@ -425,6 +581,8 @@ def open_work_item_store(
     sqlserver_config: dict[str, Any] | None = None,
     max_attempts: int = 3,
     retry_backoff: float = 30.0,
+    solo_after: int = 2,
+    quarantine_after: int = 3,
 ) -> WorkItemStore:
     """Open the frontier backend named by the store *url* (schema brought up to date).
 
@@ -436,9 +594,22 @@ def open_work_item_store(
     parsed = parse_store_url(url, setting=setting)
     conn = open_store(parsed, sqlserver_config=sqlserver_config)
     if parsed.dialect == SQLITE:
-        return SqliteWorkItemStore(conn, max_attempts=max_attempts, retry_backoff=retry_backoff)
+        return SqliteWorkItemStore(
+            conn,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
+            solo_after=solo_after,
+            quarantine_after=quarantine_after,
+        )
     from holocron_scrapy.db.sqlserver import SqlServerSettings
     from holocron_scrapy.frontier.sqlserver_store import SqlServerWorkItemStore
 
     settings = SqlServerSettings.resolve(sqlserver_config or {}, conn_str=parsed.odbc_connect)
-    return SqlServerWorkItemStore(conn, settings, max_attempts=max_attempts, retry_backoff=retry_backoff)
+    return SqlServerWorkItemStore(
+        conn,
+        settings,
+        max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
+        solo_after=solo_after,
+        quarantine_after=quarantine_after,
+    )
