@@ -23,8 +23,11 @@ from scrapy.http import Response, TextResponse
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
+from holocron_scrapy import defaults
 from holocron_scrapy.middlewares.retry import (
+    MEDIAWIKI_JSON_META,
     MEDIAWIKI_META,
+    PROBE_META,
     PoliteRetryMiddleware,
     backoff_seconds,
     retry_after_seconds,
@@ -146,12 +149,21 @@ def test_middleware_reads_its_settings() -> None:
     assert "maxlag" in mw.retryable_errors and 503 in mw.retry_http_codes
 
 
-def test_the_project_retries_429_and_every_5xx() -> None:
+@deferred_f_from_coro_f
+async def test_the_project_retries_429_and_every_5xx() -> None:
+    from scrapy.settings import Settings
+
     from holocron_scrapy import settings
 
-    _, mw = make_middleware(RETRY_HTTP_CODES=settings.RETRY_HTTP_CODES)
-    assert {429, 500, 501, 503, 507, 599} <= mw.retry_http_codes
-    assert not {200, 304, 404, 410} & mw.retry_http_codes
+    project = Settings()
+    project.setmodule(settings)
+    _, mw = make_middleware(RETRY_HTTP_CODES=project.getlist("RETRY_HTTP_CODES"), HOLOCRON_RETRY_BACKOFF_MAX=0)
+    request = Request("http://site.test/page")
+    for status in (408, 429, 500, 501, 503, 507, 599):
+        assert isinstance(await mw.process_response(request, http_response(request, status)), Request), status
+    for status in (200, 304, 404, 410):
+        response = http_response(request, status)
+        assert await mw.process_response(request, response) is response, status
 
 
 def test_the_project_replaces_scrapys_retry_middleware() -> None:
@@ -420,3 +432,141 @@ def test_crawl_waits_out_maxlag_then_stores_the_page(fresh_mediawiki, tmp_path) 
     assert summary["retry/waited_seconds"] >= retry_after
     assert summary.get("mediawiki/pages/ok") == 1 and "mediawiki/pages/failed" not in summary
     assert run["status"] == "completed" and run["pages_stored"] == 1
+
+
+# -- the error taxonomy at the download level (holocron_scrapy.failures) --------------------------
+
+NOT_JSON_OBJECTS = {
+    "cut-short": b'{"batchcomplete":true,"query":{"pages":[{"pageid":12,"ns":0,"title":"Sarv',
+    "html-error-page": b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>",
+    "php-fatal": b"<br />\n<b>Fatal error</b>: Allowed memory size exhausted in <b>/w/includes/x.php</b>",
+    "empty": b"",
+    "json-list": b"[]",
+}
+
+
+@pytest.mark.parametrize("body", NOT_JSON_OBJECTS.values(), ids=NOT_JSON_OBJECTS.keys())
+@deferred_f_from_coro_f
+async def test_a_mediawiki_answer_that_is_no_json_object_is_retried(body: bytes) -> None:
+    crawler, mw = make_middleware(HOLOCRON_RETRY_BACKOFF_MAX=0)
+    request = api_request(mw_titles=["Sarvessha"])
+    response = TextResponse(URL, status=200, body=body, request=request, headers={"Content-Type": "text/html"})
+    result = await mw.process_response(request, response)
+    assert isinstance(result, Request) and not isinstance(result, Response)
+    assert result.meta["retry_times"] == 1 and result.meta["mw_titles"] == ["Sarvessha"]
+    assert MEDIAWIKI_JSON_META not in result.meta
+    stats = crawler.stats.get_stats()
+    assert stats["failures/transient/malformed_body"] == 1 and stats["retry/count"] == 1
+    assert stats["retry/reason_count/MediaWiki answer not a JSON object"] == 1
+
+
+@deferred_f_from_coro_f
+async def test_a_malformed_answer_is_handed_to_the_spider_when_retries_run_out() -> None:
+    crawler, mw = make_middleware(RETRY_TIMES=2, HOLOCRON_RETRY_BACKOFF_MAX=0)
+    request = api_request(retry_times=2)
+    response = TextResponse(URL, status=200, body=NOT_JSON_OBJECTS["cut-short"], request=request)
+    assert await mw.process_response(request, response) is response
+    assert crawler.stats.get_value("retry/max_reached") == 1
+    assert MEDIAWIKI_JSON_META not in request.meta  # the spider decodes it, fails it as retryable
+
+
+@deferred_f_from_coro_f
+async def test_a_good_answer_is_decoded_once_and_handed_to_the_spider() -> None:
+    crawler, mw = make_middleware()
+    request = api_request()
+    body = (FIXTURES / "batch_ok.json").read_bytes()
+    response = TextResponse(URL, status=200, body=body, request=request)
+    assert await mw.process_response(request, response) is response
+    assert response.meta[MEDIAWIKI_JSON_META] == json.loads(body)
+    assert not any(key.startswith("failures/") for key in crawler.stats.get_stats())
+
+
+@deferred_f_from_coro_f
+async def test_a_permanent_api_error_is_counted_and_passed_on() -> None:
+    crawler, mw = make_middleware()
+    request = api_request()
+    response = api_response(request, "bad_param_error")
+    assert await mw.process_response(request, response) is response
+    assert response.meta[MEDIAWIKI_JSON_META]["error"]["code"] == "badvalue"
+    assert crawler.stats.get_value("failures/permanent/api_badvalue") == 1
+
+
+@pytest.mark.parametrize(("status", "retried"), [(507, True), (599, True), (425, True), (404, False), (410, False)])
+@deferred_f_from_coro_f
+async def test_statuses_follow_the_taxonomy_whatever_retry_http_codes_says(status: int, retried: bool) -> None:
+    crawler, mw = make_middleware(RETRY_HTTP_CODES=[503], HOLOCRON_RETRY_BACKOFF_MAX=0)
+    request = Request("http://site.test/page")
+    response = http_response(request, status)
+    result = await mw.process_response(request, response)
+    assert isinstance(result, Request) is retried and (result is response) is not retried
+    kind = "transient" if retried else "permanent"
+    assert crawler.stats.get_value(f"failures/{kind}/http_{status}") == 1
+
+
+def _exceptions() -> dict[str, Exception]:
+    from scrapy.exceptions import (
+        CannotResolveHostError,
+        DownloadConnectionRefusedError,
+        DownloadTimeoutError,
+        ResponseDataLossError,
+    )
+    from twisted.internet.error import ConnectionLost
+
+    return {
+        "timeout": DownloadTimeoutError("took too long"),
+        "connection_refused": DownloadConnectionRefusedError("refused"),
+        "dns": CannotResolveHostError("no such host"),
+        "truncated": ResponseDataLossError("lost data"),
+        "connection": ConnectionLost("reset by peer"),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_exceptions()))
+@deferred_f_from_coro_f
+async def test_transient_download_exceptions_are_retried_and_counted(kind: str) -> None:
+    crawler, mw = make_middleware(HOLOCRON_RETRY_BACKOFF_BASE=0.01, HOLOCRON_RETRY_BACKOFF_MAX=0.01)
+    request = Request("http://site.test/page", meta={"retry_times": 1})
+    result = await mw.process_exception(request, _exceptions()[kind])
+    assert isinstance(result, Request) and result.meta["retry_times"] == 2
+    assert crawler.stats.get_value(f"failures/transient/{kind}") == 1
+    assert crawler.stats.get_value("retry/count") == 1
+
+
+@deferred_f_from_coro_f
+async def test_ignored_requests_and_dont_retry_are_not_retried() -> None:
+    from scrapy.exceptions import DownloadTimeoutError, IgnoreRequest
+
+    crawler, mw = make_middleware(HOLOCRON_RETRY_BACKOFF_MAX=0)
+    assert await mw.process_exception(Request("http://site.test/x"), IgnoreRequest("robots.txt")) is None
+    assert crawler.stats.get_value("failures/permanent/not_fetched") == 1
+    no_retry = Request("http://site.test/x", meta={"dont_retry": True})
+    assert await mw.process_exception(no_retry, DownloadTimeoutError("slow")) is None
+    assert crawler.stats.get_value("retry/count") is None
+
+
+@deferred_f_from_coro_f
+async def test_the_api_probe_fails_fast_where_nothing_listens() -> None:
+    from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError, DownloadTimeoutError
+
+    crawler, mw = make_middleware(HOLOCRON_RETRY_BACKOFF_MAX=0)
+    probe = api_request(**{PROBE_META: True})
+    assert await mw.process_exception(probe, DownloadConnectionRefusedError("refused")) is None
+    assert await mw.process_exception(probe, CannotResolveHostError("typo.example")) is None
+    assert isinstance(await mw.process_exception(probe, DownloadTimeoutError("slow")), Request)
+    assert crawler.stats.get_value("retry/count") == 1
+
+
+@deferred_f_from_coro_f
+async def test_the_api_probe_retries_a_non_json_answer_only_twice() -> None:
+    crawler, mw = make_middleware(RETRY_TIMES=5, HOLOCRON_RETRY_BACKOFF_MAX=0)
+    request = api_request(**{PROBE_META: True})
+    attempts = 0
+    while True:
+        attempts += 1
+        html = TextResponse(URL, status=200, body=NOT_JSON_OBJECTS["html-error-page"], request=request)
+        result = await mw.process_response(request, html)
+        if isinstance(result, Response):
+            break
+        request = result
+    assert attempts == 1 + defaults.MEDIAWIKI_PROBE_MALFORMED_RETRIES
+    assert crawler.stats.get_value("failures/transient/malformed_body") == attempts

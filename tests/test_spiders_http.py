@@ -49,7 +49,7 @@ def test_edge_site_crawl(edge_site, tmp_path):
     ws.root.mkdir()
     http_config(ws, "  - {name: site, type: http, delay: 0, store_binary: false, max_body_bytes: 5000}\n")
     proc = ws.crawl("http", "source=site", f"seeds={base}/index.html|{base}/image.png", "max_depth=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]  # missing.html answers 404: partial (exit status 3)
     got = by_id(ws)
     expected = {
         f"{base}/{p}"
@@ -152,7 +152,7 @@ def test_auth_reaches_only_the_configured_host(edge_site, tmp_path, monkeypatch)
         "    auth: {type: bearer, token_env: HOLO_TEST_TOKEN}\n",
     )
     proc = ws.crawl("http", "source=site", f"seeds={base}/index.html", "max_depth=1")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 3, proc.stderr[-2000:]
     entries = read_log(log)
     local = [e for e in entries if e["host"].startswith("127.0.0.1")]
     other = [e for e in entries if e["host"].startswith("localhost")]
@@ -248,14 +248,14 @@ def test_deltafetch_skips_pages_that_gave_items(edge_site, tmp_path):
         "DELTAFETCH_DIR": str(tmp_path / "delta"),
         "HOLOCRON_STATE_URL": f"sqlite:///{tmp_path / 'one.sqlite3'}",
     }
-    assert ws.crawl("http", "source=site", f"seeds={base}/index.html", "max_depth=1", settings=settings).returncode == 0
+    assert ws.crawl("http", "source=site", f"seeds={base}/index.html", "max_depth=1", settings=settings).returncode == 3
     first = len(read_log(log))
     settings["HOLOCRON_STATE_URL"] = f"sqlite:///{tmp_path / 'two.sqlite3'}"  # a fresh frontier: only deltafetch skips
     # full_refresh: no conditional requests either, so the index is parsed again and its links meet deltafetch
     proc = ws.crawl(
         "http", "source=site", f"seeds={base}/index.html", "max_depth=1", "full_refresh=1", settings=settings
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 3, proc.stderr[-2000:]
     second = read_log(log)[first:]
     # the seed is always fetched; of its links only the one that failed (404) is tried again
     assert sorted(e["path"] for e in second if e["path"] != "/robots.txt") == ["/index.html", "/missing.html"]
@@ -271,7 +271,7 @@ def test_follow_deny_and_max_pages(edge_site, tmp_path):
     proc = ws.crawl(
         "http", "source=site", f"seeds={base}/index.html", "max_depth=2", r"follow=\.html", "deny=deep|broken"
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 3, proc.stderr[-2000:]
     paths = {r["resource_id"].removeprefix(base) for r in ws.records()}
     assert "/a.html" in paths and "/data.json" not in paths and "/sub" not in paths
     assert not any("deep" in p or "broken" in p for p in paths)
@@ -283,7 +283,7 @@ def test_follow_deny_and_max_pages(edge_site, tmp_path):
     assert 3 <= len(limited.records()) <= 4  # the run stops; a page in flight still finishes
     assert limited.runs()[0]["finish_reason"] == "max_pages"
     rerun = limited.crawl("http", "source=site", f"seeds={base}/index.html", "max_depth=2")
-    assert rerun.returncode == 0  # the next run continues from the frontier
+    assert rerun.returncode == 3  # the next run continues from the frontier
     assert len(limited.records()) > 4
 
 

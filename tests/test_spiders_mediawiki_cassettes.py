@@ -23,6 +23,7 @@ from scrapy.crawler import Crawler
 from scrapy.http import HtmlResponse, JsonResponse, Response, TextResponse
 from scrapy.responsetypes import responsetypes
 from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_reactor_settings
 from twisted.internet.error import DNSLookupError
 from twisted.python.failure import Failure
@@ -372,14 +373,75 @@ def test_badvalue_answer_gives_permanent_failures(cassette: cassettes.CassettePl
     assert spider.crawler.stats.get_value("mediawiki/api_error/badvalue") == 1
 
 
-def test_a_body_that_is_no_query_answer_fails_permanently(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [b"<html><body>Site maintenance</body></html>", b'{"batchcomplete":true,"query":{"pages":[{"title":"Sarv', b"[]"],
+    ids=["html-page", "cut-short", "json-list"],
+)
+def test_a_body_that_is_no_query_answer_fails_transiently(tmp_path: Path, body: bytes) -> None:
     spider = make_spider(tmp_path)
-    request = batch_request(spider, ["Sarvessha"])
-    html = HtmlResponse(request.url, status=200, body=b"<html><body>Site maintenance</body></html>", request=request)
-    (item,) = list(spider.parse_batch(html))
-    assert item.outcome == FAILED and not item.retryable
-    assert item.error_message.startswith("not a MediaWiki query answer")
-    assert "Site maintenance" in item.payload["body_prefix"]
+    request = batch_request(spider, ["Sarvessha", "Omega Station"])
+    response = TextResponse(request.url, status=200, body=body, request=request)
+    items = list(spider.parse_batch(response))
+    assert [i.resource_id for i in items] == ["Sarvessha", "Omega Station"]
+    for item in items:
+        assert item.outcome == FAILED and item.retryable  # the frontier tries again: no title is lost
+        assert item.error_message.startswith("not a MediaWiki query answer")
+        assert item.payload["body_prefix"] == body.decode()
+
+
+def test_a_refused_title_splits_its_batch_in_halves_carrying_their_ids(tmp_path: Path) -> None:
+    spider = make_spider(tmp_path)
+    titles = [f"Title {n:02d}" for n in range(1, 8)]
+    request = batch_request(spider, titles)
+    error = {"error": {"code": "badvalue", "info": 'Unrecognized value for parameter "titles": refused.'}}
+    response = TextResponse(request.url, status=200, body=json.dumps(error).encode(), request=request)
+    halves = list(spider.parse_batch(response))
+    assert all(isinstance(h, Request) for h in halves) and len(halves) == 2
+    assert [[t["title"] for t in h.meta["mw_titles"]] for h in halves] == [titles[:3], titles[3:]]
+    assert [h.meta[IDS_META] for h in halves] == [[1, 2, 3], [4, 5, 6, 7]]  # each half owns its work items
+    for half in halves:
+        assert query(half.url)["titles"] == "|".join(t["title"] for t in half.meta["mw_titles"])
+        assert half.meta[MEDIAWIKI_META] and half.dont_filter and half.meta["mw_acc"] is None
+        assert half.callback == spider.parse_batch and half.errback == spider.errback_batch
+    single = batch_request(spider, ["Title 03"], first_id=3)
+    alone = response.replace(request=single)
+    (item,) = list(spider.parse_batch(alone))  # isolated: only this title fails, for good
+    assert (item.resource_id, item.outcome, item.retryable, item.work_item_ids) == ("Title 03", FAILED, False, [3])
+    assert spider.crawler.stats.get_value("mediawiki/bisections") == 1
+
+
+def test_an_error_naming_another_parameter_fails_the_batch_without_splitting(tmp_path: Path) -> None:
+    spider = make_spider(tmp_path)
+    request = batch_request(spider, ["Sarvessha", "Ionsar Runner"])
+    error = {"error": {"code": "badvalue", "info": 'Unrecognized value for parameter "prop": nope.'}}
+    response = TextResponse(request.url, status=200, body=json.dumps(error).encode(), request=request)
+    items = list(spider.parse_batch(response))
+    assert [(i.resource_id, i.outcome, i.retryable) for i in items] == [
+        ("Sarvessha", FAILED, False), ("Ionsar Runner", FAILED, False),
+    ]
+    assert spider.crawler.stats.get_value("mediawiki/bisections") is None
+
+
+@deferred_f_from_coro_f
+async def test_the_body_is_decoded_once_by_middleware_and_spider_together(
+    cassette: cassettes.CassettePlayer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from holocron_scrapy import failures
+    from holocron_scrapy.middlewares.retry import PoliteRetryMiddleware
+
+    spider = make_spider(tmp_path, max_depth="0")
+    request = batch_request(spider, ["Sarvessha", "Omega Station"])
+    response = cassette.fetch(request)
+    calls = []
+    real_loads = json.loads
+    monkeypatch.setattr(failures.json, "loads", lambda *a, **k: calls.append(1) or real_loads(*a, **k))
+    middleware = PoliteRetryMiddleware.from_crawler(spider.crawler)
+    passed = await middleware.process_response(response.request, response)
+    assert passed is response
+    items, _ = split_output(list(spider.parse_batch(response)))
+    assert sorted(i.resource_id for i in items) == ["Sarvessha", "Ωmega Station"]
+    assert len(calls) == 1  # the cheap path stays cheap: one json.loads per answer
 
 
 # -- errback_batch ----------------------------------------------------------------------------------
@@ -412,6 +474,18 @@ def test_errback_http_status_decides_retryable(tmp_path: Path, status: int, retr
     request = batch_request(spider, ["Sarvessha"])
     (item,) = list(spider.errback_batch(http_failure(request, Response(request.url, status=status, request=request))))
     assert (item.outcome, item.retryable, item.status_code) == (FAILED, retryable, status)
+
+
+def test_errback_uri_too_long_splits_the_batch(tmp_path: Path) -> None:
+    spider = make_spider(tmp_path)
+    titles = ["Sarvessha", "Ionsar Runner", "T1-C5"]
+    request = batch_request(spider, titles)
+    halves = list(spider.errback_batch(http_failure(request, Response(request.url, status=414, request=request))))
+    assert [[t["title"] for t in h.meta["mw_titles"]] for h in halves] == [titles[:1], titles[1:]]
+    assert [h.meta[IDS_META] for h in halves] == [[1], [2, 3]]
+    single = batch_request(spider, ["Sarvessha"])
+    (item,) = list(spider.errback_batch(http_failure(single, Response(single.url, status=414, request=single))))
+    assert (item.outcome, item.retryable, item.status_code) == (FAILED, False, 414)
 
 
 def test_errback_network_error_is_retryable_and_covers_unbatched_requests(tmp_path: Path) -> None:

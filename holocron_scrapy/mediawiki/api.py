@@ -67,6 +67,14 @@ def info_params(titles: Iterable[str], *, maxlag: int | None = defaults.MEDIAWIK
     return params
 
 
+def siteinfo_params(*, maxlag: int | None = defaults.MEDIAWIKI_MAXLAG) -> dict[str, str]:
+    """Parameters of the start-up probe: ``action=query&meta=siteinfo`` (general site info)."""
+    params = {"action": "query", "meta": "siteinfo", "format": "json", "formatversion": "2"}
+    if maxlag is not None:
+        params["maxlag"] = str(maxlag)
+    return params
+
+
 def api_url(endpoint: str, params: dict[str, str]) -> str:
     """``endpoint?params`` with the parameters in a stable order (stable fingerprints)."""
     return f"{endpoint}?{urlencode(sorted(params.items()))}"

@@ -1,4 +1,5 @@
-"""Classify MediaWiki API errors (they arrive with HTTP 200 and a JSON ``error``)."""
+"""MediaWiki API errors (they arrive with HTTP 200 and a JSON ``error``); whether one is
+retryable is decided by :mod:`holocron_scrapy.failures`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from holocron_scrapy import defaults
+from holocron_scrapy.failures import is_retryable_api_error
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class ApiError(Exception):
 
 
 def is_retryable(code: str, retryable_codes: tuple[str, ...] = defaults.MEDIAWIKI_RETRYABLE_ERRORS) -> bool:
-    return code in retryable_codes or code.startswith("internal_api_error_DB")
+    return is_retryable_api_error(code, retryable_codes)
 
 
 def api_error(body: Any) -> ApiError | None:

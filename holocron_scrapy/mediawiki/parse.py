@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from holocron_scrapy.failures import Verdict, classify_status, decode_api_body
 from holocron_scrapy.items import INVALID, MISSING, OK, REDIRECT_LOOP, SPECIAL
 from holocron_scrapy.mediawiki.errors import ApiError, api_error
 
@@ -168,3 +169,36 @@ __all__ = [
     "INVALID",
     "REDIRECT_LOOP",
 ]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What the ``meta=siteinfo`` probe learned: ``ok`` (a MediaWiki API answered), ``fatal``
+    (the URL is not a MediaWiki API: stop the crawl), and one line saying why."""
+
+    ok: bool
+    fatal: bool
+    message: str
+
+
+def check_probe(status: int, content_type: str | None, body: bytes) -> ProbeResult:
+    """Judge the (final, after retries) answer to ``action=query&meta=siteinfo``.
+
+    A retryable API error (``maxlag`` ...) proves a MediaWiki API is there: not fatal."""
+    what = f"HTTP {status}" + (f", {content_type}" if content_type else "")
+    verdict: Verdict | None = classify_status(status)
+    if verdict is not None or status != 200:
+        return ProbeResult(False, True, f"{what}: not the answer of a MediaWiki API")
+    decoded, verdict = decode_api_body(body)
+    if decoded is None:
+        detail = verdict.detail if verdict is not None else "empty"
+        return ProbeResult(False, True, f"{what}: the body is not MediaWiki API JSON ({detail})")
+    if verdict is not None:
+        code = verdict.kind.removeprefix("api_")
+        text = f"{what}: MediaWiki API error {code}: {verdict.detail}"
+        return ProbeResult(False, not verdict.transient, text)
+    general = (decoded.get("query") or {}).get("general") if isinstance(decoded.get("query"), dict) else None
+    if not isinstance(general, dict) or not general.get("generator"):
+        return ProbeResult(False, True, f"{what}: JSON without query.general.generator: not a MediaWiki API")
+    name = general.get("sitename") or "?"
+    return ProbeResult(True, False, f"{name} ({general.get('generator')})")

@@ -1,9 +1,21 @@
 """Polite retries: honour ``Retry-After`` (else exponential backoff) before retrying.
 
 Replaces Scrapy's RetryMiddleware (same settings: ``RETRY_ENABLED``, ``RETRY_TIMES``,
-``RETRY_HTTP_CODES``, ``RETRY_PRIORITY_ADJUST``) and adds MediaWiki API errors, which
-arrive with HTTP 200: a retryable ``error.code`` (maxlag, ratelimited, readonly, internal
-DB errors) is retried like a 503. Stats: ``retry/*`` (Scrapy's), ``retry/waited_seconds``.
+``RETRY_HTTP_CODES``, ``RETRY_PRIORITY_ADJUST``). What is retried is decided by
+:mod:`holocron_scrapy.failures`: transient statuses (408, 425, 429, every 5xx, and whatever
+``RETRY_HTTP_CODES`` adds), transient download exceptions (resets, timeouts, DNS, lost data),
+and, for MediaWiki API requests (``meta[MEDIAWIKI_META]``), answers with HTTP 200 whose body is
+not a JSON object (cut short, an HTML error page, a PHP fatal) or carries a retryable
+``error.code`` (maxlag, ratelimited, readonly, internal DB errors). Each is retried like a 503,
+so it costs no frontier attempt. A MediaWiki body is decoded here once and handed to the
+spider in ``meta[MEDIAWIKI_JSON_META]``.
+
+The API probe (``meta[PROBE_META]``) is not retried when the connection is refused or the host
+does not resolve (nothing listens there: the crawl stops at once), and a body that is not JSON
+only ``defaults.MEDIAWIKI_PROBE_MALFORMED_RETRIES`` times.
+
+Stats: ``retry/*`` (Scrapy's), ``retry/waited_seconds``, ``failures/<transient|permanent>/<kind>``
+(one per failed attempt), ``mediawiki/api_error/<code>`` (retryable codes).
 
 Settings: ``HOLOCRON_RETRY_BACKOFF_BASE``, ``HOLOCRON_RETRY_BACKOFF_MAX``,
 ``HOLOCRON_MEDIAWIKI_RETRYABLE_ERRORS``.
@@ -24,10 +36,15 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import task
 
 from holocron_scrapy import defaults
-from holocron_scrapy.mediawiki.errors import api_error_from_bytes
+from holocron_scrapy.failures import Verdict, classify_exception, classify_status, decode_api_body
 
 logger = logging.getLogger(__name__)
 MEDIAWIKI_META = "holocron_mediawiki"
+#: The decoded JSON of a MediaWiki answer that passed the middleware (the spider pops it).
+MEDIAWIKI_JSON_META = "holocron_mediawiki_json"
+#: Marks the API probe: refused connections and unknown hosts are not retried.
+PROBE_META = "holocron_probe"
+_PROBE_FAIL_FAST = ("connection_refused", "dns")
 
 
 def retry_after_seconds(value: bytes | str | None) -> float | None:
@@ -60,6 +77,8 @@ class PoliteRetryMiddleware(RetryMiddleware):
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.retryable_errors = retryable_errors
+        # HOLOCRON_MEDIAWIKI_RETRYABLE_ERRORS extends the defaults, never narrows them.
+        self._retryable_codes = tuple(dict.fromkeys((*retryable_errors, *defaults.MEDIAWIKI_RETRYABLE_ERRORS)))
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> PoliteRetryMiddleware:
@@ -75,19 +94,23 @@ class PoliteRetryMiddleware(RetryMiddleware):
         mw.crawler = crawler
         return mw
 
-    def _delay(self, request: Request, response: Response) -> float:
-        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    def _delay(self, request: Request, response: Response | None) -> float:
+        retry_after = None if response is None else retry_after_seconds(response.headers.get("Retry-After"))
         if retry_after is None:
             return backoff_seconds(request.meta.get("retry_times", 0), self.backoff_base, self.backoff_max)
         return min(retry_after, self.backoff_max)
 
-    async def _retry_later(self, request: Request, response: Response, reason: str) -> Request | Response:
+    def _count(self, verdict: Verdict) -> None:
+        self.crawler.stats.inc_value(verdict.stat)
+
+    async def _retry_later(self, request: Request, response: Response | None, reason: str) -> Request | Response | None:
         retry = get_retry_request(
             request,
             spider=self.crawler.spider,
             reason=reason,
             max_retry_times=request.meta.get("max_retry_times", self.max_retry_times),
             priority_adjust=request.meta.get("priority_adjust", self.priority_adjust),
+            give_up_log_level=request.meta.get("give_up_log_level", self.give_up_log_level),
         )
         if retry is None:
             return response
@@ -103,11 +126,41 @@ class PoliteRetryMiddleware(RetryMiddleware):
     async def process_response(self, request: Request, response: Response) -> Request | Response:
         if request.meta.get("dont_retry", False):
             return response
-        if response.status in self.retry_http_codes:
-            return await self._retry_later(request, response, f"HTTP {response.status}")
-        if request.meta.get(MEDIAWIKI_META) and response.status == 200:
-            error = api_error_from_bytes(response.body)
-            if error is not None and (error.code in self.retryable_errors or error.retryable):
-                self.crawler.stats.inc_value(f"mediawiki/api_error/{error.code}")
-                return await self._retry_later(request, response, f"MediaWiki {error.code}")
-        return response
+        verdict = classify_status(response.status, self.retry_http_codes)
+        if verdict is not None:
+            self._count(verdict)
+            if verdict.transient:
+                return await self._retry_later(request, response, f"HTTP {response.status}")
+            return response
+        if not (request.meta.get(MEDIAWIKI_META) and response.status == 200):
+            return response
+        decoded, verdict = decode_api_body(response.body, self._retryable_codes)
+        if verdict is None:
+            request.meta[MEDIAWIKI_JSON_META] = decoded
+            return response
+        self._count(verdict)
+        if not verdict.transient:  # a permanent API error: the spider stores it (or bisects the batch)
+            request.meta[MEDIAWIKI_JSON_META] = decoded
+            return response
+        if decoded is None:
+            reason = "MediaWiki answer not a JSON object"
+            if request.meta.get(PROBE_META):  # an HTML page at api_url is most likely the wrong URL
+                request.meta.setdefault("max_retry_times", defaults.MEDIAWIKI_PROBE_MALFORMED_RETRIES)
+        else:
+            code = verdict.kind.removeprefix("api_")
+            self.crawler.stats.inc_value(f"mediawiki/api_error/{code}")
+            reason = f"MediaWiki {code}"
+        result = await self._retry_later(request, response, reason)
+        if result is response and decoded is not None:
+            request.meta[MEDIAWIKI_JSON_META] = decoded
+        return result
+
+    async def process_exception(self, request: Request, exception: Exception) -> Request | Response | None:
+        if request.meta.get("dont_retry", False):
+            return None
+        verdict = classify_exception(exception)
+        self._count(verdict)
+        if not verdict.transient or (request.meta.get(PROBE_META) and verdict.kind in _PROBE_FAIL_FAST):
+            return None
+        retry = await self._retry_later(request, None, verdict.kind)
+        return retry if isinstance(retry, Request) else None

@@ -9,6 +9,10 @@ Spider arguments: ``source``, ``seeds``, ``allowed_domains`` ("a.org|b.org"; def
 seeds' hosts), ``max_depth``, ``max_pages``, ``follow`` and ``deny`` (regexes, "|"-separated
 lists are not used: pass one regex each, combine with ``(a|b)``), ``sitemap`` (a URL, or
 ``robots`` to find sitemaps through robots.txt), ``store_binary``, ``max_body_bytes``.
+
+Failures follow :mod:`holocron_scrapy.failures`: 404, 410 and other 4xx are stored as ``failed``
+at once; resets, timeouts, lost data, 429 and 5xx are retried (by the retry middleware, then
+the frontier).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from twisted.python.failure import Failure
 
 from holocron_scrapy.config import Config, Source
 from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.failures import classify_exception
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import ATTEMPT_META, IDS_META, STATUS_META, WORK_ITEM_META
 from holocron_scrapy.items import FAILED, OK, IngestItem
@@ -252,7 +257,7 @@ class HttpSpider(HolocronSpider):
                 yield self.page_request(link.url, depth=depth + 1, discovered_from=info["resource_id"])
 
     def parse_robots(self, response: Response) -> Iterator[Request]:
-        for url in sitemap_urls_from_robots(response.text, base_url=response.url):
+        for url in sitemap_urls_from_robots(response.body, base_url=response.url):  # bytes: str is deprecated
             yield self.aux_request(url, "sitemap", self.parse_sitemap)
 
     def parse_sitemap(self, response: Response) -> Iterator[Request]:
@@ -279,11 +284,8 @@ class HttpSpider(HolocronSpider):
             if frontier is not None and ids:
                 frontier.fail(ids, f"not fetched: {failure.getErrorMessage()}", retryable=False)
             return
-        status = None
-        retryable = True
-        if failure.check(HttpError):
-            status = failure.value.response.status
-            retryable = status >= 500 or status == 429
+        status = failure.value.response.status if failure.check(HttpError) else None
+        retryable = classify_exception(failure.value).transient  # 404, 410, other 4xx: permanent
         if info.get("resource_type") != WORK_ITEM_TYPE:
             frontier = getattr(self.crawler, "holocron_frontier", None)
             if frontier is not None and ids:

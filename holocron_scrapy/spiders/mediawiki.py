@@ -5,19 +5,32 @@ titles at a time and :meth:`MediaWikiSpider.build_batch_request` turns them into
 ``action=query``. Continuations belong to the batch; when the last part is merged every
 requested title yields one record (or shares the record of the page it redirects to).
 
+Before the first batch, one ``action=query&meta=siteinfo`` request probes ``api_url``: if it
+is not a MediaWiki API (a refused connection, an unknown host, a 404, an HTML page) one error
+line says why and the spider closes with reason ``fatal_api_probe``.
+
+Failures follow :mod:`holocron_scrapy.failures`: an answer that is not a JSON object is transient
+(the retry middleware retries it; then the frontier), a permanent API error on a batch that one
+title may have caused (or an HTTP 414, URI too long) splits the batch in halves until the bad
+titles are isolated.
+
 Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``api_url``, ``max_depth``,
 ``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50).
+
+Stats: ``mediawiki/pages/<outcome>``, ``mediawiki/api_error/<code>``, ``mediawiki/continuations``,
+``mediawiki/bisections``, ``mediawiki/probe/<ok|failed>``.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from scrapy import Request
+from scrapy.exceptions import CloseSpider
 from scrapy.http import Response
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
@@ -25,6 +38,7 @@ from twisted.python.failure import Failure
 from holocron_scrapy import defaults
 from holocron_scrapy.config import Config, Source
 from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import (
     ATTEMPT_META,
@@ -41,12 +55,13 @@ from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.parse import (
     Accumulator,
     MalformedResponse,
+    check_probe,
     merge_query,
     page_categories,
     page_links,
     resolve,
 )
-from holocron_scrapy.middlewares.retry import MEDIAWIKI_META
+from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META, PROBE_META
 from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds, response_header
 
 SOURCE_SYSTEM = "mediawiki"
@@ -134,12 +149,47 @@ class MediaWikiSpider(HolocronSpider):
 
     # -- requests ------------------------------------------------------------------------
     async def start(self) -> AsyncIterator[Request]:
+        await self.probe_api()
         # Hold the frontier's half-empty batches until the last seed is queued.
         last = len(self.options.seeds) - 1
         for index, title in enumerate(self.options.seeds):
             self.frontier_hold = index < last
             yield self.title_request(title, depth=0)
         self.frontier_hold = False
+
+    async def probe_api(self) -> None:
+        """One ``meta=siteinfo`` request (through the downloader middlewares, so transient
+        faults are retried); raise CloseSpider("fatal_api_probe") if api_url is no MediaWiki API."""
+        url = api.api_url(self.options.api_url, api.siteinfo_params(maxlag=self.options.maxlag))
+        # Its own error line says what went wrong: Scrapy's "Gave up retrying" is only INFO here.
+        meta = {MEDIAWIKI_META: True, PROBE_META: True, "give_up_log_level": logging.INFO}
+        request = Request(url, meta=meta, dont_filter=True)
+        stats = self.crawler.stats
+        try:
+            response = await self.crawler.engine.download_async(request)
+        except Exception as exc:  # noqa: BLE001 - every download failure is judged by the taxonomy
+            verdict = classify_exception(exc)
+            result = None
+            problem = f"no answer ({verdict.detail or verdict.kind})"
+        else:
+            result = check_probe(response.status, response_header(response, b"Content-Type"), response.body)
+            problem = result.message
+        if result is not None and result.ok:
+            stats.inc_value("mediawiki/probe/ok")
+            self.logger.info("API probe: %s answers as %s", self.options.api_url, result.message)
+            return
+        if result is not None and not result.fatal:
+            stats.inc_value("mediawiki/probe/ok")
+            self.logger.warning("API probe: %s answered %s; crawling anyway", self.options.api_url, problem)
+            return
+        stats.inc_value("mediawiki/probe/failed")
+        self.logger.error(
+            "API probe failed: %s is not a usable MediaWiki API: %s. Check api_url (source %r); stopping.",
+            self.options.api_url,
+            problem,
+            self.options.source_name,
+        )
+        raise CloseSpider("fatal_api_probe")
 
     def title_request(
         self, title: str, *, depth: int, discovered_from: str | None = None, known: bool = False
@@ -230,7 +280,10 @@ class MediaWikiSpider(HolocronSpider):
         known = response.meta["mw_known"]
         acc = Accumulator()
         try:
-            merge_query(acc, json.loads(response.body))
+            body = self.decoded_body(response)
+            if body is None:
+                raise MalformedResponse("not a JSON object")
+            merge_query(acc, body)
         except (ApiError, ValueError, MalformedResponse) as exc:
             self.logger.warning("prop=info check failed (%s); fetching all %d titles", exc, len(titles))
             yield self._query_request(titles, continuation=None, acc=None)
@@ -290,22 +343,38 @@ class MediaWikiSpider(HolocronSpider):
         )
 
     # -- responses -----------------------------------------------------------------------
+    @staticmethod
+    def decoded_body(response: Response) -> Any:
+        """The answer's JSON object: decoded once, by the retry middleware when it ran; None when
+        the body is not a JSON object."""
+        decoded = response.meta.pop(MEDIAWIKI_JSON_META, None)
+        if decoded is None:
+            decoded, _ = decode_api_body(response.body)
+        return decoded
+
     def parse_batch(self, response: Response) -> Iterator[Any]:
         titles = response.meta["mw_titles"]
         acc = Accumulator.from_dict(response.meta.get("mw_acc"))
+        body = self.decoded_body(response)
         try:
-            body = json.loads(response.body)
+            if body is None:
+                raise MalformedResponse("the body is not a JSON object")
             continuation = merge_query(acc, body)
         except ApiError as exc:
             self.crawler.stats.inc_value(f"mediawiki/api_error/{exc.code}")
+            if len(titles) > 1 and could_be_one_title(exc.code, exc.info, retryable=exc.retryable):
+                yield from self.bisect(titles, exc)
+                return
             yield from self.failure_items(titles, response, str(exc), retryable=exc.retryable, payload=body)
             return
         except (ValueError, MalformedResponse) as exc:
+            # Cut short, an HTML error page, a PHP fatal: transient (the retry middleware already
+            # retried it at the download level; the frontier tries again later).
             yield from self.failure_items(
                 titles,
                 response,
                 f"not a MediaWiki query answer: {exc}",
-                retryable=False,
+                retryable=True,
                 payload={
                     "body_prefix": response.text[:2000] if hasattr(response, "text") else repr(response.body[:2000])
                 },
@@ -318,6 +387,15 @@ class MediaWikiSpider(HolocronSpider):
             )
             return
         yield from self.batch_output(titles, acc, response)
+
+    def bisect(self, titles: list[dict[str, Any]], cause: object) -> Iterator[Request]:
+        """Split a batch that got a permanent error in halves, each a request of its own that
+        carries its share of the work-item ids, until the bad titles are alone."""
+        self.crawler.stats.inc_value("mediawiki/bisections")
+        self.logger.info("Splitting a batch of %d titles to isolate the cause of: %s", len(titles), cause)
+        half = len(titles) // 2
+        for part in (titles[:half], titles[half:]):
+            yield self._query_request(part, continuation=None, acc=None)
 
     def batch_output(self, titles: list[dict[str, Any]], acc: Accumulator, response: Response) -> Iterator[Any]:
         groups: dict[tuple[str, str], list[tuple[dict[str, Any], Any]]] = {}
@@ -418,17 +496,23 @@ class MediaWikiSpider(HolocronSpider):
                     "attempt": 1,
                 }
             ]
-        status = None
-        retryable = True
-        if failure.check(HttpError):
-            status = failure.value.response.status
-            retryable = status >= 500 or status == 429
-        self.logger.warning("Batch of %d titles failed: %s", len(titles), failure.getErrorMessage())
+        status = failure.value.response.status if failure.check(HttpError) else None
+        if status == 414 and len(titles) > 1 and "mw_titles" in request.meta:  # URI too long: fewer titles
+            yield from self.bisect(titles, "HTTP 414 (URI too long)")
+            return
+        verdict = classify_exception(failure.value)
+        self.logger.warning(
+            "Batch of %d titles failed (%s %s): %s",
+            len(titles),
+            verdict.category,
+            verdict.kind,
+            failure.getErrorMessage(),
+        )
         yield from self.failure_items(
             titles,
             None,
             f"{failure.type.__name__}: {failure.getErrorMessage()}",
-            retryable=retryable,
+            retryable=verdict.transient,
             status=status,
             url=request.url,
         )
