@@ -111,34 +111,40 @@ async def test_records_pipeline_batches(tmp_path):
     await pipeline.close_spider()
 
 
-def test_change_filter_drops_unchanged_and_keeps_changed(tmp_path):
+@deferred_f_from_coro_f
+async def test_change_filter_drops_unchanged_and_keeps_changed(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
     store = open_record_store(url)
     from holocron_scrapy.records.store import item_row
 
     store.insert([item_row(item("A", payload={"v": 1}))])
     store.close()
-    crawler = get_crawler(settings_dict={"HOLOCRON_RECORDS_URL": url})
+    crawler = get_crawler(settings_dict={"HOLOCRON_RECORDS_URL": url, "HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
     pipeline = ChangeFilterPipeline.from_crawler(crawler)
     pipeline.open_spider()
     with pytest.raises(DropItem, match="unchanged"):
-        pipeline.process_item(item("A", payload={"v": 1}))
-    assert pipeline.process_item(item("A", payload={"v": 2}))
-    assert pipeline.process_item(item("B", payload={"v": 1}))
+        await pipeline.process_item(item("A", payload={"v": 1}))
+    assert await pipeline.process_item(item("A", payload={"v": 2}))
+    assert await pipeline.process_item(item("B", payload={"v": 1}))
     pipeline.close_spider()
     stats = crawler.stats.get_stats()
     assert stats["recrawl/unchanged"] == 1 and stats["recrawl/changed"] == 1 and stats["records/new_resources"] == 1
 
 
-def test_change_filter_does_not_count_a_repeated_failure_as_unchanged(tmp_path):
+@deferred_f_from_coro_f
+async def test_change_filter_does_not_count_a_repeated_failure_as_unchanged(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
-    crawler = get_crawler(settings_dict={"HOLOCRON_RECORDS_URL": url})
+    from holocron_scrapy.records.store import item_row
+
+    failure = {"error": "DNS lookup failed"}
+    store = open_record_store(url)
+    store.insert([item_row(item("A", payload=failure, outcome=FAILED))])
+    store.close()
+    crawler = get_crawler(settings_dict={"HOLOCRON_RECORDS_URL": url, "HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
     pipeline = ChangeFilterPipeline.from_crawler(crawler)
     pipeline.open_spider()
-    failure = {"error": "DNS lookup failed"}
-    assert pipeline.process_item(item("A", payload=failure, outcome=FAILED))
     with pytest.raises(DropItem, match="unchanged"):
-        pipeline.process_item(item("A", payload=failure, outcome=FAILED))
+        await pipeline.process_item(item("A", payload=failure, outcome=FAILED))
     pipeline.close_spider()
     stats = crawler.stats.get_stats()
     assert stats["records/repeated_failures"] == 1 and "recrawl/unchanged" not in stats
@@ -153,3 +159,135 @@ def test_payload_must_be_json(tmp_path):
     with pytest.raises(sqlite3.IntegrityError, match="valid JSON"):
         store.insert([row])
     assert store.count() == 0
+
+
+# -- storage faults and "unchanged" only against what is stored ----------------------------------
+def _lake_item(tmp_path, resource_id="A", payload=None, **kw):
+    """An item that went through the lake pipeline (its file written, lake_path set)."""
+    crawler = get_crawler(settings_dict={"HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
+    lake = JsonLakePipeline.from_crawler(crawler)
+    lake.open_spider()
+    return lake.process_item(item(resource_id, payload=payload, **kw))
+
+
+def test_lake_deleted_mid_run_is_a_storage_fault_that_hands_the_item_back(tmp_path):
+    from holocron_scrapy.pipelines.faults import StorageFault
+
+    crawler = get_crawler(settings_dict={"HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
+    lake = JsonLakePipeline.from_crawler(crawler)
+    lake.open_spider()
+    (tmp_path / "lake").rmdir()
+    it = item("A", work_item_ids=[7])
+    with pytest.raises(StorageFault):
+        lake.process_item(it)
+    assert it.work_item_ids == []  # handed back: the frontier neither acks nor fails it
+    assert not (tmp_path / "lake").exists()  # not silently recreated
+    fatal = crawler.holocron_storage_faults.fatal
+    assert fatal == f"Lake write failed: {tmp_path / 'lake'}: the lake directory is gone; stopping the crawl"
+    later = item("B", work_item_ids=[8])
+    with pytest.raises(StorageFault):  # once stopping, nothing more is written
+        lake.process_item(later)
+    assert later.work_item_ids == [] and crawler.stats.get_value("storage/faults") == 2
+
+
+@deferred_f_from_coro_f
+async def test_records_db_refusing_writes_removes_the_lake_file_and_hands_back(tmp_path):
+    from holocron_scrapy.pipelines.faults import StorageFault
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
+    crawler, pipeline = _records_pipeline(
+        url, HOLOCRON_RECORDS_FLUSH_INTERVAL=0.01, HOLOCRON_LAKE_DIR=str(tmp_path / "lake")
+    )
+    pipeline.store.conn.execute("PRAGMA query_only = ON")  # the database refuses writes
+    it = _lake_item(tmp_path, work_item_ids=[3])
+    assert (tmp_path / "lake" / it.lake_path).exists()
+    with pytest.raises(StorageFault):
+        await pipeline.process_item(it)
+    assert not (tmp_path / "lake" / it.lake_path).exists()  # no record, so no file either
+    assert it.work_item_ids == []
+    fatal = crawler.holocron_storage_faults.fatal
+    assert fatal.startswith(f"Records write failed: {tmp_path / 'r.sqlite3'}: attempt to write a readonly database")
+    assert fatal.endswith("; stopping the crawl")
+    pipeline.store.conn.execute("PRAGMA query_only = OFF")
+    await pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_records_and_seen_versions_commit_together(tmp_path):
+    from holocron_scrapy.records.store import item_row
+
+    store = open_record_store(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    store.conn.execute("CREATE TRIGGER boom BEFORE INSERT ON seen_resources BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert([item_row(item("A"))], record_versions=True)
+    assert store.count() == 0  # no record without its version, and no version without its record
+    store.conn.execute("DROP TRIGGER boom")
+    assert store.insert([item_row(item("A", etag='"e1"'))], record_versions=True) == [True]
+    assert store.versions("mediawiki", "wikipedia", ["A"])["A"]["etag"] == '"e1"'
+    store.close()
+
+
+@deferred_f_from_coro_f
+async def test_a_copy_in_flight_is_not_unchanged_until_the_first_is_stored(tmp_path):
+    """Two copies of one version in flight: the second waits; if the first is lost to a storage
+    fault, the second goes on to be stored instead of being judged unchanged."""
+    import asyncio
+
+    from scrapy import signals
+
+    from holocron_scrapy.pipelines.faults import StorageFault
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
+    crawler = get_crawler(settings_dict={"HOLOCRON_RECORDS_URL": url, "HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
+    pipeline = ChangeFilterPipeline.from_crawler(crawler)
+    pipeline.open_spider()
+    first, second = item("A", payload={"v": 1}), item("A", payload={"v": 1})
+    assert await pipeline.process_item(first) is first
+    waiting = asyncio.ensure_future(pipeline.process_item(second))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    crawler.signals.send_catch_log(signals.item_dropped, item=first, response=None, exception=StorageFault("full"))
+    assert await waiting is second  # nothing stored: the second copy is not "unchanged"
+    assert crawler.stats.get_value("recrawl/unchanged") is None
+    # Once a copy is stored, a later one is unchanged.
+    store = open_record_store(url)
+    from holocron_scrapy.records.store import item_row
+
+    store.insert([item_row(second)])
+    store.close()
+    crawler.signals.send_catch_log(signals.item_scraped, item=second, response=None)
+    with pytest.raises(DropItem, match="unchanged"):
+        await pipeline.process_item(item("A", payload={"v": 1}))
+    pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_unchanged_item_restores_the_lost_lake_file_of_its_record(tmp_path):
+    from holocron_scrapy.records.store import item_row
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
+    stored = _lake_item(tmp_path, payload={"v": 1})
+    store = open_record_store(url)
+    store.insert([item_row(stored)])
+    store.close()
+    path = tmp_path / "lake" / stored.lake_path
+    original = json.loads(path.read_text("utf-8"))
+    crawler = get_crawler(settings_dict={"HOLOCRON_RECORDS_URL": url, "HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
+    pipeline = ChangeFilterPipeline.from_crawler(crawler)
+    pipeline.open_spider()
+    for damage in ("delete", "corrupt"):
+        if damage == "delete":
+            path.unlink()
+        else:
+            path.write_text('{"metadata": {}, "payload": {"v": 2}}', "utf-8")
+        refetch = item("A", payload={"v": 1}, run_id="a later run")
+        with pytest.raises(DropItem, match="unchanged"):
+            await pipeline.process_item(refetch)
+        restored = json.loads(path.read_text("utf-8"))
+        assert restored["payload"] == {"v": 1}
+        assert restored["metadata"]["ingest_id"] == stored.ingest_id  # the record's own metadata
+        assert restored["metadata"]["fetched_at_utc"] == original["metadata"]["fetched_at_utc"]
+    with pytest.raises(DropItem, match="unchanged"):  # intact: left alone
+        await pipeline.process_item(item("A", payload={"v": 1}))
+    assert crawler.stats.get_value("lake/restored") == 2
+    pipeline.close_spider()

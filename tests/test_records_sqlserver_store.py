@@ -385,3 +385,40 @@ def test_live_versions_upsert_and_lookup(live):
     store.record_versions([later])
     found = store.versions("mediawiki", "wikipedia", ["V", "missing"])
     assert list(found) == ["V"] and found["V"]["revision_id"] == 2 and found["V"]["hash_sha256"] == later["hash_sha256"]
+
+
+def test_insert_with_versions_is_one_transaction(rstore, fake_pyodbc):
+    """A record and its ``seen_resources`` version commit together: "seen" never runs ahead of storage."""
+    rows = [record("A"), record("B")]
+    fake_pyodbc.responder = lambda sql, params: [] if sql.startswith("INSERT INTO [ingest].[IngestRecords]") and (
+        params[4] == "B"
+    ) else (([], 0) if sql.startswith("UPDATE [ingest].[seen_resources]") else None)  # fmt: skip
+    assert rstore.insert(rows, record_versions=True) == [True, False]  # B: a duplicate, so no version either
+    assert fake_pyodbc.kinds() == ["1:insert_record", "1:insert_record", "1:update_version", "1:insert_version",
+                                   "1:commit"]  # fmt: skip
+    assert fake_pyodbc.executed("INSERT INTO [ingest].[seen_resources]")[0][2][0] == "mediawiki:wikipedia:page:A"
+
+
+def test_record_lookups_for_lake_verify(rstore, fake_pyodbc):
+    from holocron_scrapy.records.store import META_COLUMNS
+
+    fetched = datetime(2026, 1, 19, 12, 0, 5, 123456)
+
+    def row(ingest_id: str) -> tuple:
+        values = {**record(ingest_id), "ingest_id": ingest_id, "fetched_at_utc": fetched, "lake_path": f"p/{ingest_id}"}
+        return tuple(values[c] for c in META_COLUMNS)
+
+    pages = {"": [row("a"), row("b")], "b": [row("c")], "c": []}
+    fake_pyodbc.responder = lambda sql, params: (
+        pages[params[1]] or ([], 0) if "SELECT TOP (?)" in sql
+        else [row(params[0])] if "WHERE ingest_id = ?" in sql
+        else [row("z")] if "WHERE lake_path = ?" in sql
+        else None
+    )  # fmt: skip
+    got = [[r["ingest_id"] for r in page] for page in rstore.iter_records("wikipedia", batch_size=2)]
+    assert got == [["a", "b"], ["c"]]
+    assert fake_pyodbc.executed("SELECT TOP (?)")[1][2] == (2, "b", "wikipedia", "wikipedia")  # keyset, not OFFSET
+    found = rstore.records_by_ids(["x", "y", "x"])
+    assert sorted(found) == ["x", "y"] and found["x"]["fetched_at_utc"] == "2026-01-19 12:00:05.123456"
+    assert list(rstore.records_by_lake_path(["p/z"])) == ["p/z"]
+    assert rstore.records_by_ids([]) == {}

@@ -5,7 +5,9 @@ scrapy-deltafetch 2.1.0 only has a synchronous ``process_spider_output``, which 
 ``process_spider_output_async`` with the same logic, and resolves ``DELTAFETCH_DIR`` to an
 absolute path (a relative one would land in Scrapyd's working directory). Items with the outcome
 ``failed`` (HTTP 404/5xx, exhausted retries) do not mark their page as seen, so the next run
-tries it again.
+tries it again. A page is marked only once its item is stored (``item_scraped``) or found already
+stored (dropped as unchanged or as another worker's copy), never when the item is lost to a
+storage fault or a pipeline error: "seen" must not run ahead of storage.
 
 Settings: ``DELTAFETCH_ENABLED``, ``DELTAFETCH_DIR`` (the config's ``storage.deltafetch_dir``;
 default ``<cwd>/data/deltafetch``),
@@ -19,14 +21,15 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from itemadapter import ItemAdapter
-from scrapy import Request
+from itemadapter import ItemAdapter, is_item
+from scrapy import Request, signals
 from scrapy.crawler import Crawler
 from scrapy.http import Response
 from scrapy_deltafetch.middleware import DeltaFetch
 
 from holocron_scrapy import defaults
 from holocron_scrapy.items import FAILED
+from holocron_scrapy.pipelines.faults import StorageFault
 
 
 def _failed(item: Any) -> bool:
@@ -42,7 +45,34 @@ class AsyncDeltaFetch(DeltaFetch):
     def from_crawler(cls, crawler: Crawler) -> AsyncDeltaFetch:
         mw = super().from_crawler(crawler)
         mw.dir = str(Path(crawler.settings.get("DELTAFETCH_DIR") or defaults.DELTAFETCH_DIR).expanduser().resolve())
+        mw._pending = {}
+        crawler.signals.connect(mw._stored, signal=signals.item_scraped)
+        crawler.signals.connect(mw._dropped, signal=signals.item_dropped)
+        crawler.signals.connect(mw._lost, signal=signals.item_error)
         return mw
+
+    _pending: dict[int, bytes]  # id(item) -> key of the page that gave it, until the item is stored
+
+    def _mark(self, key: bytes) -> None:
+        db = getattr(self, "db", None)
+        if db is None:  # closed already
+            return
+        db[key] = str(time.time())
+        if self.stats:
+            self.stats.inc_value("deltafetch/stored")
+
+    def _stored(self, item: Any, **kwargs: Any) -> None:
+        key = self._pending.pop(id(item), None)
+        if key is not None:
+            self._mark(key)
+
+    def _dropped(self, item: Any, exception: BaseException | None = None, **kwargs: Any) -> None:
+        key = self._pending.pop(id(item), None)
+        if key is not None and not isinstance(exception, StorageFault):  # unchanged / duplicate: stored before
+            self._mark(key)
+
+    def _lost(self, item: Any, **kwargs: Any) -> None:
+        self._pending.pop(id(item), None)
 
     def _check(self, response: Response | None, output: Any) -> bool:
         """Record items; tell whether a request must be dropped (its page gave items before)."""
@@ -54,9 +84,11 @@ class AsyncDeltaFetch(DeltaFetch):
                 return False
             return True
         if response is not None and not _failed(output):  # a failed page must be tried again
-            self.db[self._get_key(response.request)] = str(time.time())
-            if self.stats:
-                self.stats.inc_value("deltafetch/stored")
+            key = self._get_key(response.request)
+            if is_item(output):
+                self._pending[id(output)] = key  # marked once the item is stored
+            else:
+                self._mark(key)
         return True
 
     def process_spider_output(self, response: Response, result: Iterable[Any], spider: Any = None) -> Iterable[Any]:

@@ -3,11 +3,17 @@
 Path: ``<lake>/<source_system>/<source_name>/<resource_type>/<safe_id>_<YYYYmmdd_HHMMSS>_<ingest8>.json``,
 written atomically (temp file, fsync, rename). Stats: ``lake/written``, ``lake/bytes``.
 
+A write that fails because of the lake itself (full, read-only, deleted mid-run) is a storage
+fault (:mod:`holocron_scrapy.pipelines.faults`): one error line, the crawl stops with
+``fatal_storage``, the item's work items are handed back. After ``close_spider`` nothing more is
+written (a response that arrives after a forced stop must not leave a file without a record).
+
 Settings: ``HOLOCRON_LAKE_DIR``.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,6 +29,7 @@ from scrapy.crawler import Crawler
 
 from holocron_scrapy import defaults
 from holocron_scrapy.items import INTERNAL_FIELDS
+from holocron_scrapy.pipelines.faults import FaultHandler, handed_back
 from holocron_scrapy.records.store import format_time
 
 #: Longest file-name stem (in UTF-8 bytes) kept readable; longer ids are cut and hashed.
@@ -73,24 +80,51 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def encode_document(document: dict[str, Any]) -> bytes:
+    """The bytes of a lake file."""
+    return json.dumps(document, ensure_ascii=False, indent=1).encode("utf-8")
+
+
 class JsonLakePipeline:
-    def __init__(self, lake_dir: str, *, stats: Any = None):
+    def __init__(self, lake_dir: str, *, stats: Any = None, faults: FaultHandler | None = None):
         self.lake_dir = Path(lake_dir).expanduser().resolve()
         self.stats = stats
+        self.faults = faults
+        self.closed = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JsonLakePipeline:
-        return cls(crawler.settings.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR, stats=crawler.stats)
+        return cls(
+            crawler.settings.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
+            stats=crawler.stats,
+            faults=FaultHandler.of(crawler),
+        )
 
     def open_spider(self) -> None:
         self.lake_dir.mkdir(parents=True, exist_ok=True)
+        self.closed = False
+
+    def close_spider(self) -> None:
+        self.closed = True
 
     def process_item(self, item: Any) -> Any:
         relative = lake_relative_path(item)
         adapter = ItemAdapter(item)
         adapter["lake_path"] = relative.as_posix()
-        data = json.dumps(lake_document(item), ensure_ascii=False, indent=1).encode("utf-8")
-        write_atomically(self.lake_dir / relative, data)
+        data = encode_document(lake_document(item))
+        path = self.lake_dir / relative
+        if self.faults is not None and self.faults.fatal:  # storage failed already: write nothing
+            raise self.faults.stopping(item)
+        if self.closed:  # a late response after a forced stop: a file now would have no record
+            raise handed_back(item, "the lake pipeline is closed")
+        try:
+            if not self.lake_dir.is_dir():  # deleted mid-run: recreating it would hide the loss
+                raise FileNotFoundError(errno.ENOENT, "the lake directory is gone", str(self.lake_dir))
+            write_atomically(path, data)
+        except OSError as exc:
+            if self.faults is None:
+                raise
+            raise self.faults.hand_back(item, "Lake write", str(exc.filename or path), exc) from exc
         if self.stats is not None:
             self.stats.inc_value("lake/written")
             self.stats.inc_value("lake/bytes", len(data))

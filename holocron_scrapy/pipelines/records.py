@@ -6,8 +6,17 @@ A batch is written when it holds ``HOLOCRON_RECORDS_BATCH_SIZE`` rows or its old
 has waited ``HOLOCRON_RECORDS_FLUSH_INTERVAL`` seconds; a kill loses at most that batch,
 whose work items are not acknowledged and so are fetched again.
 A row whose resource already has a record with the same hash (another worker won the
-race) is dropped and its lake file removed. Stats: ``records/written``, ``records/batches``,
-``records/duplicates``.
+race) is dropped and its lake file removed. The rows and their ``seen_resources`` versions are
+committed in one transaction, so "seen" is never recorded ahead of the record.
+
+A batch that fails removes the lake files of its items (a file without a record would be a
+stray). When the database itself refuses the write (read-only, full, gone) it is a storage
+fault (:mod:`holocron_scrapy.pipelines.faults`): one error line, the crawl stops with
+``fatal_storage``, the items' work items are handed back. :meth:`IngestRecordsPipeline.abandon`
+(a forced stop) removes the lake files of rows still waiting for their batch.
+
+Stats: ``records/written``, ``records/written/<outcome>``, ``records/batches``, ``records/duplicates``,
+``records/abandoned``.
 
 Settings: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``, ``HOLOCRON_RECORDS_BATCH_SIZE``,
 ``HOLOCRON_RECORDS_FLUSH_INTERVAL``, ``HOLOCRON_LAKE_DIR``.
@@ -15,6 +24,9 @@ Settings: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``, ``HOLOCRON_R
 
 from __future__ import annotations
 
+import itertools
+import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +37,10 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer, threads
 
 from holocron_scrapy import defaults
+from holocron_scrapy.pipelines.faults import FaultHandler, handed_back, is_storage_error
 from holocron_scrapy.records.store import RecordStore, item_row, open_record_store
-from holocron_scrapy.records.versions import VersionStore
+
+logger = logging.getLogger(__name__)
 
 
 class IngestRecordsPipeline:
@@ -39,19 +53,27 @@ class IngestRecordsPipeline:
         flush_interval: float = defaults.RECORDS_FLUSH_INTERVAL,
         stats: Any = None,
         lake_dir: str | None = None,
+        faults: FaultHandler | None = None,
     ):
         self.url = url
+        self.faults = faults
         self.lake_dir = lake_dir
         self.sqlserver_config = sqlserver_config
         self.batch_size = max(1, batch_size)
         self.flush_interval = flush_interval
         self.stats = stats
         self.store: RecordStore | None = None
-        self.versions: VersionStore | None = None
         self._rows: list[dict[str, Any]] = []
         self._waiters: list[defer.Deferred] = []
         self._timer: Any = None
         self._lock = defer.DeferredLock()
+        self._abandoned = False  # a forced stop: nothing more is stored
+        # Batches handed to the writer thread, not finished yet (id -> rows), and which committed.
+        self._batches: dict[int, list[dict[str, Any]]] = {}
+        self._committed: set[int] = set()
+        self._stop = threading.Event()
+        self._batch_ids = itertools.count()
+        self._writing = threading.Lock()  # held by the writer thread while it inserts
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> IngestRecordsPipeline:
@@ -63,11 +85,11 @@ class IngestRecordsPipeline:
             flush_interval=s.getfloat("HOLOCRON_RECORDS_FLUSH_INTERVAL", defaults.RECORDS_FLUSH_INTERVAL),
             stats=crawler.stats,
             lake_dir=s.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
+            faults=FaultHandler.of(crawler),
         )
 
     def open_spider(self) -> None:
         self.store = open_record_store(self.url, sqlserver_config=self.sqlserver_config)
-        self.versions = VersionStore(self.store)
 
     async def close_spider(self) -> None:
         await maybe_deferred_to_future(self.flush())
@@ -76,6 +98,9 @@ class IngestRecordsPipeline:
             self.store = None
 
     async def process_item(self, item: Any) -> Any:
+        if self.store is None or self._abandoned:  # closed, or a forced stop: store nothing more
+            self._remove_lake_file(item)
+            raise handed_back(item, "the records store is closed")
         done: defer.Deferred = defer.Deferred()
         self._rows.append(item_row(item))
         self._waiters.append(done)
@@ -85,7 +110,15 @@ class IngestRecordsPipeline:
             from twisted.internet import reactor
 
             self._timer = reactor.callLater(self.flush_interval, self.flush)
-        inserted = await maybe_deferred_to_future(done)
+        try:
+            inserted = await maybe_deferred_to_future(done)
+        except Exception as exc:
+            self._remove_lake_file(item)  # no record: the file would be a stray
+            if self._abandoned:
+                raise handed_back(item, "a forced stop gave up its records batch") from exc
+            if self.faults is not None and is_storage_error(exc):
+                raise self.faults.hand_back(item, "Records write", self.url_path(), exc) from exc
+            raise
         if not inserted:  # another worker stored this very version first
             self._remove_lake_file(item)
             if self.stats is not None:
@@ -94,16 +127,57 @@ class IngestRecordsPipeline:
         return item
 
     def _remove_lake_file(self, item: Any) -> None:
-        path = ItemAdapter(item).get("lake_path")
+        path = item.get("lake_path") if isinstance(item, dict) else ItemAdapter(item).get("lake_path")
         if path and self.lake_dir:
-            (Path(self.lake_dir) / path).unlink(missing_ok=True)
+            try:
+                (Path(self.lake_dir).expanduser() / path).unlink(missing_ok=True)
+            except OSError as exc:  # the lake itself may be what failed
+                logger.warning("Could not remove the lake file %s of an unstored record: %s", path, exc)
 
-    def _insert(self, rows: list[dict[str, Any]]) -> list[bool]:
+    def url_path(self) -> str:
+        """The records database as named in an error line (a SQLite path, else the store's own
+        description, which masks passwords)."""
+        if self.url.startswith("sqlite:///"):
+            return str(Path(self.url[len("sqlite:///") :]).expanduser().resolve())
+        describe = getattr(self.store, "describe", None)
+        return describe() if callable(describe) else self.url.split("://", 1)[0] + "://..."
+
+    def abandon(self, wait: float = 10.0) -> int:
+        """A forced stop: give up the rows not committed yet and remove their lake files (their
+        work items are not acknowledged, so the next run fetches them again). A batch the writer
+        thread is inserting right now is waited for (up to *wait* seconds): committed, its files
+        stay; batches not started are never inserted. Returns how many rows were given up."""
+        self._abandoned = True
+        self._stop.set()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        rows, self._rows, self._waiters = self._rows, [], []
+        if self._writing.acquire(timeout=wait):
+            try:
+                for batch, batch_rows in list(self._batches.items()):
+                    if batch not in self._committed:
+                        rows += batch_rows
+                self._batches.clear()
+            finally:
+                self._writing.release()
+        else:
+            logger.warning("A records batch is still being written after %g s: its lake files are kept", wait)
+        for row in rows:
+            self._remove_lake_file(row)
+        if self.stats is not None and rows:
+            self.stats.inc_value("records/abandoned", len(rows))
+        return len(rows)
+
+    def _insert(self, rows: list[dict[str, Any]], batch: int) -> list[bool]:
+        """Runs in the writer thread."""
         assert self.store is not None
-        inserted = self.store.insert(rows)
-        if self.versions is not None:
-            self.versions.upsert([row for row, ok in zip(rows, inserted, strict=True) if ok])
-        return inserted
+        with self._writing:
+            if self._stop.is_set():
+                raise RuntimeError("a forced stop gave up this records batch")
+            inserted = self.store.insert(rows, record_versions=True)
+            self._committed.add(batch)
+            return inserted
 
     def flush(self) -> defer.Deferred:
         """Write the buffered rows; their items' ``process_item`` calls return afterwards."""
@@ -114,19 +188,27 @@ class IngestRecordsPipeline:
         self._rows, self._waiters = [], []
         if not rows:
             return defer.succeed(None)
-        return self._lock.run(self._write, rows, waiters)
+        batch = next(self._batch_ids)
+        self._batches[batch] = rows
+        return self._lock.run(self._write, rows, waiters, batch)
 
     @defer.inlineCallbacks
-    def _write(self, rows: list[dict[str, Any]], waiters: list[defer.Deferred]):
+    def _write(self, rows: list[dict[str, Any]], waiters: list[defer.Deferred], batch: int):
         assert self.store is not None
         try:
-            inserted = yield threads.deferToThread(self._insert, rows)
+            inserted = yield threads.deferToThread(self._insert, rows, batch)
         except Exception as exc:  # every item of the batch fails; none is acknowledged
             for waiter in waiters:
                 waiter.errback(exc)
             return
+        finally:
+            self._batches.pop(batch, None)
+            self._committed.discard(batch)
         if self.stats is not None:
             self.stats.inc_value("records/written", sum(inserted))
             self.stats.inc_value("records/batches")
+            for row, ok in zip(rows, inserted, strict=True):  # per outcome: the run summary counts pages
+                if ok:
+                    self.stats.inc_value(f"records/written/{row.get('outcome') or 'ok'}")
         for waiter, ok in zip(waiters, inserted, strict=True):
             waiter.callback(ok)

@@ -22,6 +22,7 @@ variables and the YAML ``storage.sql_server`` section (schema: ``INGEST_SQLSERVE
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from holocron_scrapy.db import sqlserver
@@ -29,7 +30,15 @@ from holocron_scrapy.db.migrations import validate_identifier
 from holocron_scrapy.db.sqlserver import SqlServerSettings
 from holocron_scrapy.errors import StoreError
 from holocron_scrapy.frontier.sqlserver_store import NVARCHAR_MAX, SqlServerSession, parse_time, text_sizes
-from holocron_scrapy.records.store import RECORD_COLUMNS, RUN_COLUMNS, RecordStore, seen_version, version_params
+from holocron_scrapy.records.store import (
+    META_COLUMNS,
+    RECORD_COLUMNS,
+    RUN_COLUMNS,
+    RecordStore,
+    format_time,
+    seen_version,
+    version_params,
+)
 
 #: The columns identifying one stored version of a resource (the unique ``ux_ingest_records_version``).
 VERSION_COLUMNS = ("source_system", "source_name", "resource_type", "resource_id", "hash_sha256")
@@ -60,6 +69,17 @@ _TEMPLATES = {
         ")"
     ),
     "count_ingest_id": "SELECT COUNT(*) FROM {records} WHERE ingest_id = ?",
+    "latest_record": (
+        "SELECT TOP (1) {meta_columns} FROM {records}"
+        " WHERE source_system = ? AND source_name = ? AND resource_type = ? AND resource_id = ?"
+        " ORDER BY fetched_at_utc DESC"
+    ),
+    "record_by_id": "SELECT {meta_columns} FROM {records} WHERE ingest_id = ?",
+    "record_by_lake_path": "SELECT {meta_columns} FROM {records} WHERE lake_path = ?",
+    "records_page": (
+        "SELECT TOP (?) {meta_columns} FROM {records} WHERE ingest_id > ?"
+        " AND (? IS NULL OR source_name = ?) ORDER BY ingest_id"
+    ),
     "latest_hash": (
         "SELECT TOP (1) hash_sha256 FROM {records}"
         " WHERE source_system = ? AND source_name = ? AND resource_type = ? AND resource_id = ?"
@@ -99,6 +119,7 @@ def statements(schema: str = sqlserver.DEFAULT_SCHEMA) -> dict[str, str]:
             runs=runs,
             seen=f"[{schema}].[seen_resources]",
             record_columns=", ".join(RECORD_COLUMNS),
+            meta_columns=", ".join(META_COLUMNS),
             record_marks=", ".join("?" for _ in RECORD_COLUMNS),
             version_match=" AND ".join(f"{c} = ?" for c in VERSION_COLUMNS),
             run_updates=", ".join(f"{c} = ?" for c in RUN_COLUMNS if c != "run_id"),
@@ -139,7 +160,7 @@ class SqlServerRecordStore(RecordStore):
     def describe(self) -> str:
         return self.session.describe("IngestRecords")
 
-    def insert(self, rows: list[dict[str, Any]]) -> list[bool]:
+    def insert(self, rows: list[dict[str, Any]], *, record_versions: bool = False) -> list[bool]:
         if not rows:
             return []
         batch = []
@@ -161,6 +182,8 @@ class SqlServerRecordStore(RecordStore):
                     if not sqlserver.is_duplicate_key(exc):
                         raise
                     inserted.append(False)  # lost a race on the same version: already stored
+            if record_versions:  # "seen" only with the record, in the same transaction
+                self._upsert_versions(cur, [row for row, ok in zip(rows, inserted, strict=True) if ok])
             return inserted
 
         def recover(cur: Any) -> list[bool] | None:
@@ -180,6 +203,55 @@ class SqlServerRecordStore(RecordStore):
             return None if row is None else row[0]
 
         return self.session.run("latest_hash", work)
+
+    @staticmethod
+    def _meta(row: Any) -> dict[str, Any]:
+        """A ``META_COLUMNS`` row as a dict, its time as UTC text (as the SQLite store gives it)."""
+        record = dict(zip(META_COLUMNS, tuple(row), strict=True))
+        record["fetched_at_utc"] = format_time(record["fetched_at_utc"])
+        return record
+
+    def latest_record(
+        self, source_system: str, source_name: str, resource_type: str, resource_id: str
+    ) -> dict[str, Any] | None:
+        def work(cur: Any) -> dict[str, Any] | None:
+            cur.execute(self.sql["latest_record"], source_system, source_name, resource_type, resource_id)
+            row = cur.fetchone()
+            return None if row is None else self._meta(row)
+
+        return self.session.run("latest_record", work)
+
+    def _records_where(self, statement: str, column: str, values: list[str]) -> dict[str, dict[str, Any]]:
+        def work(cur: Any) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for value in dict.fromkeys(values):  # one seek each (ingest_id is the key)
+                cur.execute(self.sql[statement], value)
+                for row in cur.fetchall():
+                    record = self._meta(row)
+                    out[record[column]] = record
+            return out
+
+        return self.session.run(statement, work) if values else {}
+
+    def records_by_ids(self, ingest_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self._records_where("record_by_id", "ingest_id", ingest_ids)
+
+    def records_by_lake_path(self, lake_paths: list[str]) -> dict[str, dict[str, Any]]:
+        return self._records_where("record_by_lake_path", "lake_path", lake_paths)
+
+    def iter_records(self, source_name: str | None = None, batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        after = ""
+        while True:
+
+            def work(cur: Any, after: str = after) -> list[dict[str, Any]]:
+                cur.execute(self.sql["records_page"], batch_size, after, source_name, source_name)
+                return [self._meta(row) for row in cur.fetchall()]
+
+            page = self.session.run("records_page", work)
+            if not page:
+                return
+            yield page
+            after = page[-1]["ingest_id"]
 
     def write_run(self, summary: dict[str, Any]) -> None:
         row = {c: _bind(c, summary.get(c), RUN_TIME_COLUMNS) for c in RUN_COLUMNS}
@@ -217,27 +289,19 @@ class SqlServerRecordStore(RecordStore):
             return
 
         def work(cur: Any) -> None:
-            for row in rows:
-                key, ss, sn, rt, rid, digest, revid, etag, modified, fetched, changed = version_params(row)
-                fetched, changed = parse_time(fetched), parse_time(changed)
-                cur.execute(self.sql["update_version"], digest, revid, etag, modified, fetched, changed, key)
-                if cur.rowcount == 0:
-                    cur.execute(
-                        self.sql["insert_version"],
-                        key,
-                        ss,
-                        sn,
-                        rt,
-                        rid,
-                        digest,
-                        revid,
-                        etag,
-                        modified,
-                        fetched,
-                        changed,
-                    )
+            self._upsert_versions(cur, rows)
 
         self.session.run("record_versions", work)  # an upsert: safe to run again
+
+    def _upsert_versions(self, cur: Any, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            key, ss, sn, rt, rid, digest, revid, etag, modified, fetched, changed = version_params(row)
+            fetched, changed = parse_time(fetched), parse_time(changed)
+            cur.execute(self.sql["update_version"], digest, revid, etag, modified, fetched, changed, key)
+            if cur.rowcount == 0:
+                cur.execute(
+                    self.sql["insert_version"], key, ss, sn, rt, rid, digest, revid, etag, modified, fetched, changed
+                )
 
     def count(self, **where: Any) -> int:
         statement = count_statement(self.schema, tuple(where))

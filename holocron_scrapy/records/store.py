@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +41,8 @@ RECORD_COLUMNS = (
     "lake_path",
     "payload",
 )
+#: Every IngestRecords column but the payload: what the lake file's metadata repeats.
+META_COLUMNS = tuple(c for c in RECORD_COLUMNS if c != "payload")
 RUN_COLUMNS = (
     "run_id",
     "spider",
@@ -112,13 +115,36 @@ def item_row(item: Any) -> dict[str, Any]:
 
 class RecordStore(ABC):
     @abstractmethod
-    def insert(self, rows: list[dict[str, Any]]) -> list[bool]:
+    def insert(self, rows: list[dict[str, Any]], *, record_versions: bool = False) -> list[bool]:
         """Insert *rows* in one transaction (all or none); a row whose resource already has a
-        record with the same hash is skipped. Returns, per row, whether it was inserted."""
+        record with the same hash is skipped. With *record_versions*, the ``seen_resources``
+        versions of the inserted rows (``item_row`` plus version fields) are upserted in the same
+        transaction. Returns, per row, whether it was inserted."""
 
     @abstractmethod
     def latest_hash(self, source_system: str, source_name: str, resource_type: str, resource_id: str) -> str | None:
         """Hash of the newest stored record of a resource, or None."""
+
+    @abstractmethod
+    def latest_record(
+        self, source_system: str, source_name: str, resource_type: str, resource_id: str
+    ) -> dict[str, Any] | None:
+        """The newest stored record of a resource (``META_COLUMNS``: every column but the
+        payload; times as UTC text), or None."""
+
+    @abstractmethod
+    def records_by_ids(self, ingest_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The records (``META_COLUMNS``) with these ``ingest_id`` values (the key), by ingest id."""
+
+    @abstractmethod
+    def records_by_lake_path(self, lake_paths: list[str]) -> dict[str, dict[str, Any]]:
+        """The records (``META_COLUMNS``) whose ``lake_path`` is one of *lake_paths*, by lake path
+        (no index: for the few lake files too damaged to name their ingest id)."""
+
+    @abstractmethod
+    def iter_records(self, source_name: str | None = None, batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Every record (``META_COLUMNS``, optionally of one source) in batches of at most
+        *batch_size*, in ``ingest_id`` order (keyset pagination: memory stays flat)."""
 
     @abstractmethod
     def write_run(self, summary: dict[str, Any]) -> None:
@@ -140,11 +166,22 @@ class RecordStore(ABC):
     def close(self) -> None: ...
 
 
+_UPSERT_VERSION = (
+    "INSERT INTO seen_resources (dedupe_key, source_system, source_name, resource_type, resource_id,"
+    " last_hash_sha256, last_revision_id, etag, last_modified, last_fetched_at, last_changed_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (dedupe_key) DO UPDATE SET last_hash_sha256 = excluded.last_hash_sha256,"
+    " last_revision_id = excluded.last_revision_id, etag = excluded.etag,"
+    " last_modified = excluded.last_modified, last_fetched_at = excluded.last_fetched_at,"
+    " last_changed_at = excluded.last_changed_at"
+)
+
+
 class SqliteRecordStore(RecordStore):
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
 
-    def insert(self, rows: list[dict[str, Any]]) -> list[bool]:
+    def insert(self, rows: list[dict[str, Any]], *, record_versions: bool = False) -> list[bool]:
         if not rows:
             return []
         columns = ", ".join(RECORD_COLUMNS)
@@ -157,10 +194,15 @@ class SqliteRecordStore(RecordStore):
             for row in rows:
                 cur.execute(sql, tuple(row[c] for c in RECORD_COLUMNS))
                 inserted.append(cur.rowcount == 1)
+            if record_versions:
+                stored = [row for row, ok in zip(rows, inserted, strict=True) if ok]
+                if stored:
+                    cur.executemany(_UPSERT_VERSION, [version_params(r) for r in stored])
+            cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
-        cur.execute("COMMIT")
         return inserted
 
     def latest_hash(self, source_system: str, source_name: str, resource_type: str, resource_id: str) -> str | None:
@@ -170,6 +212,49 @@ class SqliteRecordStore(RecordStore):
             (source_system, source_name, resource_type, resource_id),
         ).fetchone()
         return None if row is None else row[0]
+
+    def latest_record(
+        self, source_system: str, source_name: str, resource_type: str, resource_id: str
+    ) -> dict[str, Any] | None:
+        cur = self.conn.execute(
+            f"SELECT {', '.join(META_COLUMNS)} FROM ingest_records WHERE source_system = ? AND source_name = ?"
+            " AND resource_type = ? AND resource_id = ? ORDER BY fetched_at_utc DESC LIMIT 1",
+            (source_system, source_name, resource_type, resource_id),
+        )
+        row = cur.fetchone()
+        return None if row is None else dict(zip(META_COLUMNS, row, strict=True))
+
+    def _records_where(self, column: str, values: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            cur = self.conn.execute(
+                f"SELECT {', '.join(META_COLUMNS)} FROM ingest_records WHERE {column} IN ({marks})", chunk
+            )
+            for row in cur:
+                record = dict(zip(META_COLUMNS, row, strict=True))
+                out[record[column]] = record
+        return out
+
+    def records_by_ids(self, ingest_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self._records_where("ingest_id", ingest_ids)
+
+    def records_by_lake_path(self, lake_paths: list[str]) -> dict[str, dict[str, Any]]:
+        return self._records_where("lake_path", lake_paths)
+
+    def iter_records(self, source_name: str | None = None, batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        after = ""
+        while True:
+            rows = self.conn.execute(
+                f"SELECT {', '.join(META_COLUMNS)} FROM ingest_records WHERE ingest_id > ?"
+                " AND (? IS NULL OR source_name = ?) ORDER BY ingest_id LIMIT ?",
+                (after, source_name, source_name, batch_size),
+            ).fetchall()
+            if not rows:
+                return
+            yield [dict(zip(META_COLUMNS, row, strict=True)) for row in rows]
+            after = rows[-1][0]
 
     def write_run(self, summary: dict[str, Any]) -> None:
         row = {c: format_time(summary.get(c)) for c in RUN_COLUMNS}
@@ -202,16 +287,7 @@ class SqliteRecordStore(RecordStore):
             return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            self.conn.executemany(
-                "INSERT INTO seen_resources (dedupe_key, source_system, source_name, resource_type, resource_id,"
-                " last_hash_sha256, last_revision_id, etag, last_modified, last_fetched_at, last_changed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (dedupe_key) DO UPDATE SET last_hash_sha256 = excluded.last_hash_sha256,"
-                " last_revision_id = excluded.last_revision_id, etag = excluded.etag,"
-                " last_modified = excluded.last_modified, last_fetched_at = excluded.last_fetched_at,"
-                " last_changed_at = excluded.last_changed_at",
-                [version_params(r) for r in rows],
-            )
+            self.conn.executemany(_UPSERT_VERSION, [version_params(r) for r in rows])
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
