@@ -17,7 +17,7 @@ from scrapy.http import Response
 
 from tests.support import cassettes
 
-pytest_plugins = ["tests.support.mediawiki_fixture", "tests.support.sqlserver"]
+pytest_plugins = ["tests.support.mediawiki_fixture", "tests.support.sqlserver", "tests.support.postgres"]
 
 
 @pytest.fixture
