@@ -13,6 +13,7 @@ DELTAFETCH_DIR = "data/deltafetch"  # scrapy-deltafetch databases (opt-in per HT
 RECORDS_URL = "sqlite:///data/records.sqlite3"
 RECORDS_BATCH_SIZE = 100
 RECORDS_FLUSH_INTERVAL = 0.5  # seconds an item may wait for its batch to be committed
+SHUTDOWN_TIMEOUT = 30.0  # seconds a stop (SIGTERM, Ctrl-C) may take to finish what is in flight
 
 # Frontier (work_items state table) ------------------------------------------
 STATE_URL = "sqlite:///data/state.sqlite3"
@@ -25,6 +26,8 @@ FRONTIER_RETRY_BACKOFF = 30.0  # seconds, doubled per attempt
 FRONTIER_FLUSH_INTERVAL = 0.5  # seconds between flushes of buffered enqueues and acks
 FRONTIER_PROGRESS_INTERVAL = 60.0  # seconds between progress lines; 0 disables
 FRONTIER_FILL_BATCHES = True  # hold a half-empty batch while own requests may still add work
+FRONTIER_SOLO_AFTER_LOSSES = 2  # an item whose lease was lost this often is only claimed alone
+FRONTIER_QUARANTINE_AFTER = 3  # an item whose worker died this often while it was alone is failed
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # Politeness ------------------------------------------------------------------
@@ -46,6 +49,8 @@ MEDIAWIKI_MAX_BATCH_SIZE = 50  # the limit for clients without apihighlimits
 MEDIAWIKI_MAXLAG = 5
 MEDIAWIKI_MAX_DEPTH = 1
 MEDIAWIKI_NAMESPACES = (0,)
+#: Retries of the start-up API probe when the answer is not JSON (an HTML page is a wrong api_url).
+MEDIAWIKI_PROBE_MALFORMED_RETRIES = 2
 MEDIAWIKI_RETRYABLE_ERRORS = (
     "maxlag",
     "ratelimited",

@@ -37,6 +37,8 @@ ITEM_PIPELINES = {
 }
 EXTENSIONS = {
     "holocron_scrapy.extensions.runs.RunSummary": 500,
+    # Bounds a stop (SIGTERM, Ctrl-C) by HOLOCRON_SHUTDOWN_TIMEOUT, then hands back what is in flight.
+    "holocron_scrapy.extensions.shutdown.GracefulShutdown": 510,
 }
 
 # Politeness, on by default ----------------------------------------------------------
@@ -50,7 +52,9 @@ AUTOTHROTTLE_TARGET_CONCURRENCY = defaults.AUTOTHROTTLE_TARGET_CONCURRENCY
 CONCURRENT_REQUESTS_PER_DOMAIN = defaults.CONCURRENCY_PER_HOST
 DOWNLOAD_DELAY = defaults.DOWNLOAD_DELAY
 RETRY_TIMES = defaults.RETRY_TIMES
-RETRY_HTTP_CODES = [408, 429, *range(500, 600)]  # every 5xx is a server-side, possibly passing, failure
+# Codes retried besides what holocron_scrapy.failures calls transient (408, 425, 429 and every 5xx,
+# whatever this list says); kept short so Scrapy's "Overridden settings" log line stays one line.
+RETRY_HTTP_CODES = [408, 429, 500, 502, 503, 504]
 DEFAULT_REQUEST_HEADERS = {
     "Accept": "application/json, text/html;q=0.9, */*;q=0.8",
     "Accept-Encoding": "gzip, deflate",

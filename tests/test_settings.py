@@ -50,3 +50,80 @@ def test_command_line_settings_still_win(tmp_path):
     crawler.settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", 1, priority="cmdline")
     WikipediaSpider.from_crawler(crawler, seeds="Star Wars")
     assert crawler.settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") == 1
+
+
+def test_retry_codes_are_short_and_every_5xx_is_transient():
+    import pprint
+
+    from holocron_scrapy import settings
+    from holocron_scrapy.failures import classify_status
+
+    codes = settings.RETRY_HTTP_CODES
+    assert 404 not in codes and "\n" not in pprint.pformat({"RETRY_HTTP_CODES": codes})
+    assert all(classify_status(status, frozenset(codes)).transient for status in (408, 429, *range(500, 600)))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("HOLOCRON_FRONTIER_ORDER", "bsf", "HOLOCRON_FRONTIER_ORDER: expected bfs or dfs, got 'bsf'"),
+        ("HOLOCRON_FRONTIER_CLAIM_SIZE", "abc", "HOLOCRON_FRONTIER_CLAIM_SIZE: expected an integer, got 'abc'"),
+        ("HOLOCRON_FRONTIER_MAX_ATTEMPTS", "0", "HOLOCRON_FRONTIER_MAX_ATTEMPTS: must be at least 1, got '0'"),
+        ("HOLOCRON_FRONTIER_LEASE_SECONDS", "0", "HOLOCRON_FRONTIER_LEASE_SECONDS: must be more than 0"),
+        ("HOLOCRON_FRONTIER_FILL_BATCHES", "maybe", "expected true or false"),
+        ("HOLOCRON_STATE_URL", "ftp://x", "unknown store URL scheme 'ftp'"),
+        ("HOLOCRON_RECORDS_URL", "records.sqlite3", "HOLOCRON_RECORDS_URL: not a URL"),
+        ("HOLOCRON_RECRAWL_AFTER", "soon", "HOLOCRON_RECRAWL_AFTER"),
+        ("HOLOCRON_RUN_ID", "../escape", "HOLOCRON_RUN_ID: expected letters"),
+        (
+            "HOLOCRON_NOTIFY_WEBHOOK",
+            "hooks.example.org/x?token=t0k",
+            "HOLOCRON_NOTIFY_WEBHOOK: expected an http(s) URL",
+        ),
+    ],
+)
+def test_settings_are_checked_with_one_clear_error(name, value, problem):
+    from holocron_scrapy.errors import ConfigError
+    from holocron_scrapy.settings_check import check_settings
+
+    with pytest.raises(ConfigError) as info:
+        check_settings(Settings({name: value}))
+    assert problem in str(info.value) and "t0k" not in str(info.value)
+
+
+def test_good_settings_pass_and_unknown_ones_are_warned_about(tmp_path, caplog):
+    from holocron_scrapy.settings_check import check_settings
+
+    good = {
+        "HOLOCRON_FRONTIER_ORDER": "dfs",
+        "HOLOCRON_FRONTIER_CLAIM_SIZE": "5",
+        "HOLOCRON_FRONTIER_RETRY_BACKOFF": 0,
+        "HOLOCRON_FRONTIER_FILL_BATCHES": "false",
+        "HOLOCRON_LAKE_DIR": str(tmp_path / "new" / "lake"),
+        "HOLOCRON_STATE_URL": f"sqlite:///{tmp_path}/s.sqlite3",
+        "HOLOCRON_RECRAWL_AFTER": 3600,
+        "HOLOCRON_SHUTDOWN_TIMEOUT": "30",
+        "HOLOCRON_FRONTEIR_ORDER": "dfs",
+        "HOLOCRON_COMPLETELY_DIFFERENT": "1",
+    }
+    with caplog.at_level("WARNING", logger="holocron_scrapy.settings_check"):
+        check_settings(Settings(good))
+    assert not (tmp_path / "new").exists()  # checked, not created
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "Unknown setting HOLOCRON_COMPLETELY_DIFFERENT is ignored",
+        "Unknown setting HOLOCRON_FRONTEIR_ORDER is ignored; did you mean HOLOCRON_FRONTIER_ORDER?",
+    ]
+
+
+def test_spider_arguments_are_checked(tmp_path):
+    from holocron_scrapy.errors import ConfigError
+
+    crawler = project_crawler(HttpSpider, tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"-a max_dept: unknown argument of the 'http' spider \(did you mean max_depth"
+    ):
+        HttpSpider.from_crawler(crawler, source="site", seeds="https://example.org/", max_dept="0")
+    crawler = project_crawler(WikipediaSpider, tmp_path)
+    spider = WikipediaSpider.from_crawler(crawler, seeds="Star Wars", max_depth="0", _job="abc")  # Scrapyd's _job
+    assert spider.options.max_depth == 0

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from holocron_scrapy.errors import ConfigError, StoreError
+from holocron_scrapy.secrets import mask_text
+from holocron_scrapy.secrets import register as register_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +273,7 @@ class SqlServerSettings:
                 f"not set: export the SQL Server password (or a full ODBC connection string in {ENV_CONN_STR})",
                 key=ENV_PASSWORD,
             )
+        register_secrets(password, *(v for k, v in parse_odbc(explicit or "") if k.lower() in _SECRET_KEYS))
         return cls(
             host=text("host", DEFAULT_HOST),
             port=_parse_int(port_value, port_source, 1, 65535),
@@ -335,13 +338,12 @@ class SqlServerSettings:
         return format_odbc(self._pairs(mask=True))
 
     def redact(self, text: str) -> str:
-        """*text* with any occurrence of the password replaced by ``***``."""
+        """*text* with the password replaced by ``***`` wherever it stands on its own (never inside a
+        longer word: with the password ``x``, "does not exist" is left intact)."""
         secrets = [self.password] if self.password else []
         if self.conn_str:
             secrets += [v for k, v in parse_odbc(self.conn_str) if k.lower() in _SECRET_KEYS and v]
-        for secret in sorted(secrets, key=len, reverse=True):
-            text = text.replace(secret, MASK)
-        return text
+        return mask_text(text, extra=secrets)
 
     def describe(self) -> dict[str, str]:
         """Connection facts for humans (password masked)."""

@@ -1,11 +1,18 @@
 """Summarise every crawl: log it, write it to ``ingest_runs`` and ``<lake>/_runs/<run_id>.json``,
 and POST it to an optional webhook (a failing webhook is logged, never fails the crawl).
 
-The summary counts pages stored, unchanged, missing and failed, requests, duration and
-errors, with a status: ``completed`` (finished, nothing failed), ``partial`` (finished with
-failures, or stopped early) or ``failed`` (failures or errors and not one successful fetch: a page
-fetched, or found unchanged by a re-crawl check, is a success). A crawl that cannot start (bad
-config or arguments) exits non-zero before the spider opens and leaves no summary.
+The summary counts pages (not records): stored, unchanged, missing, failed for good, retried, and
+download retries, requests, duration and errors, with a status: ``completed`` (a normal end:
+finished, or a ``max_pages`` or ``CLOSESPIDER_PAGECOUNT/ITEMCOUNT/TIMEOUT`` limit reached, with
+nothing failed), ``partial`` (failures, or stopped early: ``shutdown``) or ``failed`` (a ``fatal_*``
+close reason, or failures or errors and not one page stored or found unchanged by a re-crawl check).
+``scrapy crawl`` exits with :data:`EXIT_CODES` (0 completed, 3 partial, 1 failed); a crawl that
+cannot start (bad config, arguments or settings) exits 2 before the spider opens and leaves no
+summary.
+
+Stats read: ``records/written/<outcome>``, ``recrawl/unchanged``, ``recrawl/changed``,
+``<system>/pages/<outcome>``, ``frontier/failed``, ``frontier/retried``, ``robotstxt/forbidden``,
+``retry/count``, ``downloader/request_count``, ``spider_exceptions/*``, ``log_count/ERROR``.
 
 Settings: ``HOLOCRON_RUN_ID``, ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``,
 ``HOLOCRON_SOURCE_NAME``, ``HOLOCRON_SOURCE_SYSTEM``, ``HOLOCRON_LAKE_DIR``,
@@ -14,6 +21,7 @@ Settings: ``HOLOCRON_RUN_ID``, ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLS
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -21,6 +29,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from scrapy import Spider, signals
 from scrapy.crawler import Crawler
@@ -28,21 +37,44 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
 from holocron_scrapy import defaults
+from holocron_scrapy.pipelines.faults import is_storage_error
 from holocron_scrapy.pipelines.lake import write_atomically
 from holocron_scrapy.records.store import open_record_store
+from holocron_scrapy.secrets import mask_text, mask_url
 
 logger = logging.getLogger(__name__)
 
 
+#: Close reasons of a run that ended normally: it finished, or reached a limit the operator set.
+NORMAL_ENDS = frozenset(
+    {"finished", "max_pages", "closespider_pagecount", "closespider_itemcount", "closespider_timeout"}
+)
+#: Close reasons starting with this make the run ``failed`` (e.g. ``fatal_api_probe``, ``fatal_storage``).
+FATAL_PREFIX = "fatal_"
+#: ``scrapy crawl`` exit status per run status; 2 is bad input before the start (no run).
+EXIT_CODES = {"completed": 0, "failed": 1, "partial": 3}
+EXIT_BAD_INPUT = 2
+#: Outcomes of titles that gave no page (stored as records, neither content nor failures).
+MISSING_OUTCOMES = ("missing", "invalid", "redirect_loop", "special")
+
+
 def run_status(reason: str, fetched_ok: int, failed: int, errors: int) -> str:
-    """``completed``: finished without failures; ``failed``: failures or errors and not one page
-    fetched or confirmed unchanged (*fetched_ok* counts both); ``partial``: anything between, or
-    stopped early."""
+    """``failed``: a ``fatal_*`` close reason, or failures or errors and not one page stored or
+    confirmed unchanged (*fetched_ok* counts both); ``completed``: a normal end (finished, or a
+    page/item/time limit reached) with no page failed for good and no error; ``partial``:
+    anything between, or stopped early (``shutdown``: Ctrl-C, SIGTERM)."""
+    if reason.startswith(FATAL_PREFIX):
+        return "failed"
     if (failed or errors) and fetched_ok == 0:
         return "failed"
-    if reason != "finished":
+    if reason not in NORMAL_ENDS:
         return "partial"
     return "partial" if failed or errors else "completed"
+
+
+def exit_code(status: str | None) -> int:
+    """The ``scrapy crawl`` exit status for a run *status* (unknown: 1)."""
+    return EXIT_CODES.get(status or "", 1)
 
 
 def outcome_count(stats: dict[str, Any], outcome: str) -> int:
@@ -54,13 +86,21 @@ def outcome_count(stats: dict[str, Any], outcome: str) -> int:
 def build_summary(
     stats: dict[str, Any], *, run_id: str, spider: str, source_system: str | None, source_name: str | None, reason: str
 ) -> dict[str, Any]:
-    """The run summary from Scrapy stats (pure; used by the extension and tests)."""
+    """The run summary from Scrapy stats (pure; used by the extension and tests).
+
+    Pages, not records: ``pages_stored`` counts records written with outcome ``ok``
+    (``records/written/ok``), ``pages_unchanged`` pages found unchanged (``recrawl/unchanged``),
+    ``pages_missing`` titles that gave no page, ``pages_failed`` work items that ended failed for good
+    in this run (``frontier/failed``, less those refused by robots.txt: ``pages_forbidden``),
+    ``pages_retried`` work items put back for another attempt (``frontier/retried``) and
+    ``download_retries`` Scrapy's download-level retries (``retry/count``)."""
     started = stats.get("start_time")
     finished = stats.get("finish_time") or datetime.now(timezone.utc)
     duration = (finished - started).total_seconds() if started else None
-    stored = int(stats.get("records/written", 0))
-    missing = outcome_count(stats, "missing") + outcome_count(stats, "invalid") + outcome_count(stats, "redirect_loop")
-    failed_items = outcome_count(stats, "failed")
+    stored = int(stats.get("records/written/ok", 0))
+    missing = sum(outcome_count(stats, outcome) for outcome in MISSING_OUTCOMES)
+    forbidden = int(stats.get("robotstxt/forbidden", 0))
+    failed_items = max(0, int(stats.get("frontier/failed", 0)) - forbidden)
     unchanged = int(stats.get("recrawl/unchanged", 0))
     errors = int(stats.get("spider_exceptions/count", 0)) + int(stats.get("log_count/ERROR", 0))
     error_counts = {
@@ -74,7 +114,7 @@ def build_summary(
         "spider": spider,
         "source_system": source_system,
         "source_name": source_name,
-        "status": run_status(reason, outcome_count(stats, "ok") + unchanged, failed_items, errors),
+        "status": run_status(reason, stored + unchanged, failed_items, errors),
         "started_at": started,
         "finished_at": finished,
         "duration_s": duration,
@@ -82,6 +122,10 @@ def build_summary(
         "pages_unchanged": unchanged,
         "pages_missing": missing,
         "pages_failed": failed_items,
+        "pages_retried": int(stats.get("frontier/retried", 0)),
+        "pages_forbidden": forbidden,
+        "download_retries": int(stats.get("retry/count", 0)),
+        "failure_records": int(stats.get("records/written/failed", 0)),
         "requests": int(stats.get("downloader/request_count", 0)),
         "finish_reason": reason,
         "pages_changed": int(stats.get("recrawl/changed", 0)),
@@ -107,8 +151,15 @@ def webhook_settings(settings: Any) -> tuple[str | None, float]:
 
 
 def post_webhook(url: str, body: bytes, timeout: float) -> int:
-    """POST *body* as JSON; return the HTTP status (raises on network errors)."""
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    """POST *body* as JSON; return the HTTP status (raises on network errors). Userinfo in *url*
+    (``https://user:token@host/...``) is sent as Basic authentication."""
+    headers = {"Content-Type": "application/json"}
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-configured URL
         return response.status
 
@@ -150,6 +201,11 @@ class RunSummary:
     def spider_closed(self, spider: Spider, reason: str) -> Deferred | None:
         s = self.crawler.settings
         stats = dict(self.crawler.stats.get_stats())
+        if "start_time" not in stats:
+            # The engine failed while opening (a store that cannot be opened, ...): the run never
+            # started, and the crawl command reports the error; no summary, as for bad input.
+            logger.debug("The crawl never started: no run summary", extra={"spider": spider})
+            return None
         stats.setdefault("finish_time", datetime.now(timezone.utc))
         summary = build_summary(
             stats,
@@ -160,10 +216,17 @@ class RunSummary:
             reason=reason,
         )
         self.summary = summary
+        self.crawler.holocron_run_summary = summary  # type: ignore[attr-defined] # read by the crawl command
         logger.info(
             "Run %(run_id)s %(status)s: %(pages_stored)d stored, %(pages_unchanged)d unchanged,"
-            " %(pages_missing)d missing, %(pages_failed)d failed, %(requests)d requests in %(duration)s",
-            {**summary, "duration": f"{summary['duration_s']:.1f}s" if summary["duration_s"] is not None else "?"},
+            " %(pages_missing)d missing, %(pages_failed)d failed, %(pages_retried)d retried"
+            " (%(download_retries)d download retries), %(requests)d requests in %(duration)s"
+            " (finish reason %(finish_reason)s, exit status %(exit_status)d)",
+            {
+                **summary,
+                "duration": f"{summary['duration_s']:.1f}s" if summary["duration_s"] is not None else "?",
+                "exit_status": exit_code(summary["status"]),
+            },
             extra={"spider": spider},
         )
         try:
@@ -172,23 +235,32 @@ class RunSummary:
                 store.write_run(summary)
             finally:
                 store.close()
-        except Exception:
-            logger.exception("Could not write the run summary to ingest_runs", extra={"spider": spider})
+        except Exception as exc:
+            if is_storage_error(exc):  # a read-only or full records database: one line, no traceback
+                logger.error("Could not write the run summary to ingest_runs: %s", exc, extra={"spider": spider})
+            else:
+                logger.exception("Could not write the run summary to ingest_runs", extra={"spider": spider})
         body = report_json(summary)
         if self.lake_dir:
             try:
                 path = Path(self.lake_dir).expanduser().resolve() / "_runs" / f"{summary['run_id']}.json"
                 write_atomically(path, body)
                 summary["report_path"] = str(path)
-            except OSError:
-                logger.exception("Could not write the run report file", extra={"spider": spider})
+            except OSError as exc:  # a full or read-only lake: one line, no traceback
+                logger.error("Could not write the run report file: %s", exc, extra={"spider": spider})
         if not self.webhook:
             return None
         d = threads.deferToThread(post_webhook, self.webhook, body, self.webhook_timeout)
+        where = mask_url(self.webhook)
         d.addCallbacks(
-            lambda status: logger.info("Run report sent to the webhook (HTTP %s)", status, extra={"spider": spider}),
+            lambda status: logger.info(
+                "Run report sent to the webhook %s (HTTP %s)", where, status, extra={"spider": spider}
+            ),
             lambda failure: logger.warning(
-                "Run report webhook failed: %s", failure.getErrorMessage(), extra={"spider": spider}
+                "Run report webhook failed: %s (%s)",
+                mask_text(failure.getErrorMessage()),
+                where,
+                extra={"spider": spider},
             ),
         )
         return d

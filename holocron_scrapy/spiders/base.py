@@ -2,7 +2,13 @@
 per-source settings (User-Agent, politeness, storage and state URLs) applied at
 ``spider`` priority before the crawl starts (``-s`` still wins).
 
-Settings read: ``HOLOCRON_CONFIG``, ``HOLOCRON_CONTACT``, ``HOLOCRON_RUN_ID``.
+Before anything else is built, the spider arguments are checked against the ones the spider
+accepts, and afterwards every ``HOLOCRON_*`` setting is validated
+(:mod:`holocron_scrapy.settings_check`); secret masking is installed for the crawl
+(:mod:`holocron_scrapy.secrets`).
+
+Settings read: ``HOLOCRON_CONFIG``, ``HOLOCRON_CONTACT``, ``HOLOCRON_RUN_ID`` (and all ``HOLOCRON_*``,
+checked).
 """
 
 from __future__ import annotations
@@ -16,11 +22,30 @@ from urllib.parse import urlsplit
 from scrapy import Spider
 from scrapy.crawler import Crawler
 
-from holocron_scrapy import __version__, defaults
+from holocron_scrapy import __version__, defaults, secrets
 from holocron_scrapy.config import Config, Source, load_config, parse_duration
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.records.store import open_record_store
 from holocron_scrapy.records.versions import VersionStore
+from holocron_scrapy.settings_check import check_arguments, check_settings
+
+#: Spider arguments every holocron spider accepts (names starting with ``_``, as Scrapyd's ``_job``, pass too).
+COMMON_ARGUMENTS = ("source", "seeds", "recrawl_after", "full_refresh")
+#: The other arguments, per source type (a spider may set ``arguments`` instead).
+SPIDER_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "mediawiki": ("api_url", "max_depth", "discover", "namespaces", "batch_size"),
+    "http": (
+        "allowed_domains",
+        "max_depth",
+        "max_pages",
+        "follow",
+        "deny",
+        "sitemap",
+        "store_binary",
+        "max_body_bytes",
+        "deltafetch",
+    ),
+}
 
 
 def new_run_id() -> str:
@@ -88,6 +113,7 @@ class HolocronSpider(Spider):
 
     source_type = ""
     default_source: str | None = None
+    arguments: tuple[str, ...] | None = None  # accepted -a arguments besides COMMON_ARGUMENTS
     run_id: str
     config: Config
     source: Source
@@ -95,6 +121,8 @@ class HolocronSpider(Spider):
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> HolocronSpider:
         settings = crawler.settings
+        secrets.install(settings)  # mask secrets in every log line of this crawl
+        check_arguments(kwargs, cls.accepted_arguments(), cls.name)
         config = load_config(settings.get("HOLOCRON_CONFIG"))
         source = cls.select_source(config, kwargs)
         options, settings_updates = cls.configure(config, source, kwargs)
@@ -131,6 +159,8 @@ class HolocronSpider(Spider):
         updates.update(settings_updates)
         for name, value in updates.items():
             settings.set(name, value, priority="spider")
+        secrets.register_settings(settings)  # the config's store URLs may carry ODBC passwords
+        check_settings(settings)  # typed, once, before the engine starts: one clear line, no traceback
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.config = config
         spider.source = source
@@ -163,6 +193,13 @@ class HolocronSpider(Spider):
     @classmethod
     def source_system_name(cls) -> str:
         return cls.source_type
+
+    @classmethod
+    def accepted_arguments(cls) -> tuple[str, ...]:
+        """The ``-a`` arguments this spider accepts: :data:`COMMON_ARGUMENTS` plus ``arguments`` (a
+        class attribute of the spider), else :data:`SPIDER_ARGUMENTS` of its source type."""
+        own = cls.arguments if cls.arguments is not None else SPIDER_ARGUMENTS.get(cls.source_type, ())
+        return COMMON_ARGUMENTS + tuple(own)
 
     @classmethod
     def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:

@@ -8,7 +8,8 @@ Config (``auth`` of an http source)::
 
 Secrets come only from environment variables; they are added by a downloader
 middleware (never stored in the frontier, never logged) and only to requests whose host
-is the configured ``host`` (default: the first seed's host).
+is the configured ``host`` (default: the first seed's host). Each secret is registered with
+:mod:`holocron_scrapy.secrets` as soon as it is read, so every log line masks it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from scrapy import Request
 from scrapy.crawler import Crawler
 
 from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.secrets import register as register_secret
 from holocron_scrapy.web.urls import host_of
 
 AUTH_TYPES = ("basic", "bearer", "header")
@@ -45,6 +47,7 @@ def _secret(config: Mapping[str, Any], key: str, environ: Mapping[str, str]) -> 
     value = environ.get(name)
     if not value:
         raise ConfigError(f"environment variable {name} is not set", key=f"auth.{key}")
+    register_secret(value)  # masked in every log line from now on
     return value
 
 
@@ -63,6 +66,7 @@ def parse_auth(config: Any, default_host: str, environ: Mapping[str, str] = os.e
         if not user:
             raise ConfigError("basic auth needs a username", key="auth.username")
         token = base64.b64encode(f"{user}:{_secret(config, 'password_env', environ)}".encode()).decode("ascii")
+        register_secret(token)
         return SourceAuth(host, "Authorization", f"Basic {token}")
     if kind == "bearer":
         return SourceAuth(host, "Authorization", f"Bearer {_secret(config, 'token_env', environ)}")
@@ -91,4 +95,3 @@ class SourceAuthMiddleware:
         elif auth.header in request.headers:
             del request.headers[auth.header]  # never leak it to another host (e.g. after a redirect)
         return None
-
