@@ -21,6 +21,23 @@ from holocron_scrapy import defaults
 from holocron_scrapy.errors import ConfigError
 
 SOURCE_TYPES = ("mediawiki", "http")
+#: Keys only ``http`` sources have; all but :data:`HTTP_CONFIG_ONLY_KEYS` are also ``-a`` arguments.
+HTTP_SOURCE_KEYS = frozenset(
+    {
+        "allowed_domains",
+        "max_depth",
+        "max_pages",
+        "follow",
+        "deny",
+        "sitemap",
+        "store_binary",
+        "max_body_bytes",
+        "auth",
+        "deltafetch",
+        "response_headers",
+    }
+)
+HTTP_CONFIG_ONLY_KEYS = frozenset({"auth", "response_headers"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -230,20 +247,7 @@ class _Reader:
             "discovery",
             "seeds",
         }
-        http_keys = {
-            "allowed_domains",
-            "max_depth",
-            "max_pages",
-            "follow",
-            "deny",
-            "sitemap",
-            "store_binary",
-            "max_body_bytes",
-            "auth",
-            "deltafetch",
-            "response_headers",
-        }
-        raw = self.mapping(raw, key, common | http_keys)
+        raw = self.mapping(raw, key, common | HTTP_SOURCE_KEYS)
         name = self.string(raw.get("name"), f"{key}.name", optional=False)
         kind = raw.get("type")
         if kind not in SOURCE_TYPES:
@@ -293,7 +297,7 @@ class _Reader:
             else parse_duration(recrawl, key=f"{key}.recrawl_after", source=self.label),
             discovery=discovery,
             seeds=tuple(self.string(s, f"{key}.seeds", optional=False) for s in seeds),
-            options={k: raw[k] for k in http_keys if k in raw},
+            options={k: raw[k] for k in HTTP_SOURCE_KEYS if k in raw},
         )
 
 

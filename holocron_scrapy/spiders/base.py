@@ -31,21 +31,6 @@ from holocron_scrapy.settings_check import check_arguments, check_settings
 
 #: Spider arguments every holocron spider accepts (names starting with ``_``, as Scrapyd's ``_job``, pass too).
 COMMON_ARGUMENTS = ("source", "seeds", "recrawl_after", "full_refresh")
-#: The other arguments, per source type (a spider may set ``arguments`` instead).
-SPIDER_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "mediawiki": ("api_url", "max_depth", "discover", "namespaces", "batch_size"),
-    "http": (
-        "allowed_domains",
-        "max_depth",
-        "max_pages",
-        "follow",
-        "deny",
-        "sitemap",
-        "store_binary",
-        "max_body_bytes",
-        "deltafetch",
-    ),
-}
 
 
 def new_run_id() -> str:
@@ -113,7 +98,7 @@ class HolocronSpider(Spider):
 
     source_type = ""
     default_source: str | None = None
-    arguments: tuple[str, ...] | None = None  # accepted -a arguments besides COMMON_ARGUMENTS
+    arguments: tuple[str, ...] = ()  # accepted -a arguments besides COMMON_ARGUMENTS
     run_id: str
     config: Config
     source: Source
@@ -196,10 +181,8 @@ class HolocronSpider(Spider):
 
     @classmethod
     def accepted_arguments(cls) -> tuple[str, ...]:
-        """The ``-a`` arguments this spider accepts: :data:`COMMON_ARGUMENTS` plus ``arguments`` (a
-        class attribute of the spider), else :data:`SPIDER_ARGUMENTS` of its source type."""
-        own = cls.arguments if cls.arguments is not None else SPIDER_ARGUMENTS.get(cls.source_type, ())
-        return COMMON_ARGUMENTS + tuple(own)
+        """The ``-a`` arguments this spider accepts: :data:`COMMON_ARGUMENTS` plus its ``arguments``."""
+        return COMMON_ARGUMENTS + tuple(cls.arguments)
 
     @classmethod
     def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:

@@ -31,7 +31,7 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 from twisted.python.failure import Failure
 
-from holocron_scrapy.config import Config, Source
+from holocron_scrapy.config import HTTP_CONFIG_ONLY_KEYS, HTTP_SOURCE_KEYS, Config, Source
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception
 from holocron_scrapy.frontier.keys import resource_meta
@@ -113,6 +113,7 @@ class HttpSpider(HolocronSpider):
 
     name = "http"
     source_type = "http"
+    arguments = tuple(sorted(HTTP_SOURCE_KEYS - HTTP_CONFIG_ONLY_KEYS))
     options: HttpOptions
     pages_seen = 0
     source_auth: SourceAuth | None = None

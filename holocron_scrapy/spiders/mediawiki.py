@@ -125,6 +125,7 @@ class MediaWikiSpider(HolocronSpider):
 
     name = "mediawiki"
     source_type = "mediawiki"
+    arguments = ("api_url", "max_depth", "discover", "namespaces", "batch_size")
     options: MediaWikiOptions
     frontier_hold = False  # read by the frontier: more work is about to be queued
     custom_settings = {"ROBOTSTXT_OBEY": False}  # an API client, as pywikibot; etiquette via maxlag
