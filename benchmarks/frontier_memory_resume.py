@@ -96,7 +96,11 @@ def build_db(path: Path, pending: int) -> float:
             )
         store.flush(items, [], [])
     store.claim(f"{socket.gethostname()}:{_dead_pid()}:deadbeef", DEAD_LEASES, 600.0)  # a killed worker's leases
-    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw = store.engine.raw_connection()  # outside any transaction
+    try:
+        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
     store.close()
     return time.perf_counter() - started
 

@@ -24,6 +24,10 @@ with no active download stands in for it.
 
     python -m benchmarks.frontier_store_ops            # 100,000 requests, 3 repeats
     python -m benchmarks.frontier_store_ops --quick    # 10,000 requests, 1 repeat
+    python -m benchmarks.frontier_store_ops --state-url postgresql://root@127.0.0.1:5432/holocron_bench
+
+With ``--state-url`` the frontier runs on that store (e.g. an existing PostgreSQL database) instead
+of a fresh SQLite file per case; its ``work_items`` table is emptied before every case.
 """
 
 from __future__ import annotations
@@ -40,11 +44,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from benchmarks.frontier_crawl_rate import _print_table
+from holocron_scrapy.db.engine import masked_url
 
 URL_TEMPLATE = "http://127.0.0.1:9/p/{}"
 CLAIM_SIZE = 50
 ENQUEUE_KINDS = ("frontier", "memory", "jobdir")
 DEQUEUE_KINDS = ("frontier-store", "frontier", "memory", "jobdir")
+#: The frontier's store URL (``--state-url``); None: a fresh SQLite file in each case's directory.
+STATE_URL: str | None = None
 
 
 def _spider():
@@ -65,6 +72,8 @@ def _open(kind: str, workdir: Path) -> tuple[Any, Any]:
     settings = crawl_settings(kind, workdir)
     if kind == "frontier":
         settings["HOLOCRON_FRONTIER_FLUSH_INTERVAL"] = 0  # no reactor here: flushed by size, claim and close
+        if STATE_URL:
+            settings["HOLOCRON_STATE_URL"] = STATE_URL
     spidercls = _spider()
     crawler = get_crawler(spidercls, settings)
     crawler.spider = spidercls.from_crawler(crawler)
@@ -81,6 +90,22 @@ def _open(kind: str, workdir: Path) -> tuple[Any, Any]:
         scheduler = Scheduler.from_crawler(crawler)
     scheduler.open(crawler.spider)
     return crawler, scheduler
+
+
+def _empty_state() -> None:
+    """Empty the ``--state-url`` store's ``work_items`` before a case (a fresh SQLite file needs nothing)."""
+    if not STATE_URL:
+        return
+    import sqlalchemy as sa
+
+    from holocron_scrapy.db.engine import open_engine
+
+    engine = open_engine(STATE_URL)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM work_items"))
+    finally:
+        engine.dispose()
 
 
 def _close(scheduler: Any) -> None:
@@ -184,6 +209,7 @@ def benchmark(n: int, repeats: int) -> int:
             # alternate the configurations of each case; reverse the order every other repeat
             for case, kind, run in cases if rep % 2 == 0 else cases[::-1]:
                 workdir = Path(tempfile.mkdtemp(prefix="case-", dir=scratch))
+                _empty_state()
                 try:
                     rate = run(workdir)
                 finally:
@@ -199,7 +225,8 @@ def benchmark(n: int, repeats: int) -> int:
         "memory": "Scrapy Scheduler, memory",
         "jobdir": "Scrapy Scheduler, JOBDIR",
     }
-    print(f"\nFrontier store operations: {n:,} requests for {n // 2:,} URLs, {repeats} repeat(s), medians")
+    where = f", frontier on {masked_url(STATE_URL)}" if STATE_URL else ""
+    print(f"\nFrontier store operations: {n:,} requests for {n // 2:,} URLs, {repeats} repeat(s), medians{where}")
     rows = []
     for case, kind, _ in cases:
         rates = results[(case, kind)]
@@ -223,7 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10,000 requests, 1 repeat (smoke run)")
     parser.add_argument("-n", type=int, help="requests per enqueue run (default 100,000)")
     parser.add_argument("--repeats", type=int, help="default 3")
+    parser.add_argument(
+        "--state-url",
+        help="the frontier's store URL, e.g. postgresql://USER@HOST:PORT/DB (emptied before each case;"
+        " default: a fresh SQLite file per case)",
+    )
     args = parser.parse_args(argv)
+    global STATE_URL
+    STATE_URL = args.state_url
     n = args.n or (10_000 if args.quick else 100_000)
     return benchmark(n, args.repeats or (1 if args.quick else 3))
 

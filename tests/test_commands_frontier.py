@@ -116,3 +116,25 @@ def test_help_says_what_older_than_defaults_to():
     text = " ".join(frontier("-h").stdout.split())
     assert "--older-than AGE" in text and "default: no limit, every completed item of the source is re-queued" in text
     assert "--force" in text
+
+
+def test_commands_on_postgresql(postgres_url, tmp_path):
+    """The same commands on the live PostgreSQL (a throw-away database), the URL from a config file."""
+    store = open_work_item_store(postgres_url)
+    store.flush([NewItem(f"k:{c}", "mediawiki", "wiki", "page", c, f"http://w/{c}") for c in "ABCD"], [], [])
+    rows = store.claim(f"{socket.gethostname()}:{dead_pid()}:gone", 3, 600)
+    store.flush([], [rows[0]["seq"]], [FailedItem(rows[1]["seq"], "HTTP 404", retryable=False)])
+    store.close()
+    config = tmp_path / "holocron.yaml"
+    config.write_text(f"state:\n  url: {postgres_url.replace('postgresql+psycopg', 'postgresql')}\n", "utf-8")
+    by_config = ("-s", f"HOLOCRON_CONFIG={config}")
+    report = json.loads(frontier("stats", "--json", *by_config).stdout)
+    assert report["sources"] == {"wiki": {"pending": 1, "in_progress": 1, "completed": 1, "failed": 1}}
+    assert report["failure_reasons"] == [["HTTP 404", 1]]
+    assert "1 failed items back to pending" in frontier("retry-failed", "--source", "wiki", *by_config).stdout
+    assert "1 leased items back to pending" in frontier("release-leases", "--url", postgres_url).stdout
+    assert "1 completed items" in frontier("recrawl", "--source", "wiki", "--url", postgres_url).stdout
+    report = json.loads(frontier("stats", "--json", "--url", postgres_url).stdout)
+    assert report["sources"] == {"wiki": {"pending": 4, "in_progress": 0, "completed": 0, "failed": 0}}
+    unknown = frontier("stats", "--source", "nope", "--url", postgres_url)
+    assert unknown.returncode == 1 and "unknown source 'nope'" in unknown.stderr

@@ -457,3 +457,47 @@ def test_live_sqlserver_apply_twice():
     finally:
         conn.close()
         drop_schema(settings, schema)
+
+
+# -- PostgreSQL (the live server, a throw-away database per test) -------------------------------------
+def test_postgresql_migrations_are_the_sqlite_versions():
+    found = load_migrations("postgresql")
+    assert [m.version for m in found] == VERSIONS
+    assert [m.name for m in found] == [m.name for m in load_migrations("sqlite")]
+    runner = MigrationRunner(None, "postgresql")
+    ddl = runner.statements(found[0])
+    assert any(s.startswith("CREATE TABLE work_items") for s in ddl)
+    assert any("CREATE UNIQUE INDEX" in s for s in ddl)
+    assert all(runner.statements(m) == [] for m in found[1:])  # the baseline carries them all
+
+
+def test_postgresql_runner_lists_then_applies_once(postgres_url):
+    from holocron_scrapy.db.engine import postgresql_engine
+
+    engine = postgresql_engine(postgres_url)
+    try:
+        runner = MigrationRunner(engine, "postgresql")
+        assert runner.applied() == {} and [m.version for m in runner.pending()] == VERSIONS
+        printed: list[str] = []
+        assert [m.version for m in runner.apply(dry_run=True, echo=printed.append)] == VERSIONS
+        assert runner.applied() == {}  # a dry run writes nothing
+        assert any("CREATE TABLE ingest_records" in line for line in printed)
+        echoed: list[str] = []
+        assert [m.version for m in runner.apply(echo=echoed.append)] == VERSIONS
+        assert echoed[0] == "applying 0001_create_schema.sql (baseline)"
+        applied = runner.applied()
+        assert sorted(applied) == VERSIONS and all(at.startswith("20") for at in applied.values())
+        assert runner.pending() == [] and runner.apply() == []
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_unreachable_is_one_store_error():
+    from holocron_scrapy.db.engine import postgresql_engine
+
+    engine = postgresql_engine("postgresql+psycopg://root@127.0.0.1:1/none?connect_timeout=2")
+    try:
+        with pytest.raises(StoreError, match=r"cannot read schema_migrations of .*127\.0\.0\.1:1/none"):
+            MigrationRunner(engine, "postgresql").applied()
+    finally:
+        engine.dispose()

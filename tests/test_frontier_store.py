@@ -1,16 +1,23 @@
 """The work_items store contract: every backend must pass these tests.
 
-SQLite always runs; SQL Server runs when INGEST_SQLSERVER_HOST and _PASSWORD point at a
-server, and is skipped with that reason otherwise.
+SQLite and PostgreSQL always run (PostgreSQL in a throw-away database of the ``postgres_url``
+fixture, on the machine's server); SQL Server runs when INGEST_SQLSERVER_HOST and _PASSWORD
+point at a server, and is skipped with that reason otherwise.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import random
+import re
 import sqlite3
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 
 from holocron_scrapy.errors import ConfigError, StoreError
 from holocron_scrapy.frontier.store import (
@@ -40,11 +47,14 @@ def new(key: str, priority: int = 0, source: str = "wiki", status: str = PENDING
     )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("sqlserver", marks=pytest.mark.sqlserver)])
+@pytest.fixture(params=["sqlite", "postgresql", pytest.param("sqlserver", marks=pytest.mark.sqlserver)])
 def store(request, tmp_path):
-    """The SQL Server case runs in the throw-away schema of ``live_schema`` (skipped without a server)."""
+    """PostgreSQL runs in a throw-away database (``postgres_url``), SQL Server in the throw-away
+    schema of ``live_schema`` (skipped without a server)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'f.sqlite3'}"
+    elif request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
     else:
         request.getfixturevalue("live_schema")
         url = "sqlserver://"
@@ -332,8 +342,8 @@ def test_concurrent_claims_are_disjoint(tmp_path):
 
 
 def test_unknown_scheme_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="unknown store URL scheme 'postgres'"):
-        open_work_item_store("postgres://x/y")
+    with pytest.raises(ConfigError, match="unknown store URL scheme 'mysql'"):
+        open_work_item_store("mysql://x/y")
 
 
 def test_foreign_sqlite_file_is_refused_untouched(tmp_path):
@@ -364,3 +374,196 @@ def test_unwritable_location_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="cannot create directory"):
         open_work_item_store(f"sqlite:///{blocker / 'sub' / 'f.sqlite3'}")
     assert blocker.read_text() == "a file where the state directory should be"
+
+
+def test_concurrent_claims_on_postgresql_are_disjoint_and_complete(postgres_url):
+    """Four workers (threads, each with its own store and connections) drain one PostgreSQL frontier of
+    2,000 items: FOR UPDATE SKIP LOCKED hands every item to exactly one of them, while its lease is live."""
+    open_work_item_store(postgres_url).close()
+    seed = open_work_item_store(postgres_url)
+    assert seed.flush([new(f"T{i}", priority=i % 3) for i in range(2000)], [], []) == 2000
+    seed.close()
+    start = threading.Barrier(4)
+
+    def worker() -> tuple[list[int], int]:
+        s = open_work_item_store(postgres_url)
+        owner, got, acked = make_owner(), [], 0
+        try:
+            start.wait(timeout=30)
+            while rows := s.claim(owner, 25, 600):
+                got.extend(r["seq"] for r in rows)
+                assert all(r["attempt"] == 1 for r in rows)
+                s.flush([], [r["seq"] for r in rows[::2]], [])  # ack half, keep the rest leased (live)
+                acked += len(rows[::2])
+        finally:
+            s.close()
+        return got, acked
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [f.result(timeout=120) for f in [pool.submit(worker) for _ in range(4)]]
+    claimed = [got for got, _ in results]
+    acked = sum(n for _, n in results)
+    flat = [seq for part in claimed for seq in part]
+    assert len(flat) == len(set(flat)) == 2000
+    assert all(claimed), "every worker got a share"
+    check = open_work_item_store(postgres_url)
+    try:
+        expected = {PENDING: 0, IN_PROGRESS: 2000 - acked, COMPLETED: acked, FAILED: 0}
+        assert check.counts() == {"wiki": expected}
+        assert check.ready_count(10) == 0 and len(check.lease_owners()) == 4
+    finally:
+        check.close()
+
+
+def test_concurrent_inserts_on_postgresql_count_each_new_key_once(postgres_url):
+    """Three workers flush the same 600 keys in different orders at once: ON CONFLICT DO NOTHING
+    keeps one row per key, and the counts returned add up to the rows inserted (no deadlock)."""
+    open_work_item_store(postgres_url).close()
+    start = threading.Barrier(3)
+
+    def worker(order: int) -> int:
+        s = open_work_item_store(postgres_url)
+        keys = [f"T{i}" for i in range(600)]
+        random.Random(order).shuffle(keys)
+        inserted = 0
+        try:
+            start.wait(timeout=30)
+            for i in range(0, 600, 50):
+                inserted += s.flush([new(k) for k in keys[i : i + 50]], [], [])
+        finally:
+            s.close()
+        return inserted
+
+    with ThreadPoolExecutor(3) as pool:
+        totals = [f.result(timeout=120) for f in [pool.submit(worker, n) for n in range(3)]]
+    assert sum(totals) == 600
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT dedupe_key) FROM work_items")).one() == (
+                600,
+                600,
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_state_file_made_by_the_previous_code_keeps_working(tmp_path):
+    """A SQLite state file written the way the previous (sqlite3) store wrote it: times as UTC text,
+    an item in backoff, an expired lease of a dead worker, a completed item. The new store reads the
+    times as aware datetimes, reclaims, claims, acks and fails through it; the text form is kept."""
+    from holocron_scrapy.db.connection import open_store, parse_store_url
+
+    path = tmp_path / "legacy.sqlite3"
+    conn = open_store(parse_store_url(f"sqlite:///{path}"))
+    past, future = "2026-01-02 03:04:05.678901", "2999-01-01 00:00:00.000000"
+    insert = (
+        "INSERT INTO work_items (work_item_id, source_system, source_name, resource_type, resource_id,"
+        " request_uri, request_method, priority, depth, status, attempt, created_at, updated_at,"
+        " completed_at, dedupe_key, lease_owner, lease_expires_at, next_attempt_at)"
+        " VALUES (?, 'mediawiki', 'wiki', 'page', ?, ?, 'GET', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    rows = [
+        ("ready", 1, PENDING, 0, None, None, None, None),
+        ("backoff", 5, PENDING, 1, None, None, None, future),
+        ("due", 0, PENDING, 1, None, None, None, past),
+        ("leased", 3, IN_PROGRESS, 1, None, "otherhost:1:dead", past, None),
+        ("done", 9, COMPLETED, 1, past, None, None, None),
+    ]
+    conn.execute("BEGIN IMMEDIATE")
+    for key, priority, status, attempt, completed, owner, lease, backoff in rows:
+        params = (f"id-{key}", key, f"http://w/{key}", priority, status, attempt, past, past, completed)
+        conn.execute(insert, (*params, f"mediawiki:wiki:page:{key}", owner, lease, backoff))
+    conn.execute("COMMIT")
+    conn.close()
+
+    store = open_work_item_store(f"sqlite:///{path}", retry_backoff=60)
+    try:
+        done = store.get("mediawiki:wiki:page:done")
+        assert done["completed_at"] == datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+        assert store.counts() == {"wiki": {PENDING: 3, IN_PROGRESS: 1, COMPLETED: 1, FAILED: 0}}
+        assert store.ready_count(10) == 2  # "backoff" waits until 2999
+        assert store.reclaim() == 1  # the dead worker's expired lease
+        owner = make_owner()
+        claimed = store.claim(owner, 10, 60)
+        assert [r["resource_id"] for r in claimed] == ["leased", "ready", "due"]
+        by_id = {r["resource_id"]: r for r in claimed}
+        assert by_id["leased"]["attempt"] == 1 and by_id["due"]["attempt"] == 2
+        store.flush(
+            [new("fresh")], [by_id["leased"]["seq"], by_id["ready"]["seq"]], [FailedItem(by_id["due"]["seq"], "x")]
+        )
+        assert store.get("mediawiki:wiki:page:due")["status"] == PENDING
+        assert store.flush([new("done"), new("ready")], [], []) == 0  # old keys still dedupe
+    finally:
+        store.close()
+    raw = sqlite3.connect(path)
+    try:
+        stamps = raw.execute(
+            "SELECT completed_at, lease_expires_at, next_attempt_at FROM work_items WHERE resource_id = 'due'"
+            " UNION ALL SELECT completed_at, created_at, updated_at FROM work_items WHERE resource_id = 'leased'"
+        ).fetchall()
+        versions = [v for (v,) in raw.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    finally:
+        raw.close()
+    text = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
+    (due_done, due_lease, due_next), (leased_done, created, updated) = stamps
+    assert due_done is None and due_lease is None and text.match(due_next) and due_next > past
+    assert text.match(leased_done) and created == past and text.match(updated)
+    assert versions[0] == "0001"
+
+
+def test_postgresql_store_survives_its_connections_being_terminated(postgres_url, monkeypatch):
+    """A store keeps its connections between calls; after the server dropped them (here
+    pg_terminate_backend) and a pause, the next calls check out fresh, pinged connections."""
+    import holocron_scrapy.frontier.store as store_module
+    from tests.support.postgres import admin_connect
+
+    monkeypatch.setattr(store_module, "HOLD_IDLE_SECONDS", 0.05)
+    s = open_work_item_store(postgres_url)
+    try:
+        s.flush([new("A"), new("B")], [], [])
+        assert s.ready_count(10) == 2
+        dbname = sa.engine.make_url(postgres_url).database
+        with admin_connect() as admin:
+            killed = admin.execute(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (dbname,)
+            ).fetchone()[0]
+        assert killed >= 1
+        time.sleep(0.2)
+        assert s.ready_count(10) == 2
+        (row, _) = s.claim(make_owner(), 10, 60)
+        s.flush([new("C")], [row["seq"]], [])
+        assert s.counts()["wiki"] == {PENDING: 1, IN_PROGRESS: 1, COMPLETED: 1, FAILED: 0}
+    finally:
+        s.close()
+
+
+def test_postgresql_store_analyzes_a_freshly_filled_frontier(postgres_url):
+    """Without statistics PostgreSQL takes a new work_items for empty and sorts every pending row at
+    each claim; the store analyzes the table once it has inserted ANALYZE_AFTER rows, and the claim's
+    plan then reads the dequeue index in order."""
+    from holocron_scrapy.frontier.store import ANALYZE_AFTER
+
+    s = open_work_item_store(postgres_url)
+    try:
+
+        def reltuples() -> float:
+            with s.engine.connect() as conn:
+                return conn.execute(sa.text("SELECT reltuples FROM pg_class WHERE relname = 'work_items'")).scalar()
+
+        s.flush([new(f"T{i}") for i in range(ANALYZE_AFTER - 1)], [], [])
+        assert reltuples() < 0  # never analyzed
+        s.flush([new("last")], [], [])
+        assert reltuples() == ANALYZE_AFTER
+        with s.engine.connect() as conn:
+            plan = "\n".join(
+                conn.execute(
+                    sa.text(
+                        "EXPLAIN SELECT seq FROM work_items WHERE status = 'pending' AND lease_losses < 2"
+                        " ORDER BY priority DESC, seq LIMIT 50 FOR UPDATE SKIP LOCKED"
+                    )
+                ).scalars()
+            )
+        assert "Index Scan using ix_work_items_dequeue" in plan and "Sort" not in plan, plan
+    finally:
+        s.close()

@@ -1,17 +1,23 @@
 """``scrapy db init|status|smoketest``: create, inspect and test the SQL store.
 
-The store URL is ``--url``, else the ``HOLOCRON_RECORDS_URL`` (``--store state``:
-``HOLOCRON_STATE_URL``) setting, else the YAML config chosen by ``HOLOCRON_CONFIG``
-(``storage.records_url`` / ``state.url``; for the state store then ``JOBDIR``'s
-frontier file, then the default). ``sqlite:///PATH`` and ``sqlserver://`` both
-work; SQL Server settings come from the YAML ``storage.sql_server`` / ``state.sqlserver``
-section and the ``INGEST_SQLSERVER_*`` environment variables (see docs/sqlserver.md).
-Errors print one line on stderr and exit with status 1.
+The store URL is ``--url``, else the one a crawl would use (:mod:`holocron_scrapy.db.targets`):
+``HOLOCRON_RECORDS_URL`` then ``storage.records_url`` of the config chosen by ``HOLOCRON_CONFIG``;
+with ``--store state``, of ``HOLOCRON_STATE_URL``, the config's ``state.url`` and ``JOBDIR``'s
+frontier file the one set at the highest priority, then the default. ``sqlite:///PATH``,
+``postgresql://USER@HOST:PORT/DATABASE`` (password from ``PGPASSWORD`` or ``~/.pgpass``) and
+``mssql+pyodbc://`` / ``sqlserver://`` work; SQL Server settings come from the YAML
+``storage.sql_server`` / ``state.sqlserver`` section and the ``INGEST_SQLSERVER_*`` environment
+variables (see docs/sqlserver.md). Errors print one line on stderr (secrets masked) and exit with
+status 1.
+
+Settings read: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_STATE_URL``, ``HOLOCRON_RECORDS_SQLSERVER``,
+``HOLOCRON_STATE_SQLSERVER``, ``HOLOCRON_CONFIG``, ``JOBDIR``. Stats written: none.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import uuid
@@ -25,10 +31,10 @@ from typing import Any
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
-from holocron_scrapy import defaults
 from holocron_scrapy.db import connection
 from holocron_scrapy.db.migrations import MigrationRunner
-from holocron_scrapy.errors import ConfigError, HolocronError, StoreError
+from holocron_scrapy.db.targets import load_command_config, resolve_store_target
+from holocron_scrapy.errors import HolocronError, StoreError
 
 ACTIONS = ("init", "status", "smoketest")
 SMOKETEST_SOURCE = "holocron_smoketest"
@@ -36,7 +42,9 @@ RULE = "=" * 60
 TABLES = {
     connection.SQLITE: ("work_items", "ingest_records", "ingest_runs", "seen_resources", "schema_migrations"),
     connection.SQLSERVER: ("work_items", "IngestRecords", "ingest_runs", "seen_resources", "schema_migrations"),
+    connection.POSTGRESQL: ("work_items", "ingest_records", "ingest_runs", "seen_resources", "schema_migrations"),
 }
+KINDS = {connection.SQLITE: "SQLite", connection.POSTGRESQL: "PostgreSQL", connection.SQLSERVER: "SQL Server"}
 
 
 @dataclass
@@ -66,14 +74,20 @@ class Command(ScrapyCommand):
         return (
             "init applies pending schema migrations in order (--dry-run prints them); status lists "
             "applied and pending migrations; smoketest checks connection, tables, a write/read round "
-            "trip and dedupe rejection, then deletes its own test row. Works on sqlite:///PATH and "
-            "sqlserver:// URLs (INGEST_SQLSERVER_* environment variables)."
+            "trip and dedupe rejection, then deletes its own test row. Works on sqlite:///PATH, "
+            "postgresql://USER@HOST:PORT/DATABASE (password from PGPASSWORD or ~/.pgpass) and "
+            "mssql+pyodbc:// or sqlserver:// URLs (INGEST_SQLSERVER_* environment variables)."
         )
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
         group = parser.add_argument_group(title="Database options")
-        group.add_argument("--url", metavar="URL", help="store URL (default: HOLOCRON_RECORDS_URL, then the config)")
+        group.add_argument(
+            "--url",
+            metavar="URL",
+            help="store URL: sqlite:///PATH, postgresql://USER@HOST:PORT/DB, mssql+pyodbc://... "
+            "(default: the crawl's, from the settings and the config)",
+        )
         group.add_argument(
             "--store",
             choices=("records", "state"),
@@ -103,51 +117,37 @@ class Command(ScrapyCommand):
                 print(f"(retrying connection errors for up to {opts.wait_timeout:g}s)")
             getattr(self, f"do_{action}")(target, opts)
         except (HolocronError, *_db_errors()) as exc:
-            self.fail(str(exc))
+            self.fail(_error_text(exc))
 
     # -- helpers -----------------------------------------------------------------------
     def fail(self, message: str) -> None:
-        print(f"Error: {' '.join(message.split())}", file=sys.stderr)
+        from holocron_scrapy.secrets import mask_text
+
+        print(f"Error: {mask_text(' '.join(message.split()))}", file=sys.stderr)
         self.exitcode = 1
 
     def target(self, opts: argparse.Namespace) -> Target:
         assert self.settings is not None
-        setting = f"HOLOCRON_{opts.store.upper()}_URL"
-        raw = opts.url or self.settings.get(setting)
-        source = "--url" if opts.url else setting
-        if raw:
-            url = connection.parse_store_url(raw, setting=source)
-            if url.dialect == connection.SQLITE:
-                return Target(url)  # no need for the YAML config
-        config = self._config()
-        if not raw and opts.store == "records":
-            raw, source = config.records_url, "storage.records_url"
-        elif not raw:
-            raw, source = config.state_url or self._default_state_url(), "state.url"
-        url = connection.parse_store_url(raw, setting=source)
-        section = config.records_sqlserver if opts.store == "records" else config.state_sqlserver
-        return Target(url, dict(section))
-
-    def _default_state_url(self) -> str:
-        """Like the frontier: a SQLite file inside ``JOBDIR`` when set, else the default."""
-        assert self.settings is not None
-        jobdir = self.settings.get("JOBDIR")
-        if jobdir:
-            return "sqlite:///" + str(Path(jobdir, defaults.JOBDIR_STATE_FILE).resolve())
-        return defaults.STATE_URL
+        found = resolve_store_target(opts.store, self.settings, url=opts.url, config=self._config)
+        return Target(found.parsed(), found.sqlserver_config)
 
     def _config(self) -> Any:
-        from holocron_scrapy.config import load_config
-
         assert self.settings is not None
-        try:
-            return load_config(self.settings.get("HOLOCRON_CONFIG"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read the configuration: {exc}", key="HOLOCRON_CONFIG") from exc
+        return load_command_config(self.settings)
 
     @contextmanager
     def open(self, target: Target, opts: argparse.Namespace, *, write: bool) -> Iterator[tuple[Any, MigrationRunner]]:
-        """A connection and a migration runner; SQLite files are opened read-only unless *write*."""
+        """A connection and a migration runner; SQLite files are opened read-only unless *write*.
+        For PostgreSQL the "connection" is a SQLAlchemy engine (the runner writes only in ``apply``)."""
+        if target.dialect == connection.POSTGRESQL:
+            from holocron_scrapy.db.engine import postgresql_engine
+
+            engine = postgresql_engine(str(target.url.url))
+            try:
+                yield engine, MigrationRunner(engine, connection.POSTGRESQL)
+            finally:
+                engine.dispose()
+            return
         if target.dialect == connection.SQLITE:
             conn = _open_sqlite(target.url.path or ":memory:", write=write)
             try:
@@ -165,8 +165,8 @@ class Command(ScrapyCommand):
             conn.close()
 
     def describe(self, target: Target) -> str:
-        if target.dialect == connection.SQLITE:
-            return f"sqlite:///{target.url.path}"
+        if target.dialect in (connection.SQLITE, connection.POSTGRESQL):
+            return target.url.describe()
         from holocron_scrapy.db import sqlserver
 
         return sqlserver.SqlServerSettings.resolve(target.sqlserver_config, conn_str=target.url.odbc_connect).masked()
@@ -175,6 +175,8 @@ class Command(ScrapyCommand):
     def do_init(self, target: Target, opts: argparse.Namespace) -> None:
         print(f"Database: {self.describe(target)}")
         if target.dialect == connection.SQLSERVER and not self._sqlserver_database(target, opts):
+            return
+        if target.dialect == connection.POSTGRESQL and not self._postgresql_database(target, opts):
             return
         if target.dialect == connection.SQLITE and opts.dry_run and not _sqlite_exists(target):
             print(f"(the SQLite file does not exist yet: init will create {target.url.path})")
@@ -190,6 +192,27 @@ class Command(ScrapyCommand):
             print(f"{_mark()} Applied {len(todo)} migration(s); {total} applied in total")
         else:
             print(f"{_mark()} Nothing to do: the schema is up to date ({total} migration(s) applied)")
+
+    def _postgresql_database(self, target: Target, opts: argparse.Namespace) -> bool:
+        """Create the database if needed (through ``postgres``); False when a dry run found it missing."""
+        from holocron_scrapy.db.engine import ensure_postgresql_database
+
+        url = str(target.url.url)
+        existed = ensure_postgresql_database(url, create=not opts.dry_run)
+        if existed is False and opts.dry_run:
+            runner = MigrationRunner(None, connection.POSTGRESQL)
+            print(f"-- database {sa_database(url)} does not exist: init would create it")
+            todo = runner.migrations()
+            for migration in todo:
+                print(f"-- {migration.filename}")
+                for statement in runner.statements(migration):
+                    print(f"{statement};")
+            names = ", ".join(m.filename for m in todo)
+            print(f"Dry run: {len(todo)} pending migration(s) would be applied: {names}")
+            return False
+        if existed is False:
+            print(f"  created database {sa_database(url)}")
+        return True
 
     def _sqlserver_database(self, target: Target, opts: argparse.Namespace) -> bool:
         """Create the database if needed; False when a dry run found it missing."""
@@ -243,11 +266,13 @@ class Command(ScrapyCommand):
             print("Test 2: Verifying schema and tables...")
             table = _verify_schema(conn, runner, target)
             print(f"{ok} Schema and tables verified")
-            _round_trip(conn, target, table, step=print)
+            if target.dialect == connection.POSTGRESQL:
+                _round_trip_engine(conn, step=print)
+            else:
+                _round_trip(conn, target, table, step=print)
         print(RULE)
         print(f"{ok} All smoke tests passed!")
-        kind = "SQL Server" if target.dialect == connection.SQLSERVER else "SQLite"
-        print(f"  The {kind} store is ready for use.")
+        print(f"  The {KINDS[target.dialect]} store is ready for use.")
 
 
 # -- module helpers ------------------------------------------------------------------------
@@ -256,7 +281,22 @@ def _db_errors() -> tuple[type[BaseException], ...]:
     pyodbc = sys.modules.get("pyodbc")
     if pyodbc is not None:
         errors.append(pyodbc.Error)
+    sqlalchemy = sys.modules.get("sqlalchemy")
+    if sqlalchemy is not None:
+        errors.append(sqlalchemy.exc.SQLAlchemyError)
     return tuple(errors)
+
+
+def _error_text(exc: BaseException) -> str:
+    """The driver's message of a SQLAlchemy error (without the statement and the link), else str(exc)."""
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc)
+
+
+def sa_database(url: str) -> str:
+    import sqlalchemy as sa
+
+    return str(sa.engine.make_url(url).database)
 
 
 def _mark(good: bool = True) -> str:
@@ -311,6 +351,18 @@ def _print_info(command: Command, target: Target) -> None:
         print("SQLite Database Info")
         print(RULE)
         print(f"  Path:     {target.url.path}")
+    elif target.dialect == connection.POSTGRESQL:
+        import sqlalchemy as sa
+
+        url = sa.engine.make_url(str(target.url.url))
+        print("PostgreSQL Connection Info")
+        print(RULE)
+        facts = {"Host": url.host, "Port": url.port or 5432, "Database": url.database, "Username": url.username}
+        facts["Password"] = (
+            "***" if os.environ.get(connection.PG_PASSWORD_ENV) else "(PGPASSWORD unset: ~/.pgpass or none)"
+        )
+        for key, value in facts.items():
+            print(f"  {key + ':':<9} {value}")
     else:
         from holocron_scrapy.db import sqlserver
 
@@ -325,6 +377,14 @@ def _print_info(command: Command, target: Target) -> None:
 def _server_info(conn: Any, target: Target) -> str:
     if target.dialect == connection.SQLITE:
         return f" (SQLite {sqlite3.sqlite_version})"
+    if target.dialect == connection.POSTGRESQL:
+        import sqlalchemy as sa
+
+        with conn.connect() as live:
+            version, database, login = live.execute(
+                sa.text("SELECT current_setting('server_version'), current_database(), current_user")
+            ).one()
+        return f" (PostgreSQL {version}, database {database}, login {login})"
     from holocron_scrapy.db import sqlserver
 
     cursor = conn.cursor()
@@ -343,6 +403,12 @@ def _verify_schema(conn: Any, runner: MigrationRunner, target: Target) -> str:
     print(f"  - migrations applied: {', '.join(sorted(runner.applied()))}")
     if target.dialect == connection.SQLITE:
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        table = "work_items"
+    elif target.dialect == connection.POSTGRESQL:
+        import sqlalchemy as sa
+
+        with conn.connect() as live:
+            rows = [(name,) for name in sa.inspect(live).get_table_names()]
         table = "work_items"
     else:
         from holocron_scrapy.db import sqlserver
@@ -430,3 +496,79 @@ def _round_trip(conn: Any, target: Target, table: str, *, step: Callable[[str], 
             step("  - Removed the smoke-test row")
         except _db_errors() as exc:  # do not hide the error that brought us here
             step(f"  - Could not remove the smoke-test row {first}: {' '.join(str(exc).split())}")
+
+
+def _round_trip_engine(engine: Any, *, step: Callable[[str], None]) -> None:
+    """The round trip of :func:`_round_trip` on a SQLAlchemy engine (PostgreSQL), through the one
+    schema definition: insert, read, update, a rejected twin of the dedupe key, own rows deleted."""
+    import sqlalchemy as sa
+
+    from holocron_scrapy.db.schema import work_items
+
+    now = datetime.now(UTC)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    dedupe_key = f"{SMOKETEST_SOURCE}:smoketest:page:{first}"
+
+    def row(work_item_id: str) -> dict[str, Any]:
+        return {
+            "work_item_id": work_item_id,
+            "source_system": SMOKETEST_SOURCE,
+            "source_name": "smoketest",
+            "resource_type": "page",
+            "resource_id": work_item_id,
+            "request_uri": f"https://example.invalid/{work_item_id}",
+            "request_method": "GET",
+            "priority": 0,
+            "status": "pending",
+            "attempt": 0,
+            "created_at": now,
+            "updated_at": now,
+            "dedupe_key": dedupe_key,
+        }
+
+    def read() -> Any:
+        with engine.connect() as conn:
+            query = sa.select(work_items.c.work_item_id, work_items.c.status, work_items.c.dedupe_key)
+            return conn.execute(query.where(work_items.c.work_item_id == first)).first()
+
+    ok = _mark()
+    try:
+        step("Test 3: Testing write/read operations...")
+        with engine.begin() as conn:
+            conn.execute(work_items.insert(), [row(first)])
+        step(f"  - Inserted work item: {first}")
+        found = read()
+        if not found or found[0] != first or found[1] != "pending":
+            raise StoreError(f"smoke test row {first} could not be read back (got {found!r})")
+        step("  - Retrieved work item successfully")
+        with engine.begin() as conn:
+            conn.execute(
+                work_items.update()
+                .where(work_items.c.work_item_id == first)
+                .values(status="completed", completed_at=now, updated_at=now)
+            )
+        found = read()
+        if not found or found[1] != "completed":
+            raise StoreError(f"smoke test row {first} was not updated (got {found!r})")
+        step("  - Updated status to completed")
+        step(f"{ok} Write/read operations successful")
+        step("Test 4: Testing deduplication...")
+        try:
+            with engine.begin() as conn:
+                conn.execute(work_items.insert(), [row(second)])
+        except sa.exc.IntegrityError:
+            step("  - Second insert with the same dedupe_key correctly rejected (dedupe working)")
+        else:
+            raise StoreError("a second work item with the same dedupe_key was accepted: the unique index is missing")
+        step(f"{ok} Deduplication working correctly")
+    finally:
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    work_items.delete().where(
+                        work_items.c.work_item_id.in_([first, second]), work_items.c.source_system == SMOKETEST_SOURCE
+                    )
+                )
+            step("  - Removed the smoke-test row")
+        except sa.exc.SQLAlchemyError as exc:  # do not hide the error that brought us here
+            step(f"  - Could not remove the smoke-test row {first}: {' '.join(_error_text(exc).split())}")

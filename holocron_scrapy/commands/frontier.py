@@ -1,7 +1,8 @@
 """``scrapy frontier stats|retry-failed|recrawl|release-leases``: inspect and steer the frontier.
 
-The state URL is ``--url``, else the ``HOLOCRON_STATE_URL`` setting, else ``state.url`` of the
-config chosen by ``HOLOCRON_CONFIG``, else ``JOBDIR``/frontier.sqlite3, else the default.
+The state URL is ``--url``, else the crawl's rule (:mod:`holocron_scrapy.db.targets`): of the
+``HOLOCRON_STATE_URL`` setting, ``state.url`` of the config chosen by ``HOLOCRON_CONFIG`` and
+``JOBDIR``/frontier.sqlite3 the one set at the highest priority, else the default.
 
 * ``--source NAME`` must name a known source (one of the config, or one with work items):
   otherwise one error line lists the known ones and the exit status is 1.
@@ -23,8 +24,8 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
 from holocron_scrapy.config import load_config, parse_duration
+from holocron_scrapy.db.targets import STATE, resolve_store_target
 from holocron_scrapy.errors import ConfigError, HolocronError
-from holocron_scrapy.frontier.scheduler import state_url_from_settings
 from holocron_scrapy.frontier.store import STATUSES, WorkItemStore, local_owner_alive, open_work_item_store
 
 ACTIONS = ("stats", "retry-failed", "recrawl", "release-leases")
@@ -63,17 +64,8 @@ class Command(ScrapyCommand):
         )
 
     def state_url(self, opts: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-        settings = self.settings
-        if opts.url:
-            if opts.url.lower().startswith(("sqlserver:", "mssql:")):  # the YAML section still applies
-                return opts.url, load_config(settings.get("HOLOCRON_CONFIG")).state_sqlserver
-            return opts.url, {}
-        if settings.get("HOLOCRON_STATE_URL"):
-            return settings["HOLOCRON_STATE_URL"], settings.getdict("HOLOCRON_STATE_SQLSERVER")
-        config = load_config(settings.get("HOLOCRON_CONFIG"))
-        if config.state_url:
-            return config.state_url, config.state_sqlserver
-        return state_url_from_settings(settings), config.state_sqlserver
+        target = resolve_store_target(STATE, self.settings, url=opts.url)
+        return target.url, target.sqlserver_config
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         if len(args) != 1 or args[0] not in ACTIONS:

@@ -25,8 +25,9 @@ Exit status: 0 when the lake and the records agree, 1 when problems were found (
 
 The records URL is ``--url``, else ``HOLOCRON_RECORDS_URL``, else ``storage.records_url`` of the
 config chosen by ``HOLOCRON_CONFIG``; the lake is ``--lake``, else ``HOLOCRON_LAKE_DIR``, else
-``storage.lake_dir``; the state URL (``--repair``) is ``--state-url``, else ``HOLOCRON_STATE_URL``,
-else ``state.url``, else ``JOBDIR``/frontier.sqlite3, else the default.
+``storage.lake_dir``; the state URL (``--repair``) is ``--state-url``, else the crawl's rule
+(:mod:`holocron_scrapy.db.targets`: ``HOLOCRON_STATE_URL``, the config's ``state.url`` and
+``JOBDIR``/frontier.sqlite3, the one set at the highest priority), else the default.
 """
 
 from __future__ import annotations
@@ -267,14 +268,10 @@ class Command(ScrapyCommand):
             raise ConfigError(f"cannot read the configuration: {exc}", key="HOLOCRON_CONFIG") from exc
 
     def records_target(self, opts: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-        if opts.url:
-            if opts.url.lower().startswith(("sqlserver:", "mssql:")):
-                return opts.url, self._config().records_sqlserver
-            return opts.url, {}
-        if self.settings.get("HOLOCRON_RECORDS_URL"):
-            return self.settings["HOLOCRON_RECORDS_URL"], self.settings.getdict("HOLOCRON_RECORDS_SQLSERVER")
-        config = self._config()
-        return config.records_url, config.records_sqlserver
+        from holocron_scrapy.db.targets import RECORDS, resolve_store_target
+
+        target = resolve_store_target(RECORDS, self.settings, url=opts.url, config=self._config)
+        return target.url, target.sqlserver_config
 
     def lake_dir(self, opts: argparse.Namespace) -> Path:
         raw = opts.lake or self.settings.get("HOLOCRON_LAKE_DIR") or self._config().lake_dir
@@ -284,16 +281,12 @@ class Command(ScrapyCommand):
         return lake
 
     def state_target(self, opts: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-        from holocron_scrapy.frontier.scheduler import state_url_from_settings
+        from holocron_scrapy.db.targets import STATE, resolve_store_target
 
-        if opts.state_url:
-            if opts.state_url.lower().startswith(("sqlserver:", "mssql:")):
-                return opts.state_url, self._config().state_sqlserver
-            return opts.state_url, {}
-        if self.settings.get("HOLOCRON_STATE_URL"):
-            return self.settings["HOLOCRON_STATE_URL"], self.settings.getdict("HOLOCRON_STATE_SQLSERVER")
-        config = self._config()
-        return config.state_url or state_url_from_settings(self.settings), config.state_sqlserver
+        target = resolve_store_target(
+            STATE, self.settings, url=opts.state_url, option="--state-url", config=self._config
+        )
+        return target.url, target.sqlserver_config
 
     # -- verify ------------------------------------------------------------------------
     def do_verify(self, opts: argparse.Namespace) -> int:

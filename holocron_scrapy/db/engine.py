@@ -9,7 +9,15 @@ the engine with the settings each backend needs, and applies the migrations once
   are the ones of ``sql/sqlite/`` (:class:`holocron_scrapy.db.migrations.MigrationRunner`).
 * ``postgresql://`` and ``postgresql+psycopg://`` (psycopg 3): the schema is
   :data:`holocron_scrapy.db.schema.metadata`, created in one transaction under an advisory lock,
-  with every known migration version recorded in ``schema_migrations``.
+  with every known migration version recorded in ``schema_migrations``. The password comes from
+  ``PGPASSWORD`` or ``~/.pgpass`` (psycopg reads them), never from the URL; ``PGPASSWORD`` is
+  registered as a secret, so it is masked in every log line and error.
+* ``mssql+pyodbc://`` and the older ``sqlserver://`` (SQL Server through pyodbc, imported lazily):
+  the connection is :func:`holocron_scrapy.db.sqlserver.connect` (retries, session options) on the
+  settings of :func:`holocron_scrapy.db.connection.sqlserver_settings` (``INGEST_SQLSERVER_*``, the
+  YAML section, the URL); the migrations are the T-SQL files of ``sql/``, applied by
+  :class:`holocron_scrapy.db.migrations.MigrationRunner` on a raw connection. The engine's URL is
+  ``mssql+pyodbc:///?odbc_connect=...`` without the password (:func:`sqlserver_engine_url`).
 
 Settings read: none (callers pass the URL). Stats written: none.
 """
@@ -23,15 +31,21 @@ from sqlalchemy import event
 
 from holocron_scrapy import defaults
 from holocron_scrapy.errors import ConfigError, StoreError
+from holocron_scrapy.secrets import mask_text
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
 #: Serialises concurrent schema set-ups on one PostgreSQL database (any fixed 64-bit number).
 PG_SCHEMA_LOCK = 0x686F6C6F63726F6E  # "holocron"
+#: Execution option: ``conn.execution_options(holocron_read_only=True)`` makes SQLite begin a plain
+#: (deferred) ``BEGIN`` instead of ``BEGIN IMMEDIATE``, for transactions that only read.
+READ_ONLY = "holocron_read_only"
 
 
 def is_postgresql_url(url: str) -> bool:
-    return url.split("://", 1)[0].lower() in ("postgresql", "postgresql+psycopg", "postgres")
+    from holocron_scrapy.db.connection import POSTGRESQL, dialect_of
+
+    return dialect_of(url) == POSTGRESQL
 
 
 def masked_url(url: str) -> str:
@@ -42,19 +56,26 @@ def masked_url(url: str) -> str:
         return url
 
 
-def open_engine(url: str, *, setting: str = "HOLOCRON_STATE_URL") -> sa.Engine:
-    """An engine for the store *url* (``sqlite:///`` or ``postgresql://``), schema up to date."""
-    if is_postgresql_url(url):
-        return _postgresql_engine(url, setting=setting)
-    from holocron_scrapy.db.connection import SQLITE as SQLITE_DIALECT
-    from holocron_scrapy.db.connection import open_store, parse_store_url
+def open_engine(
+    url: str,
+    *,
+    setting: str = "HOLOCRON_STATE_URL",
+    sqlserver_config: dict[str, Any] | None = None,
+    wait_timeout: float = 0.0,
+) -> sa.Engine:
+    """An engine for the store *url* (``sqlite:///``, ``postgresql://``, ``mssql+pyodbc://`` or
+    ``sqlserver://``), schema up to date. *sqlserver_config* is the YAML ``sqlserver`` section and
+    *wait_timeout* how long to retry a SQL Server that is not up yet (both for SQL Server only)."""
+    from holocron_scrapy.db import connection
 
-    parsed = parse_store_url(url, setting=setting)
-    if parsed.dialect != SQLITE_DIALECT:
-        raise ConfigError(f"open_engine supports sqlite and postgresql URLs, got {masked_url(url)!r}", key=setting)
+    parsed = connection.parse_store_url(url, setting=setting)
+    if parsed.dialect == connection.POSTGRESQL:
+        return _postgresql_engine(str(parsed.url), setting=setting)
+    if parsed.dialect == connection.SQLSERVER:
+        return _sqlserver_engine(parsed, sqlserver_config, wait_timeout=wait_timeout)
     path = parsed.path or ":memory:"
     if path != ":memory:":
-        open_store(parsed).close()  # refuses foreign files, applies sql/sqlite/ migrations
+        connection.open_store(parsed).close()  # refuses foreign files, applies sql/sqlite/ migrations
     return sqlite_engine(path)
 
 
@@ -77,31 +98,52 @@ def sqlite_engine(path: str, *, busy_timeout_ms: int = defaults.SQLITE_BUSY_TIME
 
     @event.listens_for(engine, "begin")
     def _begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read (execution option READ_ONLY=True) begins deferred: a WAL reader takes no write lock.
+        deferred = connection.get_execution_options().get(READ_ONLY)
+        connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def postgresql_engine(url: str) -> sa.Engine:
+    """An engine on the PostgreSQL *url* (``postgresql+psycopg://``, no password), nothing created."""
+    from holocron_scrapy.db.connection import register_postgresql_password
+
+    register_postgresql_password()
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return sa.create_engine(parsed, pool_pre_ping=True)
 
 
 def _postgresql_engine(url: str, *, setting: str) -> sa.Engine:
     try:
-        parsed = sa.engine.make_url(url)
+        engine = postgresql_engine(url)
     except sa.exc.ArgumentError as exc:
         raise ConfigError(f"not a PostgreSQL URL: {masked_url(url)!r} ({exc})", key=setting) from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(parsed, pool_pre_ping=True)
     try:
         ensure_postgresql_schema(engine)
     except sa.exc.OperationalError as exc:
         engine.dispose()
-        reason = " ".join(str(exc.orig).split()) if exc.orig is not None else str(exc)
-        raise StoreError(f"cannot open PostgreSQL store {masked_url(url)}: {reason}") from None
+        raise StoreError(f"cannot open PostgreSQL store {masked_url(url)}: {db_error_text(exc)}") from None
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
-def ensure_postgresql_schema(engine: sa.Engine) -> None:
+def db_error_text(exc: BaseException) -> str:
+    """One line for a database error: the driver's message (not SQLAlchemy's statement and link), masked."""
+    orig = getattr(exc, "orig", None)
+    return mask_text(" ".join(str(orig if orig is not None else exc).split()))
+
+
+def ensure_postgresql_schema(engine: sa.Engine) -> list[str]:
     """Create the tables of :mod:`holocron_scrapy.db.schema` if missing and record every known
-    migration version, in one transaction under an advisory lock (concurrent starters wait)."""
+    migration version, in one transaction under an advisory lock (concurrent starters wait).
+    Returns the versions recorded now ([] when the schema was up to date).
+
+    A database that holds tables but no ``schema_migrations`` is not ours: it is refused, untouched."""
     from datetime import UTC, datetime
 
     from holocron_scrapy.db.migrations import load_migrations
@@ -109,13 +151,78 @@ def ensure_postgresql_schema(engine: sa.Engine) -> None:
 
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_SCHEMA_LOCK})
+        tables = sorted(sa.inspect(conn).get_table_names())
+        if tables and schema_migrations.name not in tables:
+            database = conn.execute(sa.text("SELECT current_database()")).scalar()
+            raise StoreError(
+                f"PostgreSQL database {database} is not a holocron_scrapy database (it has tables "
+                f"{', '.join(tables[:5])} but no schema_migrations); refusing to modify it: "
+                "point the store URL at another database"
+            )
         metadata.create_all(conn)
         applied = set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
         now = datetime.now(UTC)
         missing = [
             {"version": m.version, "name": m.name, "applied_at": now}
-            for m in load_migrations(SQLITE)
+            for m in load_migrations(POSTGRESQL)
             if m.version not in applied
         ]
         if missing:
             conn.execute(schema_migrations.insert(), missing)
+    return [row["version"] for row in missing]
+
+
+def sqlserver_engine_url(settings: Any) -> sa.URL:
+    """``mssql+pyodbc:///?odbc_connect=...``: the ODBC connection string of *settings* (a
+    :class:`~holocron_scrapy.db.sqlserver.SqlServerSettings`) without its password."""
+    return sa.URL.create("mssql+pyodbc", query={"odbc_connect": settings.without_password()})
+
+
+def sqlserver_engine(settings: Any, *, wait_timeout: float = 0.0) -> sa.Engine:
+    """An engine whose connections come from :func:`holocron_scrapy.db.sqlserver.connect` (the password
+    added from the environment there, transient errors retried, session options set); nothing is
+    connected until the engine is used."""
+    from holocron_scrapy.db import sqlserver
+
+    sqlserver.import_pyodbc()  # a clear error when pyodbc is missing, before SQLAlchemy imports it
+    return sa.create_engine(
+        sqlserver_engine_url(settings),
+        creator=lambda: sqlserver.connect(settings, wait_timeout=wait_timeout),
+        pool_pre_ping=True,
+    )
+
+
+def _sqlserver_engine(parsed: Any, sqlserver_config: dict[str, Any] | None, *, wait_timeout: float) -> sa.Engine:
+    """Migrations first, with the T-SQL runner on a raw connection; then the engine."""
+    from holocron_scrapy.db import connection, sqlserver
+    from holocron_scrapy.db.migrations import MigrationRunner
+
+    settings = connection.sqlserver_settings(parsed, sqlserver_config)
+    raw = sqlserver.connect(settings, wait_timeout=wait_timeout)
+    try:
+        MigrationRunner(raw, connection.SQLSERVER, schema=settings.schema).apply()
+    finally:
+        raw.close()
+    return sqlserver_engine(settings, wait_timeout=wait_timeout)
+
+
+def ensure_postgresql_database(url: str, *, create: bool = True) -> bool | None:
+    """Whether the database of the PostgreSQL *url* existed (True), was missing (False: created
+    when *create*), or could not be checked through the ``postgres`` maintenance database (None)."""
+    parsed = sa.engine.make_url(url)
+    name = parsed.database
+    if not name:
+        return None
+    admin = postgresql_engine(parsed.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            found = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first()
+            if found is not None:
+                return True
+            if create:
+                conn.exec_driver_sql(f"CREATE DATABASE {conn.dialect.identifier_preparer.quote(name)}")
+            return False
+    except sa.exc.OperationalError:
+        return None  # e.g. no right to connect to postgres: let the caller try the database itself
+    finally:
+        admin.dispose()

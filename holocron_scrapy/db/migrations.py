@@ -1,4 +1,4 @@
-"""Versioned, idempotent schema migrations for SQLite and SQL Server.
+"""Versioned, idempotent schema migrations for SQLite, SQL Server and PostgreSQL.
 
 Migration files are ``sql/NNNN_name.sql`` (T-SQL, batches separated by ``GO`` lines)
 and ``sql/sqlite/NNNN_name.sql`` (SQLite). They are read with :mod:`importlib.resources`
@@ -11,6 +11,11 @@ its validated *schema* (``INGEST_SQLSERVER_SCHEMA`` / YAML ``schema``). On SQL S
 runner serialises concurrent starters with an application lock and applies each
 migration in one transaction (``SET XACT_ABORT ON``), so a failed migration leaves nothing
 behind and is retried on the next run.
+
+PostgreSQL has no history to upgrade: its migrations are the versions of ``sql/sqlite/`` (same
+numbers and names), all applied at once by the baseline, :func:`holocron_scrapy.db.engine.ensure_postgresql_schema`
+(``metadata.create_all`` in one transaction under an advisory lock, every version recorded in
+``schema_migrations``). For ``"postgresql"`` the runner's connection is a SQLAlchemy engine.
 """
 
 from __future__ import annotations
@@ -116,10 +121,18 @@ def validate_identifier(name: str, *, key: str = "schema") -> str:
     return name
 
 
+DIALECTS = ("sqlite", "sqlserver", "postgresql")
+POSTGRESQL_BASELINE = "-- the baseline: metadata.create_all of holocron_scrapy.db.schema (see engine.py)"
+
+
 def load_migrations(dialect: str) -> list[Migration]:
-    """All migrations of *dialect* ("sqlite" or "sqlserver"), in version order."""
-    if dialect not in ("sqlite", "sqlserver"):
+    """All migrations of *dialect* ("sqlite", "sqlserver" or "postgresql"), in version order.
+
+    PostgreSQL's are the SQLite versions, each carried out by the baseline (no file of its own)."""
+    if dialect not in DIALECTS:
         raise ConfigError(f"unknown SQL dialect {dialect!r}", key="dialect")
+    if dialect == "postgresql":
+        return [Migration(m.version, m.name, dialect, POSTGRESQL_BASELINE) for m in load_migrations("sqlite")]
     folder = resources.files("holocron_scrapy").joinpath("sql")
     if dialect == "sqlite":
         folder = folder.joinpath("sqlite")
@@ -262,14 +275,15 @@ def _drain(cursor: Any) -> None:
 class MigrationRunner:
     """Applies pending migrations in order on one DB-API connection.
 
-    *dialect* is ``"sqlite"`` or ``"sqlserver"``; for SQL Server the ``[ingest]`` schema
-    name in the files is replaced by *schema* after it has been validated.
+    *dialect* is ``"sqlite"``, ``"sqlserver"`` or ``"postgresql"``; for SQL Server the ``[ingest]``
+    schema name in the files is replaced by *schema* after it has been validated. For PostgreSQL
+    *conn* is a SQLAlchemy engine (or None to list migrations only).
     """
 
     def __init__(
         self, conn: Any, dialect: str, *, schema: str = DEFAULT_SCHEMA, lock_timeout_ms: int = APPLOCK_TIMEOUT_MS
     ):
-        if dialect not in ("sqlite", "sqlserver"):
+        if dialect not in DIALECTS:
             raise ConfigError(f"unknown SQL dialect {dialect!r}", key="dialect")
         validate_identifier(schema)
         if schema.lower() in _RESERVED_SCHEMAS:
@@ -288,10 +302,14 @@ class MigrationRunner:
         """The statements (SQLite) or ``GO`` batches (T-SQL, schema substituted) of *migration*."""
         if self.dialect == "sqlite":
             return split_sqlite_statements(migration.text)
+        if self.dialect == "postgresql":
+            return postgresql_baseline_ddl() if migration.version == self.migrations()[0].version else []
         return split_go_batches(migration.text.replace(SCHEMA_PLACEHOLDER, f"[{self.schema}]"))
 
     def applied(self) -> dict[str, str]:
         """Map of applied version -> applied_at in UTC ({} before the first run)."""
+        if self.dialect == "postgresql":
+            return self._applied_postgresql()
         if self.dialect == "sqlite":
             exists = self.conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
@@ -330,7 +348,34 @@ class MigrationRunner:
             return todo
         if self.dialect == "sqlite":
             return self._apply_sqlite(echo)
+        if self.dialect == "postgresql":
+            return self._apply_postgresql(echo)
         return self._apply_sqlserver(echo)
+
+    def _applied_postgresql(self) -> dict[str, str]:
+        import sqlalchemy as sa
+
+        from holocron_scrapy.db.schema import schema_migrations
+
+        try:
+            with self.conn.connect() as conn:
+                if not sa.inspect(conn).has_table(schema_migrations.name):
+                    return {}
+                rows = conn.execute(sa.select(schema_migrations.c.version, schema_migrations.c.applied_at)).all()
+        except sa.exc.DBAPIError as exc:
+            where = self.conn.url.render_as_string(hide_password=True)
+            raise StoreError(f"cannot read schema_migrations of {where}: {_one_line(exc.orig or exc)}") from None
+        return {str(version): _as_text(at) for version, at in rows}
+
+    def _apply_postgresql(self, echo: Callable[[str], None] | None) -> list[Migration]:
+        from holocron_scrapy.db.engine import ensure_postgresql_schema
+
+        recorded = ensure_postgresql_schema(self.conn)  # pending ones are read again under the lock
+        done = [m for m in self.migrations() if m.version in recorded]
+        if echo:
+            for migration in done:
+                echo(f"applying {migration.filename} (baseline)")
+        return done
 
     def _apply_sqlite(self, echo: Callable[[str], None] | None) -> list[Migration]:
         conn = self.conn
@@ -450,3 +495,18 @@ class MigrationRunner:
             self.conn.rollback()
         except Exception as exc:
             logger.warning("rollback failed: %s", _one_line(exc), exc_info=True)
+
+
+def postgresql_baseline_ddl() -> list[str]:
+    """The PostgreSQL DDL of the baseline (tables and indexes of :data:`holocron_scrapy.db.schema.metadata`)."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql
+
+    from holocron_scrapy.db.schema import metadata
+
+    dialect = postgresql.dialect()
+    statements = []
+    for table in metadata.sorted_tables:
+        statements.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip())
+        statements += [str(sa.schema.CreateIndex(index).compile(dialect=dialect)).strip() for index in table.indexes]
+    return statements

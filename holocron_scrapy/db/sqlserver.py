@@ -333,6 +333,11 @@ class SqlServerSettings:
         """The ODBC connection string, password included: never log it, log :meth:`masked`."""
         return format_odbc(self._pairs(mask=False))
 
+    def without_password(self) -> str:
+        """The connection string without any password attribute (for URLs; the password is added
+        from the environment when connecting)."""
+        return format_odbc([(k, v) for k, v in self._pairs(mask=False) if k.lower() not in _SECRET_KEYS])
+
     def masked(self) -> str:
         """The connection string with the password replaced by ``***``."""
         return format_odbc(self._pairs(mask=True))

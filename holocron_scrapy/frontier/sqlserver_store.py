@@ -1,4 +1,4 @@
-"""The ``work_items`` store on SQL Server: the twin of :class:`SqliteWorkItemStore`.
+"""The ``work_items`` store on SQL Server: the twin of :class:`SqlWorkItemStore`.
 
 Opened by :func:`holocron_scrapy.frontier.store.open_work_item_store` for ``sqlserver://`` URLs with
 :class:`~holocron_scrapy.db.sqlserver.SqlServerSettings` resolved from the ``INGEST_SQLSERVER_*``

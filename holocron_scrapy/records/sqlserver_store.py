@@ -1,4 +1,4 @@
-"""IngestRecords and run summaries on SQL Server: the twin of :class:`SqliteRecordStore`.
+"""IngestRecords and run summaries on SQL Server: the twin of :class:`SqlRecordStore`.
 
 Opened by :func:`holocron_scrapy.records.store.open_record_store` for ``sqlserver://`` URLs with
 :class:`~holocron_scrapy.db.sqlserver.SqlServerSettings` resolved from the ``INGEST_SQLSERVER_*``

@@ -1,20 +1,43 @@
-"""Write IngestRecords rows and run summaries; read the latest hash of a resource.
+"""Write IngestRecords rows and run summaries; read the latest record and version of a resource.
 
-:class:`SqliteRecordStore` writes the ``ingest_records`` / ``ingest_runs`` tables of a SQLite
-file; the SQL Server twin (``ingest.IngestRecords``) lives in ``records/sqlserver_store.py``.
+:class:`SqlRecordStore` keeps the ``ingest_records`` / ``ingest_runs`` / ``seen_resources`` tables
+of :mod:`holocron_scrapy.db.schema` on SQLAlchemy Core, for SQLite (``sqlite:///path``) and
+PostgreSQL (``postgresql://...``); the SQL Server twin (``ingest.IngestRecords``, ``sqlserver://``)
+lives in ``records/sqlserver_store.py``. :func:`open_record_store` picks one by URL.
+
+Insert-if-new is ``INSERT ... ON CONFLICT (resource, hash_sha256) DO NOTHING`` (SQLite and
+PostgreSQL spell it alike). The "inserted" flags are exact per row, also when two workers race for
+one version (PostgreSQL makes the second wait for the first's commit, then skips): on PostgreSQL
+the batch is one statement whose ``RETURNING ingest_id`` names the rows inserted; on SQLite each
+row's ``rowcount`` says it. Payloads are JSON text, stored byte for byte (validated by the SQLite
+trigger and the PostgreSQL ``CHECK``).
+
+SQLite's hot paths (the insert and its versions upsert, the change filter's per-item
+``latest_record``, the spiders' per-batch ``versions``, the pages of ``iter_records``) run their
+Core statements' compiled SQL on the DB-API cursor: through SQLAlchemy's execution they cost 1.2
+to 7 times as much (``python -m benchmarks.records_store_ops``, docs/benchmarks.md). The rest,
+and every statement on PostgreSQL, goes through SQLAlchemy.
+
+Settings read: none (callers pass the URL). Stats written: none.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
+import sqlalchemy as sa
 from itemadapter import ItemAdapter
+from sqlalchemy.dialects import postgresql, sqlite
 
+from holocron_scrapy.db import schema
+from holocron_scrapy.db.engine import POSTGRESQL, READ_ONLY, SQLITE
+from holocron_scrapy.errors import StoreError
 from holocron_scrapy.items import INTERNAL_FIELDS, canonical_json
 
 RECORD_COLUMNS = (
@@ -166,75 +189,162 @@ class RecordStore(ABC):
     def close(self) -> None: ...
 
 
-_UPSERT_VERSION = (
-    "INSERT INTO seen_resources (dedupe_key, source_system, source_name, resource_type, resource_id,"
-    " last_hash_sha256, last_revision_id, etag, last_modified, last_fetched_at, last_changed_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (dedupe_key) DO UPDATE SET last_hash_sha256 = excluded.last_hash_sha256,"
-    " last_revision_id = excluded.last_revision_id, etag = excluded.etag,"
-    " last_modified = excluded.last_modified, last_fetched_at = excluded.last_fetched_at,"
-    " last_changed_at = excluded.last_changed_at"
-)
+def _dialect_insert(dialect: str) -> Any:
+    """The ``insert`` with ``ON CONFLICT`` of *dialect* (SQLite and PostgreSQL spell it alike)."""
+    if dialect == POSTGRESQL:
+        return postgresql.insert
+    if dialect == SQLITE:
+        return sqlite.insert
+    raise StoreError(f"the record store supports sqlite and postgresql engines, not {dialect!r}")
 
 
-class SqliteRecordStore(RecordStore):
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
+class SqlRecordStore(RecordStore):
+    """``ingest_records`` / ``ingest_runs`` / ``seen_resources`` on a SQLAlchemy *engine* (SQLite or
+    PostgreSQL, schema up to date: :func:`holocron_scrapy.db.engine.open_engine`).
 
+    The store holds one connection, as the SQLite store always did (one writer thread at a time uses
+    it); each method is one transaction. Writes begin with ``BEGIN IMMEDIATE`` on SQLite, reads with a
+    deferred ``BEGIN`` or, on the hot paths, none (a WAL reader never waits for a writer). Errors
+    come out as the driver's own exceptions (``sqlite3.IntegrityError``, ``psycopg.errors...``), as
+    they did before SQLAlchemy. With *owns_engine* :meth:`close` also disposes of the engine.
+    """
+
+    def __init__(self, engine: sa.Engine, *, owns_engine: bool = False):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._owns_engine = owns_engine
+        insert = _dialect_insert(self.dialect)
+        records, seen, runs = schema.ingest_records, schema.seen_resources, schema.ingest_runs
+        # Insert-if-new on the version key (resource + hash); RETURNING names the rows really inserted.
+        insert_if_new = insert(records).on_conflict_do_nothing(
+            index_elements=[*_resource_key(records), records.c.hash_sha256]
+        )
+        self._insert_records = insert_if_new.returning(records.c.ingest_id)
+        upsert = insert(seen)
+        self._upsert_versions = upsert.on_conflict_do_update(
+            index_elements=[seen.c.dedupe_key],
+            set_={c: upsert.excluded[c] for c in _VERSION_UPDATES},
+        )
+        upsert = insert(runs)
+        self._upsert_run = upsert.on_conflict_do_update(
+            index_elements=[runs.c.run_id],
+            set_={c: upsert.excluded[c] for c in RUN_COLUMNS if c != "run_id"},
+        )
+        meta = [self._read_column(records.c[c]) for c in META_COLUMNS]
+        self._meta = sa.select(*meta)
+        self._latest = (
+            sa.select(*meta)
+            .where(*(col == sa.bindparam(col.name) for col in _resource_key(records)))
+            .order_by(records.c.fetched_at_utc.desc())
+            .limit(sa.literal_column("1"))
+            .offset(sa.literal_column("0"))  # SQLite's LIMIT always comes with an OFFSET
+        )
+        # SQLite's hot paths: these statements' compiled SQL, run on the DB-API cursor (module docstring).
+        self._sqlite: dict[str, str] = {}
+        if self.dialect == SQLITE:
+            for name, statement, keys in (
+                ("insert", insert_if_new, RECORD_COLUMNS),  # one row at a time: its rowcount is its flag
+                ("versions", self._upsert_versions, _VERSION_PARAMS),  # executemany
+                ("latest", self._latest, _KEY_NAMES),  # the change filter's per-item lookup, on the reactor
+            ):
+                compiled = statement.compile(dialect=engine.dialect, column_keys=list(keys))
+                assert tuple(compiled.positiontup or ()) == keys, (name, compiled.positiontup)
+                self._sqlite[name] = compiled.string
+        self._process_time = functools.partial(schema.UtcDateTime().process_bind_param, dialect=engine.dialect)
+        self._connection = engine.connect()
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _read_column(self, column: sa.Column[Any]) -> Any:
+        """*column* as the lookups read it: a SQLite time as its stored UTC text (what the callers want,
+        without a round trip through datetime per row), everything else as it is."""
+        if self.dialect == SQLITE and isinstance(column.type, schema.UtcDateTime):
+            return sa.type_coerce(column, sa.UnicodeText).label(column.name)
+        return column
+
+    @property
+    def conn(self) -> Any:
+        """The DB-API connection under the store (``sqlite3.Connection`` / ``psycopg.Connection``)."""
+        return self._connection.connection.dbapi_connection
+
+    def describe(self) -> str:
+        """The database, as an error line names it (password masked)."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def _begin(self, *, write: bool) -> Iterator[sa.Connection]:
+        """One transaction on the store's connection; a driver error is raised as itself."""
+        conn = self._connection.execution_options(**{READ_ONLY: not write})
+        try:
+            with conn.begin():
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            if isinstance(exc.orig, BaseException):
+                raise exc.orig from None
+            raise
+
+    # -- records -----------------------------------------------------------------------------------
     def insert(self, rows: list[dict[str, Any]], *, record_versions: bool = False) -> list[bool]:
         if not rows:
             return []
-        columns = ", ".join(RECORD_COLUMNS)
-        marks = ", ".join("?" for _ in RECORD_COLUMNS)
-        sql = f"INSERT INTO ingest_records ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
-        cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            inserted = []
-            for row in rows:
-                cur.execute(sql, tuple(row[c] for c in RECORD_COLUMNS))
-                inserted.append(cur.rowcount == 1)
-            if record_versions:
-                stored = [row for row, ok in zip(rows, inserted, strict=True) if ok]
-                if stored:
-                    cur.executemany(_UPSERT_VERSION, [version_params(r) for r in stored])
-            cur.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        with self._begin(write=True) as conn:
+            if "insert" in self._sqlite:
+                inserted = self._sqlite_insert(conn, rows)
+            else:
+                params = [{c: row[c] for c in RECORD_COLUMNS} for row in rows]
+                stored = set(conn.execute(self._insert_records, params).scalars())
+                # A second row of one ingest id in the batch is never inserted (it conflicts with the first).
+                first: set[str] = set()
+                inserted = []
+                for row in rows:
+                    ingest_id = row["ingest_id"]
+                    inserted.append(ingest_id in stored and ingest_id not in first)
+                    first.add(ingest_id)
+            if record_versions:  # "seen" only with the record, in the same transaction
+                self._write_versions(conn, [row for row, ok in zip(rows, inserted, strict=True) if ok])
+        return inserted
+
+    def _bind_time(self, value: Any) -> Any:
+        """A time as the SQLite fast paths bind it: UtcDateTime's text (what ``item_row`` already gives)."""
+        if isinstance(value, str) and len(value) == 26 and value[10] == " " and value[19] == ".":
+            return value  # 'YYYY-MM-DD HH:MM:SS.ffffff' already
+        return self._process_time(value)
+
+    def _sqlite_insert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> list[bool]:
+        cursor = conn.connection.dbapi_connection.cursor()
+        sql, at = self._sqlite["insert"], RECORD_COLUMNS.index("fetched_at_utc")
+        inserted = []
+        for row in rows:
+            params = [row[c] for c in RECORD_COLUMNS]
+            params[at] = self._bind_time(params[at])
+            cursor.execute(sql, params)
+            inserted.append(cursor.rowcount == 1)
         return inserted
 
     def latest_hash(self, source_system: str, source_name: str, resource_type: str, resource_id: str) -> str | None:
-        row = self.conn.execute(
-            "SELECT hash_sha256 FROM ingest_records WHERE source_system = ? AND source_name = ?"
-            " AND resource_type = ? AND resource_id = ? ORDER BY fetched_at_utc DESC LIMIT 1",
-            (source_system, source_name, resource_type, resource_id),
-        ).fetchone()
-        return None if row is None else row[0]
+        record = self.latest_record(source_system, source_name, resource_type, resource_id)
+        return None if record is None else record["hash_sha256"]
 
     def latest_record(
         self, source_system: str, source_name: str, resource_type: str, resource_id: str
     ) -> dict[str, Any] | None:
-        cur = self.conn.execute(
-            f"SELECT {', '.join(META_COLUMNS)} FROM ingest_records WHERE source_system = ? AND source_name = ?"
-            " AND resource_type = ? AND resource_id = ? ORDER BY fetched_at_utc DESC LIMIT 1",
-            (source_system, source_name, resource_type, resource_id),
-        )
-        row = cur.fetchone()
-        return None if row is None else dict(zip(META_COLUMNS, row, strict=True))
+        key = (source_system, source_name, resource_type, resource_id)
+        if "latest" in self._sqlite:  # one implicit read transaction; times are the stored UTC text
+            row = self.conn.execute(self._sqlite["latest"], key).fetchone()
+        else:
+            with self._begin(write=False) as conn:
+                row = conn.execute(self._latest, dict(zip(_KEY_NAMES, key, strict=True))).first()
+        return None if row is None else _meta_record(row)
 
     def _records_where(self, column: str, values: list[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(values), 500):
-            chunk = values[start : start + 500]
-            marks = ", ".join("?" for _ in chunk)
-            cur = self.conn.execute(
-                f"SELECT {', '.join(META_COLUMNS)} FROM ingest_records WHERE {column} IN ({marks})", chunk
-            )
-            for row in cur:
-                record = dict(zip(META_COLUMNS, row, strict=True))
-                out[record[column]] = record
+        if not values:
+            return out
+        col = schema.ingest_records.c[column]
+        with self._begin(write=False) as conn:
+            for start in range(0, len(values), _IN_CHUNK):
+                for row in conn.execute(self._meta.where(col.in_(values[start : start + _IN_CHUNK]))):
+                    record = _meta_record(row)
+                    out[record[column]] = record
         return out
 
     def records_by_ids(self, ingest_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -244,63 +354,153 @@ class SqliteRecordStore(RecordStore):
         return self._records_where("lake_path", lake_paths)
 
     def iter_records(self, source_name: str | None = None, batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        records = schema.ingest_records
+        page = self._meta.where(records.c.ingest_id > sa.bindparam("after"))
+        names: tuple[str, ...] = ("after",)
+        if source_name is not None:
+            page = page.where(records.c.source_name == sa.bindparam("source_name"))
+            names += ("source_name",)
+        page = page.order_by(records.c.ingest_id).limit(sa.bindparam("size", type_=sa.Integer))
+        page = page.offset(sa.literal_column("0"))
+        names += ("size",)
+        sql = None
+        if self.dialect == SQLITE:  # thousands of rows a page: compiled SQL on the cursor, times as stored
+            compiled = page.compile(dialect=self.engine.dialect)
+            assert tuple(compiled.positiontup or ()) == names, compiled.positiontup
+            sql = compiled.string
         after = ""
-        while True:
-            rows = self.conn.execute(
-                f"SELECT {', '.join(META_COLUMNS)} FROM ingest_records WHERE ingest_id > ?"
-                " AND (? IS NULL OR source_name = ?) ORDER BY ingest_id LIMIT ?",
-                (after, source_name, source_name, batch_size),
-            ).fetchall()
+        while True:  # one short (read) transaction per page: nothing is held open between pages
+            params = {"after": after, "source_name": source_name, "size": batch_size}
+            if sql is not None:
+                rows = self.conn.execute(sql, tuple(params[n] for n in names)).fetchall()
+            else:
+                with self._begin(write=False) as conn:
+                    rows = conn.execute(page, params).all()
             if not rows:
                 return
-            yield [dict(zip(META_COLUMNS, row, strict=True)) for row in rows]
-            after = rows[-1][0]
+            found = [_meta_record(row) for row in rows]
+            yield found
+            after = found[-1]["ingest_id"]
 
+    def count(self, **where: Any) -> int:
+        unknown = [c for c in where if c not in RECORD_COLUMNS]
+        if unknown:
+            raise StoreError(f"unknown ingest_records column(s): {', '.join(map(str, unknown))}")
+        records = schema.ingest_records
+        query = sa.select(sa.func.count()).select_from(records)
+        query = query.where(*(records.c[c] == v for c, v in where.items()))
+        with self._begin(write=False) as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # -- runs --------------------------------------------------------------------------------------
     def write_run(self, summary: dict[str, Any]) -> None:
-        row = {c: format_time(summary.get(c)) for c in RUN_COLUMNS}
+        row = {c: summary.get(c) for c in RUN_COLUMNS}
         if not isinstance(row["summary"], (str, type(None))):
             row["summary"] = json.dumps(row["summary"], ensure_ascii=False, default=str)
-        columns = ", ".join(RUN_COLUMNS)
-        marks = ", ".join("?" for _ in RUN_COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS if c != "run_id")
-        self.conn.execute(
-            f"INSERT INTO ingest_runs ({columns}) VALUES ({marks}) ON CONFLICT (run_id) DO UPDATE SET {updates}",
-            tuple(row[c] for c in RUN_COLUMNS),
-        )
+        with self._begin(write=True) as conn:
+            conn.execute(self._upsert_run, row)
 
+    # -- versions (seen_resources) -----------------------------------------------------------------
     def versions(self, source_system: str, source_name: str, resource_ids: list[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(resource_ids), 500):
-            chunk = resource_ids[start : start + 500]
-            marks = ", ".join("?" for _ in chunk)
-            cur = self.conn.execute(
-                f"SELECT {', '.join(SEEN_COLUMNS)} FROM seen_resources WHERE source_system = ? AND source_name = ?"
-                f" AND resource_id IN ({marks}) ORDER BY last_fetched_at",
-                (source_system, source_name, *chunk),
-            )
-            for row in cur:
-                out[row[0]] = seen_version(row)
+        ids = list(dict.fromkeys(resource_ids))
+        chunks = [ids[start : start + _IN_CHUNK] for start in range(0, len(ids), _IN_CHUNK)]
+        if not chunks:
+            return out
+        if self.dialect == SQLITE:  # a hot path (the spiders' per-batch check): compiled SQL on the cursor
+            cursor = self.conn.cursor()
+            for chunk in chunks:
+                for row in cursor.execute(self._versions_sql(len(chunk)), (source_system, source_name, *chunk)):
+                    out[row[0]] = seen_version(tuple(row))
+            return out
+        with self._begin(write=False) as conn:
+            for chunk in chunks:
+                params = {"source_system": source_system, "source_name": source_name}
+                params |= {f"id_{i}": value for i, value in enumerate(chunk)}
+                for row in conn.execute(self._versions_query(len(chunk)), params):
+                    out[row[0]] = seen_version(tuple(row))
         return out
+
+    def _versions_query(self, n: int) -> sa.Select[Any]:
+        """The last versions of *n* resource ids of one source (binds ``source_system``,
+        ``source_name``, ``id_0`` ... ``id_<n-1>``), oldest fetch first: the newest wins."""
+        seen = schema.seen_resources
+        return (
+            sa.select(*(self._read_column(seen.c[c]) for c in SEEN_COLUMNS))
+            .where(seen.c.source_system == sa.bindparam("source_system"))
+            .where(seen.c.source_name == sa.bindparam("source_name"))
+            .where(seen.c.resource_id.in_([sa.bindparam(f"id_{i}") for i in range(n)]))
+            .order_by(seen.c.last_fetched_at)
+        )
+
+    def _versions_sql(self, n: int) -> str:
+        sql = self._sqlite.get(f"versions_{n}")
+        if sql is None:
+            compiled = self._versions_query(n).compile(dialect=self.engine.dialect)
+            names = ("source_system", "source_name", *(f"id_{i}" for i in range(n)))
+            assert tuple(compiled.positiontup or ()) == names, compiled.positiontup
+            sql = self._sqlite[f"versions_{n}"] = compiled.string
+        return sql
 
     def record_versions(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self.conn.executemany(_UPSERT_VERSION, [version_params(r) for r in rows])
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with self._begin(write=True) as conn:
+            self._write_versions(conn, rows)
 
-    def count(self, **where: Any) -> int:
-        clause = " AND ".join(f"{k} = ?" for k in where) or "1 = 1"
-        return self.conn.execute(
-            f"SELECT COUNT(*) FROM ingest_records WHERE {clause}", tuple(where.values())
-        ).fetchone()[0]
+    def _write_versions(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        # One row per resource (the last wins, as one upsert after another would): PostgreSQL refuses
+        # to update one row twice in a statement, and SQLAlchemy sends the rows as one statement.
+        latest = {}
+        for row in rows:
+            params = version_params(row)
+            latest[params[0]] = params  # by dedupe key
+        if not latest:
+            return
+        if "versions" not in self._sqlite:
+            conn.execute(self._upsert_versions, [dict(zip(_VERSION_PARAMS, p, strict=True)) for p in latest.values()])
+            return
+        time = self._bind_time
+        params = [(*p[:-2], time(p[-2]), time(p[-1])) for p in latest.values()]
+        conn.connection.dbapi_connection.cursor().executemany(self._sqlite["versions"], params)
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self._connection.close()
+        finally:
+            if self._owns_engine:
+                self.engine.dispose()
+
+
+def _resource_key(table: sa.Table) -> tuple[sa.Column[Any], ...]:
+    return (table.c.source_system, table.c.source_name, table.c.resource_type, table.c.resource_id)
+
+
+def _meta_record(row: Any) -> dict[str, Any]:
+    """A ``META_COLUMNS`` row as a dict, its time as UTC text (as the stores always gave it)."""
+    record = dict(zip(META_COLUMNS, tuple(row), strict=True))
+    record["fetched_at_utc"] = format_time(record["fetched_at_utc"])
+    return record
+
+
+_KEY_NAMES = ("source_system", "source_name", "resource_type", "resource_id")
+# Lists of values (ids, paths) are looked up this many at a time (bound parameters per statement).
+_IN_CHUNK = 500
+# seen_resources as version_params() orders its values, and what an upsert replaces.
+_VERSION_PARAMS = (
+    "dedupe_key",
+    "source_system",
+    "source_name",
+    "resource_type",
+    "resource_id",
+    "last_hash_sha256",
+    "last_revision_id",
+    "etag",
+    "last_modified",
+    "last_fetched_at",
+    "last_changed_at",
+)
+_VERSION_UPDATES = _VERSION_PARAMS[5:]
 
 
 def open_record_store(
@@ -308,17 +508,22 @@ def open_record_store(
 ) -> RecordStore:
     """Open the records backend named by the store *url* (schema brought up to date).
 
-    For ``sqlserver://`` the connection settings, schema included, come from
-    :meth:`SqlServerSettings.resolve` (``INGEST_SQLSERVER_*`` first, then *sqlserver_config*).
+    ``sqlite:///`` and ``postgresql://`` give a :class:`SqlRecordStore` on
+    :func:`holocron_scrapy.db.engine.open_engine`. For ``sqlserver://`` the connection settings,
+    schema included, come from :meth:`SqlServerSettings.resolve` (``INGEST_SQLSERVER_*`` first,
+    then *sqlserver_config*).
     """
-    from holocron_scrapy.db.connection import SQLITE, open_store, parse_store_url
+    from holocron_scrapy.db.connection import SQLSERVER, dialect_of
 
-    parsed = parse_store_url(url, setting=setting)
-    conn = open_store(parsed, sqlserver_config=sqlserver_config)
-    if parsed.dialect == SQLITE:
-        return SqliteRecordStore(conn)
+    if dialect_of(url) != SQLSERVER:
+        from holocron_scrapy.db.engine import open_engine
+
+        return SqlRecordStore(open_engine(url, setting=setting), owns_engine=True)
+    from holocron_scrapy.db.connection import open_store, parse_store_url
     from holocron_scrapy.db.sqlserver import SqlServerSettings
     from holocron_scrapy.records.sqlserver_store import SqlServerRecordStore
 
+    parsed = parse_store_url(url, setting=setting)
+    conn = open_store(parsed, sqlserver_config=sqlserver_config)
     settings = SqlServerSettings.resolve(sqlserver_config or {}, conn_str=parsed.odbc_connect)
     return SqlServerRecordStore(conn, settings)

@@ -3,7 +3,9 @@
 Incremental re-crawls read it to skip unchanged resources cheaply: the MediaWiki spider
 compares ``lastrevid`` from one ``prop=info`` request per 50 titles, the HTTP spider sends
 ``If-None-Match`` / ``If-Modified-Since``. The records pipeline writes it after each stored
-record. Both record stores (SQLite and SQL Server) keep it.
+record. Every record store (SQLite, PostgreSQL, SQL Server) keeps it.
+
+Settings read: none. Stats written: none.
 """
 
 from __future__ import annotations
