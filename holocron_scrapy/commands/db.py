@@ -200,15 +200,7 @@ class Command(ScrapyCommand):
         url = str(target.url.url)
         existed = ensure_postgresql_database(url, create=not opts.dry_run)
         if existed is False and opts.dry_run:
-            runner = MigrationRunner(None, connection.POSTGRESQL)
-            print(f"-- database {sa_database(url)} does not exist: init would create it")
-            todo = runner.migrations()
-            for migration in todo:
-                print(f"-- {migration.filename}")
-                for statement in runner.statements(migration):
-                    print(f"{statement};")
-            names = ", ".join(m.filename for m in todo)
-            print(f"Dry run: {len(todo)} pending migration(s) would be applied: {names}")
+            _print_missing_database_plan(MigrationRunner(None, connection.POSTGRESQL), sa_database(url), ";")
             return False
         if existed is False:
             print(f"  created database {sa_database(url)}")
@@ -229,14 +221,7 @@ class Command(ScrapyCommand):
             existed = None
         if existed is False and opts.dry_run:
             runner = MigrationRunner(None, connection.SQLSERVER, schema=settings.schema)
-            print(f"-- database {settings.database} does not exist: init would create it")
-            todo = runner.migrations()
-            for migration in todo:
-                print(f"-- {migration.filename}")
-                for batch in runner.statements(migration):
-                    print(f"{batch}\nGO")
-            names = ", ".join(m.filename for m in todo)
-            print(f"Dry run: {len(todo)} pending migration(s) would be applied: {names}")
+            _print_missing_database_plan(runner, settings.database, "\nGO")
             return False
         if existed is False:
             print(f"  created database {settings.database}")
@@ -572,3 +557,15 @@ def _round_trip_engine(engine: Any, *, step: Callable[[str], None]) -> None:
             step("  - Removed the smoke-test row")
         except sa.exc.SQLAlchemyError as exc:  # do not hide the error that brought us here
             step(f"  - Could not remove the smoke-test row {first}: {' '.join(_error_text(exc).split())}")
+
+
+def _print_missing_database_plan(runner: MigrationRunner, database: str, terminator: str) -> None:
+    """Dry run of ``init`` on a database that does not exist: every migration it would apply."""
+    print(f"-- database {database} does not exist: init would create it")
+    todo = runner.migrations()
+    for migration in todo:
+        print(f"-- {migration.filename}")
+        for statement in runner.statements(migration):
+            print(f"{statement}{terminator}")
+    names = ", ".join(m.filename for m in todo)
+    print(f"Dry run: {len(todo)} pending migration(s) would be applied: {names}")
