@@ -11,6 +11,7 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.test import get_crawler
 
 from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.frontier.executor import InlineExecutor
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import BATCH_META, BATCH_SIZE_META, IDS_META, FrontierScheduler
 from holocron_scrapy.items import FAILED, IngestItem
@@ -50,6 +51,7 @@ def make(tmp_path, spidercls=PageSpider, **settings):
     )
     crawler.spider = spidercls()
     scheduler = FrontierScheduler.from_crawler(crawler)
+    scheduler.executor = InlineExecutor()  # the logic, without the worker thread (tested in crawls)
     scheduler.open(crawler.spider)
     return crawler, scheduler
 
@@ -218,6 +220,7 @@ def test_an_idle_worker_is_woken_when_another_adds_work(tmp_path):
     _, producer = make(tmp_path)
     crawler, idle = make(tmp_path)
     crawler.engine = engine = StubEngine(idle, crawler.spider)
+    idle.idle_claim_every = 0  # each tick asks (in a crawl: at most once a second after finding nothing)
     idle._tick()
     assert engine.crawled == []  # nothing to claim: no wake-up
     producer.enqueue_request(page("A"))
@@ -344,6 +347,7 @@ def test_an_item_lost_twice_is_claimed_alone(tmp_path):
     assert crawler.stats.get_value("frontier/solo_claims") == 1
     assert store.get("mediawiki:w:page:A")["lease_solo"] == 1
     s.fetched(first.meta[IDS_META])  # its response was parsed: others may join it before it is stored
+    s.flush()  # written by the background loop's next job
     assert store.get("mediawiki:w:page:A")["lease_solo"] == 0
     assert [r.meta["holocron"]["resource_id"] for r in drain(s)] == ["B", "C"]
     s.ack(first.meta[IDS_META])

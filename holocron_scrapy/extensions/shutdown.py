@@ -143,12 +143,10 @@ class GracefulShutdown:
             except Exception:  # noqa: BLE001 - a forced stop goes on whatever fails
                 logger.exception("Could not give up the waiting records")
         scheduler = getattr(self.crawler, "holocron_frontier", None)
-        store = getattr(scheduler, "store", None)
-        if scheduler is None or store is None:
+        if scheduler is None or getattr(scheduler, "store", None) is None:
             return
         try:
-            scheduler.flush()
-            released = store.release_leases(scheduler.owner)
+            released = scheduler.hand_back()  # the buffers, then this worker's leases (in its store thread)
             logger.info("Frontier: %d leased items handed back", released)
         except Exception as exc:  # noqa: BLE001 - the next run reclaims the leases of a dead worker
             logger.error("Could not hand back the leased items (the next run reclaims them): %s", exc)

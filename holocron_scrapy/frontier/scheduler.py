@@ -2,8 +2,19 @@
 
 * Enqueue: new requests are buffered and inserted-if-new in batches (the unique dedupe
   key decides, race-free across processes); known ones count as ``frontier/filtered``.
-* Next request: claims a batch of pending items with a lease. Requests marked with
-  ``meta["holocron_batch"]`` are merged per batch key by ``spider.build_batch_request``.
+* Next request: hands out a request claimed before; claims a batch of pending items with a lease
+  when none is ready. Requests marked with ``meta["holocron_batch"]`` are merged per batch key by
+  ``spider.build_batch_request``.
+* No database I/O on the reactor thread: ``enqueue_request``, ``next_request`` and the acks touch
+  memory only. A background loop (:meth:`FrontierScheduler._pump`) hands the buffered writes and
+  the claims to the store's worker thread (:mod:`holocron_scrapy.frontier.executor`), one
+  :class:`~holocron_scrapy.frontier.jobs.Job` at a time, and wakes the engine when claimed
+  requests arrive.
+* While the state database cannot be reached, requests already claimed go on, new claims wait and
+  acks stay buffered (:mod:`holocron_scrapy.frontier.outage`: one log line when it goes, one when it
+  is back). After ``HOLOCRON_FRONTIER_OUTAGE_LIMIT`` seconds the crawl stops with the reason
+  ``fatal_frontier_unreachable`` (exit code 1); what was not acknowledged stays leased and goes
+  back to pending on the next run.
 * Requests that already own leased items (continuations, retries) stay in memory.
 * Acks and failures (see :mod:`holocron_scrapy.frontier.acks`) are flushed in batches, after
   the enqueues of the same period, so a kill never loses discovered work.
@@ -23,6 +34,7 @@ at a higher priority than ``HOLOCRON_STATE_URL``, e.g. ``-s JOBDIR`` against the
 ``HOLOCRON_FRONTIER_RETRY_BACKOFF``, ``HOLOCRON_FRONTIER_FLUSH_INTERVAL``,
 ``HOLOCRON_FRONTIER_PROGRESS_INTERVAL``, ``HOLOCRON_FRONTIER_FILL_BATCHES``,
 ``HOLOCRON_FRONTIER_SOLO_AFTER_LOSSES``, ``HOLOCRON_FRONTIER_QUARANTINE_AFTER``,
+``HOLOCRON_FRONTIER_OUTAGE_LIMIT``,
 ``HOLOCRON_RECRAWL_AFTER``, ``HOLOCRON_FULL_REFRESH``, ``HOLOCRON_RUN_ID``, ``DUPEFILTER_CLASS``.
 
 Stats: ``frontier/enqueued``, ``frontier/filtered``, ``frontier/unserializable``, ``frontier/claimed``,
@@ -30,7 +42,7 @@ Stats: ``frontier/enqueued``, ``frontier/filtered``, ``frontier/unserializable``
 in this run: not retryable, or out of attempts), ``frontier/retried`` (items put back for another
 attempt after a retryable failure), ``frontier/released``, ``frontier/reclaimed`` (lost leases put
 back), ``frontier/level_waits``, ``frontier/wakeups``, ``frontier/solo_claims`` (items lost twice,
-claimed alone), ``recrawl/requeued``.
+claimed alone), ``frontier/outages``, ``frontier/outage_seconds``, ``recrawl/requeued``.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,13 +63,17 @@ from scrapy.core.scheduler import BaseScheduler
 from scrapy.crawler import Crawler
 from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.misc import build_from_crawler, load_object
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from holocron_scrapy import defaults
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.acks import IDS_META, item_ids
 from holocron_scrapy.frontier.dupefilter import FrontierDupeFilter
+from holocron_scrapy.frontier.executor import InlineExecutor, StoreExecutor, ThreadExecutor
+from holocron_scrapy.frontier.jobs import ClaimWant, Job, JobResult, run_job
 from holocron_scrapy.frontier.keys import Resource, request_depth
+from holocron_scrapy.frontier.outage import CLOSE_REASON as OUTAGE_CLOSE_REASON
+from holocron_scrapy.frontier.outage import OutageWatch
 from holocron_scrapy.frontier.serialization import (
     SerializationError,
     request_from_row,
@@ -69,7 +86,6 @@ from holocron_scrapy.frontier.store import (
     NewItem,
     Scope,
     WorkItemStore,
-    local_owner_alive,
     make_owner,
     open_work_item_store,
     ts,
@@ -113,6 +129,37 @@ def scope_from_settings(settings: Any) -> Scope | None:
     return Scope(str(system), str(name)) if system and name else None
 
 
+@dataclass
+class _Wants:
+    """What the next job should do besides writing the buffers."""
+
+    claim: bool = False
+    renew: bool = False
+    reclaim_expired: bool = False
+    reclaim_dead_local: bool = False
+    outstanding: bool = False
+    counts: bool = False
+
+    def any(self) -> bool:
+        return any(vars(self).values())
+
+
+#: A failed job is retried after this long (the loop's tick also retries), growing to the maximum.
+_RETRY_FIRST, _RETRY_MAX = 0.5, 5.0
+#: An "anything left?" answer is trusted this long for closing the spider.
+_DRAINED_FRESH = 2.0
+#: After a claim that found nothing, ``next_request`` asks again only after a write, or after this long.
+_EMPTY_CLAIM_FRESH = 0.5
+#: An idle worker asks the store for work another worker added at most this often.
+_IDLE_CLAIM_EVERY = 1.0
+#: A job running this long counts as an outage (it may never return: a network that drops packets).
+_HUNG_AFTER = 30.0
+#: ``close`` waits this long for a running job.
+_CLOSE_WAIT = 60.0
+#: A forced stop waits this long for the final write.
+_HAND_BACK_TIMEOUT = 10.0
+
+
 class FrontierScheduler(BaseScheduler):
     def __init__(
         self,
@@ -126,12 +173,14 @@ class FrontierScheduler(BaseScheduler):
         flush_interval: float = defaults.FRONTIER_FLUSH_INTERVAL,
         progress_interval: float = defaults.FRONTIER_PROGRESS_INTERVAL,
         fill_batches: bool = defaults.FRONTIER_FILL_BATCHES,
+        outage_limit: float = defaults.FRONTIER_OUTAGE_LIMIT,
         run_id: str | None = None,
         crawler: Crawler | None = None,
         recrawl_source: str | None = None,
         recrawl_after: float | None = None,
         full_refresh: bool = False,
         scope: Scope | None = None,
+        executor: StoreExecutor | None = None,
     ):
         if order not in ("bfs", "dfs"):
             raise ConfigError(f"expected bfs or dfs, got {order!r}", key="HOLOCRON_FRONTIER_ORDER")
@@ -152,6 +201,9 @@ class FrontierScheduler(BaseScheduler):
         self.recrawl_after = recrawl_after
         self.full_refresh = full_refresh
         self.scope = scope
+        #: Runs every store call; a worker thread unless given (tests pass an InlineExecutor).
+        self.executor = executor
+        self.outage = OutageWatch(outage_limit, stats=stats)
         self.owner = make_owner()
         self.store: WorkItemStore | None = None
         self.spider: Spider | None = None
@@ -163,6 +215,21 @@ class FrontierScheduler(BaseScheduler):
         self._new: list[NewItem] = []
         self._completed: list[int] = []
         self._failed: list[FailedItem] = []
+        self._release: list[int] = []
+        self._end_solo: list[int] = []
+        self._wants = _Wants()
+        self._job: defer.Deferred[JobResult] | None = None  # the job running in the worker thread
+        self._job_writes = False  # ... and whether it writes buffered enqueues, acks or failures
+        self._job_started = 0.0
+        self._gen = 0  # bumped by every buffered write: an "anything left?" answer is only as new as it
+        self._drained_at: float | None = None  # when the store last said nothing is left (at _gen)
+        self._drained_gen = -1
+        self._retry_at = 0.0
+        self._retry_delay = _RETRY_FIRST
+        self._in_next_request = False
+        self._empty_claim: tuple[int, float] = (-1, 0.0)  # (_gen, time) of the last claim that found nothing
+        self.idle_claim_every = _IDLE_CLAIM_EVERY
+        self._gave_up = False
         self._loop: task.LoopingCall | None = None
         self._last_renew = self._last_reclaim = self._last_progress = time.monotonic()
         self._progress_base: tuple[float, int] | None = None
@@ -208,6 +275,7 @@ class FrontierScheduler(BaseScheduler):
             flush_interval=s.getfloat("HOLOCRON_FRONTIER_FLUSH_INTERVAL", defaults.FRONTIER_FLUSH_INTERVAL),
             progress_interval=s.getfloat("HOLOCRON_FRONTIER_PROGRESS_INTERVAL", defaults.FRONTIER_PROGRESS_INTERVAL),
             fill_batches=s.getbool("HOLOCRON_FRONTIER_FILL_BATCHES", defaults.FRONTIER_FILL_BATCHES),
+            outage_limit=s.getfloat("HOLOCRON_FRONTIER_OUTAGE_LIMIT", defaults.FRONTIER_OUTAGE_LIMIT),
             run_id=s.get("HOLOCRON_RUN_ID"),
             crawler=crawler,
             recrawl_source=s.get("HOLOCRON_SOURCE_NAME"),
@@ -223,11 +291,41 @@ class FrontierScheduler(BaseScheduler):
         return scheduler
 
     # -- lifecycle ---------------------------------------------------------------------
-    def open(self, spider: Spider) -> None:
+    def open(self, spider: Spider) -> defer.Deferred[None]:
+        """Open the store in the worker thread, reclaim the leases of crashed local workers and
+        requeue stale items for a re-crawl; the crawl starts when it is done."""
         self.spider = spider
-        self.store = self.store_factory()
-        self._reclaim_dead_local_owners()
-        self._requeue_stale()
+        if self.executor is None:
+            self.executor = ThreadExecutor()
+        d = self.executor.submit(self._open_in_worker)
+        d.addCallback(self._opened)
+        return d
+
+    def _open_in_worker(self) -> tuple[WorkItemStore, JobResult, int]:
+        store = self.store_factory()
+        try:
+            result = run_job(store, Job(reclaim_dead_local=True), self.owner, self.scope)
+            if result.error is not None:
+                raise result.error
+            requeued = self._requeue_stale(store)
+            check = run_job(store, Job(outstanding=True), self.owner, self.scope)
+            if check.error is not None:
+                raise check.error
+        except BaseException:
+            store.close()
+            raise
+        result.outstanding = check.outstanding
+        return store, result, requeued
+
+    def _opened(self, opened: tuple[WorkItemStore, JobResult, int]) -> None:
+        self.store, result, requeued = opened
+        self._stat("frontier/reclaimed", result.reclaimed)
+        self._stat("recrawl/requeued", requeued)
+        if requeued:
+            what = "all completed items" if self.full_refresh else f"items completed over {self.recrawl_after:.0f}s ago"
+            logger.info("Frontier: re-crawling %d %s of %s", requeued, what, self.recrawl_source)
+        if not result.outstanding:
+            self._drained_at, self._drained_gen = time.monotonic(), self._gen
         self.df.open()
         if self.flush_interval > 0:
             self._loop = task.LoopingCall(self._tick)
@@ -239,41 +337,104 @@ class FrontierScheduler(BaseScheduler):
             f"source {self.scope}" if self.scope else "all sources",
         )
 
-    def _requeue_stale(self) -> None:
+    def _requeue_stale(self, store: WorkItemStore) -> int:
         """Incremental re-crawl: completed items older than ``recrawl_after`` (all of them with
         ``full_refresh``) of this run's source go back to pending."""
-        assert self.store is not None
         if not self.recrawl_source or (self.recrawl_after is None and not self.full_refresh):
-            return
-        older = None if self.full_refresh else self.recrawl_after
-        count = self.store.recrawl(self.recrawl_source, older)
-        self._stat("recrawl/requeued", count)
-        if count:
-            what = "all completed items" if self.full_refresh else f"items completed over {older:.0f}s ago"
-            logger.info("Frontier: re-crawling %d %s of %s", count, what, self.recrawl_source)
+            return 0
+        return store.recrawl(self.recrawl_source, None if self.full_refresh else self.recrawl_after)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str) -> defer.Deferred[None] | None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.store is None:
+            self._shutdown_executor()
+            return None
+        return defer.ensureDeferred(self._close(reason))
+
+    async def _close(self, reason: str) -> None:
+        if self._job is not None:  # let the running job finish (its failures come back to the buffers)
+            await _settled(self._job, _CLOSE_WAIT)
+        if self._job is not None:  # a call that hangs (a network that drops packets): the thread is lost
+            logger.error(
+                "Frontier: a state database call has not returned for %.0f s; closing without the final"
+                " write. Items leased by %s go back to pending on the next run.",
+                time.monotonic() - self._job_started,
+                self.owner,
+                extra={"spider": self.spider},
+            )
+            self.df.close(reason)
+            self.store = None
+            if self.executor is not None:
+                self.executor.shutdown(wait=False)
             return
-        self.flush()
+        store, executor = self.store, self.executor
+        assert store is not None and executor is not None
         unsent = [seq for req in self.ready for seq in req.meta.get(IDS_META, ())]
-        self.store.release(unsent)
-        # Whatever we still lease was in flight when the crawl stopped: give it back.
-        self.store.release_leases(self.owner)
-        self._stat("frontier/released", len(unsent))
+        job = self._take_job(release=unsent)
+        pending = (len(job.new), len(job.completed), len(job.failed))
+        owner = self.owner
+
+        def final() -> tuple[JobResult, int]:
+            result = run_job(store, job, owner, self.scope)
+            released = 0
+            if result.error is None:
+                # Whatever we still lease was in flight when the crawl stopped: give it back.
+                released = store.release_leases(owner)
+            return result, released
+
+        try:
+            result, _released = await executor.submit(final)
+        except Exception as exc:  # noqa: BLE001 - reported below, like a job's error
+            result = JobResult(error=exc)
+        if result.error is None:
+            self._stat("frontier/enqueued", result.inserted)
+            self._stat("frontier/filtered", len(job.new) - result.inserted)
+            self._stat("frontier/released", len(unsent))
+        else:
+            logger.error(
+                "Frontier: could not write to the state database at close (%s): %d new items, %d acks and %d"
+                " failures are not recorded; their items stay leased by %s and go back to pending on the next"
+                " run, which fetches them again",
+                result.error,
+                *pending,
+                owner,
+                extra={"spider": self.spider},
+            )
         self.ready.clear()
         self.owned.clear()
         self.df.close(reason)
-        self.store.close()
-        self.store = None
+        try:
+            await executor.submit(store.close)
+        finally:
+            self.store = None
+            self._shutdown_executor()
+
+    def _shutdown_executor(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+
+    def hand_back(self, timeout: float = _HAND_BACK_TIMEOUT) -> int:
+        """A forced stop (the reactor may not deliver results any more): write the buffers and give
+        back every lease of this worker, waiting up to *timeout* seconds. Returns the items given back."""
+        store, executor = self.store, self.executor
+        if store is None or executor is None:
+            return 0
+        job = self._take_job()
+        owner = self.owner
+
+        def final() -> int:
+            result = run_job(store, job, owner, self.scope)
+            if result.error is not None:
+                raise result.error
+            return store.release_leases(owner)
+
+        return executor.call(final, timeout)
 
     def has_pending_requests(self) -> bool:
-        if self.owned or self.ready or self._new:
-            return True
-        assert self.store is not None
-        return self.store.outstanding(self.owner, self.scope)
+        """Memory only: requests at hand, or writes not yet made. Whether the store still holds work
+        is answered in :meth:`_spider_idle`."""
+        return bool(self.owned or self.ready or self._new or self._completed or self._failed or self._job_writes)
 
     # -- enqueue -----------------------------------------------------------------------
     def enqueue_request(self, request: Request) -> bool:
@@ -320,8 +481,9 @@ class FrontierScheduler(BaseScheduler):
                 **row,
             )
         )
+        self._gen += 1
         if len(self._new) >= _ENQUEUE_FLUSH_SIZE:
-            self.flush()
+            self._pump()
         return True
 
     # -- dequeue -----------------------------------------------------------------------
@@ -329,7 +491,11 @@ class FrontierScheduler(BaseScheduler):
         if self.owned:
             return self.owned.popleft()
         if not self.ready:
-            self._refill()
+            self._in_next_request = True  # an inline job's requests are returned here, not woken
+            try:
+                self._want_claim()
+            finally:
+                self._in_next_request = False
         if self.ready:
             return self.ready.popleft()
         return None
@@ -337,19 +503,36 @@ class FrontierScheduler(BaseScheduler):
     def _batches(self) -> bool:
         return callable(getattr(self.spider, "build_batch_request", None))
 
-    def _refill(self) -> None:
-        assert self.store is not None
-        self.flush()
+    def _want_claim(self) -> None:
+        """Ask the background loop for a claim (the requests arrive in ``ready``, and wake the engine)."""
         if self.suspects:
             return  # an item lost before is in flight: it goes alone
-        if self.fill_batches and self._batches() and (self.leased or getattr(self.spider, "frontier_hold", False)):
-            # Requests in flight (or start requests) may still add work: don't send a half-empty batch yet.
-            if self.store.ready_count(self.claim_size, self.scope) < self.claim_size:
-                return
-        alone = not (self.leased or self.ready or self.owned)
-        rows = self.store.claim(self.owner, self.claim_size, self.lease_seconds, scope=self.scope, alone=alone)
-        if rows and self.order == "bfs":
-            rows = self._level_gate(rows)
+        gen, when = self._empty_claim
+        if gen == self._gen and time.monotonic() - when < _EMPTY_CLAIM_FRESH:
+            return  # the last claim found nothing and nothing changed since: the tick asks again
+        self._wants.claim = True
+        self._pump()
+
+    def _claim_want(self) -> ClaimWant:
+        hold = (
+            self.fill_batches and self._batches() and bool(self.leased or getattr(self.spider, "frontier_hold", False))
+        )
+        return ClaimWant(
+            limit=self.claim_size,
+            lease_seconds=self.lease_seconds,
+            alone=not (self.leased or self.ready or self.owned),
+            bfs=self.order == "bfs",
+            gate_depths=list(self.leased.values()),
+            hold_below=hold,
+        )
+
+    def _claimed(self, result: JobResult) -> None:
+        """Turn claimed rows into requests in ``ready`` (merged into batches where the spider batches)."""
+        if result.gated:
+            self._stat("frontier/level_waits")
+            if not result.gated_released:
+                self._release.extend(result.gated)
+        rows = result.rows or []
         if not rows:
             return
         self._stat("frontier/claimed", len(rows))
@@ -360,10 +543,11 @@ class FrontierScheduler(BaseScheduler):
                 request = request_from_row(row, self.spider)
             except (SerializationError, ValueError, KeyError) as exc:
                 self._failed.append(FailedItem(row["seq"], f"cannot rebuild request: {exc}", retryable=False))
+                self._gen += 1
                 continue
             self.leased[row["seq"]] = row["depth"]
             self.attempts[row["seq"]] = row["attempt"]
-            if (row.get("lease_losses") or 0) >= self.store.solo_after:
+            if (row.get("lease_losses") or 0) >= self.store.solo_after:  # type: ignore[union-attr]
                 self.suspects.add(row["seq"])
                 self._stat("frontier/solo_claims")
             request.meta[IDS_META] = [row["seq"]]
@@ -381,36 +565,19 @@ class FrontierScheduler(BaseScheduler):
             size = max(1, int(group[0].meta.get(BATCH_SIZE_META) or len(group)))
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
-                merged = self.spider.build_batch_request(chunk)
+                merged = self.spider.build_batch_request(chunk)  # type: ignore[union-attr]
                 merged.meta[IDS_META] = [seq for r in chunk for seq in r.meta[IDS_META]]
                 self.ready.append(merged)
         self.ready.extend(singles)
-
-    def _level_gate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Breadth-first means level by level: while items of depth d are in flight (here or
-        in another worker) they may still discover depth d+1, so nothing deeper than d is
-        sent; claimed rows beyond the gate are given back at once."""
-        assert self.store is not None
-        depths = list(self.leased.values())
-        others = self.store.min_inflight_depth(self.owner, self.scope)
-        if others is not None:
-            depths.append(others)
-        if not depths:
-            return rows
-        gate = min(depths)
-        keep = [r for r in rows if r["depth"] <= gate]
-        if len(keep) < len(rows):
-            self.store.release([r["seq"] for r in rows if r["depth"] > gate])
-            self._stat("frontier/level_waits")
-        return keep
 
     def fetched(self, seqs: list[int]) -> None:
         """The callback of a request holding these items has finished: an item claimed alone is
         no longer at risk of being the one that kills its worker, and others may join it."""
         done = [seq for seq in seqs if seq in self.suspects]
-        if done and self.store is not None:
+        if done:
             self.suspects.difference_update(done)
-            self.store.end_solo(done)
+            self._end_solo.extend(done)
+            self._gen += 1
 
     def _settle(self, seq: int) -> int | None:
         """Forget a leased item; returns its attempt number (None if it was not leased)."""
@@ -425,6 +592,7 @@ class FrontierScheduler(BaseScheduler):
         for seq in seqs:
             if self._settle(seq) is not None:
                 self._completed.append(seq)
+                self._gen += 1
         self._stat("frontier/completed", len(seqs))
 
     def fail(self, seqs: list[int], error: str, *, retryable: bool = True) -> None:
@@ -437,6 +605,7 @@ class FrontierScheduler(BaseScheduler):
             if attempt is None:
                 continue
             self._failed.append(FailedItem(seq, error, retryable))
+            self._gen += 1
             if retryable and attempt < max_attempts:
                 retried += 1
             else:
@@ -463,91 +632,204 @@ class FrontierScheduler(BaseScheduler):
             self.fail(ids, f"pipeline error: {message}", retryable=True)
 
     def _spider_idle(self, spider: Spider) -> None:
-        """The engine is idle: ids we still lease have no request left to settle them."""
+        """The engine is idle: ids we still lease have no request left to settle them. The spider
+        closes only once the store has said, after our last write, that nothing of ours is left
+        (pending, in backoff, or leased live by another worker); until then this raises
+        ``DontCloseSpider`` and the background loop asks (reclaiming expired leases first)."""
         in_memory = {seq for req in (*self.ready, *self.owned) for seq in req.meta.get(IDS_META, ())}
         orphans = sorted(set(self.leased) - in_memory)
         if orphans:
             logger.warning("Frontier: %d leased items finished without an outcome; retrying them", len(orphans))
             self.fail(orphans, "request finished without storing an outcome", retryable=True)
-        self.flush()
-        if self.store is not None:
-            # A worker that died elsewhere left leases that have expired: they are work, not done.
-            self._reclaim_leases(dead_local_owners=False)
-        if orphans or (self.store is not None and self.store.outstanding(self.owner, self.scope)):
+        if self._gave_up:
+            return
+        if not orphans and self._drained():
+            return
+        # A worker that died elsewhere left leases that have expired: they are work, not done.
+        self._wants.reclaim_expired = self._wants.outstanding = True
+        if not (self.ready or self.owned or self.leased):
+            self._wants.claim = True
+        self._pump()
+        if orphans or not self._drained():
             raise DontCloseSpider
 
-    # -- housekeeping ------------------------------------------------------------------
+    def _drained(self) -> bool:
+        """The store said nothing of ours is left, after our last buffered write, and recently."""
+        return (
+            self._drained_at is not None
+            and self._drained_gen == self._gen
+            and time.monotonic() - self._drained_at < _DRAINED_FRESH
+            and not (self.ready or self.owned)
+        )
+
+    # -- the background loop -----------------------------------------------------------
     def flush(self) -> None:
-        """Write buffered enqueues, then acks and failures, in one transaction."""
-        if self.store is None or not (self._new or self._completed or self._failed):
-            return
-        new, completed, failed = self._new, self._completed, self._failed
-        self._new, self._completed, self._failed = [], [], []
-        inserted = self.store.flush(new, completed, failed)
-        self._stat("frontier/enqueued", inserted)
-        self._stat("frontier/filtered", len(new) - inserted)
+        """Start writing the buffered enqueues, acks and failures (at once with an inline executor)."""
+        self._pump(force=True)
 
     def _tick(self) -> None:
-        try:
-            self.flush()
-            self._wake_if_idle()
-            now = time.monotonic()
-            if now - self._last_renew >= self.lease_seconds / 3:
-                self._last_renew = now
-                self.store.renew(self.owner, self.lease_seconds)
-            if now - self._last_reclaim >= min(30.0, self.lease_seconds / 2):
-                self._last_reclaim = now
-                self._reclaim_leases(dead_local_owners=True)
-            if self.progress_interval > 0 and now - self._last_progress >= self.progress_interval:
-                self._last_progress = now
-                self.log_progress()
-        except Exception:
-            logger.exception("Frontier housekeeping failed; will retry", extra={"spider": self.spider})
+        """Every ``HOLOCRON_FRONTIER_FLUSH_INTERVAL``: write the buffers, renew leases, reclaim dead
+        workers' leases, log progress, and claim for an idle worker (work another worker added)."""
+        now = time.monotonic()
+        if self._job is not None and now - self._job_started > _HUNG_AFTER:
+            # A call that neither returns nor fails (packets dropped, a lock held elsewhere): an outage too.
+            hung = TimeoutError(f"a state database call has not returned for {now - self._job_started:.0f} s")
+            if self.outage.failed(hung, spider=self.spider) and not self._gave_up:
+                self._give_up()
+        if now - self._last_renew >= self.lease_seconds / 3:
+            self._last_renew = now
+            self._wants.renew = True
+        if now - self._last_reclaim >= min(30.0, self.lease_seconds / 2):
+            self._last_reclaim = now
+            self._wants.reclaim_expired = self._wants.reclaim_dead_local = True
+        if self.progress_interval > 0 and now - self._last_progress >= self.progress_interval:
+            self._last_progress = now
+            self._wants.counts = True
+        if not (self.ready or self.owned or self.leased or self.suspects) and self._engine_accepts():
+            gen, when = self._empty_claim
+            if gen != self._gen or now - when >= self.idle_claim_every:
+                self._wants.claim = True  # idle: another worker may have added work
+        self._pump()
 
-    def _wake_if_idle(self) -> None:
-        """A worker with nothing in flight only asks for work on the engine's 5 s heartbeat;
-        with a shared frontier, other workers' discoveries should not wait that long. When we
-        hold nothing and the store has claimable work, claim it and hand the engine a request
-        through :meth:`ExecutionEngine.crawl`, which also wakes it."""
+    def _engine_accepts(self) -> bool:
+        """The engine runs and takes requests (not paused, not closing the spider)."""
         engine = getattr(self.crawler, "engine", None)
         if engine is None or engine.spider is None or not engine.running or engine.paused:
+            return False
+        return getattr(getattr(engine, "_slot", None), "closing", None) is None
+
+    def _take_job(self, release: list[int] | None = None) -> Job:
+        """A job with everything buffered and wanted; the buffers and wants start empty again."""
+        wants, self._wants = self._wants, _Wants()
+        job = Job(
+            new=self._new,
+            completed=self._completed,
+            failed=self._failed,
+            release=self._release + list(release or ()),
+            end_solo=self._end_solo,
+            renew=self.lease_seconds if wants.renew else None,
+            reclaim_expired=wants.reclaim_expired,
+            reclaim_dead_local=wants.reclaim_dead_local,
+            claim=self._claim_want() if wants.claim and not self.suspects else None,
+            outstanding=wants.outstanding or wants.claim,
+            counts=wants.counts,
+            gen=self._gen,
+        )
+        self._new, self._completed, self._failed, self._release, self._end_solo = [], [], [], [], []
+        return job
+
+    def _pump(self, *, force: bool = False) -> None:
+        """Start a job if none is running and there is something to do. After a failure, wait
+        ``_retry_at`` (unless *force*: the tick retries)."""
+        if self._job is not None or self.store is None or self.executor is None or self._gave_up:
             return
-        if getattr(getattr(engine, "_slot", None), "closing", None) is not None:
-            return  # closing (CloseSpider, Ctrl-C): claiming now would only be given back
-        if self.ready or self.owned or self.leased or self.store is None or not self.store.ready_count(1, self.scope):
+        if not (self._new or self._completed or self._failed or self._release or self._end_solo or self._wants.any()):
             return
-        self._refill()
-        if self.ready:
+        if self.outage.down and not force and time.monotonic() < self._retry_at:
+            return
+        job = self._take_job()
+        store, owner, scope = self.store, self.owner, self.scope
+        d = self.executor.submit(lambda: run_job(store, job, owner, scope))
+        if d.called:  # inline: ran already
+            d.addCallback(self._job_done, job)
+            return
+        self._job, self._job_writes, self._job_started = d, job.writes(), time.monotonic()
+        d.addCallback(self._job_done, job)
+
+    def _job_done(self, result: JobResult, job: Job) -> None:
+        self._job, self._job_writes = None, False
+        if result.flushed:
+            self._stat("frontier/enqueued", result.inserted)
+            self._stat("frontier/filtered", len(job.new) - result.inserted)
+        else:  # not written: back to the front of the buffers, in order
+            self._new[:0], self._completed[:0], self._failed[:0] = job.new, job.completed, job.failed
+        if not result.released:
+            self._release[:0], self._end_solo[:0] = job.release, job.end_solo
+        if result.reclaimed:
+            self._stat("frontier/reclaimed", result.reclaimed)
+            logger.info("Frontier: reclaimed %d items from expired leases", result.reclaimed)
+        if result.rows is not None or result.gated:
+            self._claimed(result)
+        if result.counts is not None:
+            self.log_progress(result.counts)
+        if result.error is not None:
+            self._job_failed(result.error, job)
+            return
+        self.outage.succeeded(spider=self.spider)
+        self._retry_delay = _RETRY_FIRST
+        if job.claim is not None and not result.rows:
+            self._empty_claim = (job.gen, time.monotonic())
+        if result.outstanding is False and job.gen == self._gen:
+            self._drained_at, self._drained_gen = time.monotonic(), job.gen
+        if self.ready and not self._in_next_request:
+            self._wake(had_work=bool(set(self.leased) - {s for r in self.ready for s in r.meta[IDS_META]}))
+        elif self._drained():
+            self._poke_engine()  # it may close the spider now
+        if len(self._new) >= _ENQUEUE_FLUSH_SIZE or self._wants.any():
+            self._pump()
+        elif self._job is None and (self._completed or self._failed or self._new) and not self.has_loop():
+            self._pump()
+
+    def has_loop(self) -> bool:
+        return self._loop is not None and self._loop.running
+
+    def _job_failed(self, error: BaseException, job: Job) -> None:
+        """Keep the wants that were not met for the retry; give up past the outage limit."""
+        if job.claim is not None and not job.claim.hold_below:
+            self._wants.claim = True
+        if job.outstanding:
+            self._wants.outstanding = True
+        if job.renew is not None:
+            self._wants.renew = True
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
+        if self.outage.failed(error, spider=self.spider):
+            self._give_up()
+
+    def _give_up(self) -> None:
+        self._gave_up = True
+        logger.error(
+            "Frontier: the state database has been unreachable for %.0f s (HOLOCRON_FRONTIER_OUTAGE_LIMIT=%.0f);"
+            " stopping the crawl. Unacknowledged items stay leased by %s and go back to pending on the next run.",
+            self.outage.elapsed(),
+            self.outage.limit,
+            self.owner,
+            extra={"spider": self.spider},
+        )
+        engine = getattr(self.crawler, "engine", None)
+        if engine is None:
+            return
+        from scrapy.utils.defer import deferred_from_coro
+
+        deferred_from_coro(engine.close_spider_async(reason=OUTAGE_CLOSE_REASON)).addErrback(
+            lambda f: logger.error("Could not stop the crawl: %s", f.getErrorMessage())
+        )
+
+    def _wake(self, *, had_work: bool) -> None:
+        """Claimed requests arrived while the engine was not asking: hand it one through
+        :meth:`ExecutionEngine.crawl`, which also wakes it (the request holds leased ids, so it
+        comes back to ``owned``); it pulls the rest with ``next_request``."""
+        if not self._engine_accepts():
+            return
+        if not had_work:
             self._stat("frontier/wakeups")
-            engine.crawl(self.ready.popleft())  # holds leased ids, so it goes to ``owned``
+        self.crawler.engine.crawl(self.ready.popleft())  # type: ignore[union-attr]
 
-    def _reclaim_leases(self, *, dead_local_owners: bool) -> None:
-        """Give back to pending the expired leases (of workers dead anywhere) and, with
-        *dead_local_owners*, those of crashed processes on this host."""
-        assert self.store is not None
-        reclaimed = self.store.reclaim(scope=self.scope)
-        self._stat("frontier/reclaimed", reclaimed)
-        if dead_local_owners:
-            reclaimed += self._reclaim_dead_local_owners()
-        if reclaimed:
-            logger.info("Frontier: reclaimed %d items from expired leases", reclaimed)
+    def _poke_engine(self) -> None:
+        """Let an idle engine look again now rather than on its 5 s heartbeat (it may close the spider)."""
+        if self._in_next_request or not self._engine_accepts():
+            return
+        nextcall = getattr(getattr(self.crawler.engine, "_slot", None), "nextcall", None)  # type: ignore[union-attr]
+        if nextcall is not None:
+            nextcall.schedule()
 
-    def _reclaim_dead_local_owners(self) -> int:
-        """Reclaim at once the leases of crashed processes on this host (pid not running)."""
-        assert self.store is not None
-        dead = [
-            owner
-            for owner in self.store.lease_owners(self.scope)
-            if owner != self.owner and local_owner_alive(owner) is False
-        ]
-        count = self.store.reclaim(dead, scope=self.scope) if dead else 0
-        self._stat("frontier/reclaimed", count)
-        return count
-
-    def log_progress(self) -> None:
-        assert self.store is not None
+    def log_progress(self, counts: dict[str, dict[str, int]] | None = None) -> None:
+        """One progress line from the store's counts (read by the background loop)."""
+        if counts is None:
+            self._wants.counts = True
+            self._pump(force=True)
+            return
         totals = {"pending": 0, "in_progress": 0, "completed": 0, "failed": 0}
-        counts = self.store.counts()
         if self.scope is not None:
             counts = {self.scope.source_name: counts.get(self.scope.source_name, {})}
         for per_status in counts.values():
@@ -575,3 +857,24 @@ class FrontierScheduler(BaseScheduler):
     def _stat(self, key: str, count: int = 1) -> None:
         if self.stats is not None and count:
             self.stats.inc_value(key, count)
+
+
+async def _settled(d: defer.Deferred[Any], timeout: float) -> None:
+    """Wait until *d* has fired (leaving its result to its own callbacks), or *timeout* seconds."""
+    from twisted.internet import reactor
+
+    waiter: defer.Deferred[None] = defer.Deferred()
+
+    def release(value: Any = None) -> Any:
+        if not waiter.called:
+            waiter.callback(None)
+        return value
+
+    timer = reactor.callLater(timeout, release)  # type: ignore[attr-defined]
+    d.addBoth(release)
+    await waiter
+    if timer.active():
+        timer.cancel()
+
+
+__all__ = ["FrontierScheduler", "InlineExecutor", "state_url_from_settings", "scope_from_settings"]

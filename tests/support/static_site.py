@@ -67,13 +67,13 @@ def write_edge_site(root: Path, port: int) -> dict[str, str]:
 
 
 SERVER = r"""
-import http.server, json, sys
+import http.server, json, sys, time
 log = open(sys.argv[3], "a", buffering=1)
 class Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
     def send_head(self):
-        log.write(json.dumps({"host": self.headers.get("Host"), "path": self.path,
+        log.write(json.dumps({"t": time.time(), "host": self.headers.get("Host"), "path": self.path,
                               "authorization": self.headers.get("Authorization"),
                               "user_agent": self.headers.get("User-Agent")}) + "\n")
         return super().send_head()
