@@ -383,3 +383,16 @@ def test_sqlite_engine_still_refuses_foreign_files(tmp_path):
     with pytest.raises(StoreError, match="not a holocron_scrapy database"):
         engine.open_engine(f"sqlite:///{path}")
     assert Path(path).exists()
+
+
+def test_postgresql_connections_time_out_and_keep_alive(postgres_url):
+    """A vanished server fails a call within about a minute (the frontier waits it out); URL values win."""
+    for url, timeout in ((postgres_url, "10"), (postgres_url + "?connect_timeout=3", "3")):
+        eng = engine.postgresql_engine(url)
+        try:
+            with eng.connect() as conn:
+                params = conn.connection.dbapi_connection.info.get_parameters()
+            assert params["connect_timeout"] == timeout
+            assert (params["keepalives"], params["keepalives_idle"], params["keepalives_count"]) == ("1", "30", "3")
+        finally:
+            eng.dispose()

@@ -487,14 +487,10 @@ def test_missing_pyodbc_explains_the_fix(monkeypatch):
 
 
 def test_fast_executemany_is_opt_in():
-    class Conn:
-        def cursor(self):
-            return types.SimpleNamespace(fast_executemany=None)
+    from holocron_scrapy.db.engine import sqlserver_engine
 
-    assert sqlserver.new_cursor(Conn(), resolve()).fast_executemany is False
-    assert sqlserver.new_cursor(Conn()).fast_executemany is False
-    opted = resolve(INGEST_SQLSERVER_FAST_EXECUTEMANY="yes")
-    assert sqlserver.new_cursor(Conn(), opted).fast_executemany is True
+    assert sqlserver_engine(resolve()).dialect.fast_executemany is False
+    assert sqlserver_engine(resolve(INGEST_SQLSERVER_FAST_EXECUTEMANY="yes")).dialect.fast_executemany is True
 
 
 def test_ensure_database_skipped_for_full_connection_strings():

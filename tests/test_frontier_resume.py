@@ -1,10 +1,13 @@
-"""The frontier survives kill -9 and is shared by several crawlers (real MediaWiki, real processes)."""
+"""The frontier survives kill -9 and is shared by several crawlers (real MediaWiki, real processes).
+
+The kill -9 and three-crawler tests run twice: on SQLite files, and with the frontier and the
+records in a throw-away database of the live PostgreSQL (``crawl_database``, tests/support/postgres.py).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -12,6 +15,7 @@ from collections import Counter
 import pytest
 
 from tests.support.crawl import REPO, Workspace
+from tests.support.postgres import claims_audit, install_claims_audit
 
 pytestmark = [pytest.mark.mediawiki, pytest.mark.slow]
 
@@ -20,21 +24,10 @@ ARGS = ("source=testwiki", SEEDS, "max_depth=2", "batch_size=5")
 SLOW = {"DOWNLOAD_DELAY": "0.02", "HOLOCRON_RECORDS_BATCH_SIZE": "7", "HOLOCRON_FRONTIER_FLUSH_INTERVAL": "0.2"}
 
 
-def record_count(ws: Workspace) -> int:
-    if not ws.records_db.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(ws.records_db, timeout=5)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM ingest_records").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
-def start(ws: Workspace, *args: str, settings: dict[str, str] | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def start(
+    ws: Workspace, *args: str, settings: dict[str, str] | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.Popen(
         ws.command("mediawiki", *args, settings=settings),
         cwd=REPO,
@@ -47,7 +40,7 @@ def start(ws: Workspace, *args: str, settings: dict[str, str] | None = None) -> 
 
 def wait_for_records(ws: Workspace, proc: subprocess.Popen, records: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while record_count(ws) < records:
+    while ws.record_count() < records:
         assert proc.poll() is None, f"crawl ended before {records} records: {proc.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, "crawl too slow"
         time.sleep(0.05)
@@ -74,8 +67,9 @@ def assert_complete(ws: Workspace, model) -> None:
     assert set(statuses) == {"completed"}, statuses
 
 
-def test_kill_9_at_several_points_then_resume(mediawiki, tmp_path):
-    ws = Workspace(tmp_path)
+def test_kill_9_at_several_points_then_resume(mediawiki, tmp_path, crawl_database):
+    """On SQLite files and with the frontier and the records on the live PostgreSQL."""
+    ws = Workspace(tmp_path, database=crawl_database)
     ws.write_config(mediawiki.api_url)
     total = len(mediawiki.model.reachable(["Hub Alpha", "Ωmega Station"], 2))
     in_flight = 0  # items leased (claimed or being fetched) at the moment of each kill
@@ -96,22 +90,57 @@ def test_kill_9_at_several_points_then_resume(mediawiki, tmp_path):
     assert max(i["attempt"] for i in items) == 1  # (0: known without a fetch, e.g. a redirect target)
 
 
-def test_three_crawlers_share_one_frontier(mediawiki, tmp_path):
-    ws = Workspace(tmp_path)
+def test_three_crawlers_share_one_frontier(mediawiki, tmp_path, crawl_database):
+    """On SQLite files and on the live PostgreSQL, where the server also keeps a claims audit
+    (see :func:`check_claims`)."""
+    ws = Workspace(tmp_path, database=crawl_database)
     ws.write_config(mediawiki.api_url)
+    if ws.database:
+        install_claims_audit(ws.database)
     # Paced so that one worker alone would need ~20 s: the two started after the first has
     # stored some pages still find most of the frontier ahead of them, however slow the machine.
     paced = {**SLOW, "DOWNLOAD_DELAY": "0.12", "RANDOMIZE_DOWNLOAD_DELAY": "0"}
-    procs = [start(ws, *ARGS, settings={**paced, "HOLOCRON_RUN_ID": "worker0"})]
+
+    def worker(i: int) -> subprocess.Popen:  # PGAPPNAME: the audit's name for the worker's sessions
+        return start(ws, *ARGS, settings={**paced, "HOLOCRON_RUN_ID": f"worker{i}"}, env={"PGAPPNAME": f"worker{i}"})
+
+    procs = [worker(0)]
     wait_for_records(ws, procs[0], 10)
-    procs += [start(ws, *ARGS, settings={**paced, "HOLOCRON_RUN_ID": f"worker{i}"}) for i in (1, 2)]
+    procs += [worker(1), worker(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
     assert_complete(ws, mediawiki.model)
-    assert max(i["attempt"] for i in ws.work_items()) == 1  # no lease expired: no item claimed twice
+    items = ws.work_items()
+    assert max(i["attempt"] for i in items) == 1  # no lease expired: no item fetched twice
+    assert sum(i["lease_losses"] for i in items) == 0
     by_run = Counter(r["run_id"] for r in ws.records())
     assert len(by_run) == 3 and min(by_run.values()) >= 20, by_run  # all three did real work
+    if ws.database:
+        check_claims(claims_audit(ws.database), workers=3)
+
+
+def check_claims(events: list[dict], workers: int) -> None:
+    """The claims audit of a shared frontier: every change of an item's status or lease owner, with
+    the row before and after, the server's clock and the worker whose session made it.
+
+    * No claim takes an item whose lease (held by anyone) is still live: the row a claim updates
+      is pending, or its lease has expired. (An item may be claimed again by the same worker after
+      that worker released it, e.g. an item put back by the depth gate; that is not a double claim.)
+    * A live lease ends (acknowledged, failed, released) only by its holder's own worker.
+    * Every worker claims through its own lease owner, and all of them claimed work."""
+    owner_of: dict[str, str] = {}  # lease owner -> the worker (application_name) that claimed as it
+    for event in events:
+        held = event["old_status"] == "in_progress"
+        live = held and event["old_expires"] > event["at"]
+        if event["new_status"] == "in_progress" and (not held or event["old_owner"] != event["new_owner"]):
+            assert not live, f"item {event['seq']} claimed by {event['actor']} over a live lease: {event}"
+            assert owner_of.setdefault(event["new_owner"], event["actor"]) == event["actor"], event
+        elif live and event["new_status"] != "in_progress":
+            assert event["actor"] == owner_of.get(event["old_owner"]), f"a live lease ended by another worker: {event}"
+    # One lease owner per worker (if the stores ever name their sessions themselves, each worker's
+    # name must still be its own for this audit to tell them apart).
+    assert len(owner_of) == len(set(owner_of.values())) == workers, owner_of
 
 
 def test_jobdir_holds_the_frontier_and_spider_state(mediawiki, tmp_path):

@@ -3,6 +3,11 @@
 SQLite and PostgreSQL always run (PostgreSQL in a throw-away database of the ``postgres_url``
 fixture, on the machine's server); SQL Server runs when INGEST_SQLSERVER_HOST and _PASSWORD
 point at a server, and is skipped with that reason otherwise.
+
+Also here: a real deadlock on the live PostgreSQL (the store's ack is the victim and is run
+again), the bound on conflict retries, the proof that the store runs only the statements that
+``statements(dialect)`` lists (what tests/test_sql_tsql.py compiles for SQL Server), and the
+``sqlserver://`` / ``mssql+pyodbc://`` / YAML-section mapping onto the one store.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -565,5 +571,258 @@ def test_postgresql_store_analyzes_a_freshly_filled_frontier(postgres_url):
                 ).scalars()
             )
         assert "Index Scan using ix_work_items_dequeue" in plan and "Sort" not in plan, plan
+    finally:
+        s.close()
+
+
+def _lock_waiters(dbname: str) -> int:
+    """Backends of *dbname* waiting on a lock (read on a fresh connection: a transaction's view of
+    pg_stat_activity is a snapshot)."""
+    from tests.support.postgres import admin_connect
+
+    with admin_connect() as admin:
+        query = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+        return admin.execute(query, (dbname,)).fetchone()[0]
+
+
+def _deadlocks(dbname: str) -> int:
+    from tests.support.postgres import admin_connect
+
+    with admin_connect() as admin:
+        return admin.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = %s", (dbname,)).fetchone()[0]
+
+
+def test_postgresql_deadlock_victim_flush_is_run_again(postgres_url):
+    """A real deadlock on the live server: another transaction holds row B, the store's ack (one
+    UPDATE of A and B) locks A and waits for B, then the other transaction asks for A. PostgreSQL
+    breaks the cycle by failing the store's transaction (its deadlock_timeout runs out first: the
+    other session's is 30 s) with DeadlockDetected; the store rolls back and runs the ack again,
+    which goes through once the other transaction has committed."""
+    s = open_work_item_store(postgres_url)
+    dbname = sa.engine.make_url(postgres_url).database
+    other = sa.create_engine(postgres_url)
+    try:
+        s.flush([new("A"), new("B")], [], [])
+        a, b = sorted(r["seq"] for r in s.claim(make_owner(), 2, 60))
+        before = _deadlocks(dbname)
+        touch = sa.text("UPDATE work_items SET priority = priority WHERE seq = :seq")
+        result: list[Any] = []
+        with other.connect() as conn:
+            tx = conn.begin()
+            conn.exec_driver_sql("SET LOCAL deadlock_timeout = '30s'")
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '20s'")  # never hang the suite
+            conn.execute(touch, {"seq": b})
+            worker = threading.Thread(target=lambda: result.append(s.flush([], [a, b], [])))
+            worker.start()
+            for _ in range(200):  # until the store's UPDATE waits for row B
+                if _lock_waiters(dbname):
+                    break
+                time.sleep(0.05)
+            assert _lock_waiters(dbname) == 1 and not result
+            conn.execute(touch, {"seq": a})  # waits for the store: a cycle, which the server breaks
+            tx.commit()
+            worker.join(30)
+        assert result == [0]
+        assert s.conflict_retries == 1
+        assert _deadlocks(dbname) == before + 1
+        assert {s.get(f"mediawiki:wiki:page:{k}")["status"] for k in "AB"} == {COMPLETED}
+    finally:
+        other.dispose()
+        s.close()
+
+
+def test_write_conflicts_are_retried_a_bounded_number_of_times(postgres_url, monkeypatch):
+    """A transaction that keeps losing is given up after CONFLICT_ATTEMPTS runs with the driver's
+    error (a real DeadlockDetected, raised by the server from a PL/pgSQL RAISE with its SQLSTATE);
+    any other error is raised at once."""
+    import psycopg
+
+    from holocron_scrapy.frontier.store import CONFLICT_ATTEMPTS
+
+    s = open_work_item_store(postgres_url)
+    try:
+        runs: list[int] = []
+
+        def losing(conn: sa.Connection) -> None:
+            runs.append(1)
+            conn.exec_driver_sql("DO $$ BEGIN RAISE EXCEPTION 'lost' USING ERRCODE = '40P01'; END $$")
+
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            s._write(losing)
+        assert isinstance(raised.value.orig, psycopg.errors.DeadlockDetected)
+        assert len(runs) == CONFLICT_ATTEMPTS and s.conflict_retries == CONFLICT_ATTEMPTS - 1
+
+        runs.clear()
+
+        def failing(conn: sa.Connection) -> None:
+            runs.append(1)
+            conn.exec_driver_sql("SELECT 1 / 0")
+
+        with pytest.raises(sa.exc.DBAPIError):
+            s._write(failing)
+        assert len(runs) == 1
+        assert s.flush([new("A")], [], []) == 1  # the store goes on
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_store_runs_only_the_statements_it_lists(backend, request, tmp_path):
+    """``statements(dialect)`` is what the offline T-SQL check (tests/test_sql_tsql.py) compiles for
+    SQL Server: every statement the store executes here must be one of them."""
+    from holocron_scrapy.frontier.store import statements
+
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'f.sqlite3'}"
+    s = open_work_item_store(url, retry_backoff=0.01)
+    listed = {id(statement): name for name, statement in statements(s.dialect).items()}
+    executed: list[Any] = []
+    sa.event.listen(s.engine, "before_execute", lambda _c, clause, *_a: executed.append(clause))
+    try:
+        scope = Scope("mediawiki", "wiki")
+        owner = make_owner()
+        s.flush([new("S1"), new("S2")], [], [])
+        for _ in range(2):  # lost twice: suspects, claimed alone
+            s.claim(owner, 10, 60)
+            s.reclaim([owner])
+        s.flush([new("A"), new("B"), new("C"), new("D")], [], [])
+        for scoped in (None, scope):
+            for alone in (False, True):
+                rows = s.claim(owner, 1, 60, scope=scoped, alone=alone)
+                s.flush([], [], [FailedItem(rows[0]["seq"], "boom")])
+        done = s.claim(owner, 1, 60)
+        s.flush([], [done[0]["seq"]], [])
+        s.claim(owner, 2, 60)
+        s.end_solo([1])
+        s.release([1])
+        s.renew(owner, 60)
+        for owners in (None, [owner]):
+            for scoped in (None, scope):
+                s.reclaim(owners, scope=scoped)
+        for scoped in (None, scope):
+            s.lease_owners(scoped)
+            s.ready_count(5, scoped)
+            s.min_inflight_depth(owner, scoped)
+            s.outstanding(owner, scoped)
+        s.counts(), s.oldest_lease(), s.failure_reasons(), s.lease_summary(), s.get("x")
+        s.retry_failed(), s.retry_failed("wiki"), s.recrawl("wiki"), s.recrawl("wiki", 10)
+        for who in (None, owner):
+            for expired_only in (False, True):
+                s.release_leases(who, expired_only=expired_only)
+        s.requeue_keys(["mediawiki:wiki:page:A"])
+    finally:
+        s.close()
+    unlisted = [str(c) for c in executed if id(c) not in listed and not isinstance(c, (str, sa.TextClause))]
+    assert not unlisted
+    missed = sorted(set(listed.values()) - {listed[id(c)] for c in executed if id(c) in listed})
+    # SQLite runs the compiled SQL of its insert on the driver; ANALYZE follows the 1000th insert.
+    assert missed == (["insert"] if backend == "sqlite" else ["analyze"])
+
+
+# -- SQL Server: the same store on an mssql+pyodbc engine ------------------------------------------
+@pytest.fixture
+def raw_sqlserver(monkeypatch) -> list[Any]:
+    """``sqlserver.connect`` replaced by raw connections that answer the migration runner as an empty
+    schema would (opening a store migrates on one of them; nothing else connects until it is used)."""
+    from holocron_scrapy.db import sqlserver
+    from tests.support.sqlserver import PASSWORD
+    from tests.test_db_engine import RecordingRaw
+
+    raws: list[Any] = []
+
+    def connect(settings: Any, wait_timeout: float = 0.0, **_kw: Any) -> Any:
+        assert f"PWD={PASSWORD}" in settings.connection_string()
+        raws.append(RecordingRaw())
+        return raws[-1]
+
+    monkeypatch.setattr(sqlserver, "connect", connect)
+    monkeypatch.setenv("INGEST_SQLSERVER_PASSWORD", PASSWORD)
+    return raws
+
+
+def test_sqlserver_urls_and_sections_open_the_one_store(raw_sqlserver, monkeypatch):
+    from holocron_scrapy.frontier.store import SqlWorkItemStore
+    from tests.support.sqlserver import PASSWORD
+
+    monkeypatch.setenv("INGEST_SQLSERVER_SCHEMA", "crawl_env")
+    s = open_work_item_store(
+        "sqlserver://", sqlserver_config={"schema": "from_yaml", "host": "db.example"}, max_attempts=5
+    )
+    try:
+        assert isinstance(s, SqlWorkItemStore) and s.dialect == "mssql" and s.max_attempts == 5
+        assert s.engine.get_execution_options()["schema_translate_map"] == {None: "crawl_env"}
+        assert s.describe() == "SQL Server db.example:1433 database Holocron schema crawl_env"
+        assert "[crawl_env].[work_items]" in "\n".join(raw_sqlserver[0].sql) and raw_sqlserver[0].closed
+        assert PASSWORD not in s.describe() + repr(s.engine) + s.engine.url.render_as_string(hide_password=False)
+    finally:
+        s.close()
+    monkeypatch.delenv("INGEST_SQLSERVER_SCHEMA")
+    for url in ("sqlserver://", "mssql+pyodbc://"):
+        s = open_work_item_store(url, sqlserver_config={"schema": "from_yaml"})
+        assert s.engine.get_execution_options()["schema_translate_map"] == {None: "from_yaml"}
+        s.close()
+    s = open_work_item_store("mssql+pyodbc://crawler@db.example:1444/Lake?driver=FreeTDS")
+    assert s.describe() == "SQL Server db.example:1444 database Lake schema ingest"
+    s.close()
+    assert len(raw_sqlserver) == 4  # one migration connection per store, nothing else
+    with pytest.raises(ConfigError, match="schema"):
+        open_work_item_store("sqlserver://", sqlserver_config={"schema": "bad name"})
+
+
+def _in_threads(count: int, target: Any) -> list[Any]:
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(target, range(count)))
+
+
+@pytest.mark.sqlserver
+def test_sqlserver_racing_inserts_store_each_key_once(live_schema):
+    stores = [open_work_item_store("sqlserver://") for _ in range(3)]
+    keys = [f"T{i}" for i in range(200)]
+    try:
+        totals = _in_threads(3, lambda i: sum(stores[i].flush([new(k)], [], []) for k in keys))
+        assert sum(totals) == 200
+        assert stores[0].counts() == {"wiki": {PENDING: 200, IN_PROGRESS: 0, COMPLETED: 0, FAILED: 0}}
+    finally:
+        for s in stores:
+            s.close()
+
+
+@pytest.mark.sqlserver
+def test_sqlserver_concurrent_claims_are_disjoint_and_best_first(live_schema):
+    stores = [open_work_item_store("sqlserver://") for _ in range(3)]
+    try:
+        stores[0].flush([new(f"T{i}", priority=i % 3) for i in range(300)], [], [])
+        first = stores[0].claim(make_owner(), 5, 60)
+        assert [r["priority"] for r in first] == [2] * 5
+        assert [r["seq"] for r in first] == sorted(r["seq"] for r in first)
+
+        def claim_all(i: int) -> list[int]:
+            owner, got = make_owner(), []
+            while rows := stores[i].claim(owner, 7, 60):
+                got.extend(r["seq"] for r in rows)
+            return got
+
+        claimed = [seq for part in _in_threads(3, claim_all) for seq in part]
+        assert len(claimed) == len(set(claimed)) == 295
+        assert stores[1].ready_count(10) == 0
+        assert stores[1].outstanding(make_owner())  # the others' live leases
+    finally:
+        for s in stores:
+            s.close()
+
+
+@pytest.mark.sqlserver
+def test_sqlserver_unicode_keys_times_and_long_urls_round_trip(live_schema):
+    from dataclasses import replace
+
+    from tests.support.sqlserver import long_url
+
+    url, key = long_url(), "東京 Base 🚀 שלום"
+    s = open_work_item_store("sqlserver://")
+    try:
+        assert s.flush([new(key), replace(new("Batch"), request_uri=url, discovered_from=url)], [], []) == 2
+        row = s.get(f"mediawiki:wiki:page:{key}")
+        assert row["resource_id"] == key and abs((row["created_at"] - datetime.now(UTC)).total_seconds()) < 300
+        row = s.get("mediawiki:wiki:page:Batch")
+        assert row["request_uri"] == url and row["discovered_from"] == url
     finally:
         s.close()

@@ -13,7 +13,7 @@ from scrapy.utils.test import get_crawler
 
 from holocron_scrapy.items import FAILED, IngestItem
 from holocron_scrapy.pipelines.changes import ChangeFilterPipeline
-from holocron_scrapy.pipelines.lake import JsonLakePipeline, lake_relative_path, safe_component
+from holocron_scrapy.pipelines.lake import JsonLakePipeline, lake_relative_path, safe_component, version_digest
 from holocron_scrapy.pipelines.records import IngestRecordsPipeline
 from holocron_scrapy.records.store import open_record_store
 
@@ -56,19 +56,30 @@ def test_long_titles_are_hashed_distinctly():
 
 
 def test_lake_path_layout():
+    """Named by resource and content: the same version always gets the same name, whoever fetched
+    it and whenever; another content, or another resource id with the same safe form, another."""
     it = item("Luke Skywalker")
-    assert lake_relative_path(it).as_posix() == (
-        f"mediawiki/wikipedia/page/Luke_Skywalker_20260119_120005_{it.ingest_id[:8]}.json"
+    digest = version_digest("mediawiki", "wikipedia", "page", "Luke Skywalker", it.hash_sha256)
+    assert lake_relative_path(it).as_posix() == f"mediawiki/wikipedia/page/Luke_Skywalker_{digest}.json"
+    assert len(digest) == 16
+    later = item("Luke Skywalker", run_id="other")
+    later.fetched_at_utc = datetime(2027, 1, 1, tzinfo=timezone.utc)
+    assert lake_relative_path(later) == lake_relative_path(it)
+    assert lake_relative_path(item("Luke Skywalker", payload={"v": 2})) != lake_relative_path(it)
+    same_payload = {"title": "x"}
+    assert lake_relative_path(item("Luke Skywalker", payload=same_payload)) != lake_relative_path(
+        item("Luke_Skywalker", payload=same_payload)
     )
 
 
-def test_lake_pipeline_writes_metadata_and_unaltered_payload(tmp_path):
+@deferred_f_from_coro_f
+async def test_lake_pipeline_writes_metadata_and_unaltered_payload(tmp_path):
     crawler = get_crawler(settings_dict={"HOLOCRON_LAKE_DIR": str(tmp_path)})
     pipeline = JsonLakePipeline.from_crawler(crawler)
     pipeline.open_spider()
     payload = {"title": "AT-AT/Walker", "links": [{"ns": 0, "title": "Ωmega"}], "nested": {"a": [1, 2.5, None]}}
     it = item("AT-AT/Walker", payload=payload, work_item_ids=[3])
-    pipeline.process_item(it)
+    await pipeline.process_item(it)
     files = list(tmp_path.rglob("*.json"))
     assert len(files) == 1 and files[0].parent == tmp_path / "mediawiki/wikipedia/page"
     doc = json.loads(files[0].read_text("utf-8"))
@@ -117,7 +128,7 @@ async def test_change_filter_drops_unchanged_and_keeps_changed(tmp_path):
     store = open_record_store(url)
     from holocron_scrapy.records.store import item_row
 
-    store.insert([item_row(item("A", payload={"v": 1}))])
+    store.insert([item_row(item("A", payload={"v": 1}))], record_versions=True)
     store.close()
     crawler = get_crawler(settings_dict={"HOLOCRON_RECORDS_URL": url, "HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
     pipeline = ChangeFilterPipeline.from_crawler(crawler)
@@ -138,7 +149,7 @@ async def test_change_filter_does_not_count_a_repeated_failure_as_unchanged(tmp_
 
     failure = {"error": "DNS lookup failed"}
     store = open_record_store(url)
-    store.insert([item_row(item("A", payload=failure, outcome=FAILED))])
+    store.insert([item_row(item("A", payload=failure, outcome=FAILED))], record_versions=True)
     store.close()
     crawler = get_crawler(settings_dict={"HOLOCRON_RECORDS_URL": url, "HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
     pipeline = ChangeFilterPipeline.from_crawler(crawler)
@@ -162,15 +173,16 @@ def test_payload_must_be_json(tmp_path):
 
 
 # -- storage faults and "unchanged" only against what is stored ----------------------------------
-def _lake_item(tmp_path, resource_id="A", payload=None, **kw):
+async def _lake_item(tmp_path, resource_id="A", payload=None, **kw):
     """An item that went through the lake pipeline (its file written, lake_path set)."""
     crawler = get_crawler(settings_dict={"HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
     lake = JsonLakePipeline.from_crawler(crawler)
     lake.open_spider()
-    return lake.process_item(item(resource_id, payload=payload, **kw))
+    return await lake.process_item(item(resource_id, payload=payload, **kw))
 
 
-def test_lake_deleted_mid_run_is_a_storage_fault_that_hands_the_item_back(tmp_path):
+@deferred_f_from_coro_f
+async def test_lake_deleted_mid_run_is_a_storage_fault_that_hands_the_item_back(tmp_path):
     from holocron_scrapy.pipelines.faults import StorageFault
 
     crawler = get_crawler(settings_dict={"HOLOCRON_LAKE_DIR": str(tmp_path / "lake")})
@@ -179,14 +191,14 @@ def test_lake_deleted_mid_run_is_a_storage_fault_that_hands_the_item_back(tmp_pa
     (tmp_path / "lake").rmdir()
     it = item("A", work_item_ids=[7])
     with pytest.raises(StorageFault):
-        lake.process_item(it)
+        await lake.process_item(it)
     assert it.work_item_ids == []  # handed back: the frontier neither acks nor fails it
     assert not (tmp_path / "lake").exists()  # not silently recreated
     fatal = crawler.holocron_storage_faults.fatal
     assert fatal == f"Lake write failed: {tmp_path / 'lake'}: the lake directory is gone; stopping the crawl"
     later = item("B", work_item_ids=[8])
     with pytest.raises(StorageFault):  # once stopping, nothing more is written
-        lake.process_item(later)
+        await lake.process_item(later)
     assert later.work_item_ids == [] and crawler.stats.get_value("storage/faults") == 2
 
 
@@ -199,7 +211,7 @@ async def test_records_db_refusing_writes_removes_the_lake_file_and_hands_back(t
         url, HOLOCRON_RECORDS_FLUSH_INTERVAL=0.01, HOLOCRON_LAKE_DIR=str(tmp_path / "lake")
     )
     pipeline.store.conn.execute("PRAGMA query_only = ON")  # the database refuses writes
-    it = _lake_item(tmp_path, work_item_ids=[3])
+    it = await _lake_item(tmp_path, work_item_ids=[3])
     assert (tmp_path / "lake" / it.lake_path).exists()
     with pytest.raises(StorageFault):
         await pipeline.process_item(it)
@@ -253,7 +265,7 @@ async def test_a_copy_in_flight_is_not_unchanged_until_the_first_is_stored(tmp_p
     store = open_record_store(url)
     from holocron_scrapy.records.store import item_row
 
-    store.insert([item_row(second)])
+    store.insert([item_row(second)], record_versions=True)
     store.close()
     crawler.signals.send_catch_log(signals.item_scraped, item=second, response=None)
     with pytest.raises(DropItem, match="unchanged"):
@@ -266,9 +278,9 @@ async def test_unchanged_item_restores_the_lost_lake_file_of_its_record(tmp_path
     from holocron_scrapy.records.store import item_row
 
     url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
-    stored = _lake_item(tmp_path, payload={"v": 1})
+    stored = await _lake_item(tmp_path, payload={"v": 1})
     store = open_record_store(url)
-    store.insert([item_row(stored)])
+    store.insert([item_row(stored)], record_versions=True)
     store.close()
     path = tmp_path / "lake" / stored.lake_path
     original = json.loads(path.read_text("utf-8"))
@@ -291,3 +303,103 @@ async def test_unchanged_item_restores_the_lost_lake_file_of_its_record(tmp_path
         await pipeline.process_item(item("A", payload={"v": 1}))
     assert crawler.stats.get_value("lake/restored") == 2
     pipeline.close_spider()
+
+
+# -- a version stored again: the lake file of its record is never deleted nor overwritten ----------
+def item_row_of(it):
+    from holocron_scrapy.records.store import item_row
+
+    return item_row(it)
+
+
+async def ensure_awaited(result):
+    if hasattr(result, "__await__"):
+        await result
+
+
+async def _through_pipelines(pipelines, it):
+    for pipeline in pipelines:
+        it = await pipeline.process_item(it)
+    return it
+
+
+@deferred_f_from_coro_f
+async def test_a_duplicate_found_late_keeps_the_lake_file_its_record_names(tmp_path):
+    """A -> B -> A: the third fetch passes the change filter (B is held), finds A's file owned by
+    A's record (kept, not overwritten), is a duplicate for the records (the file stays), and makes A
+    the version held: a fourth fetch of A is unchanged. ``scrapy lake verify`` finds nothing."""
+    from scrapy import signals
+
+    from holocron_scrapy.commands.lake import Report, verify
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
+    lake = tmp_path / "lake"
+    settings = {"HOLOCRON_RECORDS_URL": url, "HOLOCRON_LAKE_DIR": str(lake), "HOLOCRON_RECORDS_FLUSH_INTERVAL": 0.01}
+    crawler = get_crawler(settings_dict=settings)
+    pipelines = [cls.from_crawler(crawler) for cls in (ChangeFilterPipeline, JsonLakePipeline, IngestRecordsPipeline)]
+    for pipeline in pipelines:
+        pipeline.open_spider()
+
+    async def run(it):
+        try:
+            return await _through_pipelines(pipelines, it)
+        finally:
+            crawler.signals.send_catch_log(signals.item_scraped, item=it, response=None)
+
+    first = await run(item("A", payload={"v": "a"}))
+    path = lake / first.lake_path
+    await run(item("A", payload={"v": "b"}))
+    again = item("A", payload={"v": "a"}, run_id="later")
+    with pytest.raises(DropItem, match="already stored"):
+        await run(again)
+    assert again.lake_path == first.lake_path  # one name per resource and content
+    assert json.loads(path.read_text("utf-8"))["metadata"]["ingest_id"] == first.ingest_id  # kept as it was
+    stats = crawler.stats.get_stats()
+    assert stats["lake/kept"] == 1 and stats["records/duplicates"] == 1 and "lake/replaced" not in stats
+    with pytest.raises(DropItem, match="unchanged"):
+        await run(item("A", payload={"v": "a"}))
+    store = open_record_store(url)
+    found = list(verify(store, lake))
+    store.close()
+    assert found[:-1] == [] and isinstance(found[-1], Report) and found[-1].files == 2
+    for pipeline in pipelines:
+        await ensure_awaited(pipeline.close_spider())
+
+
+@deferred_f_from_coro_f
+async def test_a_duplicate_that_wrote_over_a_records_file_restores_it(tmp_path):
+    """A race: another worker stored this version between our lake write and our insert, and our
+    document went over its file. The records pipeline gives the file back to the stored record."""
+    url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
+    lake = tmp_path / "lake"
+    ours = await _lake_item(tmp_path, payload={"v": 1})
+    theirs = item("A", payload={"v": 1}, run_id="another worker")
+    theirs.lake_path = ours.lake_path
+    store = open_record_store(url)
+    store.insert([item_row_of(theirs)], record_versions=True)
+    store.close()
+    crawler, pipeline = _records_pipeline(url, HOLOCRON_RECORDS_FLUSH_INTERVAL=0.01, HOLOCRON_LAKE_DIR=str(lake))
+    with pytest.raises(DropItem, match="already stored"):
+        await pipeline.process_item(ours)
+    restored = json.loads((lake / ours.lake_path).read_text("utf-8"))
+    assert restored["metadata"]["ingest_id"] == theirs.ingest_id and restored["metadata"]["run_id"] == "another worker"
+    assert restored["payload"] == {"v": 1}
+    await pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_an_orphan_lake_file_is_replaced_by_the_next_write_of_its_version(tmp_path):
+    """A file no record names (a kill between the lake write and the record) is replaced."""
+    lake = tmp_path / "lake"
+    orphan = await _lake_item(tmp_path, payload={"v": 1})
+    crawler = get_crawler(
+        settings_dict={"HOLOCRON_LAKE_DIR": str(lake), "HOLOCRON_RECORDS_URL": f"sqlite:///{tmp_path / 'r.sqlite3'}"}
+    )
+    pipeline = JsonLakePipeline.from_crawler(crawler)
+    pipeline.open_spider()
+    rerun = await pipeline.process_item(item("A", payload={"v": 1}, run_id="rerun"))
+    assert rerun.lake_path == orphan.lake_path and len(list(lake.rglob("*.json"))) == 1
+    assert json.loads((lake / rerun.lake_path).read_text("utf-8"))["metadata"]["ingest_id"] == rerun.ingest_id
+    assert crawler.stats.get_value("lake/replaced") == 1
+    assert await pipeline.process_item(rerun) is rerun  # the same write again: nothing to do
+    assert crawler.stats.get_value("lake/same") == 1 and crawler.stats.get_value("lake/written") == 1

@@ -47,8 +47,9 @@ def check_against_oracle(
     return expected
 
 
-def test_crawl_stores_exactly_the_reachable_pages(mediawiki, tmp_path):
-    ws = Workspace(tmp_path)
+def test_crawl_stores_exactly_the_reachable_pages(mediawiki, tmp_path, crawl_database):
+    """On SQLite files and with the frontier and the records on the live PostgreSQL."""
+    ws = Workspace(tmp_path, database=crawl_database)
     ws.write_config(mediawiki.api_url)
     seeds = ["Hub Alpha", "Ωmega Station", "Loop Alpha", "Self Reference", "No Such Page Anywhere", "Foo<Bar"]
     seeds += [d[0] for d in mediawiki.model.double_redirects[:2]]
@@ -65,6 +66,8 @@ def test_crawl_stores_exactly_the_reachable_pages(mediawiki, tmp_path):
     items = ws.work_items()
     assert {i["status"] for i in items} == {"completed"}
     assert "Run " in proc.stderr and " completed: " in proc.stderr
+    if ws.database:  # both stores were on the server: no SQLite file was made
+        assert not ws.records_db.exists() and not ws.state_db.exists()
 
 
 @pytest.mark.parametrize(

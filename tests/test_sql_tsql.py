@@ -1,5 +1,7 @@
-"""Offline checks of every T-SQL statement: the migration files in sql/*.sql and the
-strings that holocron_scrapy.db.sqlserver / .migrations execute.
+"""Offline checks of every T-SQL statement: the migration files in sql/*.sql, the
+strings that holocron_scrapy.db.sqlserver / .migrations execute, and every statement of the two
+stores (SqlWorkItemStore, SqlRecordStore) compiled on the mssql+pyodbc engine of a ``sqlserver://``
+store (their hints, OUTPUT clauses, TOP (?) limits, N'...' status literals and schema checked too).
 
 Each statement must parse with sqlfluff (dialect tsql, no unparsable segment) and with
 sqlglot (read="tsql", no fallback to an unparsed ``Command``). The files must also mirror
@@ -369,3 +371,102 @@ def test_sqlserver_code_has_no_inline_tsql():
     for function, sql in _literal_executes(migrations):
         assert function in sqlite_only, f"inline SQL in {function}: {sql}"
         sqlglot.parse_one(sql, read="sqlite")
+
+
+# -- the stores' statements, compiled for SQL Server --------------------------------------------------
+def _store_statements() -> dict[str, str]:
+    """Every statement of SqlWorkItemStore and SqlRecordStore compiled on the engine a ``sqlserver://``
+    store gets (mssql+pyodbc, schema ``crawl_2``; nothing is connected): T-SQL with ``@name``
+    placeholders for the bound values."""
+    from holocron_scrapy.db.engine import sqlserver_engine
+    from holocron_scrapy.frontier.store import statements
+    from holocron_scrapy.records.store import SqlRecordStore
+    from tests.support.sqlserver import fake_settings
+
+    engine = sqlserver_engine(fake_settings(INGEST_SQLSERVER_SCHEMA="crawl_2"))
+    try:
+        found = {f"frontier.{name}": s for name, s in statements("mssql").items()}
+        found |= {f"records.{name}": s for name, s in SqlRecordStore(engine).statements().items()}
+        translate = engine.get_execution_options()["schema_translate_map"]
+        out = {}
+        for name, statement in found.items():
+            compiled = statement.compile(
+                dialect=engine.dialect, schema_translate_map=translate, render_schema_translate=True
+            )
+            sql = re.sub(r"TOP __\[POSTCOMPILE_\w+\]", "TOP 1", compiled.string)  # .limit(1): a literal at run time
+            sql = re.sub(r"__\[POSTCOMPILE_(\w+)\]", r"@\1", sql)  # expanding IN lists
+            out[name] = _with_parameters(sql)
+        return out
+    finally:
+        engine.dispose()
+
+
+STORE_SQL = _store_statements()
+
+
+def test_store_statements_parse_with_sqlfluff():
+    script = "".join(f"{sql};\nGO\n" for sql in STORE_SQL.values())
+    try:  # one parse for speed; on failure, find the statements that fail
+        tree = sqlfluff.parse(script, dialect="tsql")
+        failed = "unparsable" in json.dumps(tree)
+    except sqlfluff.api.APIParsingError:
+        failed = True
+    if failed:
+        bad = []
+        for name, sql in STORE_SQL.items():
+            try:
+                if "unparsable" in json.dumps(sqlfluff.parse(sql, dialect="tsql")):
+                    bad.append(name)
+            except sqlfluff.api.APIParsingError:
+                bad.append(name)
+        pytest.fail(f"sqlfluff (tsql) cannot parse the compiled statements: {bad}")
+
+
+@pytest.mark.parametrize("name", sorted(STORE_SQL))
+def test_store_statement_parses_with_sqlglot(name):
+    assert_sqlglot_parses(STORE_SQL[name])
+
+
+def test_store_statements_name_the_configured_schema_and_sql_servers_tables():
+    assert len(STORE_SQL) >= 50
+    for name, sql in STORE_SQL.items():
+        tables = set(re.findall(r"(?:FROM|INTO|UPDATE)\s+([^\s(]\S*)", sql))
+        assert tables and all(t.startswith("crawl_2.") for t in tables), (name, tables)
+    assert "crawl_2.[IngestRecords]" in STORE_SQL["records.insert"]
+    assert "ingest_records" not in " ".join(STORE_SQL.values())
+
+
+def test_claims_skip_and_hold_the_rows_they_take():
+    locks = {
+        name: sql for name, sql in STORE_SQL.items() if name.startswith("frontier.claim") and name.endswith("lock")
+    }
+    assert len(locks) == 4  # plain, solo, and each of a source
+    for sql in locks.values():
+        assert "SELECT TOP (@p1) crawl_2.work_items.seq" in sql
+        assert "FROM crawl_2.work_items WITH (ROWLOCK, READPAST, UPDLOCK)" in sql
+        assert "ORDER BY crawl_2.work_items.priority DESC, crawl_2.work_items.seq" in sql
+    claim = STORE_SQL["frontier.claim"]
+    assert "OUTPUT inserted.seq, inserted.work_item_id" in claim
+    assert claim.endswith("crawl_2.work_items.status = N'pending'")  # still pending: skipped rows stay theirs
+
+
+def test_inserts_if_new_and_upserts_lock_the_key_range():
+    assert (
+        "WHERE NOT (EXISTS (SELECT 1 \nFROM crawl_2.work_items WITH (UPDLOCK, HOLDLOCK)" in STORE_SQL["frontier.insert"]
+    )
+    assert "OUTPUT inserted.seq" in STORE_SQL["frontier.insert"]
+    assert "FROM crawl_2.[IngestRecords] WITH (UPDLOCK, HOLDLOCK)" in STORE_SQL["records.insert"]
+    assert "OUTPUT inserted.ingest_id" in STORE_SQL["records.insert"]
+    for name in ("records.upsert_versions_update", "records.upsert_run_update"):
+        assert "WITH (UPDLOCK, SERIALIZABLE) SET" in STORE_SQL[name]
+
+
+def test_status_predicates_are_nvarchar_literals_for_the_filtered_index():
+    """SQL Server matches the filtered index ``ix_work_items_leases`` (``status = N'in_progress'``) only
+    to the same literal: a status is never bound, and always written N'...'."""
+    frontier = {name: sql for name, sql in STORE_SQL.items() if name.startswith("frontier.")}
+    for name, sql in frontier.items():
+        where = sql.partition("WHERE")[2]
+        assert not re.search(r"status\s*=\s*@", where), name
+        assert not re.search(r"status\s*=\s*'", sql), name
+    assert "crawl_2.work_items.status = N'in_progress'" in STORE_SQL["frontier.reclaim"]

@@ -10,6 +10,13 @@ out) has its row. Problems, one line each:
   other metadata than the record (the fields that differ are named);
 * ``orphan``: a lake file that no record names.
 
+The lake names a file by resource and content (:mod:`holocron_scrapy.pipelines.lake`), and a
+second write of a version never overwrites the file of a stored record: so a file always holds
+its own record's metadata, and two records never share one file. An orphan left by a crawl
+killed between a lake write and its record is replaced by the rerun's write of that version (the
+same name), so after the rerun it is neither an orphan nor a second copy. Files named the older
+way (``<id>_<time>_<ingest8>.json``) are checked the same way: by the record that names them.
+
 It streams: records are read in pages of ``--batch-size`` (keyset on ``ingest_id``), the lake is
 walked with ``os.scandir``, and lake files are matched to records in batches by the ``ingest_id``
 their metadata names (the key), by ``lake_path`` only for the few files too damaged to name one.

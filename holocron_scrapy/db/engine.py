@@ -17,7 +17,14 @@ the engine with the settings each backend needs, and applies the migrations once
   settings of :func:`holocron_scrapy.db.connection.sqlserver_settings` (``INGEST_SQLSERVER_*``, the
   YAML section, the URL); the migrations are the T-SQL files of ``sql/``, applied by
   :class:`holocron_scrapy.db.migrations.MigrationRunner` on a raw connection. The engine's URL is
-  ``mssql+pyodbc:///?odbc_connect=...`` without the password (:func:`sqlserver_engine_url`).
+  ``mssql+pyodbc:///?odbc_connect=...`` without the password (:func:`sqlserver_engine_url`), and it
+  maps the unqualified tables of :mod:`holocron_scrapy.db.schema` onto the configured schema
+  (``schema_translate_map``), so the stores' statements name ``[ingest].[work_items]``.
+
+Every engine reconnects as SQLAlchemy's pool does: ``pool_pre_ping`` on checkout (PostgreSQL, SQL
+Server), and a connection that lost its server is invalidated and replaced on its next use; nothing
+here sleeps. :func:`is_write_conflict` tells the stores which errors mean "run the transaction again"
+(a deadlock victim or a serialization failure).
 
 Settings read: none (callers pass the URL). Stats written: none.
 """
@@ -35,6 +42,11 @@ from holocron_scrapy.secrets import mask_text
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
+#: SQLAlchemy's name of the SQL Server dialect (``engine.dialect.name``).
+MSSQL = "mssql"
+#: SQLSTATEs of a transaction that lost a write conflict: PostgreSQL's deadlock_detected (40P01) and
+#: serialization_failure (40001, also SQL Server's deadlock victim 1205).
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 #: Serialises concurrent schema set-ups on one PostgreSQL database (any fixed 64-bit number).
 PG_SCHEMA_LOCK = 0x686F6C6F63726F6E  # "holocron"
 #: Execution option: ``conn.execution_options(holocron_read_only=True)`` makes SQLite begin a plain
@@ -105,6 +117,17 @@ def sqlite_engine(path: str, *, busy_timeout_ms: int = defaults.SQLITE_BUSY_TIME
     return engine
 
 
+#: libpq parameters for every PostgreSQL connection: a connect that gets no answer gives up after 10 s,
+#: and TCP keepalives notice a dead peer within about a minute (30 s idle, then 3 probes 10 s apart).
+PG_CONNECT_GUARDS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 def postgresql_engine(url: str) -> sa.Engine:
     """An engine on the PostgreSQL *url* (``postgresql+psycopg://``, no password), nothing created."""
     from holocron_scrapy.db.connection import register_postgresql_password
@@ -113,7 +136,11 @@ def postgresql_engine(url: str) -> sa.Engine:
     parsed = sa.engine.make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return sa.create_engine(parsed, pool_pre_ping=True)
+    # A server that vanishes without closing the connection (a dropped network) must fail a call within
+    # a minute, not after the kernel's two hours: the frontier then counts it as an outage and waits.
+    # Values in the URL's query (``?connect_timeout=30``) win.
+    guards = {k: v for k, v in PG_CONNECT_GUARDS.items() if k not in parsed.query}
+    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=guards)
 
 
 def _postgresql_engine(url: str, *, setting: str) -> sa.Engine:
@@ -130,6 +157,40 @@ def _postgresql_engine(url: str, *, setting: str) -> sa.Engine:
         engine.dispose()
         raise
     return engine
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """True when *exc* (a SQLAlchemy ``DBAPIError`` or the driver's own error) says the transaction was
+    rolled back as a deadlock victim or for a serialization failure, so that running it again is right:
+    psycopg's ``DeadlockDetected`` / ``SerializationFailure`` (SQLSTATE 40P01 / 40001), SQL Server's
+    error 1205 (SQLSTATE 40001)."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlstate", None) in CONFLICT_SQLSTATES:  # psycopg
+        return True
+    from holocron_scrapy.db import sqlserver
+
+    return sqlserver.sqlstate(orig) in CONFLICT_SQLSTATES or 1205 in sqlserver.native_errors(orig)
+
+
+def describe_engine(engine: sa.Engine) -> str:
+    """The database of *engine* for log lines, without any password: ``SQLite <path>``, ``PostgreSQL
+    <url>``, ``SQL Server <host:port> database <name> schema <schema>``."""
+    url = engine.url
+    name = engine.dialect.name
+    if name == SQLITE:
+        return f"SQLite {url.database or ':memory:'}"
+    if name == POSTGRESQL:
+        return f"PostgreSQL {url.render_as_string(hide_password=True)}"
+    if name == MSSQL:
+        from holocron_scrapy.db import sqlserver
+
+        odbc = url.query.get("odbc_connect") or ""
+        pairs = {key.lower(): value for key, value in sqlserver.parse_odbc(odbc if isinstance(odbc, str) else odbc[0])}
+        server = pairs.get("server") or pairs.get("address") or "?"
+        server = server.removeprefix("tcp:").replace(",", ":") + (f":{pairs['port']}" if "port" in pairs else "")
+        schema = (engine.get_execution_options().get("schema_translate_map") or {}).get(None)
+        return f"SQL Server {server} database {pairs.get('database', '?')}" + (f" schema {schema}" if schema else "")
+    return url.render_as_string(hide_password=True)
 
 
 def db_error_text(exc: BaseException) -> str:
@@ -180,16 +241,21 @@ def sqlserver_engine_url(settings: Any) -> sa.URL:
 
 def sqlserver_engine(settings: Any, *, wait_timeout: float = 0.0) -> sa.Engine:
     """An engine whose connections come from :func:`holocron_scrapy.db.sqlserver.connect` (the password
-    added from the environment there, transient errors retried, session options set); nothing is
-    connected until the engine is used."""
+    added from the environment there, session options set); the unqualified tables of
+    :mod:`holocron_scrapy.db.schema` are mapped onto ``settings.schema``. Nothing is connected until the
+    engine is used. *wait_timeout* is how long a connection is retried while the server is not up (the
+    ``scrapy db`` commands' ``--wait-timeout``; 0 for the stores: a lost server fails the call, and
+    the next call reconnects)."""
     from holocron_scrapy.db import sqlserver
 
     sqlserver.import_pyodbc()  # a clear error when pyodbc is missing, before SQLAlchemy imports it
-    return sa.create_engine(
+    engine = sa.create_engine(
         sqlserver_engine_url(settings),
         creator=lambda: sqlserver.connect(settings, wait_timeout=wait_timeout),
         pool_pre_ping=True,
+        fast_executemany=settings.fast_executemany,  # INGEST_SQLSERVER_FAST_EXECUTEMANY opts in
     )
+    return engine.execution_options(schema_translate_map={None: settings.schema})
 
 
 def _sqlserver_engine(parsed: Any, sqlserver_config: dict[str, Any] | None, *, wait_timeout: float) -> sa.Engine:
@@ -203,7 +269,7 @@ def _sqlserver_engine(parsed: Any, sqlserver_config: dict[str, Any] | None, *, w
         MigrationRunner(raw, connection.SQLSERVER, schema=settings.schema).apply()
     finally:
         raw.close()
-    return sqlserver_engine(settings, wait_timeout=wait_timeout)
+    return sqlserver_engine(settings)
 
 
 def ensure_postgresql_database(url: str, *, create: bool = True) -> bool | None:

@@ -15,7 +15,8 @@ user, driver, schema, trust_server_certificate, encrypt, conn_str``:
 
 Extra variables: ``INGEST_SQLSERVER_TRUST_SERVER_CERTIFICATE``, ``INGEST_SQLSERVER_ENCRYPT``
 (yes/no), ``INGEST_SQLSERVER_LOGIN_TIMEOUT`` (seconds per attempt, default 15) and
-``INGEST_SQLSERVER_FAST_EXECUTEMANY`` (opt-in, off by default: it crashes some drivers).
+``INGEST_SQLSERVER_FAST_EXECUTEMANY`` (pyodbc's ``fast_executemany`` for the stores' engine,
+:func:`holocron_scrapy.db.engine.sqlserver_engine`; opt-in, off by default: it crashes some drivers).
 Passwords never reach logs or error messages: use :meth:`SqlServerSettings.masked`.
 """
 
@@ -567,10 +568,3 @@ def ensure_database(settings: SqlServerSettings, wait_timeout: float = 0.0, *, c
         ) from exc
     finally:
         conn.close()
-
-
-def new_cursor(conn: Any, settings: SqlServerSettings | None = None) -> Any:
-    """A cursor with ``fast_executemany`` only when the settings opt in to it."""
-    cursor = conn.cursor()
-    cursor.fast_executemany = bool(settings and settings.fast_executemany)
-    return cursor

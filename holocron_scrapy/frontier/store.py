@@ -2,11 +2,13 @@
 
 :class:`WorkItemStore` is the contract every backend passes (``tests/test_frontier_store.py``);
 :class:`SqlWorkItemStore` implements it once, on SQLAlchemy Core over
-:data:`holocron_scrapy.db.schema.work_items`, for SQLite (``sqlite:///``, the embedded default) and
-PostgreSQL (``postgresql://``); SQL Server (``sqlserver://``) keeps its own class in
-``sqlserver_store.py`` for now. :func:`open_work_item_store` picks one from the store URL. All
+:data:`holocron_scrapy.db.schema.work_items`, for SQLite (``sqlite:///``, the embedded default),
+PostgreSQL (``postgresql://``) and SQL Server (``mssql+pyodbc://``, ``sqlserver://``, the YAML
+``sqlserver`` section); :func:`open_work_item_store` opens it on the store URL's engine. All
 methods are synchronous and each is one transaction; callers batch their writes through
-:meth:`WorkItemStore.flush`.
+:meth:`WorkItemStore.flush`. A write transaction that loses a deadlock or a serialization conflict
+(PostgreSQL 40P01/40001, SQL Server 1205) is run again, at most :data:`CONFLICT_ATTEMPTS` times,
+at once (the other transaction has gone through); the retries are logged at INFO.
 
 * A :class:`Scope` (source system and name) limits the claims, counts and reclaims of a crawl
   to its own source's items; without one they cover every item (foreign spiders).
@@ -18,28 +20,35 @@ methods are synchronous and each is one transaction; callers batch their writes 
   at ``quarantine_after`` of those (it killed its worker that often while it was the only item in
   flight) is failed as quarantined.
 
-Settings read: none (the scheduler and commands pass the URL and the tuning). Stats written: none.
+Settings read: none (the scheduler and commands pass the URL and the tuning). Stats written: none
+(the store counts its conflict retries in :attr:`SqlWorkItemStore.conflict_retries`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import socket
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
-from holocron_scrapy.db.engine import READ_ONLY
-from holocron_scrapy.db.schema import UtcDateTime, work_items
+from holocron_scrapy.db.engine import READ_ONLY, db_error_text, describe_engine, is_write_conflict
+from holocron_scrapy.db.schema import LONG_TEXT, UtcDateTime, work_items
 from holocron_scrapy.errors import StoreError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PENDING, IN_PROGRESS, COMPLETED, FAILED = "pending", "in_progress", "completed", "failed"
 STATUSES = (PENDING, IN_PROGRESS, COMPLETED, FAILED)
@@ -266,8 +275,11 @@ class WorkItemStore(ABC):
         return PENDING if retryable and attempt < self.max_attempts else FAILED
 
 
-#: Rows per statement of the bulk updates (``seq IN (...)``): well under every backend's parameter limit.
+#: Rows per statement of the bulk updates (``seq IN (...)``): well under every backend's parameter limit
+#: (SQL Server's is 2,100).
 CHUNK = 500
+#: Runs of a write transaction that loses a deadlock or serialization conflict (the first included).
+CONFLICT_ATTEMPTS = 5
 #: PostgreSQL: ANALYZE work_items after this many rows inserted by a store (and at each further tenfold).
 ANALYZE_AFTER = 1000
 #: A connection kept between calls goes back to the pool after this long unused.
@@ -278,19 +290,32 @@ CLAIM = tuple(W.c[name] for name in CLAIM_COLUMNS)
 
 
 class SqlWorkItemStore(WorkItemStore):
-    """The frontier on SQLAlchemy Core over :data:`holocron_scrapy.db.schema.work_items`, for SQLite and PostgreSQL.
+    """The frontier on SQLAlchemy Core over :data:`holocron_scrapy.db.schema.work_items`, for SQLite,
+    PostgreSQL and SQL Server.
 
-    Each operation is one statement, the same on both backends, except the two that truly differ
-    (built by :func:`_insert_sql` and :func:`_claim_sql`):
+    Each operation is one statement, the same on every backend, except the two that truly differ
+    (built by :func:`_insert_sql` and :func:`_claim_sql`) and the row limit of a few reads
+    (:func:`_top`: SQL Server's ``TOP (?)``):
 
     * insert-if-new: ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING`` (the dialect's own ``insert``),
       the rows inserted counted by ``RETURNING seq`` on PostgreSQL (whatever another worker inserted
       meanwhile) and by the executemany's row count on SQLite (one writer: the transaction began with
       ``BEGIN IMMEDIATE``); new items are inserted in key order, so concurrent flushes of overlapping
       keys take their locks in one order and cannot deadlock;
+      SQL Server has no ``ON CONFLICT``: one ``INSERT ... OUTPUT inserted.seq SELECT <values> WHERE NOT
+      EXISTS (SELECT 1 FROM work_items WITH (UPDLOCK, HOLDLOCK) WHERE dedupe_key = ?)`` per item (the
+      key-range lock makes a second worker inserting the same key wait, then skip it);
     * the claim: on SQLite one ``UPDATE ... WHERE seq IN (SELECT ... LIMIT n) RETURNING`` under the
       write lock of ``BEGIN IMMEDIATE``; on PostgreSQL ``SELECT seq ... FOR UPDATE SKIP LOCKED`` then
-      ``UPDATE ... RETURNING``, so concurrent workers claim disjoint rows without waiting on each other.
+      ``UPDATE ... RETURNING``, so concurrent workers claim disjoint rows without waiting on each other;
+      on SQL Server the same two steps, ``SELECT TOP (?) seq ... WITH (ROWLOCK, READPAST, UPDLOCK)``
+      then ``UPDATE ... OUTPUT inserted...``.
+
+    Our own text constants (statuses) are written into the SQL as literals, ``N'pending'`` on SQL
+    Server (:class:`_Text`), whose filtered index ``ix_work_items_leases`` matches only the same literal.
+    On SQL Server the tables live in the configured schema: the engine of
+    :func:`holocron_scrapy.db.engine.open_engine` maps the unqualified tables onto it
+    (``schema_translate_map``).
 
     Statements are built once (bound parameters for values, our own constants such as statuses written
     into the SQL) and reused, so SQLAlchemy neither rebuilds nor re-keys them on every call; each
@@ -312,8 +337,8 @@ class SqlWorkItemStore(WorkItemStore):
     ):
         self.engine = engine
         self.dialect = engine.dialect.name
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise StoreError(f"SqlWorkItemStore supports SQLite and PostgreSQL, not {self.dialect}")
+        if self.dialect not in ("sqlite", "postgresql", "mssql"):
+            raise StoreError(f"SqlWorkItemStore supports SQLite, PostgreSQL and SQL Server, not {self.dialect}")
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self.solo_after = solo_after
@@ -323,27 +348,31 @@ class SqlWorkItemStore(WorkItemStore):
         self._lock = threading.Lock()
         self._held: list[sa.Connection] = []
         self._inserted, self._next_analyze = 0, ANALYZE_AFTER
+        #: Write transactions run again after a deadlock or serialization conflict.
+        self.conflict_retries = 0
 
     def describe(self) -> str:
-        """``SQLite <path>`` or ``PostgreSQL <url without password>`` (for the "Frontier open:" log line)."""
-        url = self.engine.url
-        if self.dialect == "sqlite":
-            return f"SQLite {url.database or ':memory:'}"
-        return f"PostgreSQL {url.render_as_string(hide_password=True)}"
+        """``SQLite <path>``, ``PostgreSQL <url without password>`` or ``SQL Server <host:port> ...``
+        (for the "Frontier open:" log line)."""
+        return describe_engine(self.engine)
 
     # -- writes ---------------------------------------------------------------------------------
     def flush(self, new: list[NewItem], completed: list[int], failed: list[FailedItem]) -> int:
         if not (new or completed or failed):
             return 0
         now = utcnow()
-        inserted = 0
-        with self._begin() as conn:
-            if new:
-                inserted = self._insert(conn, sorted(new, key=lambda n: n.dedupe_key), now)
-            for part in _chunks(sorted(set(completed))):
+        ordered = sorted(new, key=lambda n: n.dedupe_key)
+        done = sorted(set(completed))
+
+        def work(conn: sa.Connection) -> int:
+            inserted = self._insert(conn, ordered, now) if ordered else 0
+            for part in _chunks(done):
                 conn.execute(_COMPLETE, {"b_seqs": part, "b_now": now})
             if failed:
                 self._fail(conn, failed, now)
+            return inserted
+
+        inserted = self._write(work)
         if inserted and self.dialect == "postgresql":
             self._note_inserts(inserted)
         return inserted
@@ -358,12 +387,14 @@ class SqlWorkItemStore(WorkItemStore):
         if self._inserted < self._next_analyze:
             return
         self._next_analyze = self._inserted * 10
-        with self._begin() as conn:
-            conn.execute(sa.text("ANALYZE work_items"))
+        self._write(lambda conn: conn.execute(_ANALYZE))
 
     def _insert(self, conn: sa.Connection, new: list[NewItem], now: datetime) -> int:
         if self.dialect == "postgresql":
             return len(conn.execute(_insert_sql(self.dialect), [_insert_row(n, now) for n in new]).all())
+        if self.dialect == "mssql":  # one guarded INSERT ... SELECT per item (no executemany with OUTPUT)
+            insert = _insert_sql(self.dialect)
+            return sum(len(conn.execute(insert, _insert_row(n, now)).all()) for n in new)
         # SQLite: the compiled statement through the driver's executemany, the time bound once (SQLAlchemy's
         # per-row parameter processing doubled the cost of an insert); its row count is the rows inserted.
         stamp = UtcDateTime().process_bind_param(now, self.engine.dialect)
@@ -406,17 +437,20 @@ class SqlWorkItemStore(WorkItemStore):
             "b_solo_after": self.solo_after,
             **_scope_params(scope),
         }
-        with self._begin() as conn:
+
+        def work(conn: sa.Connection) -> list[Any]:
             rows: list[Any] = []
             if alone:  # a suspect (lost twice) goes alone to a worker with nothing else in flight
                 rows = self._claim(conn, scope is not None, True, {**params, "b_limit": 1})
             if not rows:
                 rows = self._claim(conn, scope is not None, False, {**params, "b_limit": limit})
-        return claimed_rows(rows)
+            return rows
+
+        return claimed_rows(self._write(work))
 
     def _claim(self, conn: sa.Connection, scoped: bool, solo: bool, params: dict[str, Any]) -> list[Any]:
         lock, update = _claim_sql(self.dialect, scoped, solo)
-        if lock is not None:  # PostgreSQL: lock the best ready rows nobody holds (held ones are skipped)
+        if lock is not None:  # PostgreSQL, SQL Server: lock the best ready rows nobody holds (held ones are skipped)
             seqs = conn.execute(lock, params).scalars().all()
             if not seqs:
                 return []
@@ -426,22 +460,29 @@ class SqlWorkItemStore(WorkItemStore):
     def end_solo(self, seqs: list[int]) -> None:
         if not seqs:
             return
-        with self._begin() as conn:
-            for part in _chunks(sorted(set(seqs))):
+        parts = list(_chunks(sorted(set(seqs))))
+
+        def work(conn: sa.Connection) -> None:
+            for part in parts:
                 conn.execute(_END_SOLO, {"b_seqs": part})
+
+        self._write(work)
 
     def release(self, seqs: list[int]) -> None:
         if not seqs:
             return
         now = utcnow()
-        with self._begin() as conn:
-            for part in _chunks(sorted(set(seqs))):
+        parts = list(_chunks(sorted(set(seqs))))
+
+        def work(conn: sa.Connection) -> None:
+            for part in parts:
                 conn.execute(_RELEASE, {"b_seqs": part, "b_now": now})
+
+        self._write(work)
 
     def renew(self, owner: str, lease_seconds: float) -> int:
         until = utcnow() + timedelta(seconds=lease_seconds)
-        with self._begin() as conn:
-            return conn.execute(_RENEW, {"b_owner": owner, "b_until": until}).rowcount
+        return self._rowcount(_RENEW, {"b_owner": owner, "b_until": until})
 
     def reclaim(self, owners: list[str] | None = None, *, scope: Scope | None = None) -> int:
         if owners is not None and not owners:
@@ -449,37 +490,38 @@ class SqlWorkItemStore(WorkItemStore):
         params: dict[str, Any] = {"b_now": utcnow(), "b_quarantine": self.quarantine_after, **_scope_params(scope)}
         if owners is not None:
             params["b_owners"] = list(owners)
-        with self._begin() as conn:
-            return conn.execute(_reclaim_sql(owners is not None, scope is not None), params).rowcount
+        return self._rowcount(_reclaim_sql(owners is not None, scope is not None), params)
 
     def retry_failed(self, source_name: str | None = None) -> int:
         params = {"b_now": utcnow(), "b_source": source_name}
-        with self._begin() as conn:
-            return conn.execute(_retry_failed_sql(source_name is not None), params).rowcount
+        return self._rowcount(_retry_failed_sql(source_name is not None), params)
 
     def recrawl(self, source_name: str, older_than_seconds: float | None = None) -> int:
         now = utcnow()
         params: dict[str, Any] = {"b_now": now, "b_source": source_name}
         if older_than_seconds is not None:
             params["b_cutoff"] = now - timedelta(seconds=older_than_seconds)
-        with self._begin() as conn:
-            return conn.execute(_recrawl_sql(older_than_seconds is not None), params).rowcount
+        return self._rowcount(_recrawl_sql(older_than_seconds is not None), params)
 
     def release_leases(self, owner: str | None = None, *, expired_only: bool = False) -> int:
         params = {"b_now": utcnow(), "b_owner": owner}
-        with self._begin() as conn:
-            return conn.execute(_release_leases_sql(owner is not None, expired_only), params).rowcount
+        return self._rowcount(_release_leases_sql(owner is not None, expired_only), params)
 
     def requeue_keys(self, dedupe_keys: list[str]) -> int:
         keys = sorted(set(dedupe_keys))
         if not keys:
             return 0
         now = utcnow()
-        changed = 0
-        with self._begin() as conn:
-            for part in _chunks(keys):
-                changed += conn.execute(_REQUEUE, {"b_keys": part, "b_now": now}).rowcount
-        return changed
+        parts = list(_chunks(keys))
+
+        def work(conn: sa.Connection) -> int:
+            return sum(conn.execute(_REQUEUE, {"b_keys": part, "b_now": now}).rowcount for part in parts)
+
+        return self._write(work)
+
+    def _rowcount(self, statement: sa.Executable, params: dict[str, Any]) -> int:
+        """Run one write statement in its own transaction; the rows it changed."""
+        return self._write(lambda conn: conn.execute(statement, params).rowcount)
 
     # -- reads ----------------------------------------------------------------------------------
     def _all(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[Any]:
@@ -495,7 +537,7 @@ class SqlWorkItemStore(WorkItemStore):
 
     def ready_count(self, limit: int, scope: Scope | None = None) -> int:
         params = {"b_now": utcnow(), "b_limit": limit, **_scope_params(scope)}
-        return int(self._scalar(_ready_count_sql(scope is not None), params) or 0)
+        return int(self._scalar(_ready_count_sql(self.dialect, scope is not None), params) or 0)
 
     def min_inflight_depth(self, owner: str, scope: Scope | None = None) -> int | None:
         params = {"b_now": utcnow(), "b_owner": owner, **_scope_params(scope)}
@@ -518,7 +560,7 @@ class SqlWorkItemStore(WorkItemStore):
         return dict(zip(("dedupe_key", "lease_owner", "lease_expires_at", "claimed_at"), rows[0], strict=True))
 
     def failure_reasons(self, limit: int = 10) -> list[tuple[str, int]]:
-        return [(row[0], int(row[1])) for row in self._all(_FAILURE_REASONS, {"b_limit": limit})]
+        return [(row[0], int(row[1])) for row in self._all(_failure_reasons_sql(self.dialect), {"b_limit": limit})]
 
     def lease_summary(self) -> list[tuple[str, int, int]]:
         return [(row[0], int(row[1]), int(row[2] or 0)) for row in self._all(_LEASE_SUMMARY, {"b_now": utcnow()})]
@@ -536,6 +578,26 @@ class SqlWorkItemStore(WorkItemStore):
         self.engine.dispose()
 
     # -- connections ----------------------------------------------------------------------------
+    def _write(self, work: Callable[[sa.Connection], T]) -> T:
+        """Run *work* in one write transaction; run it again (at once, at most :data:`CONFLICT_ATTEMPTS`
+        runs in all) when the database chose it as a deadlock victim or failed it on a serialization
+        conflict: the whole transaction was rolled back, and the other one has gone through. Every other
+        error is raised at once."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                with self._begin() as conn:
+                    return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if attempt == CONFLICT_ATTEMPTS or not is_write_conflict(exc):
+                    raise
+                self.conflict_retries += 1
+                logger.info(
+                    "frontier transaction lost a write conflict (run %d), running it again: %s",
+                    attempt,
+                    db_error_text(exc),
+                )
+        raise AssertionError("unreachable")
+
     @contextlib.contextmanager
     def _begin(self, *, read: bool = False) -> Iterator[sa.Connection]:
         """A transaction on this thread's connection (a read begins deferred on SQLite: no write lock)."""
@@ -574,12 +636,44 @@ def _chunks(values: list[Any], size: int = CHUNK) -> Iterator[list[Any]]:
         yield values[start : start + size]
 
 
+class _Text(sa.sql.expression.ColumnElement[str]):
+    """A text constant of ours written into the SQL: ``'pending'``, and ``N'pending'`` on SQL Server
+    (an NVARCHAR literal, as its filtered indexes spell the predicate)."""
+
+    inherit_cache = True
+    _traverse_internals = [("value", InternalTraversal.dp_string)]
+    type = sa.Unicode()
+
+    def __init__(self, value: str):
+        if "'" in value:
+            raise ValueError(f"not a plain constant: {value!r}")
+        self.value = value
+
+
+@compiles(_Text)
+def _text_literal(element: _Text, compiler: Any, **kw: Any) -> str:
+    return f"'{element.value}'"
+
+
+@compiles(_Text, "mssql")
+def _ntext_literal(element: _Text, compiler: Any, **kw: Any) -> str:
+    return f"N'{element.value}'"
+
+
 def _const(value: str | int) -> sa.ColumnElement[Any]:
     """A constant of ours written into the SQL, not bound: the planners see it (a partial index on
     ``status = 'in_progress'`` matches it) and SQLite runs the claim faster than with parameters."""
     if isinstance(value, str):
-        return sa.literal_column(f"'{value}'", sa.Unicode())
+        return _Text(value)
     return sa.literal_column(str(int(value)), sa.Integer())
+
+
+def _top(select: sa.Select[Any], dialect: str) -> sa.Select[Any]:
+    """*select* limited to ``b_limit`` rows: ``LIMIT ?`` (SQLite, PostgreSQL) or ``SELECT TOP (?)`` (SQL
+    Server, where a bound LIMIT would become a ``ROW_NUMBER()`` subquery)."""
+    if dialect == "mssql":
+        return select.prefix_with(sa.text("TOP (:b_limit)").bindparams(_p("limit", sa.Integer())), dialect="mssql")
+    return select.limit(_p("limit", sa.Integer()))
 
 
 _S = {status: _const(status) for status in STATUSES}
@@ -728,7 +822,18 @@ def _compiled_insert(dialect: sa.Dialect) -> str:
 
 @functools.cache
 def _insert_sql(dialect: str) -> sa.Insert:
-    """Insert-if-new in *dialect*'s own syntax (``RETURNING seq`` on PostgreSQL to count the rows inserted)."""
+    """Insert-if-new in *dialect*'s own syntax (``RETURNING seq`` on PostgreSQL to count the rows inserted;
+    on SQL Server one row's ``INSERT ... OUTPUT inserted.seq SELECT ... WHERE NOT EXISTS`` under a key-range
+    lock, its parameters named after :data:`INSERT_COLUMNS`)."""
+    if dialect == "mssql":
+        values = sa.select(*(sa.bindparam(name, type_=W.c[name].type) for name in INSERT_COLUMNS))
+        known = (
+            sa.select(ONE)
+            .select_from(W)
+            .where(W.c.dedupe_key == sa.bindparam("dedupe_key", type_=W.c.dedupe_key.type))
+            .with_hint(W, "WITH (UPDLOCK, HOLDLOCK)", "mssql")
+        )
+        return sa.insert(W).from_select(list(INSERT_COLUMNS), values.where(~known.exists())).returning(W.c.seq)
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
 
@@ -740,14 +845,14 @@ def _insert_sql(dialect: str) -> sa.Insert:
 
 @functools.cache
 def _claim_sql(dialect: str, scoped: bool, solo: bool) -> tuple[sa.Select[Any] | None, sa.Update]:
-    """(PostgreSQL's locking select or None, the update) of a claim: *solo* claims the suspects
-    (``lease_losses >= b_solo_after``) and marks them ``lease_solo``, else the others."""
+    """(the locking select of PostgreSQL and SQL Server, or None, the update) of a claim: *solo* claims
+    the suspects (``lease_losses >= b_solo_after``) and marks them ``lease_solo``, else the others."""
     losses = W.c.lease_losses >= _p("solo_after") if solo else W.c.lease_losses < _p("solo_after")
-    ready = (
+    ready = _top(
         sa.select(W.c.seq)
         .where(W.c.status == _S[PENDING], _due(), losses, *_scoped(scoped))
-        .order_by(W.c.priority.desc(), W.c.seq)
-        .limit(_p("limit", sa.Integer()))
+        .order_by(W.c.priority.desc(), W.c.seq),
+        dialect,
     )
     values = {
         "status": _S[IN_PROGRESS],
@@ -758,8 +863,13 @@ def _claim_sql(dialect: str, scoped: bool, solo: bool) -> tuple[sa.Select[Any] |
         "updated_at": _now(),
         "next_attempt_at": NULL,
     }
-    if dialect == "postgresql":
-        lock = ready.with_for_update(skip_locked=True)
+    if dialect in ("postgresql", "mssql"):
+        # SQL Server: UPDLOCK holds the rows chosen until the commit, READPAST skips those another claimer holds.
+        lock = (
+            ready.with_hint(W, "WITH (ROWLOCK, READPAST, UPDLOCK)", "mssql")
+            if dialect == "mssql"
+            else ready.with_for_update(skip_locked=True)
+        )
         target = sa.and_(W.c.seq.in_(_seqs()), W.c.status == _S[PENDING])
         return lock, sa.update(W).where(target).values(values).returning(*CLAIM)
     # SQLite: the transaction began with BEGIN IMMEDIATE; no other writer until it commits.
@@ -836,7 +946,7 @@ def _reclaim_sql(by_owner: bool, scoped: bool) -> sa.Update:
     quarantined = sa.and_(W.c.lease_solo == ONE, W.c.solo_lease_losses + ONE >= _p("quarantine", sa.Integer()))
     message = (
         _const("quarantined: its worker died ")
-        + sa.cast(W.c.solo_lease_losses + ONE, sa.UnicodeText())
+        + sa.cast(W.c.solo_lease_losses + ONE, LONG_TEXT)
         + _const(" times while it was the only item in flight")
     )
     return (
@@ -889,10 +999,8 @@ def _lease_owners_sql(scoped: bool) -> sa.Select[Any]:
 
 
 @functools.cache
-def _ready_count_sql(scoped: bool) -> sa.Select[Any]:
-    ready = (
-        sa.select(W.c.seq).where(W.c.status == _S[PENDING], _due(), *_scoped(scoped)).limit(_p("limit", sa.Integer()))
-    )
+def _ready_count_sql(dialect: str, scoped: bool) -> sa.Select[Any]:
+    ready = _top(sa.select(W.c.seq).where(W.c.status == _S[PENDING], _due(), *_scoped(scoped)), dialect)
     return sa.select(sa.func.count()).select_from(ready.subquery())
 
 
@@ -909,7 +1017,8 @@ def _min_inflight_depth_sql(scoped: bool) -> sa.Select[Any]:
 def _outstanding_sql(scoped: bool) -> sa.Select[Any]:
     pending = sa.exists().where(W.c.status == _S[PENDING], *_scoped(scoped))
     leased = sa.exists().where(*_leased_live_by_others(), *_scoped(scoped))
-    return sa.select(sa.or_(pending, leased))
+    # CASE, not the bare condition: T-SQL cannot select a boolean.
+    return sa.select(sa.case((sa.or_(pending, leased), ONE), else_=ZERO))
 
 
 _COUNTS = sa.select(W.c.source_name, W.c.status, sa.func.count()).group_by(W.c.source_name, W.c.status)
@@ -921,13 +1030,19 @@ _OLDEST_LEASE = (
 )
 # A literal, not a bound parameter: PostgreSQL must see the same expression in SELECT and GROUP BY.
 _MESSAGE = sa.func.coalesce(W.c.error_message, sa.literal_column("'(none)'"))
-_FAILURE_REASONS = (
-    sa.select(_MESSAGE, sa.func.count())
-    .where(W.c.status == _S[FAILED])
-    .group_by(_MESSAGE)
-    .order_by(sa.func.count().desc(), _MESSAGE)
-    .limit(_p("limit", sa.Integer()))
-)
+
+
+@functools.cache
+def _failure_reasons_sql(dialect: str) -> sa.Select[Any]:
+    return _top(
+        sa.select(_MESSAGE, sa.func.count())
+        .where(W.c.status == _S[FAILED])
+        .group_by(_MESSAGE)
+        .order_by(sa.func.count().desc(), _MESSAGE),
+        dialect,
+    )
+
+
 _LEASE_SUMMARY = (
     sa.select(W.c.lease_owner, sa.func.count(), sa.func.sum(sa.case((W.c.lease_expires_at >= _now(), ONE), else_=ZERO)))
     .where(W.c.status == _S[IN_PROGRESS], W.c.lease_owner.is_not(None))
@@ -935,6 +1050,51 @@ _LEASE_SUMMARY = (
     .order_by(W.c.lease_owner)
 )
 _GET = sa.select(W).where(W.c.dedupe_key == _p("key"))
+_ANALYZE = sa.text("ANALYZE work_items")  # PostgreSQL only
+
+
+def statements(dialect: str) -> dict[str, sa.Executable]:
+    """Every statement :class:`SqlWorkItemStore` runs on *dialect* (``sqlite``, ``postgresql``, ``mssql``), by
+    name: the offline checks compile them for SQL Server and parse the T-SQL, and a test proves on SQLite
+    and PostgreSQL that the stores run nothing else."""
+    found: dict[str, sa.Executable] = {
+        "insert": _insert_sql(dialect),
+        "complete": _COMPLETE,
+        "attempts": _ATTEMPTS,
+        "fail": _FAIL,
+        "end_solo": _END_SOLO,
+        "release": _RELEASE,
+        "renew": _RENEW,
+        "requeue": _REQUEUE,
+        "counts": _COUNTS,
+        "oldest_lease": _OLDEST_LEASE,
+        "failure_reasons": _failure_reasons_sql(dialect),
+        "lease_summary": _LEASE_SUMMARY,
+        "get": _GET,
+    }
+    if dialect == "postgresql":
+        found["analyze"] = _ANALYZE
+    for scoped in (False, True):
+        tag = "_of_source" if scoped else ""
+        for solo in (False, True):
+            lock, update = _claim_sql(dialect, scoped, solo)
+            name = f"claim{'_solo' if solo else ''}{tag}"
+            found[name] = update
+            if lock is not None:
+                found[f"{name}_lock"] = lock
+        for by_owner in (False, True):
+            found[f"reclaim{'_owners' if by_owner else ''}{tag}"] = _reclaim_sql(by_owner, scoped)
+        found[f"lease_owners{tag}"] = _lease_owners_sql(scoped)
+        found[f"ready_count{tag}"] = _ready_count_sql(dialect, scoped)
+        found[f"min_inflight_depth{tag}"] = _min_inflight_depth_sql(scoped)
+        found[f"outstanding{tag}"] = _outstanding_sql(scoped)
+    for flag in (False, True):
+        found[f"retry_failed{'_of_source' if flag else ''}"] = _retry_failed_sql(flag)
+        found[f"recrawl{'_before' if flag else ''}"] = _recrawl_sql(flag)
+        for expired_only in (False, True):
+            name = f"release_leases{'_of_owner' if flag else ''}{'_expired' if expired_only else ''}"
+            found[name] = _release_leases_sql(flag, expired_only)
+    return found
 
 
 def open_work_item_store(
@@ -947,28 +1107,21 @@ def open_work_item_store(
     solo_after: int = 2,
     quarantine_after: int = 3,
 ) -> WorkItemStore:
-    """Open the frontier backend named by the store *url* (schema brought up to date).
+    """Open the frontier backend named by the store *url* (schema brought up to date): a
+    :class:`SqlWorkItemStore` on the engine of :func:`holocron_scrapy.db.engine.open_engine`.
 
-    ``sqlite:///`` and ``postgresql://`` (``postgresql+psycopg://``) give a :class:`SqlWorkItemStore`
-    on the engine of :func:`holocron_scrapy.db.engine.open_engine`. For ``sqlserver://`` the
-    connection settings, schema included, come from :meth:`SqlServerSettings.resolve`
-    (``INGEST_SQLSERVER_*`` first, then *sqlserver_config*).
+    ``sqlite:///``, ``postgresql://`` (``postgresql+psycopg://``) and SQL Server's ``mssql+pyodbc://``
+    and ``sqlserver://``; for SQL Server the connection settings, schema included, come from
+    :meth:`SqlServerSettings.resolve` (``INGEST_SQLSERVER_*`` first, then *sqlserver_config*, the YAML
+    ``sqlserver`` section).
     """
-    from holocron_scrapy.db.connection import POSTGRESQL, SQLITE, open_store, parse_store_url
     from holocron_scrapy.db.engine import open_engine
 
-    tuning = {
-        "max_attempts": max_attempts,
-        "retry_backoff": retry_backoff,
-        "solo_after": solo_after,
-        "quarantine_after": quarantine_after,
-    }
-    parsed = parse_store_url(url, setting=setting)
-    if parsed.dialect in (SQLITE, POSTGRESQL):
-        return SqlWorkItemStore(open_engine(url, setting=setting), **tuning)
-    from holocron_scrapy.db.sqlserver import SqlServerSettings
-    from holocron_scrapy.frontier.sqlserver_store import SqlServerWorkItemStore
-
-    conn = open_store(parsed, sqlserver_config=sqlserver_config)
-    settings = SqlServerSettings.resolve(sqlserver_config or {}, conn_str=parsed.odbc_connect)
-    return SqlServerWorkItemStore(conn, settings, **tuning)
+    engine = open_engine(url, setting=setting, sqlserver_config=sqlserver_config)
+    return SqlWorkItemStore(
+        engine,
+        max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
+        solo_after=solo_after,
+        quarantine_after=quarantine_after,
+    )

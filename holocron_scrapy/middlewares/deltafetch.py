@@ -9,9 +9,20 @@ tries it again. A page is marked only once its item is stored (``item_scraped``)
 stored (dropped as unchanged or as another worker's copy), never when the item is lost to a
 storage fault or a pipeline error: "seen" must not run ahead of storage.
 
+Why it keeps its own database instead of asking :mod:`holocron_scrapy.records.versions` (the one
+"which version do we hold?" lookup that the change filter, the MediaWiki re-crawl check and
+conditional requests share): it answers another question, under another contract. It asks "did
+this page ever give a successful record?" (no version, no validators), keyed by canonical URL
+and shared by all http sources (``seen_resources`` is keyed per source; answering across sources
+would need a new index on three backends for an opt-in feature), it outlives a change of records
+database (its documented use is a fresh frontier, possibly with fresh stores), and
+``DELTAFETCH_RESET`` empties it, which must never empty the record of what is stored. Its check
+is a key lookup in a local file in the crawl's own process: no server round trip to batch or to
+take off the reactor.
+
 Settings: ``DELTAFETCH_ENABLED``, ``DELTAFETCH_DIR`` (the config's ``storage.deltafetch_dir``;
 default ``<cwd>/data/deltafetch``),
-``DELTAFETCH_RESET``.
+``DELTAFETCH_RESET``. Stats: ``deltafetch/stored``, ``deltafetch/skipped``.
 """
 
 from __future__ import annotations

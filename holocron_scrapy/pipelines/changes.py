@@ -1,16 +1,19 @@
-"""Drop items whose payload is unchanged since the last stored record of the resource.
+"""Drop items whose payload is unchanged since the version of the resource we hold.
 
 Records are append-only: a resource gets a new record (and lake file) only when its payload
-hash differs from the newest STORED one. Nothing is judged "unchanged" against a version that
-is not stored yet: when the same version of a resource is already on its way to the store (two
-redirects to one page in flight), the second item waits until the first has left the pipelines,
-then is compared with what was actually stored (so a first copy lost to a storage fault does not
-take the second one with it).
+hash differs from the version held, as :mod:`holocron_scrapy.records.versions` answers it (one
+batched lookup on ``seen_resources``, in a worker thread: items arriving together share one
+query, nothing waits on the database on the reactor thread). Nothing is judged "unchanged"
+against a version that is not stored yet: when the same version of a resource is already on its
+way to the store (two redirects to one page in flight), the second item waits until the first has
+left the pipelines, then is compared with what was actually stored (so a first copy lost to a
+storage fault does not take the second one with it).
 
 An unchanged item whose stored record has lost its lake file (missing, or not the payload the
 record names: see ``scrapy lake verify``) restores that file at the record's ``lake_path``, from
 this payload (same hash) and the record's metadata, before the item is dropped: stat
-``lake/restored``. A restore that fails is a storage fault (:mod:`holocron_scrapy.pipelines.faults`).
+``lake/restored``. The check and the restore run in a worker thread. A restore that fails, and a
+version lookup whose records database is gone, are storage faults (:mod:`holocron_scrapy.pipelines.faults`).
 
 Stats: ``recrawl/unchanged``, ``recrawl/changed``, ``records/new_resources``,
 ``records/repeated_failures`` (a ``failed`` record identical to the last one: dropped too, but not
@@ -21,7 +24,6 @@ Settings: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``, ``HOLOCRON_L
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,46 +32,19 @@ from scrapy import signals
 from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem
 from scrapy.utils.defer import maybe_deferred_to_future
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from holocron_scrapy import defaults
-from holocron_scrapy.items import FAILED, payload_hash
-from holocron_scrapy.pipelines.faults import FaultHandler
-from holocron_scrapy.records.store import RecordStore, format_time, open_record_store
+from holocron_scrapy.items import FAILED
+from holocron_scrapy.pipelines.faults import FaultHandler, is_storage_error
+from holocron_scrapy.records.store import open_record_store
+from holocron_scrapy.records.versions import VersionLookup
 
 Key = tuple[str, str, str, str]
 
 
 class UnchangedError(DropItem):
     """The payload equals the newest stored record of the same resource."""
-
-
-def restored_document(item: Any, record: dict[str, Any]) -> dict[str, Any]:
-    """The lake document of *record* rebuilt from *item* (same payload hash): the record's own
-    metadata (ingest id, fetch time, request ...) over the item's."""
-    from holocron_scrapy.pipelines.lake import lake_document
-
-    document = lake_document(item)
-    metadata = document["metadata"]
-    for column, value in record.items():
-        if column in ("request_headers", "response_headers") and isinstance(value, str):
-            value = json.loads(value)
-        metadata[column] = format_time(value)
-    return document
-
-
-def lake_file_matches(path: Path, record: dict[str, Any]) -> bool:
-    """Whether the lake file at *path* holds the payload and identity *record* names."""
-    try:
-        document = json.loads(path.read_bytes())
-        metadata = document["metadata"]
-        return (
-            payload_hash(document["payload"]) == record["hash_sha256"]
-            and metadata.get("ingest_id") == record["ingest_id"]
-            and metadata.get("hash_sha256") == record["hash_sha256"]
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 class ChangeFilterPipeline:
@@ -81,13 +56,17 @@ class ChangeFilterPipeline:
         stats: Any = None,
         lake_dir: str | None = None,
         faults: FaultHandler | None = None,
+        versions: VersionLookup | None = None,
     ):
         self.url = url
         self.sqlserver_config = sqlserver_config
         self.stats = stats
         self.lake_dir = Path(lake_dir).expanduser().resolve() if lake_dir else None
         self.faults = faults
-        self.store: RecordStore | None = None
+        self.versions = versions or VersionLookup(
+            lambda: open_record_store(url, sqlserver_config=sqlserver_config), stats=stats
+        )
+        self._owns_versions = versions is None
         # Passed this filter, not yet out of the pipelines: key -> {item id: (hash, settled)}.
         self._inflight: dict[Key, dict[int, tuple[str, defer.Deferred]]] = {}
 
@@ -100,13 +79,14 @@ class ChangeFilterPipeline:
             stats=crawler.stats,
             lake_dir=s.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
             faults=FaultHandler.of(crawler),
+            versions=VersionLookup.of(crawler),
         )
         for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
             crawler.signals.connect(pipeline.settled, signal=signal)
         return pipeline
 
     def open_spider(self) -> None:
-        self.store = open_record_store(self.url, sqlserver_config=self.sqlserver_config)
+        self.versions.open()  # a records database that cannot be opened stops the crawl at its start
 
     def close_spider(self) -> None:
         waiting = [settled for entries in self._inflight.values() for _, settled in entries.values()]
@@ -114,9 +94,8 @@ class ChangeFilterPipeline:
         for settled in waiting:
             if not settled.called:
                 settled.callback(None)
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        if self._owns_versions:
+            self.versions.close()
 
     @staticmethod
     def _key(adapter: ItemAdapter) -> Key:
@@ -141,12 +120,17 @@ class ChangeFilterPipeline:
         digest = adapter["hash_sha256"]
         while same := [d for h, d in self._inflight.get(key, {}).values() if h == digest]:
             await maybe_deferred_to_future(same[0])  # the same version in flight: wait for its outcome
-        assert self.store is not None
-        latest = self.store.latest_record(*key)
-        if latest is None:
+        try:
+            held = (await self.versions.held([key])).get(key)
+        except Exception as exc:  # the records database is gone: a storage fault, as for a failed write
+            if self.faults is None or not is_storage_error(exc):
+                raise
+            raise self.faults.hand_back(item, "Records read", self.url, exc) from exc
+        if held is None:
             self._inc("records/new_resources")
-        elif latest["hash_sha256"] == digest:
-            self._restore_if_lost(item, latest)
+        elif held.hash_sha256 == digest:
+            if held.record is not None and self.lake_dir is not None and held.record.get("lake_path"):
+                await self._restore_if_lost(item, held.record)
             # A failure that repeats is no page found unchanged (the run summary counts those as successes).
             self._inc("records/repeated_failures" if adapter.get("outcome") == FAILED else "recrawl/unchanged")
             raise UnchangedError(f"unchanged since the last stored record: {item!r}", log_level="DEBUG")
@@ -155,24 +139,23 @@ class ChangeFilterPipeline:
         self._inflight.setdefault(key, {})[id(item)] = (digest, defer.Deferred())
         return item
 
-    def _restore_if_lost(self, item: Any, record: dict[str, Any]) -> None:
-        """Rewrite the lake file of the stored *record* if it is missing or corrupt."""
-        from holocron_scrapy.pipelines.lake import encode_document, write_atomically
+    async def _restore_if_lost(self, item: Any, record: dict[str, Any]) -> None:
+        """Rewrite the lake file of the stored *record* if it is missing or corrupt (checked and
+        written in a worker thread)."""
+        from holocron_scrapy.pipelines.lake import restore_lake_file
 
-        if self.lake_dir is None or not record.get("lake_path"):
-            return
-        path = self.lake_dir / record["lake_path"]
-        if lake_file_matches(path, record):
-            return
+        assert self.lake_dir is not None
         try:
-            if not self.lake_dir.is_dir():
-                raise FileNotFoundError(2, "the lake directory is gone", str(self.lake_dir))
-            write_atomically(path, encode_document(restored_document(item, record)))
+            restored = await maybe_deferred_to_future(
+                threads.deferToThread(restore_lake_file, self.lake_dir, item, record)
+            )
         except OSError as exc:
             if self.faults is None:
                 raise
-            raise self.faults.hand_back(item, "Lake write", str(exc.filename or path), exc) from exc
-        self._inc("lake/restored")
+            path = str(exc.filename or self.lake_dir / record["lake_path"])
+            raise self.faults.hand_back(item, "Lake write", path, exc) from exc
+        if restored:
+            self._inc("lake/restored")
 
     def _inc(self, key: str) -> None:
         if self.stats is not None:

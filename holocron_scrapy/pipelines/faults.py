@@ -1,13 +1,16 @@
 """Storage faults: a lake or records write that fails stops the crawl, and loses nothing.
 
-When the lake directory is full, read-only or gone, or the records database refuses a write,
-retrying would only fail again (and an item judged "unchanged" on its retry would be
-acknowledged with nothing stored). So the first fault logs ONE error line naming the path and
-the cause, and closes the spider with the reason ``fatal_storage`` (a ``fatal_`` reason makes the
-run ``failed``). Every item hit by the fault is handed back: its work item ids are taken off the
-item, so the frontier neither acknowledges nor fails them; they stay leased until the scheduler
-closes and gives its leases back, and the next run fetches them again. The item is then dropped
-with :class:`StorageFault` (a ``DropItem``, logged at DEBUG: no traceback per item).
+When the lake directory is full, read-only or gone, or the records database refuses a write or
+goes away (a SQLite file on a full or read-only disk; a PostgreSQL server that is down, refuses
+connections to the database, or dropped our connection mid-write; the engine's pool has already
+tried a fresh connection by then), retrying would only fail again (and an item judged
+"unchanged" on its retry would be acknowledged with nothing stored). So the first fault logs ONE
+error line naming the path and the cause, and closes the spider with the reason ``fatal_storage``
+(a ``fatal_`` reason makes the run ``failed``). Every item hit by the fault is handed back: its
+work item ids are taken off the item, so the frontier neither acknowledges nor fails them; they
+stay leased until the scheduler closes and gives its leases back, and the next run fetches them
+again. The item is then dropped with :class:`StorageFault` (a ``DropItem``, logged at DEBUG: no
+traceback per item).
 
 Stats: ``storage/faults`` (items handed back), ``storage/fatal`` (1 once the crawl was stopped).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 from typing import Any
 
 from itemadapter import ItemAdapter
@@ -41,7 +45,16 @@ def handed_back(item: Any, why: str) -> StorageFault:
 
 
 def describe(exc: BaseException) -> str:
-    """The cause of a storage error in a few words (``No space left on device``)."""
+    """The cause of a storage error in a few words (``No space left on device``); for an error that
+    SQLAlchemy wrapped, the driver's own message on one line, masked (without SQLAlchemy's statement)."""
+    import sqlalchemy.exc
+
+    from holocron_scrapy.db.engine import db_error_text
+
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and isinstance(exc.orig, BaseException):
+        if isinstance(exc.orig, sqlite3.Error):
+            return describe(exc.orig)
+        return db_error_text(exc)
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc.strerror or os.strerror(exc.errno)
     text = str(exc).strip() or type(exc).__name__
@@ -49,14 +62,31 @@ def describe(exc: BaseException) -> str:
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    """Whether *exc* means storage itself failed (disk full, read-only, gone, locked ...)."""
-    import sqlite3
+    """Whether *exc* means storage itself failed (disk full, read-only, gone, locked, the database
+    server unreachable or our connection to it lost ...), not a bad row."""
+    import psycopg
+    import sqlalchemy.exc
 
     from holocron_scrapy.errors import StoreError
 
     if isinstance(exc, OSError):
         return exc.errno in _STORAGE_ERRNOS or exc.errno is None
-    # OperationalError (read-only, full, locked, gone) and the other DatabaseErrors; not a bad row.
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        # A lost connection whatever the class; else the driver's error decides (SQLite's
+        # "database or disk is full" arrives as an OperationalError, a bad row as IntegrityError).
+        if exc.connection_invalidated or isinstance(exc, sqlalchemy.exc.InterfaceError):
+            return True
+        if exc.orig is not None and is_storage_error(exc.orig):
+            return True
+        return isinstance(exc, sqlalchemy.exc.OperationalError)
+    if isinstance(exc, sqlalchemy.exc.DisconnectionError):  # the pool found its connection dead
+        return True
+    # psycopg: the server is gone, refuses us (AdminShutdown, database dropped, too many
+    # connections, disk full) or the connection is closed, or the database is read-only (a standby);
+    # not a constraint violation or bad SQL.
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOnlySqlTransaction)):
+        return True
+    # sqlite3: OperationalError (read-only, full, locked, gone) and the other DatabaseErrors; not a bad row.
     return isinstance(exc, (sqlite3.DatabaseError, StoreError)) and not isinstance(exc, sqlite3.IntegrityError)
 
 

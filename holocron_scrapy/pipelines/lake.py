@@ -1,14 +1,36 @@
-"""Write one JSON file per fetched resource: its metadata and the unaltered payload.
+"""Write one JSON file per stored version of a resource: its metadata and the unaltered payload.
 
-Path: ``<lake>/<source_system>/<source_name>/<resource_type>/<safe_id>_<YYYYmmdd_HHMMSS>_<ingest8>.json``,
-written atomically (temp file, fsync, rename). Stats: ``lake/written``, ``lake/bytes``.
+Path: ``<lake>/<source_system>/<source_name>/<resource_type>/<safe_id>_<version16>.json``, where
+``version16`` is the first 16 hex digits of the SHA-256 of the exact resource identity (system,
+name, type, id) and the payload hash. One name per resource and content, so a second write of
+the same version lands on the same file (``ingest_records`` keeps one record per resource and
+hash, so one record names a file at most), and the name never depends on when or by whom it
+was fetched. Written atomically (temp file, fsync, rename) in a worker thread: the fsync never
+blocks the reactor.
+
+A write that finds its file there already decides by the file's owner, the record whose
+``ingest_id`` the file's metadata names (a record of this version exists, or none does):
+
+* it holds this very item (a retried write): nothing to do;
+* a stored record owns it (another worker stored this version first, or the page went back to
+  an earlier content): it is left alone, or restored from that record if damaged (stat
+  ``lake/restored``), never overwritten with this item's metadata; the records pipeline then
+  finds the version stored and drops the item (``records/duplicates``) without deleting the file;
+* no record owns it (an orphan: the process was killed between this write and its record): it
+  is replaced atomically by this item's document, whose record follows (stat ``lake/replaced``).
+
+So a kill -9 between a lake write and its record leaves, after the rerun, exactly one file per
+resource and content, and it is the one its record names (``scrapy lake verify`` agrees).
 
 A write that fails because of the lake itself (full, read-only, deleted mid-run) is a storage
 fault (:mod:`holocron_scrapy.pipelines.faults`): one error line, the crawl stops with
 ``fatal_storage``, the item's work items are handed back. After ``close_spider`` nothing more is
 written (a response that arrives after a forced stop must not leave a file without a record).
 
-Settings: ``HOLOCRON_LAKE_DIR``.
+Stats: ``lake/written``, ``lake/bytes``, ``lake/replaced``, ``lake/kept``, ``lake/restored``, ``lake/same``.
+
+Settings: ``HOLOCRON_LAKE_DIR`` (and the records store of :mod:`holocron_scrapy.records.versions`,
+asked who owns a file found in the way).
 """
 
 from __future__ import annotations
@@ -20,17 +42,19 @@ import os
 import re
 import tempfile
 import unicodedata
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from itemadapter import ItemAdapter
 from scrapy.crawler import Crawler
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet import threads
 
 from holocron_scrapy import defaults
-from holocron_scrapy.items import INTERNAL_FIELDS
+from holocron_scrapy.items import INTERNAL_FIELDS, payload_hash
 from holocron_scrapy.pipelines.faults import FaultHandler, handed_back
-from holocron_scrapy.records.store import format_time
+from holocron_scrapy.records.store import RecordStore, format_time
+from holocron_scrapy.records.versions import VersionLookup
 
 #: Longest file-name stem (in UTF-8 bytes) kept readable; longer ids are cut and hashed.
 MAX_STEM_BYTES = 120
@@ -48,16 +72,17 @@ def safe_component(value: str) -> str:
     return text
 
 
+def version_digest(source_system: str, source_name: str, resource_type: str, resource_id: str, digest: str) -> str:
+    """16 hex digits naming one version of one resource (exact identity and payload hash)."""
+    identity = "\x00".join((source_system, source_name, resource_type, resource_id, digest))
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
+
+
 def lake_relative_path(item: Any) -> Path:
     adapter = ItemAdapter(item)
-    fetched: datetime = adapter["fetched_at_utc"]
-    name = f"{safe_component(adapter['resource_id'])}_{fetched:%Y%m%d_%H%M%S}_{adapter['ingest_id'][:8]}.json"
-    return Path(
-        safe_component(adapter["source_system"]),
-        safe_component(adapter["source_name"]),
-        safe_component(adapter["resource_type"]),
-        name,
-    )
+    identity = [str(adapter[c]) for c in ("source_system", "source_name", "resource_type", "resource_id")]
+    name = f"{safe_component(adapter['resource_id'])}_{version_digest(*identity, adapter['hash_sha256'])}.json"
+    return Path(*(safe_component(part) for part in identity[:3]), name)
 
 
 def lake_document(item: Any) -> dict[str, Any]:
@@ -85,11 +110,92 @@ def encode_document(document: dict[str, Any]) -> bytes:
     return json.dumps(document, ensure_ascii=False, indent=1).encode("utf-8")
 
 
+def restored_document(item: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """The lake document of *record* rebuilt from *item* (same payload hash): the record's own
+    metadata (ingest id, fetch time, request ...) over the item's."""
+    document = lake_document(item)
+    metadata = document["metadata"]
+    for column, value in record.items():
+        if column in ("request_headers", "response_headers") and isinstance(value, str):
+            value = json.loads(value)
+        metadata[column] = format_time(value)
+    return document
+
+
+def read_document(path: Path) -> Any:
+    """The parsed lake file at *path*; None if it does not exist; ``...`` if unreadable or not JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return ...
+
+
+def document_ingest_id(document: Any) -> str | None:
+    """The ingest id a lake document's metadata names, if it is a lake document."""
+    if isinstance(document, dict) and isinstance(document.get("metadata"), dict):
+        value = document["metadata"].get("ingest_id")
+        return str(value) if value else None
+    return None
+
+
+def document_matches(document: Any, record: dict[str, Any]) -> bool:
+    """Whether a parsed lake *document* holds the payload and identity *record* names."""
+    try:
+        metadata = document["metadata"]
+        return (
+            payload_hash(document["payload"]) == record["hash_sha256"]
+            and metadata.get("ingest_id") == record["ingest_id"]
+            and metadata.get("hash_sha256") == record["hash_sha256"]
+        )
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+def lake_file_matches(path: Path, record: dict[str, Any]) -> bool:
+    """Whether the lake file at *path* holds the payload and identity *record* names."""
+    return document_matches(read_document(path), record)
+
+
+def restore_lake_file(lake_dir: Path, item: Any, record: dict[str, Any]) -> bool:
+    """Rewrite the lake file of the stored *record* from *item* (same payload) if it is missing or
+    not the record's; True if it was rewritten. Blocking: run it in a worker thread."""
+    path = lake_dir / record["lake_path"]
+    if lake_file_matches(path, record):
+        return False
+    if not lake_dir.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the lake directory is gone", str(lake_dir))
+    write_atomically(path, encode_document(restored_document(item, record)))
+    return True
+
+
+def remove_own_lake_file(lake_dir: Path, relative: str, ingest_id: str) -> bool:
+    """Remove the lake file at *relative* if it holds the item *ingest_id* (a file that another
+    record's metadata names, or that cannot be read, is left alone); True if removed. Blocking."""
+    path = lake_dir / relative
+    if document_ingest_id(read_document(path)) != ingest_id:
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+WRITTEN, SAME, REPLACED, KEPT, RESTORED = "written", "same", "replaced", "kept", "restored"
+
+
 class JsonLakePipeline:
-    def __init__(self, lake_dir: str, *, stats: Any = None, faults: FaultHandler | None = None):
+    def __init__(
+        self,
+        lake_dir: str,
+        *,
+        stats: Any = None,
+        faults: FaultHandler | None = None,
+        versions: VersionLookup | None = None,
+    ):
         self.lake_dir = Path(lake_dir).expanduser().resolve()
         self.stats = stats
         self.faults = faults
+        self.versions = versions
         self.closed = False
 
     @classmethod
@@ -98,6 +204,7 @@ class JsonLakePipeline:
             crawler.settings.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
             stats=crawler.stats,
             faults=FaultHandler.of(crawler),
+            versions=VersionLookup.of(crawler),
         )
 
     def open_spider(self) -> None:
@@ -107,25 +214,77 @@ class JsonLakePipeline:
     def close_spider(self) -> None:
         self.closed = True
 
-    def process_item(self, item: Any) -> Any:
+    async def process_item(self, item: Any) -> Any:
         relative = lake_relative_path(item)
         adapter = ItemAdapter(item)
         adapter["lake_path"] = relative.as_posix()
-        data = encode_document(lake_document(item))
-        path = self.lake_dir / relative
         if self.faults is not None and self.faults.fatal:  # storage failed already: write nothing
             raise self.faults.stopping(item)
         if self.closed:  # a late response after a forced stop: a file now would have no record
             raise handed_back(item, "the lake pipeline is closed")
+        path = self.lake_dir / relative
         try:
-            if not self.lake_dir.is_dir():  # deleted mid-run: recreating it would hide the loss
-                raise FileNotFoundError(errno.ENOENT, "the lake directory is gone", str(self.lake_dir))
-            write_atomically(path, data)
+            outcome, size = await maybe_deferred_to_future(threads.deferToThread(self._write, path, item))
+            if outcome is None:  # a file of this version is there, not this item's: who owns it?
+                owner = await self._owner(path, relative.as_posix())
+                outcome, size = await maybe_deferred_to_future(
+                    threads.deferToThread(self._write, path, item, owner, decided=True)
+                )
         except OSError as exc:
             if self.faults is None:
                 raise
             raise self.faults.hand_back(item, "Lake write", str(exc.filename or path), exc) from exc
         if self.stats is not None:
-            self.stats.inc_value("lake/written")
-            self.stats.inc_value("lake/bytes", len(data))
+            if outcome in (WRITTEN, REPLACED):
+                self.stats.inc_value("lake/written")
+                self.stats.inc_value("lake/bytes", size)
+            if outcome != WRITTEN:
+                self.stats.inc_value(f"lake/{outcome}")
         return item
+
+    async def _owner(self, path: Path, relative: str) -> dict[str, Any] | None:
+        """The stored record whose file *path* is (None: an orphan), asked off the reactor."""
+        document = await maybe_deferred_to_future(threads.deferToThread(read_document, path))
+        ingest_id = document_ingest_id(document)
+
+        def find(store: RecordStore) -> dict[str, Any] | None:
+            if ingest_id is not None:
+                record = store.records_by_ids([ingest_id]).get(ingest_id)
+            else:  # too damaged to name its record: the (unindexed) lake path says it
+                record = store.records_by_lake_path([relative]).get(relative)
+            return record if record is not None and record.get("lake_path") == relative else None
+
+        if self.versions is None:
+            return None
+        return await self.versions.call(find)
+
+    def _write(
+        self, path: Path, item: Any, owner: dict[str, Any] | None = None, *, decided: bool = False
+    ) -> tuple[str | None, int]:
+        """Write *item*'s document at *path* unless a stored record owns the file (module docstring).
+        Not *decided* yet, a file already there that is not this item's returns ``(None, 0)``: the
+        caller asks for its *owner* (None: no record owns it) and calls again, *decided*. Returns
+        the outcome and the bytes written. Blocking: run it in a worker thread."""
+        if not self.lake_dir.is_dir():  # deleted mid-run: recreating it would hide the loss
+            raise FileNotFoundError(errno.ENOENT, "the lake directory is gone", str(self.lake_dir))
+        ingest_id = ItemAdapter(item)["ingest_id"]
+        if not decided:
+            found = read_document(path)
+            if found is not None:
+                if document_ingest_id(found) == ingest_id and document_matches(
+                    found, {"ingest_id": ingest_id, "hash_sha256": ItemAdapter(item)["hash_sha256"]}
+                ):
+                    return SAME, 0
+                return None, 0
+            data = encode_document(lake_document(item))
+            write_atomically(path, data)
+            return WRITTEN, len(data)
+        if owner is None:  # no record owns the file in the way: an orphan, replaced by this item's
+            data = encode_document(lake_document(item))
+            write_atomically(path, data)
+            return REPLACED, len(data)
+        if owner.get("hash_sha256") == ItemAdapter(item)["hash_sha256"] and restore_lake_file(
+            self.lake_dir, item, owner
+        ):
+            return RESTORED, 0
+        return KEPT, 0

@@ -5,12 +5,17 @@ after the pipelines (the frontier's acknowledgement) never runs ahead of storage
 A batch is written when it holds ``HOLOCRON_RECORDS_BATCH_SIZE`` rows or its oldest row
 has waited ``HOLOCRON_RECORDS_FLUSH_INTERVAL`` seconds; a kill loses at most that batch,
 whose work items are not acknowledged and so are fetched again.
-A row whose resource already has a record with the same hash (another worker won the
-race) is dropped and its lake file removed. The rows and their ``seen_resources`` versions are
-committed in one transaction, so "seen" is never recorded ahead of the record.
+A row whose resource already has a record with the same hash (another worker won the race, or
+the page went back to an earlier content) is dropped (``records/duplicates``), and the lake file
+is never removed if a record names it: the lake names a file by resource and content
+(:mod:`holocron_scrapy.pipelines.lake`), so the stored record's file is the same path; that
+record's version becomes the one held, and a file this item wrote over it (a race) is rewritten
+from the record. The rows and their ``seen_resources`` versions are committed in one
+transaction, so "seen" is never recorded ahead of the record.
 
-A batch that fails removes the lake files of its items (a file without a record would be a
-stray). When the database itself refuses the write (read-only, full, gone) it is a storage
+A batch that fails removes the lake files its items wrote (a file without a record would be a
+stray); a file whose metadata names another ingest id (a record's, or an orphan's) is left alone.
+When the database itself refuses the write (read-only, full, gone) it is a storage
 fault (:mod:`holocron_scrapy.pipelines.faults`): one error line, the crawl stops with
 ``fatal_storage``, the items' work items are handed back. :meth:`IngestRecordsPipeline.abandon`
 (a forced stop) removes the lake files of rows still waiting for their batch.
@@ -39,6 +44,7 @@ from twisted.internet import defer, threads
 from holocron_scrapy import defaults
 from holocron_scrapy.pipelines.faults import FaultHandler, handed_back, is_storage_error
 from holocron_scrapy.records.store import RecordStore, item_row, open_record_store
+from holocron_scrapy.records.versions import VersionStore
 
 logger = logging.getLogger(__name__)
 
@@ -119,18 +125,21 @@ class IngestRecordsPipeline:
             if self.faults is not None and is_storage_error(exc):
                 raise self.faults.hand_back(item, "Records write", self.url_path(), exc) from exc
             raise
-        if not inserted:  # another worker stored this very version first
-            self._remove_lake_file(item)
+        if not inserted:  # this very version is stored already (its record keeps its lake file)
             if self.stats is not None:
                 self.stats.inc_value("records/duplicates")
             raise DropItem(f"already stored by another worker: {item!r}", log_level="DEBUG")
         return item
 
     def _remove_lake_file(self, item: Any) -> None:
-        path = item.get("lake_path") if isinstance(item, dict) else ItemAdapter(item).get("lake_path")
-        if path and self.lake_dir:
+        """Remove the lake file of an item (or row) that gets no record, if it holds that item."""
+        from holocron_scrapy.pipelines.lake import remove_own_lake_file
+
+        adapter = item if isinstance(item, dict) else ItemAdapter(item)
+        path, ingest_id = adapter.get("lake_path"), adapter.get("ingest_id")
+        if path and ingest_id and self.lake_dir:
             try:
-                (Path(self.lake_dir).expanduser() / path).unlink(missing_ok=True)
+                remove_own_lake_file(Path(self.lake_dir).expanduser().resolve(), path, ingest_id)
             except OSError as exc:  # the lake itself may be what failed
                 logger.warning("Could not remove the lake file %s of an unstored record: %s", path, exc)
 
@@ -177,7 +186,37 @@ class IngestRecordsPipeline:
                 raise RuntimeError("a forced stop gave up this records batch")
             inserted = self.store.insert(rows, record_versions=True)
             self._committed.add(batch)
+            duplicates = [row for row, ok in zip(rows, inserted, strict=True) if not ok]
+            if duplicates and self.lake_dir:
+                self._settle_duplicates(duplicates)
             return inserted
+
+    def _settle_duplicates(self, rows: list[dict[str, Any]]) -> None:
+        """Rows whose version was stored already (writer thread): the file at a row's lake path is
+        the stored record's when that record names the same path (kept, rewritten from the record
+        if this row's write went over it); a file of another path is a stray copy (removed if it
+        holds this row)."""
+        import json
+
+        from holocron_scrapy.pipelines.lake import remove_own_lake_file, restore_lake_file
+
+        assert self.store is not None and self.lake_dir is not None
+        lake = Path(self.lake_dir).expanduser().resolve()
+        keys = [(r["source_system"], r["source_name"], r["resource_type"], r["resource_id"]) for r in rows]
+        held = VersionStore(self.store).held(keys)
+        for key, row in zip(keys, rows, strict=True):
+            version = held.get(key)
+            record = version.record if version is not None else None
+            try:
+                if not row.get("lake_path"):
+                    continue
+                if record is not None and record.get("lake_path") == row["lake_path"]:
+                    if record["hash_sha256"] == row["hash_sha256"]:
+                        restore_lake_file(lake, {**row, "payload": json.loads(row["payload"])}, record)
+                else:
+                    remove_own_lake_file(lake, row["lake_path"], row["ingest_id"])
+            except OSError as exc:  # the lake itself may be what failed
+                logger.warning("Could not settle the lake file %s of a duplicate: %s", row.get("lake_path"), exc)
 
     def flush(self) -> defer.Deferred:
         """Write the buffered rows; their items' ``process_item`` calls return afterwards."""

@@ -1,16 +1,21 @@
 """Write IngestRecords rows and run summaries; read the latest record and version of a resource.
 
 :class:`SqlRecordStore` keeps the ``ingest_records`` / ``ingest_runs`` / ``seen_resources`` tables
-of :mod:`holocron_scrapy.db.schema` on SQLAlchemy Core, for SQLite (``sqlite:///path``) and
-PostgreSQL (``postgresql://...``); the SQL Server twin (``ingest.IngestRecords``, ``sqlserver://``)
-lives in ``records/sqlserver_store.py``. :func:`open_record_store` picks one by URL.
+of :mod:`holocron_scrapy.db.schema` on SQLAlchemy Core, for SQLite (``sqlite:///path``),
+PostgreSQL (``postgresql://...``) and SQL Server (``mssql+pyodbc://``, ``sqlserver://``: the
+records table is ``[<schema>].[IngestRecords]``, :data:`MSSQL_TABLES`). :func:`open_record_store`
+opens it on the URL's engine.
 
 Insert-if-new is ``INSERT ... ON CONFLICT (resource, hash_sha256) DO NOTHING`` (SQLite and
-PostgreSQL spell it alike). The "inserted" flags are exact per row, also when two workers race for
-one version (PostgreSQL makes the second wait for the first's commit, then skips): on PostgreSQL
-the batch is one statement whose ``RETURNING ingest_id`` names the rows inserted; on SQLite each
-row's ``rowcount`` says it. Payloads are JSON text, stored byte for byte (validated by the SQLite
-trigger and the PostgreSQL ``CHECK``).
+PostgreSQL spell it alike); SQL Server has no ``ON CONFLICT``: each row is one ``INSERT ... OUTPUT
+inserted.ingest_id SELECT ... WHERE NOT EXISTS (... WITH (UPDLOCK, HOLDLOCK) ...)``. The "inserted"
+flags are exact per row, also when two workers race for one version (the second waits for the
+first's commit, then skips): on PostgreSQL the batch is one statement whose ``RETURNING ingest_id``
+names the rows inserted; on SQLite each row's ``rowcount`` says it, on SQL Server each row's
+``OUTPUT``. The upserts (``seen_resources``, ``ingest_runs``) are ``ON CONFLICT DO UPDATE``, and on
+SQL Server an ``UPDATE ... WITH (UPDLOCK, SERIALIZABLE)`` followed by an ``INSERT`` when it changed
+no row. Payloads are JSON text, stored byte for byte (validated by the SQLite trigger, the
+PostgreSQL ``CHECK`` and SQL Server's ``ISJSON`` CHECK).
 
 SQLite's hot paths (the insert and its versions upsert, the change filter's per-item
 ``latest_record``, the spiders' per-batch ``versions``, the pages of ``iter_records``) run their
@@ -36,7 +41,7 @@ from itemadapter import ItemAdapter
 from sqlalchemy.dialects import postgresql, sqlite
 
 from holocron_scrapy.db import schema
-from holocron_scrapy.db.engine import POSTGRESQL, READ_ONLY, SQLITE
+from holocron_scrapy.db.engine import MSSQL, POSTGRESQL, READ_ONLY, SQLITE, describe_engine
 from holocron_scrapy.errors import StoreError
 from holocron_scrapy.items import INTERNAL_FIELDS, canonical_json
 
@@ -141,8 +146,9 @@ class RecordStore(ABC):
     def insert(self, rows: list[dict[str, Any]], *, record_versions: bool = False) -> list[bool]:
         """Insert *rows* in one transaction (all or none); a row whose resource already has a
         record with the same hash is skipped. With *record_versions*, the ``seen_resources``
-        versions of the inserted rows (``item_row`` plus version fields) are upserted in the same
-        transaction. Returns, per row, whether it was inserted."""
+        versions of the rows (``item_row`` plus version fields; a skipped row's version has its
+        record already) are upserted in the same transaction. Returns, per row, whether it was
+        inserted."""
 
     @abstractmethod
     def latest_hash(self, source_system: str, source_name: str, resource_type: str, resource_id: str) -> str | None:
@@ -195,7 +201,47 @@ def _dialect_insert(dialect: str) -> Any:
         return postgresql.insert
     if dialect == SQLITE:
         return sqlite.insert
-    raise StoreError(f"the record store supports sqlite and postgresql engines, not {dialect!r}")
+    raise StoreError(f"the record store supports sqlite, postgresql and mssql engines, not {dialect!r}")
+
+
+#: SQL Server's tables: the records table is ``IngestRecords``; the engine maps the schema
+#: (``schema_translate_map``, :func:`holocron_scrapy.db.engine.sqlserver_engine`).
+MSSQL_TABLES = schema.build_metadata(names=schema.SQLSERVER_TABLE_NAMES).tables
+
+
+def _mssql_insert_if_new(records: sa.Table) -> sa.Insert:
+    """SQL Server's insert-if-new of one row (parameters named after ``RECORD_COLUMNS``): skipped when the
+    resource has a record with that hash; the key-range lock makes a racing worker wait, then skip."""
+    values = sa.select(*(sa.bindparam(c, type_=records.c[c].type) for c in RECORD_COLUMNS))
+    known = (
+        sa.select(sa.literal_column("1"))
+        .select_from(records)
+        .where(*(col == sa.bindparam(col.name, type_=col.type) for col in _resource_key(records)))
+        .where(records.c.hash_sha256 == sa.bindparam("hash_sha256", type_=records.c.hash_sha256.type))
+        .with_hint(records, "WITH (UPDLOCK, HOLDLOCK)", "mssql")
+    )
+    insert = sa.insert(records).from_select(list(RECORD_COLUMNS), values.where(~known.exists()))
+    return insert.returning(records.c.ingest_id)
+
+
+def _mssql_upsert(table: sa.Table, key: str, updates: tuple[str, ...]) -> tuple[sa.Update, sa.Insert]:
+    """SQL Server's upsert of one row: ``UPDATE ... WITH (UPDLOCK, SERIALIZABLE)`` (parameters ``b_<column>``),
+    then, when it changed no row, the ``INSERT`` (parameters named after the columns). The range lock
+    makes a second upserter of the same key wait for the first, so the INSERT never races."""
+    update = (
+        sa.update(table)
+        .where(table.c[key] == sa.bindparam(f"b_{key}", type_=table.c[key].type))
+        .values({c: sa.bindparam(f"b_{c}", type_=table.c[c].type) for c in updates})
+        .with_hint("WITH (UPDLOCK, SERIALIZABLE)", dialect_name="mssql")
+    )
+    return update, sa.insert(table)
+
+
+def _run_mssql_upsert(conn: sa.Connection, statements: tuple[sa.Update, sa.Insert], rows: list[dict[str, Any]]) -> None:
+    update, insert = statements
+    for row in rows:
+        if conn.execute(update, {f"b_{k}": v for k, v in row.items()}).rowcount == 0:
+            conn.execute(insert, row)
 
 
 class SqlRecordStore(RecordStore):
@@ -213,32 +259,42 @@ class SqlRecordStore(RecordStore):
         self.engine = engine
         self.dialect = engine.dialect.name
         self._owns_engine = owns_engine
-        insert = _dialect_insert(self.dialect)
-        records, seen, runs = schema.ingest_records, schema.seen_resources, schema.ingest_runs
-        # Insert-if-new on the version key (resource + hash); RETURNING names the rows really inserted.
-        insert_if_new = insert(records).on_conflict_do_nothing(
-            index_elements=[*_resource_key(records), records.c.hash_sha256]
-        )
-        self._insert_records = insert_if_new.returning(records.c.ingest_id)
-        upsert = insert(seen)
-        self._upsert_versions = upsert.on_conflict_do_update(
-            index_elements=[seen.c.dedupe_key],
-            set_={c: upsert.excluded[c] for c in _VERSION_UPDATES},
-        )
-        upsert = insert(runs)
-        self._upsert_run = upsert.on_conflict_do_update(
-            index_elements=[runs.c.run_id],
-            set_={c: upsert.excluded[c] for c in RUN_COLUMNS if c != "run_id"},
-        )
+        seen, runs = schema.seen_resources, schema.ingest_runs
+        #: The records table (SQL Server's is ``IngestRecords``).
+        self._records = records = MSSQL_TABLES["IngestRecords"] if self.dialect == MSSQL else schema.ingest_records
+        self._mssql: dict[str, Any] = {}
+        if self.dialect == MSSQL:  # no ON CONFLICT: guarded inserts and update-then-insert upserts
+            self._insert_records = _mssql_insert_if_new(records)
+            self._mssql["versions"] = _mssql_upsert(seen, "dedupe_key", _VERSION_UPDATES)
+            self._mssql["run"] = _mssql_upsert(runs, "run_id", RUN_COLUMNS[1:])
+        else:
+            insert = _dialect_insert(self.dialect)
+            # Insert-if-new on the version key (resource + hash); RETURNING names the rows really inserted.
+            insert_if_new = insert(records).on_conflict_do_nothing(
+                index_elements=[*_resource_key(records), records.c.hash_sha256]
+            )
+            self._insert_records = insert_if_new.returning(records.c.ingest_id)
+            upsert = insert(seen)
+            self._upsert_versions = upsert.on_conflict_do_update(
+                index_elements=[seen.c.dedupe_key],
+                set_={c: upsert.excluded[c] for c in _VERSION_UPDATES},
+            )
+            upsert = insert(runs)
+            self._upsert_run = upsert.on_conflict_do_update(
+                index_elements=[runs.c.run_id],
+                set_={c: upsert.excluded[c] for c in RUN_COLUMNS if c != "run_id"},
+            )
         meta = [self._read_column(records.c[c]) for c in META_COLUMNS]
         self._meta = sa.select(*meta)
-        self._latest = (
+        latest = (
             sa.select(*meta)
             .where(*(col == sa.bindparam(col.name) for col in _resource_key(records)))
             .order_by(records.c.fetched_at_utc.desc())
-            .limit(sa.literal_column("1"))
-            .offset(sa.literal_column("0"))  # SQLite's LIMIT always comes with an OFFSET
         )
+        if self.dialect == MSSQL:  # TOP 1 (a LIMIT/OFFSET of expressions would become a ROW_NUMBER() subquery)
+            self._latest = latest.limit(1)
+        else:  # SQLite's LIMIT always comes with an OFFSET
+            self._latest = latest.limit(sa.literal_column("1")).offset(sa.literal_column("0"))
         # SQLite's hot paths: these statements' compiled SQL, run on the DB-API cursor (module docstring).
         self._sqlite: dict[str, str] = {}
         if self.dialect == SQLITE:
@@ -251,7 +307,15 @@ class SqlRecordStore(RecordStore):
                 assert tuple(compiled.positiontup or ()) == keys, (name, compiled.positiontup)
                 self._sqlite[name] = compiled.string
         self._process_time = functools.partial(schema.UtcDateTime().process_bind_param, dialect=engine.dialect)
-        self._connection = engine.connect()
+        self._connected: sa.Connection | None = None
+
+    @property
+    def _connection(self) -> sa.Connection:
+        """The store's one connection, opened on first use (the engine was connected and migrated by
+        :func:`holocron_scrapy.db.engine.open_engine` already)."""
+        if self._connected is None:
+            self._connected = self.engine.connect()
+        return self._connected
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _read_column(self, column: sa.Column[Any]) -> Any:
@@ -262,12 +326,19 @@ class SqlRecordStore(RecordStore):
         return column
 
     @property
+    def records_table(self) -> sa.Table:
+        """The ``ingest_records`` table as this store's database names it (SQL Server: ``IngestRecords``)."""
+        return self._records
+
+    @property
     def conn(self) -> Any:
         """The DB-API connection under the store (``sqlite3.Connection`` / ``psycopg.Connection``)."""
         return self._connection.connection.dbapi_connection
 
     def describe(self) -> str:
         """The database, as an error line names it (password masked)."""
+        if self.dialect == MSSQL:
+            return describe_engine(self.engine)
         return self.engine.url.render_as_string(hide_password=True)
 
     @contextmanager
@@ -289,6 +360,10 @@ class SqlRecordStore(RecordStore):
         with self._begin(write=True) as conn:
             if "insert" in self._sqlite:
                 inserted = self._sqlite_insert(conn, rows)
+            elif self.dialect == MSSQL:  # one guarded INSERT per row; its OUTPUT says whether it inserted
+                inserted = [
+                    bool(conn.execute(self._insert_records, {c: row[c] for c in RECORD_COLUMNS}).all()) for row in rows
+                ]
             else:
                 params = [{c: row[c] for c in RECORD_COLUMNS} for row in rows]
                 stored = set(conn.execute(self._insert_records, params).scalars())
@@ -300,7 +375,9 @@ class SqlRecordStore(RecordStore):
                     inserted.append(ingest_id in stored and ingest_id not in first)
                     first.add(ingest_id)
             if record_versions:  # "seen" only with the record, in the same transaction
-                self._write_versions(conn, [row for row, ok in zip(rows, inserted, strict=True) if ok])
+                # A row not inserted has its version's record already (the conflict on resource and
+                # hash proves it): that version is the one held now, so it is recorded as well.
+                self._write_versions(conn, rows)
         return inserted
 
     def _bind_time(self, value: Any) -> Any:
@@ -339,13 +416,17 @@ class SqlRecordStore(RecordStore):
         out: dict[str, dict[str, Any]] = {}
         if not values:
             return out
-        col = schema.ingest_records.c[column]
+        query = self._where_in(column)
         with self._begin(write=False) as conn:
             for start in range(0, len(values), _IN_CHUNK):
-                for row in conn.execute(self._meta.where(col.in_(values[start : start + _IN_CHUNK]))):
+                for row in conn.execute(query, {"values": values[start : start + _IN_CHUNK]}):
                     record = _meta_record(row)
                     out[record[column]] = record
         return out
+
+    def _where_in(self, column: str) -> sa.Select[Any]:
+        """The records whose *column* is one of the list bound as ``values``."""
+        return self._meta.where(self._records.c[column].in_(sa.bindparam("values", expanding=True)))
 
     def records_by_ids(self, ingest_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self._records_where("ingest_id", ingest_ids)
@@ -353,16 +434,21 @@ class SqlRecordStore(RecordStore):
     def records_by_lake_path(self, lake_paths: list[str]) -> dict[str, dict[str, Any]]:
         return self._records_where("lake_path", lake_paths)
 
-    def iter_records(self, source_name: str | None = None, batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
-        records = schema.ingest_records
+    def _page(self, by_source: bool) -> sa.Select[Any]:
+        """A page of :meth:`iter_records`: binds ``after``, (with *by_source*) ``source_name``, ``size``."""
+        records = self._records
         page = self._meta.where(records.c.ingest_id > sa.bindparam("after"))
-        names: tuple[str, ...] = ("after",)
-        if source_name is not None:
+        if by_source:
             page = page.where(records.c.source_name == sa.bindparam("source_name"))
-            names += ("source_name",)
-        page = page.order_by(records.c.ingest_id).limit(sa.bindparam("size", type_=sa.Integer))
-        page = page.offset(sa.literal_column("0"))
-        names += ("size",)
+        page = page.order_by(records.c.ingest_id)
+        size = sa.bindparam("size", type_=sa.Integer)
+        if self.dialect == MSSQL:  # SELECT TOP (?): a bound LIMIT would become a ROW_NUMBER() subquery
+            return page.prefix_with(sa.text("TOP (:size)").bindparams(size), dialect=MSSQL)
+        return page.limit(size).offset(sa.literal_column("0"))
+
+    def iter_records(self, source_name: str | None = None, batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        page = self._page(source_name is not None)
+        names = ("after", "source_name", "size") if source_name is not None else ("after", "size")
         sql = None
         if self.dialect == SQLITE:  # thousands of rows a page: compiled SQL on the cursor, times as stored
             compiled = page.compile(dialect=self.engine.dialect)
@@ -386,11 +472,14 @@ class SqlRecordStore(RecordStore):
         unknown = [c for c in where if c not in RECORD_COLUMNS]
         if unknown:
             raise StoreError(f"unknown ingest_records column(s): {', '.join(map(str, unknown))}")
-        records = schema.ingest_records
-        query = sa.select(sa.func.count()).select_from(records)
-        query = query.where(*(records.c[c] == v for c, v in where.items()))
         with self._begin(write=False) as conn:
-            return int(conn.execute(query).scalar_one())
+            return int(conn.execute(self._count(tuple(where)), where).scalar_one())
+
+    def _count(self, columns: tuple[str, ...]) -> sa.Select[Any]:
+        """``count(*)`` of the records whose *columns* equal the values bound under their names."""
+        records = self._records
+        query = sa.select(sa.func.count()).select_from(records)
+        return query.where(*(records.c[c] == sa.bindparam(c, type_=records.c[c].type) for c in columns))
 
     # -- runs --------------------------------------------------------------------------------------
     def write_run(self, summary: dict[str, Any]) -> None:
@@ -398,7 +487,10 @@ class SqlRecordStore(RecordStore):
         if not isinstance(row["summary"], (str, type(None))):
             row["summary"] = json.dumps(row["summary"], ensure_ascii=False, default=str)
         with self._begin(write=True) as conn:
-            conn.execute(self._upsert_run, row)
+            if self.dialect == MSSQL:
+                _run_mssql_upsert(conn, self._mssql["run"], [row])
+            else:
+                conn.execute(self._upsert_run, row)
 
     # -- versions (seen_resources) -----------------------------------------------------------------
     def versions(self, source_system: str, source_name: str, resource_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -442,6 +534,90 @@ class SqlRecordStore(RecordStore):
             sql = self._sqlite[f"versions_{n}"] = compiled.string
         return sql
 
+    def held_versions(self, keys: list[tuple[str, str, str | None, str]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """The version held of each resource key ``(source_system, source_name, resource_type,
+        resource_id)``, from ``seen_resources``, with the ``ingest_records`` row of that version
+        (``record``: ``META_COLUMNS``, None if absent). A key whose resource type is None matches
+        any type (the newest fetch wins). One statement per 500 keys (the typed keys by primary
+        key, the others per source by ``ix_seen_resources_resource``); the record joins on the
+        unique ``(resource, hash_sha256)`` index. Keys not held are left out."""
+        from holocron_scrapy.frontier.keys import make_dedupe_key
+
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        typed: dict[str, tuple[Any, ...]] = {}
+        untyped: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {}
+        for key in dict.fromkeys(keys):
+            system, name, kind, rid = key
+            if kind is None:
+                untyped.setdefault((system, name), {})[rid] = key
+            else:
+                typed[make_dedupe_key(system, name, kind, rid)] = key
+        chunks: list[tuple[bool, tuple[Any, ...], list[str], dict[str, tuple[Any, ...]]]] = []
+        dedupe = list(typed)
+        for start in range(0, len(dedupe), _IN_CHUNK):
+            chunks.append((True, (), dedupe[start : start + _IN_CHUNK], typed))
+        for (system, name), by_id in untyped.items():
+            ids = list(by_id)
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunks.append((False, (system, name), ids[start : start + _IN_CHUNK], by_id))
+        if not chunks:
+            return out
+        if self.dialect == SQLITE:  # the change filter's lookup: compiled SQL on the cursor (module docstring)
+            cursor = self.conn.cursor()
+            for is_typed, source, values, by in chunks:
+                for row in cursor.execute(self._held_statement(is_typed, len(values)), (*source, *values)):
+                    version = _held_row(row)
+                    dedupe_key = version.pop("dedupe_key")
+                    out[by[dedupe_key if is_typed else version["resource_id"]]] = version
+            return out
+        with self._begin(write=False) as conn:
+            for is_typed, source, values, by in chunks:
+                params = dict(zip(("system", "name"), source, strict=False))  # typed keys: no source
+                params |= {f"id_{i}": value for i, value in enumerate(values)}
+                for row in conn.execute(self._held_statement(is_typed, len(values)), params):
+                    version = _held_row(row)
+                    dedupe_key = version.pop("dedupe_key")
+                    out[by[dedupe_key if is_typed else version["resource_id"]]] = version
+        return out
+
+    def _held_statement(self, typed: bool, n: int) -> Any:
+        """The lookup of *n* typed keys (binds ``id_0`` ... dedupe keys) or of *n* resource ids of one
+        source (binds ``system``, ``name``, ``id_0`` ..., oldest fetch first: the newest wins), made
+        once per shape; on SQLite its compiled SQL, run on the cursor."""
+        cache: dict[tuple[bool, int], Any] = self.__dict__.setdefault("_held_statements", {})
+        statement = cache.get((typed, n))
+        if statement is not None:
+            return statement
+        seen = schema.seen_resources
+        ids = [sa.bindparam(f"id_{i}") for i in range(n)]
+        names: tuple[str, ...] = tuple(f"id_{i}" for i in range(n))
+        if typed:
+            statement = self._held_query().where(seen.c.dedupe_key.in_(ids))
+        else:
+            statement = (
+                self._held_query()
+                .where(seen.c.source_system == sa.bindparam("system"), seen.c.source_name == sa.bindparam("name"))
+                .where(seen.c.resource_id.in_(ids))
+                .order_by(seen.c.last_fetched_at)
+            )
+            names = ("system", "name", *names)
+        if self.dialect == SQLITE:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            assert tuple(compiled.positiontup or ()) == names, compiled.positiontup
+            statement = compiled.string
+        cache[(typed, n)] = statement
+        return statement
+
+    def _held_query(self) -> sa.Select[Any]:
+        seen, records = schema.seen_resources, self._records  # SQL Server's is IngestRecords
+        version = sa.and_(
+            *(record_col == seen.c[record_col.name] for record_col in _resource_key(records)),
+            records.c.hash_sha256 == seen.c.last_hash_sha256,
+        )
+        columns = [self._read_column(seen.c[c]) for c in _HELD_COLUMNS]
+        columns += [self._read_column(records.c[c]).label(f"r_{c}") for c in META_COLUMNS]
+        return sa.select(*columns).select_from(seen.outerjoin(records, version))
+
     def record_versions(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
@@ -457,6 +633,11 @@ class SqlRecordStore(RecordStore):
             latest[params[0]] = params  # by dedupe key
         if not latest:
             return
+        if self.dialect == MSSQL:
+            _run_mssql_upsert(
+                conn, self._mssql["versions"], [dict(zip(_VERSION_PARAMS, p, strict=True)) for p in latest.values()]
+            )
+            return
         if "versions" not in self._sqlite:
             conn.execute(self._upsert_versions, [dict(zip(_VERSION_PARAMS, p, strict=True)) for p in latest.values()])
             return
@@ -464,9 +645,33 @@ class SqlRecordStore(RecordStore):
         params = [(*p[:-2], time(p[-2]), time(p[-1])) for p in latest.values()]
         conn.connection.dbapi_connection.cursor().executemany(self._sqlite["versions"], params)
 
+    def statements(self) -> dict[str, sa.Executable]:
+        """Every statement this store runs through SQLAlchemy on its dialect, by name (SQLite's hot paths run
+        the compiled SQL of the same statements); the offline T-SQL check compiles and parses them."""
+        found: dict[str, sa.Executable] = {
+            "insert": self._insert_records,
+            "latest": self._latest,
+            "by_ingest_id": self._where_in("ingest_id"),
+            "by_lake_path": self._where_in("lake_path"),
+            "page": self._page(False),
+            "page_of_source": self._page(True),
+            "count": self._count(()),
+            "count_where": self._count(("source_name", "resource_id")),
+            "versions": self._versions_query(2),
+        }
+        if hasattr(self, "_held_query"):
+            found["held_versions"] = self._held_query()
+        if self.dialect == MSSQL:
+            for name in ("versions", "run"):
+                found[f"upsert_{name}_update"], found[f"upsert_{name}_insert"] = self._mssql[name]
+        else:
+            found |= {"upsert_versions": self._upsert_versions, "upsert_run": self._upsert_run}
+        return found
+
     def close(self) -> None:
         try:
-            self._connection.close()
+            if self._connected is not None:
+                self._connected.close()
         finally:
             if self._owns_engine:
                 self.engine.dispose()
@@ -474,6 +679,20 @@ class SqlRecordStore(RecordStore):
 
 def _resource_key(table: sa.Table) -> tuple[sa.Column[Any], ...]:
     return (table.c.source_system, table.c.source_name, table.c.resource_type, table.c.resource_id)
+
+
+_HELD_COLUMNS = ("dedupe_key", "resource_type", *SEEN_COLUMNS)
+
+
+def _held_row(row: Any) -> dict[str, Any]:
+    """A ``_held_query`` row: the version (``seen_version`` fields, ``dedupe_key``, ``resource_type``,
+    ``resource_id``) plus its ``record`` (None when no ``ingest_records`` row has that hash)."""
+    values = tuple(row)
+    n = len(_HELD_COLUMNS)
+    version = {"dedupe_key": values[0], "resource_type": values[1], "resource_id": values[2]}
+    version |= seen_version(values[2:n])
+    version["record"] = None if values[n] is None else _meta_record(values[n:])
+    return version
 
 
 def _meta_record(row: Any) -> dict[str, Any]:
@@ -506,24 +725,12 @@ _VERSION_UPDATES = _VERSION_PARAMS[5:]
 def open_record_store(
     url: str, *, setting: str = "HOLOCRON_RECORDS_URL", sqlserver_config: dict[str, Any] | None = None
 ) -> RecordStore:
-    """Open the records backend named by the store *url* (schema brought up to date).
-
-    ``sqlite:///`` and ``postgresql://`` give a :class:`SqlRecordStore` on
-    :func:`holocron_scrapy.db.engine.open_engine`. For ``sqlserver://`` the connection settings,
-    schema included, come from :meth:`SqlServerSettings.resolve` (``INGEST_SQLSERVER_*`` first,
-    then *sqlserver_config*).
+    """Open the records backend named by the store *url* (schema brought up to date): a
+    :class:`SqlRecordStore` on :func:`holocron_scrapy.db.engine.open_engine`, for ``sqlite:///``,
+    ``postgresql://``, ``mssql+pyodbc://`` and ``sqlserver://``. For SQL Server the connection
+    settings, schema included, come from :meth:`SqlServerSettings.resolve` (``INGEST_SQLSERVER_*``
+    first, then *sqlserver_config*, the YAML ``sql_server`` section).
     """
-    from holocron_scrapy.db.connection import SQLSERVER, dialect_of
+    from holocron_scrapy.db.engine import open_engine
 
-    if dialect_of(url) != SQLSERVER:
-        from holocron_scrapy.db.engine import open_engine
-
-        return SqlRecordStore(open_engine(url, setting=setting), owns_engine=True)
-    from holocron_scrapy.db.connection import open_store, parse_store_url
-    from holocron_scrapy.db.sqlserver import SqlServerSettings
-    from holocron_scrapy.records.sqlserver_store import SqlServerRecordStore
-
-    parsed = parse_store_url(url, setting=setting)
-    conn = open_store(parsed, sqlserver_config=sqlserver_config)
-    settings = SqlServerSettings.resolve(sqlserver_config or {}, conn_str=parsed.odbc_connect)
-    return SqlServerRecordStore(conn, settings)
+    return SqlRecordStore(open_engine(url, setting=setting, sqlserver_config=sqlserver_config), owns_engine=True)

@@ -1,22 +1,96 @@
-"""What the last stored version of each resource was (``seen_resources``).
+"""Which version of a resource do we hold? One table, one lookup, batched, off the reactor.
 
-Incremental re-crawls read it to skip unchanged resources cheaply: the MediaWiki spider
-compares ``lastrevid`` from one ``prop=info`` request per 50 titles, the HTTP spider sends
-``If-None-Match`` / ``If-Modified-Since``. The records pipeline writes it after each stored
-record. Every record store (SQLite, PostgreSQL, SQL Server) keeps it.
+Every check that asks it goes through :class:`VersionLookup`: the change filter (is this payload
+the one stored?), the MediaWiki spider's re-crawl check (is ``lastrevid`` the stored revision?),
+conditional requests (which ETag / Last-Modified to send) and deltafetch (did this page give a
+successful record before?).
 
-Settings read: none. Stats written: none.
+The source of truth is ``seen_resources``: one row per resource (primary key: the frontier's
+dedupe key of ``source_system:source_name:resource_type:resource_id``) naming the version held
+(``last_hash_sha256``) with its validators (revision, ETag, Last-Modified) and the time it was
+fetched. It is written in the same transaction as the records (``RecordStore.insert(...,
+record_versions=True)``), also for a row that finds its version stored already (another worker's
+copy, or a page that went back to an earlier content), so it never runs ahead of the records and
+always names a version that has its record. The latest row of ``ingest_records`` could answer
+too, but it is an ``ORDER BY fetched_at_utc DESC LIMIT 1`` per resource (not batchable in one
+portable statement), it cannot say that a page went back to an older stored version (the
+``(resource, hash)`` unique key keeps one record per version), and it holds no validators. The
+lookup joins the held version's ``ingest_records`` row (its ingest id, lake path and metadata)
+through the unique ``(resource, hash_sha256)`` index, for the change filter's lake check.
+
+:class:`VersionLookup` (one per crawler, :meth:`VersionLookup.of`) keeps the database off the
+reactor thread: callers ``await held(keys)``; keys asked for in the same reactor turn, and all
+keys asked for while a query runs, go into the next query (at most one in flight, so the batches
+grow with the load and an idle crawl waits for no window). Its store is opened on first use,
+closed when the engine stops. Times are compared as instants (``parse_utc``), never as text.
+
+Settings read: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER`` (the records store).
+Stats written: ``versions/lookups`` (keys asked for), ``versions/queries`` (batched queries run).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
 
-from holocron_scrapy.records.store import RecordStore
+from scrapy import signals
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet import defer, threads
+from twisted.python.failure import Failure
+
+from holocron_scrapy import defaults
+from holocron_scrapy.records.store import RecordStore, open_record_store
+
+#: ``(source_system, source_name, resource_type, resource_id)``; a resource type of None matches any.
+Key = tuple[str, str, "str | None", str]
+T = TypeVar("T")
+
+
+def parse_utc(value: Any) -> datetime | None:
+    """A stored or meta time (aware or naive UTC datetime, or its text) as an aware UTC datetime."""
+    if value is None or value == "":
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Held:
+    """The version of a resource we hold."""
+
+    resource_type: str
+    resource_id: str
+    hash_sha256: str | None
+    revision_id: int | None
+    etag: str | None
+    last_modified: str | None
+    fetched_at: datetime | None
+    #: The ``ingest_records`` row of this version (``META_COLUMNS``, times as UTC text), if found.
+    record: dict[str, Any] | None
+
+    def stored_by(self, moment: Any) -> bool:
+        """Whether this version was fetched no later than *moment* (a time or its text)."""
+        limit = parse_utc(moment)
+        return self.fetched_at is not None and limit is not None and self.fetched_at <= limit
+
+    @classmethod
+    def from_store(cls, version: dict[str, Any]) -> Held:
+        return cls(
+            resource_type=version["resource_type"],
+            resource_id=version["resource_id"],
+            hash_sha256=version["hash_sha256"],
+            revision_id=version["revision_id"],
+            etag=version["etag"],
+            last_modified=version["last_modified"],
+            fetched_at=parse_utc(version["last_fetched_at"]),
+            record=version["record"],
+        )
 
 
 class VersionStore:
-    """``seen_resources`` through a record store; empty (disabled) without one."""
+    """The synchronous, batched lookup on a record store; empty (disabled) without one."""
 
     def __init__(self, store: RecordStore | None):
         self.store = store
@@ -25,13 +99,146 @@ class VersionStore:
     def enabled(self) -> bool:
         return self.store is not None
 
-    def lookup(self, source_system: str, source_name: str, resource_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The last stored version of each of *resource_ids* (any resource type), by resource id."""
-        if self.store is None or not resource_ids:
+    def held(self, keys: Iterable[Key]) -> dict[Key, Held]:
+        """The version held of each of *keys* (those not held are left out)."""
+        wanted = list(dict.fromkeys(keys))
+        if self.store is None or not wanted:
             return {}
-        return self.store.versions(source_system, source_name, resource_ids)
+        return {key: Held.from_store(v) for key, v in self.store.held_versions(wanted).items()}
+
+    def lookup(self, source_system: str, source_name: str, resource_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`held` for resource ids of any type, as version dicts by resource id (``hash_sha256``,
+        ``revision_id``, ``etag``, ``last_modified``, ``last_fetched_at``)."""
+        found = self.held((source_system, source_name, None, rid) for rid in resource_ids)
+        return {
+            key[3]: {
+                "hash_sha256": v.hash_sha256,
+                "revision_id": v.revision_id,
+                "etag": v.etag,
+                "last_modified": v.last_modified,
+                "last_fetched_at": v.fetched_at,
+            }
+            for key, v in found.items()
+        }
 
     def upsert(self, rows: list[dict[str, Any]]) -> None:
-        """Record the versions of freshly stored records (rows from ``item_row`` plus version fields)."""
+        """Record the versions of stored records (rows from ``item_row``; the records pipeline does it
+        in the records' own transaction instead)."""
         if self.store is not None and rows:
             self.store.record_versions(rows)
+
+
+class VersionLookup:
+    """:class:`VersionStore` for the reactor: batched, coalesced, in a worker thread (module docstring)."""
+
+    def __init__(self, open_store: Callable[[], RecordStore], *, stats: Any = None):
+        self._open_store = open_store
+        self.stats = stats
+        self.versions = VersionStore(None)
+        # Work waiting for the next turn: keys and their waiters, or a function and its waiter.
+        self._keys: list[tuple[list[Key], defer.Deferred]] = []
+        self._calls: list[tuple[Callable[[RecordStore], Any], defer.Deferred]] = []
+        self._busy = False
+        self._scheduled = False
+        self._closed = False
+
+    @classmethod
+    def of(cls, crawler: Any) -> VersionLookup:
+        """The crawler's lookup (made on first use, on the crawler's records store)."""
+        lookup = getattr(crawler, "holocron_versions", None)
+        if lookup is None:
+            s = crawler.settings
+            url = s.get("HOLOCRON_RECORDS_URL") or defaults.RECORDS_URL
+            sqlserver = s.getdict("HOLOCRON_RECORDS_SQLSERVER")
+            lookup = cls(lambda: open_record_store(url, sqlserver_config=sqlserver), stats=crawler.stats)
+            crawler.holocron_versions = lookup
+            crawler.signals.connect(lookup.close, signal=signals.engine_stopped)
+        return lookup
+
+    def open(self) -> RecordStore:
+        """Open the store now (a pipeline's ``open_spider``: a bad database fails at the start)."""
+        if self.versions.store is None:
+            self.versions = VersionStore(self._open_store())
+        assert self.versions.store is not None
+        return self.versions.store
+
+    def close(self) -> None:
+        self._closed = True
+        store, self.versions = self.versions.store, VersionStore(None)
+        if store is not None:
+            store.close()
+
+    async def held(self, keys: Iterable[Key]) -> dict[Key, Held]:
+        """The version held of each of *keys*, from one batched query shared with concurrent callers."""
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        done: defer.Deferred = defer.Deferred()
+        self._keys.append((wanted, done))
+        self._schedule()
+        return await maybe_deferred_to_future(done)
+
+    async def call(self, work: Callable[[RecordStore], T]) -> T:
+        """Run ``work(store)`` in the lookup's worker thread, in turn with the queries."""
+        done: defer.Deferred = defer.Deferred()
+        self._calls.append((work, done))
+        self._schedule()
+        return await maybe_deferred_to_future(done)
+
+    def _schedule(self) -> None:
+        if self._busy or self._scheduled:
+            return  # the next turn starts when the running one ends
+        from twisted.internet import reactor
+
+        self._scheduled = True
+        reactor.callLater(0, self._turn)  # gathers what is asked for in this reactor turn
+
+    def _turn(self) -> None:
+        self._scheduled = False
+        if self._busy or not (self._keys or self._calls):
+            return
+        self._busy = True
+        keys, self._keys = self._keys, []
+        calls, self._calls = self._calls, []
+        wanted = list(dict.fromkeys(key for asked, _ in keys for key in asked))
+        if self.stats is not None and wanted:
+            self.stats.inc_value("versions/lookups", len(wanted))
+            self.stats.inc_value("versions/queries")
+        d = threads.deferToThread(self._work, wanted, [work for work, _ in calls])
+        d.addBoth(self._done, keys, calls)
+
+    def _work(self, wanted: list[Key], calls: list[Callable[[RecordStore], Any]]) -> tuple[Any, list[Any]]:
+        """Runs in a worker thread: the query, then the calls (each result or its Failure)."""
+        if self._closed:
+            raise RuntimeError("the version lookup is closed")
+        try:
+            store = self.open()
+            held: Any = self.versions.held(wanted)
+        except Exception:
+            held = Failure()
+            return held, [held for _ in calls]
+        results: list[Any] = []
+        for work in calls:
+            try:
+                results.append(work(store))
+            except Exception:
+                results.append(Failure())
+        return held, results
+
+    def _done(self, outcome: Any, keys: list[tuple[list[Key], defer.Deferred]], calls: list[Any]) -> None:
+        self._busy = False
+        if isinstance(outcome, Failure):
+            held, results = outcome, [outcome for _ in calls]
+        else:
+            held, results = outcome
+        for asked, waiter in keys:
+            if isinstance(held, Failure):
+                waiter.errback(held)
+            else:
+                waiter.callback({key: held[key] for key in asked if key in held})
+        for (_, waiter), result in zip(calls, results, strict=True):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+        self._schedule()

@@ -25,8 +25,6 @@ from scrapy.crawler import Crawler
 from holocron_scrapy import __version__, defaults, secrets
 from holocron_scrapy.config import Config, Source, load_config, parse_duration
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.records.store import open_record_store
-from holocron_scrapy.records.versions import VersionStore
 from holocron_scrapy.settings_check import check_arguments, check_settings
 
 #: Spider arguments every holocron spider accepts (names starting with ``_``, as Scrapyd's ``_job``, pass too).
@@ -155,25 +153,6 @@ class HolocronSpider(Spider):
         spider.records_url = settings.get("HOLOCRON_RECORDS_URL")
         spider.records_sqlserver = settings.getdict("HOLOCRON_RECORDS_SQLSERVER")
         return spider
-
-    _versions: VersionStore | None = None
-    _versions_store: Any = None
-
-    @property
-    def versions(self) -> VersionStore:
-        """Last stored versions (``seen_resources``), opened on first use; empty when disabled."""
-        if self._versions is None:
-            if getattr(self, "records_url", None) and not getattr(self, "full_refresh", False):
-                self._versions_store = open_record_store(self.records_url, sqlserver_config=self.records_sqlserver)
-                self._versions = VersionStore(self._versions_store)
-            else:
-                self._versions = VersionStore(None)
-        return self._versions
-
-    def closed(self, reason: str) -> None:
-        if self._versions_store is not None:
-            self._versions_store.close()
-            self._versions_store = None
 
     @classmethod
     def source_system_name(cls) -> str:

@@ -14,6 +14,11 @@ Failures follow :mod:`holocron_scrapy.failures`: an answer that is not a JSON ob
 title may have caused (or an HTTP 414, URI too long) splits the batch in halves until the bad
 titles are isolated.
 
+A re-crawled batch (items completed before) asks ``prop=info`` first; ``parse_info`` compares
+each ``lastrevid`` with the stored revision through the crawler's version lookup
+(:mod:`holocron_scrapy.records.versions`: one batched query, off the reactor) and fetches content
+only for what changed.
+
 Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``api_url``, ``max_depth``,
 ``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50).
 
@@ -230,35 +235,46 @@ class MediaWikiSpider(HolocronSpider):
             }
             for r in requests
         ]
-        known = self.known_revisions(titles)
-        if known:  # a re-crawl: one cheap prop=info first, content only for what changed
-            return self._info_request(titles, known)
+        if not getattr(self, "full_refresh", False) and any(t["completed_at"] for t in titles):
+            # A re-crawl: one cheap prop=info first; its answer is compared with the stored revisions
+            # (looked up off the reactor in parse_info), and content is fetched only for what changed.
+            return self._info_request(titles)
         return self._query_request(titles, continuation=None, acc=None)
 
-    def known_revisions(self, titles: list[dict[str, Any]]) -> dict[str, int]:
-        """Stored revisions of re-crawled titles whose discoveries are already in the frontier
-        (stored no later than the item last completed); only those may skip the content fetch."""
-        return self._stored_revisions({t["title"]: t["title"] for t in titles}, titles)
+    async def stored_revisions(self, titles: list[dict[str, Any]], resolved: dict[str, Any]) -> dict[str, int]:
+        """``{requested title: stored revision}`` of the re-crawled *titles*, from one batched version
+        lookup: the version stored under the title itself, else under the page a redirect or a
+        normalisation led to (the page is stored under its own title). A version counts only if it
+        was stored no later than the title's item last completed (its discoveries are in the
+        frontier by then)."""
+        from holocron_scrapy.records.versions import VersionLookup
 
-    def _stored_revisions(self, stored_as: dict[str, str], titles: list[dict[str, Any]]) -> dict[str, int]:
-        """``{requested title: revision}`` of the versions stored under ``stored_as[title]``, for
-        re-crawled titles only, counting a version only if stored no later than the title's item
-        last completed."""
-        since = {t["title"]: t["completed_at"] for t in titles if t.get("completed_at") and t["title"] in stored_as}
-        if not since:
+        def key(title: str) -> tuple[str, str, str, str]:
+            return (SOURCE_SYSTEM, self.options.source_name, RESOURCE_TYPE, title)
+
+        candidates: dict[str, list[str]] = {}
+        for entry in titles:
+            if not entry.get("completed_at"):
+                continue
+            names = [entry["title"]]
+            resolution = resolved.get(entry["title"])
+            if resolution is not None and resolution.outcome == OK and resolution.title != entry["title"]:
+                names.append(resolution.title)
+            candidates[entry["title"]] = names
+        if not candidates:
             return {}
-        found = self.versions.lookup(
-            SOURCE_SYSTEM, self.options.source_name, sorted({stored_as[title] for title in since})
-        )
-        return {
-            title: version["revision_id"]
-            for title in since
-            if (version := found.get(stored_as[title]))
-            and version.get("revision_id")
-            and str(version.get("last_fetched_at")) <= since[title]
-        }
+        held = await VersionLookup.of(self.crawler).held([key(n) for names in candidates.values() for n in names])
+        since = {t["title"]: t["completed_at"] for t in titles}
+        stored: dict[str, int] = {}
+        for title, names in candidates.items():
+            for name in names:
+                version = held.get(key(name))
+                if version is not None and version.revision_id and version.stored_by(since[title]):
+                    stored[title] = version.revision_id
+                    break
+        return stored
 
-    def _info_request(self, titles: list[dict[str, Any]], known: dict[str, int]) -> Request:
+    def _info_request(self, titles: list[dict[str, Any]]) -> Request:
         params = api.info_params(sorted(t["title"] for t in titles), maxlag=self.options.maxlag)
         return Request(
             api.api_url(self.options.api_url, params),
@@ -267,18 +283,16 @@ class MediaWikiSpider(HolocronSpider):
             meta={
                 MEDIAWIKI_META: True,
                 "mw_titles": titles,
-                "mw_known": known,
                 IDS_META: [i for t in titles for i in t["ids"]],
             },
             dont_filter=True,
         )
 
-    def parse_info(self, response: Response) -> Iterator[Any]:
+    async def parse_info(self, response: Response) -> AsyncIterator[Any]:
         """Compare ``lastrevid`` with the stored revisions; fetch content only for changed titles.
 
         Titles left out of the follow-up request are acknowledged as unchanged."""
         titles = response.meta["mw_titles"]
-        known = response.meta["mw_known"]
         acc = Accumulator()
         try:
             body = self.decoded_body(response)
@@ -290,33 +304,18 @@ class MediaWikiSpider(HolocronSpider):
             yield self._query_request(titles, continuation=None, acc=None)
             return
         resolved = {entry["title"]: resolve(acc, entry["title"]) for entry in titles}
-        targets = self._target_revisions(titles, resolved, known)
+        stored_revisions = await self.stored_revisions(titles, resolved)
         changed = []
         for entry in titles:
             resolution = resolved[entry["title"]]
             page = resolution.page or {}
-            stored = known.get(entry["title"], targets.get(entry["title"]))
+            stored = stored_revisions.get(entry["title"])
             if resolution.outcome == OK and stored is not None and stored == page.get("lastrevid"):
                 self.crawler.stats.inc_value("recrawl/unchanged")
             else:
                 changed.append(entry)
         if changed:
             yield self._query_request(changed, continuation=None, acc=None)
-
-    def _target_revisions(
-        self, titles: list[dict[str, Any]], resolved: dict[str, Any], known: dict[str, int]
-    ) -> dict[str, int]:
-        """Stored revisions of the pages that redirects and normalised titles led to, by the title
-        asked for: the page is stored under its own title, so the requested one is not in *known*.
-        Only versions stored no later than the requested item last completed count."""
-        wanted = {
-            entry["title"]: resolved[entry["title"]].title
-            for entry in titles
-            if entry["title"] not in known
-            and resolved[entry["title"]].outcome == OK
-            and resolved[entry["title"]].title != entry["title"]
-        }
-        return self._stored_revisions(wanted, titles)
 
     def _query_request(
         self, titles: list[dict[str, Any]], *, continuation: dict | None, acc: dict | None, first_url: str | None = None

@@ -1,4 +1,11 @@
-"""Run real ``scrapy crawl`` commands in subprocesses and read what they stored."""
+"""Run real ``scrapy crawl`` commands in subprocesses and read what they stored.
+
+A :class:`Workspace` keeps the frontier (``state.url``) and the records (``storage.records_url``)
+in SQLite files of its directory; given ``database`` (a PostgreSQL URL, see the ``crawl_database``
+fixture of tests/support/postgres.py) both are in that PostgreSQL database, given
+``records_database`` only the records. The lake is always a directory. Its readers (``records``,
+``work_items`` ...) query whichever store holds the table.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +16,26 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
 class Workspace:
-    """A config file plus lake/records/state locations in one temp dir."""
+    """A config file plus lake/records/state locations in one temp dir; *database* (a PostgreSQL
+    URL) holds both the records and the frontier instead, *records_database* the records only."""
 
     root: Path
+    database: str | None = None  # a postgresql URL holding both stores; None: SQLite files in root
+    records_database: str | None = None  # a postgresql URL holding the records only
+
+    def __post_init__(self) -> None:
+        self.records_database = self.records_database or self.database
 
     @property
     def lake(self) -> Path:
@@ -32,14 +50,22 @@ class Workspace:
         return self.root / "state.sqlite3"
 
     @property
+    def records_url(self) -> str:
+        return self.records_database or f"sqlite:///{self.records_db}"
+
+    @property
+    def state_url(self) -> str:
+        return self.database or f"sqlite:///{self.state_db}"
+
+    @property
     def config(self) -> Path:
         return self.root / "holocron.yaml"
 
     def write_config(self, api_url: str, *, extra_source: str = "", frontier: str = "", state: bool = True) -> Path:
         self.config.write_text(
             "contact: tests@example.org\n"
-            f"storage:\n  lake_dir: {self.lake}\n  records_url: sqlite:///{self.records_db}\n"
-            + (f"state:\n  url: sqlite:///{self.state_db}\n" if state else "")
+            f"storage:\n  lake_dir: {self.lake}\n  records_url: {self.records_url}\n"
+            + (f"state:\n  url: {self.state_url}\n" if state else "")
             + (f"frontier:\n{frontier}" if frontier else "")
             + "sources:\n"
             f"  - name: testwiki\n    type: mediawiki\n    api_url: {api_url}\n    delay: 0\n    concurrency: 3\n"
@@ -77,8 +103,18 @@ class Workspace:
             timeout=timeout,
         )
 
-    @staticmethod
-    def _rows(db: Path, sql: str) -> list[dict]:
+    def _rows(self, store: str, sql: str) -> list[dict[str, Any]]:
+        """The rows of *sql* on the ``records`` or ``state`` store (a SQLite file, or PostgreSQL);
+        none while the file or table does not exist yet."""
+        url = self.records_url if store == "records" else self.state_url
+        if not url.startswith("sqlite:///"):
+            conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+            with psycopg.connect(conninfo, row_factory=dict_row, connect_timeout=10) as conn:
+                try:
+                    return list(conn.execute(sql))  # type: ignore[call-overload]
+                except psycopg.errors.UndefinedTable:
+                    return []
+        db = Path(url[len("sqlite:///") :])
         if not db.exists():
             return []
         conn = sqlite3.connect(db)
@@ -88,14 +124,21 @@ class Workspace:
         finally:
             conn.close()
 
-    def records(self) -> list[dict]:
-        return self._rows(self.records_db, "SELECT * FROM ingest_records ORDER BY fetched_at_utc")
+    def records(self) -> list[dict[str, Any]]:
+        return self._rows("records", "SELECT * FROM ingest_records ORDER BY fetched_at_utc")
 
-    def runs(self) -> list[dict]:
-        return self._rows(self.records_db, "SELECT * FROM ingest_runs ORDER BY started_at")
+    def record_count(self) -> int:
+        """How many records are stored so far (0 while the store is being created, or busy)."""
+        try:
+            return self._rows("records", "SELECT COUNT(*) AS n FROM ingest_records")[0]["n"]
+        except (sqlite3.OperationalError, IndexError):
+            return 0
 
-    def work_items(self) -> list[dict]:
-        return self._rows(self.state_db, "SELECT * FROM work_items")
+    def runs(self) -> list[dict[str, Any]]:
+        return self._rows("records", "SELECT * FROM ingest_runs ORDER BY started_at")
+
+    def work_items(self) -> list[dict[str, Any]]:
+        return self._rows("state", "SELECT * FROM work_items")
 
     def lake_documents(self) -> list[dict]:
         """Every lake file of a fetched resource (run reports in ``_runs/`` left out)."""

@@ -6,6 +6,10 @@ open. Databases left by a killed test run (their pid is gone, nobody is connecte
 first use, so the server keeps nothing of ours. When the server is unreachable the test is skipped,
 except under CI (``CI`` set), where that is a failure: ``.ci/run`` starts the server.
 
+``crawl_database`` runs an end-to-end test twice: ``[sqlite]`` gives ``None`` (the stores are SQLite
+files of the test's workspace), ``[postgresql]`` a ``postgres_url`` database that holds both the
+frontier and the records (pass it as ``Workspace(tmp_path, database=...)``, tests/support/crawl.py).
+
 Environment: ``HOLOCRON_TEST_PG_HOST`` / ``HOLOCRON_TEST_PG_PORT`` / ``HOLOCRON_TEST_PG_USER``
 override the defaults.
 """
@@ -102,3 +106,68 @@ def postgres_url() -> Iterator[str]:
         # A fresh connection: the test may have restarted the server or terminated backends.
         with admin_connect() as admin:
             drop_database(admin, dbname)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def crawl_database(request: pytest.FixtureRequest) -> str | None:
+    """Where an end-to-end crawl keeps its frontier and records: ``None`` for SQLite files, else the
+    URL of a throw-away PostgreSQL database (one per test) holding both."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")
+
+
+# A claims audit on a live work_items table, kept by the server itself: every change of an item's
+# status or lease owner is logged with the server's clock, the row before and the row after, and
+# the ``application_name`` of the session that made it (start each worker with its own
+# ``PGAPPNAME``: libpq reads it, and the stores do not set one). Lives in its own schema
+# ``claims_audit``, apart from the project's tables.
+_AUDIT_DDL = """
+CREATE SCHEMA claims_audit;
+CREATE TABLE claims_audit.events (
+    id BIGSERIAL PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    at TIMESTAMP NOT NULL,
+    actor TEXT NOT NULL,
+    old_status TEXT, new_status TEXT NOT NULL,
+    old_owner TEXT, new_owner TEXT,
+    old_expires TIMESTAMP, new_expires TIMESTAMP
+);
+CREATE FUNCTION claims_audit.log() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO claims_audit.events
+        (seq, at, actor, old_status, new_status, old_owner, new_owner, old_expires, new_expires)
+    VALUES (NEW.seq, clock_timestamp() AT TIME ZONE 'UTC', current_setting('application_name'),
+            CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, NEW.status,
+            CASE WHEN TG_OP = 'UPDATE' THEN OLD.lease_owner END, NEW.lease_owner,
+            CASE WHEN TG_OP = 'UPDATE' THEN OLD.lease_expires_at END, NEW.lease_expires_at);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER claims_audit_update AFTER UPDATE ON public.work_items FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.lease_owner IS DISTINCT FROM NEW.lease_owner)
+    EXECUTE FUNCTION claims_audit.log();
+CREATE TRIGGER claims_audit_insert AFTER INSERT ON public.work_items FOR EACH ROW
+    WHEN (NEW.status = 'in_progress')
+    EXECUTE FUNCTION claims_audit.log();
+"""
+
+
+def _conninfo(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def install_claims_audit(url: str) -> None:
+    """Create the project's schema in the database of *url* (as a crawl would), then the audit."""
+    from holocron_scrapy.db.engine import open_engine
+
+    open_engine(url).dispose()
+    with psycopg.connect(_conninfo(url), autocommit=True) as conn:
+        conn.execute(_AUDIT_DDL)
+
+
+def claims_audit(url: str) -> list[dict]:
+    """The audit's events, oldest first."""
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(_conninfo(url), row_factory=dict_row) as conn:
+        return list(conn.execute("SELECT * FROM claims_audit.events ORDER BY id"))
