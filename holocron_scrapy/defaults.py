@@ -28,7 +28,7 @@ FRONTIER_PROGRESS_INTERVAL = 60.0  # seconds between progress lines; 0 disables
 FRONTIER_FILL_BATCHES = True  # hold a half-empty batch while own requests may still add work
 FRONTIER_SOLO_AFTER_LOSSES = 2  # an item whose lease was lost this often is only claimed alone
 FRONTIER_QUARANTINE_AFTER = 3  # an item whose worker died this often while it was alone is failed
-FRONTIER_OUTAGE_LIMIT = 600.0  # seconds the state database may be unreachable before the crawl gives up
+DB_OUTAGE_LIMIT = 600.0  # seconds a database (state or records) may be unreachable before the crawl gives up
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # Politeness ------------------------------------------------------------------

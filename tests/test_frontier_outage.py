@@ -1,7 +1,8 @@
 """The frontier off the reactor: a slow state database does not stall downloads, and a state database
 that goes away (PostgreSQL behind a proxy that a test cuts, or its backends terminated) costs no page.
 
-holocron_scrapy.frontier.scheduler, holocron_scrapy.frontier.executor, holocron_scrapy.frontier.outage.
+holocron_scrapy.frontier.scheduler, holocron_scrapy.frontier.executor, holocron_scrapy.db.outage; the
+records side (holocron_scrapy.pipelines.records, holocron_scrapy.records.versions) rides out the same outage.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ def flat_site(root: Path, leaves: int) -> list[str]:
     return [f"/{n}" for n in names]
 
 
-def site_config(ws: Workspace, state_url: str, *, delay: float) -> None:
+def site_config(ws: Workspace, state_url: str, *, delay: float, records_url: str | None = None) -> None:
     ws.config.write_text(
         "contact: tests@example.org\n"
-        f"storage:\n  lake_dir: {ws.lake}\n  records_url: sqlite:///{ws.records_db}\n"
+        f"storage:\n  lake_dir: {ws.lake}\n  records_url: {records_url or f'sqlite:///{ws.records_db}'}\n"
         f"state:\n  url: {state_url}\n"
         f"sources:\n  - {{name: site, type: http, delay: {delay}, concurrency: 1}}\n",
         encoding="utf-8",
@@ -113,13 +114,14 @@ OUTAGE_SETTINGS = {
 
 
 def test_a_20_second_outage_costs_nothing(tmp_path, postgres_url):
-    """The state database (PostgreSQL, through a proxy) is cut for 20 s in the middle of the crawl:
-    claimed downloads go on, the crawl waits, resumes by itself, and stores every page exactly once;
-    one log line says it went, one that it is back."""
-    ws = Workspace(tmp_path)
+    """The crawl's PostgreSQL (frontier and records, through a proxy) is cut for 20 s in the middle of
+    the crawl: claimed downloads go on, the crawl waits, resumes by itself, and stores every page
+    exactly once; for each database one log line says it went, one that it is back."""
+    ws = Workspace(tmp_path, database=postgres_url)  # read directly, not through the proxy
     paths = flat_site(tmp_path / "site", 60)
     with tcp_proxy(HOST, PORT) as proxy, serve_directory(tmp_path / "site") as (base, log):
-        site_config(ws, postgres_url.replace(f":{PORT}/", f":{proxy.port}/"), delay=0.2)
+        proxied = postgres_url.replace(f":{PORT}/", f":{proxy.port}/")
+        site_config(ws, proxied, delay=0.2, records_url=proxied)
         proc = start(ws, base, OUTAGE_SETTINGS)
         wait_for(lambda: len(leaf_arrivals(log)) >= 13, 120, proc)
         proxy.cut()
@@ -130,8 +132,10 @@ def test_a_20_second_outage_costs_nothing(tmp_path, postgres_url):
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err[-3000:]
         arrivals = leaf_arrivals(log)
-    assert err.count("cannot be reached") == 1, err[-3000:]
-    assert err.count("is back after") == 1
+    assert err.count("The state database cannot be reached") == 1, err[-3000:]
+    assert err.count("The state database is back after") == 1
+    assert err.count("The records database cannot be reached") <= 1  # only if a write or lookup met the cut
+    assert err.count("The records database cannot be reached") == err.count("The records database is back after")
     assert "Traceback" not in err
     assert any(cut_at < t < restored_at for t in arrivals), "claimed downloads should go on during the outage"
     assert len(arrivals) == len(paths)
@@ -144,7 +148,7 @@ def test_an_outage_past_the_limit_stops_the_crawl_and_the_next_run_completes_it(
     paths = flat_site(tmp_path / "site", 60)
     with tcp_proxy(HOST, PORT) as proxy, serve_directory(tmp_path / "site") as (base, log):
         site_config(ws, postgres_url.replace(f":{PORT}/", f":{proxy.port}/"), delay=0.2)
-        settings = {**OUTAGE_SETTINGS, "HOLOCRON_FRONTIER_OUTAGE_LIMIT": "3"}
+        settings = {**OUTAGE_SETTINGS, "HOLOCRON_DB_OUTAGE_LIMIT": "3"}
         proc = start(ws, base, settings)
         wait_for(lambda: len(leaf_arrivals(log)) >= 13, 120, proc)
         proxy.cut()
@@ -182,28 +186,3 @@ def test_terminated_backends_are_reconnected(tmp_path, postgres_url):
     assert killed >= 1
     stored_once(ws, len(paths) + 1)
     assert pg_statuses(postgres_url) == {"completed": len(paths) + 1}
-
-
-# -- OutageWatch -----------------------------------------------------------------------------------
-def test_an_outage_logs_one_line_each_way_and_gives_up_after_the_limit(caplog):
-    import sqlite3
-
-    from holocron_scrapy.frontier.outage import OutageWatch
-
-    now = [100.0]
-    watch = OutageWatch(10, clock=lambda: now[0])
-    gone = sqlite3.OperationalError("unable to open database file")
-    assert not watch.failed(gone)
-    now[0] += 5
-    assert not watch.failed(gone)  # same outage: no new line
-    now[0] += 6
-    assert watch.failed(gone)  # 11 s > 10 s
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and "cannot be reached (OperationalError: unable to open database file)" in lines[0]
-    watch.succeeded()
-    assert "is back after 11.0 s" in caplog.records[-1].getMessage() and not watch.down
-    caplog.clear()
-    watch.failed(ValueError("a bug"))
-    watch.failed(ValueError("a bug"))
-    tracebacks = [r for r in caplog.records if r.exc_info]
-    assert len(tracebacks) == 1  # an error that waiting may not cure shows its traceback, once

@@ -166,13 +166,14 @@ def database_gone(url: str) -> Iterator[None]:
 def test_postgresql_records_database_gone_mid_run_stops_the_crawl_and_a_rerun_loses_nothing(
     mediawiki, tmp_path, postgres_url
 ):
-    """The records on the live PostgreSQL (the frontier in SQLite), taken away mid-crawl: one error
-    line, exit 1, nothing acknowledged without its record, and a rerun once it is back completes."""
+    """The records on the live PostgreSQL (the frontier in SQLite), taken away mid-crawl for longer than
+    ``HOLOCRON_DB_OUTAGE_LIMIT`` (2 s here): the crawl waits that long, then one error line, exit 1,
+    nothing acknowledged without its record, and a rerun once it is back completes."""
     ws = Workspace(tmp_path, records_database=postgres_url)
     ws.write_config(mediawiki.api_url)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("HOLOCRON_CONFIG", None)
-    slow = {"HOLOCRON_RECORDS_BATCH_SIZE": "10", "CONCURRENT_REQUESTS": "2"}
+    slow = {"HOLOCRON_RECORDS_BATCH_SIZE": "10", "CONCURRENT_REQUESTS": "2", "HOLOCRON_DB_OUTAGE_LIMIT": "2"}
     proc = subprocess.Popen(
         ws.command("mediawiki", *ARGS, settings=slow), cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -196,6 +197,8 @@ def test_postgresql_records_database_gone_mid_run_stops_the_crawl_and_a_rerun_lo
     assert f" failed: {postgres_url}: " in lines[0] and lines[0].endswith("; stopping the crawl"), lines[0]
     assert "Traceback" not in stderr, stderr[stderr.index("Traceback") - 500 :][:3000]
     assert "(fatal_storage)" in stderr
+    waited = [line for line in stderr.splitlines() if "The records database" in line]
+    assert len(waited) == 1 and "cannot be reached" in waited[0], waited  # waited for, once, before giving up
     assert [r["status"] for r in ws.run_reports()] == ["failed"]  # ingest_runs was gone: the lake has it
     stored = len(ws.records())
     assert 20 <= stored < 500  # stopped early

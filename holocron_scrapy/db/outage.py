@@ -168,8 +168,11 @@ class OutageWatch:
 
 
 async def ride_out(call: Callable[[], Awaitable[T]], watch: OutageWatch, *, spider: Any = None) -> T:
-    """Await ``call()``; while it fails because the server is gone, wait and call again (one line when the
-    outage starts, one when it ends). Re-raises any other error, and the last one past the limit."""
+    """Await ``call()``; while it fails because the server is gone, wait and call again (one line when
+    the outage starts, one when it ends). Re-raises any other error, and the last one past the limit.
+    Runs in a coroutine that Scrapy drives (on the asyncio reactor an asyncio task), so it awaits
+    Deferreds through ``maybe_deferred_to_future``."""
+    from scrapy.utils.defer import maybe_deferred_to_future
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
@@ -180,7 +183,7 @@ async def ride_out(call: Callable[[], Awaitable[T]], watch: OutageWatch, *, spid
         except Exception as exc:
             if not is_server_gone(exc) or watch.failed(exc, spider=spider):
                 raise
-            await deferLater(reactor, pause, lambda: None)
+            await maybe_deferred_to_future(deferLater(reactor, pause, lambda: None))
             pause = min(pause * 2, RETRY_MAX)
             continue
         watch.succeeded(spider=spider)

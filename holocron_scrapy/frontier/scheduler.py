@@ -11,8 +11,8 @@
   :class:`~holocron_scrapy.frontier.jobs.Job` at a time, and wakes the engine when claimed
   requests arrive.
 * While the state database cannot be reached, requests already claimed go on, new claims wait and
-  acks stay buffered (:mod:`holocron_scrapy.frontier.outage`: one log line when it goes, one when it
-  is back). After ``HOLOCRON_FRONTIER_OUTAGE_LIMIT`` seconds the crawl stops with the reason
+  acks stay buffered (:mod:`holocron_scrapy.db.outage`: one log line when it goes, one when it
+  is back). After ``HOLOCRON_DB_OUTAGE_LIMIT`` seconds the crawl stops with the reason
   ``fatal_frontier_unreachable`` (exit code 1); what was not acknowledged stays leased and goes
   back to pending on the next run.
 * Requests that already own leased items (continuations, retries) stay in memory.
@@ -34,7 +34,7 @@ at a higher priority than ``HOLOCRON_STATE_URL``, e.g. ``-s JOBDIR`` against the
 ``HOLOCRON_FRONTIER_RETRY_BACKOFF``, ``HOLOCRON_FRONTIER_FLUSH_INTERVAL``,
 ``HOLOCRON_FRONTIER_PROGRESS_INTERVAL``, ``HOLOCRON_FRONTIER_FILL_BATCHES``,
 ``HOLOCRON_FRONTIER_SOLO_AFTER_LOSSES``, ``HOLOCRON_FRONTIER_QUARANTINE_AFTER``,
-``HOLOCRON_FRONTIER_OUTAGE_LIMIT``,
+``HOLOCRON_DB_OUTAGE_LIMIT``,
 ``HOLOCRON_RECRAWL_AFTER``, ``HOLOCRON_FULL_REFRESH``, ``HOLOCRON_RUN_ID``, ``DUPEFILTER_CLASS``.
 
 Stats: ``frontier/enqueued``, ``frontier/filtered``, ``frontier/unserializable``, ``frontier/claimed``,
@@ -66,14 +66,13 @@ from scrapy.utils.misc import build_from_crawler, load_object
 from twisted.internet import defer, task
 
 from holocron_scrapy import defaults
+from holocron_scrapy.db.outage import OutageWatch, outage_limit
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.acks import IDS_META, item_ids
 from holocron_scrapy.frontier.dupefilter import FrontierDupeFilter
 from holocron_scrapy.frontier.executor import InlineExecutor, StoreExecutor, ThreadExecutor
 from holocron_scrapy.frontier.jobs import ClaimWant, Job, JobResult, run_job
 from holocron_scrapy.frontier.keys import Resource, request_depth
-from holocron_scrapy.frontier.outage import CLOSE_REASON as OUTAGE_CLOSE_REASON
-from holocron_scrapy.frontier.outage import OutageWatch
 from holocron_scrapy.frontier.serialization import (
     SerializationError,
     request_from_row,
@@ -103,6 +102,8 @@ STATUS_META = "holocron_status"
 #: Set on a claimed request whose item was completed before (a re-crawl): the time it completed.
 RECRAWL_META = "holocron_completed_at"
 _ENQUEUE_FLUSH_SIZE = 1000
+#: The close reason of a crawl that gave up on its state database (a ``fatal_`` reason: exit status 1).
+OUTAGE_CLOSE_REASON = "fatal_frontier_unreachable"
 
 
 def state_url_from_settings(settings: Any) -> str:
@@ -173,7 +174,7 @@ class FrontierScheduler(BaseScheduler):
         flush_interval: float = defaults.FRONTIER_FLUSH_INTERVAL,
         progress_interval: float = defaults.FRONTIER_PROGRESS_INTERVAL,
         fill_batches: bool = defaults.FRONTIER_FILL_BATCHES,
-        outage_limit: float = defaults.FRONTIER_OUTAGE_LIMIT,
+        outage_limit: float = defaults.DB_OUTAGE_LIMIT,
         run_id: str | None = None,
         crawler: Crawler | None = None,
         recrawl_source: str | None = None,
@@ -203,7 +204,13 @@ class FrontierScheduler(BaseScheduler):
         self.scope = scope
         #: Runs every store call; a worker thread unless given (tests pass an InlineExecutor).
         self.executor = executor
-        self.outage = OutageWatch(outage_limit, stats=stats)
+        self.outage = OutageWatch(
+            outage_limit,
+            what="state database",
+            waiting="requests already claimed go on, new claims wait and acknowledgements stay buffered",
+            stat_prefix="frontier",
+            stats=stats,
+        )
         self.owner = make_owner()
         self.store: WorkItemStore | None = None
         self.spider: Spider | None = None
@@ -275,7 +282,7 @@ class FrontierScheduler(BaseScheduler):
             flush_interval=s.getfloat("HOLOCRON_FRONTIER_FLUSH_INTERVAL", defaults.FRONTIER_FLUSH_INTERVAL),
             progress_interval=s.getfloat("HOLOCRON_FRONTIER_PROGRESS_INTERVAL", defaults.FRONTIER_PROGRESS_INTERVAL),
             fill_batches=s.getbool("HOLOCRON_FRONTIER_FILL_BATCHES", defaults.FRONTIER_FILL_BATCHES),
-            outage_limit=s.getfloat("HOLOCRON_FRONTIER_OUTAGE_LIMIT", defaults.FRONTIER_OUTAGE_LIMIT),
+            outage_limit=outage_limit(s),
             run_id=s.get("HOLOCRON_RUN_ID"),
             crawler=crawler,
             recrawl_source=s.get("HOLOCRON_SOURCE_NAME"),
@@ -789,7 +796,7 @@ class FrontierScheduler(BaseScheduler):
     def _give_up(self) -> None:
         self._gave_up = True
         logger.error(
-            "Frontier: the state database has been unreachable for %.0f s (HOLOCRON_FRONTIER_OUTAGE_LIMIT=%.0f);"
+            "Frontier: the state database has been unreachable for %.0f s (HOLOCRON_DB_OUTAGE_LIMIT=%.0f);"
             " stopping the crawl. Unacknowledged items stay leased by %s and go back to pending on the next run.",
             self.outage.elapsed(),
             self.outage.limit,

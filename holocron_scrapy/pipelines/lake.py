@@ -52,7 +52,7 @@ from twisted.internet import threads
 
 from holocron_scrapy import defaults
 from holocron_scrapy.items import INTERNAL_FIELDS, payload_hash
-from holocron_scrapy.pipelines.faults import FaultHandler, handed_back
+from holocron_scrapy.pipelines.faults import FaultHandler, handed_back, is_storage_error
 from holocron_scrapy.records.store import RecordStore, format_time
 from holocron_scrapy.records.versions import VersionLookup
 
@@ -226,7 +226,13 @@ class JsonLakePipeline:
         try:
             outcome, size = await maybe_deferred_to_future(threads.deferToThread(self._write, path, item))
             if outcome is None:  # a file of this version is there, not this item's: who owns it?
-                owner = await self._owner(path, relative.as_posix())
+                try:
+                    owner = await self._owner(path, relative.as_posix())
+                except Exception as exc:  # the records database is gone (past the outage limit)
+                    if self.faults is None or isinstance(exc, OSError) or not is_storage_error(exc):
+                        raise
+                    where = self.versions.url if self.versions is not None else "records"
+                    raise self.faults.hand_back(item, "Records read", where, exc) from exc
                 outcome, size = await maybe_deferred_to_future(
                     threads.deferToThread(self._write, path, item, owner, decided=True)
                 )

@@ -15,16 +15,19 @@ transaction, so "seen" is never recorded ahead of the record.
 
 A batch that fails removes the lake files its items wrote (a file without a record would be a
 stray); a file whose metadata names another ingest id (a record's, or an orphan's) is left alone.
-When the database itself refuses the write (read-only, full, gone) it is a storage
+A database server that is gone (down, unreachable, our connection dropped) is waited for: the
+batch is written again when it is back (:func:`holocron_scrapy.db.outage.ride_out`; one log line
+each way), its items wait meanwhile, for up to ``HOLOCRON_DB_OUTAGE_LIMIT`` seconds. When the
+database itself refuses the write (read-only, full, or gone past that limit) it is a storage
 fault (:mod:`holocron_scrapy.pipelines.faults`): one error line, the crawl stops with
 ``fatal_storage``, the items' work items are handed back. :meth:`IngestRecordsPipeline.abandon`
 (a forced stop) removes the lake files of rows still waiting for their batch.
 
 Stats: ``records/written``, ``records/written/<outcome>``, ``records/batches``, ``records/duplicates``,
-``records/abandoned``.
+``records/abandoned``, ``records/outages``, ``records/outage_seconds``.
 
 Settings: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``, ``HOLOCRON_RECORDS_BATCH_SIZE``,
-``HOLOCRON_RECORDS_FLUSH_INTERVAL``, ``HOLOCRON_LAKE_DIR``.
+``HOLOCRON_RECORDS_FLUSH_INTERVAL``, ``HOLOCRON_LAKE_DIR``, ``HOLOCRON_DB_OUTAGE_LIMIT``.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from typing import Any
 from itemadapter import ItemAdapter
 from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem
-from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet import defer, threads
 
 from holocron_scrapy import defaults
+from holocron_scrapy.db.outage import OutageWatch, ride_out
 from holocron_scrapy.pipelines.faults import FaultHandler, handed_back, is_storage_error
 from holocron_scrapy.records.store import RecordStore, item_row, open_record_store
 from holocron_scrapy.records.versions import VersionStore
@@ -60,9 +64,11 @@ class IngestRecordsPipeline:
         stats: Any = None,
         lake_dir: str | None = None,
         faults: FaultHandler | None = None,
+        outage: OutageWatch | None = None,
     ):
         self.url = url
         self.faults = faults
+        self.outage = outage
         self.lake_dir = lake_dir
         self.sqlserver_config = sqlserver_config
         self.batch_size = max(1, batch_size)
@@ -92,6 +98,7 @@ class IngestRecordsPipeline:
             stats=crawler.stats,
             lake_dir=s.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
             faults=FaultHandler.of(crawler),
+            outage=OutageWatch.of_records(crawler),
         )
 
     def open_spider(self) -> None:
@@ -234,8 +241,15 @@ class IngestRecordsPipeline:
     @defer.inlineCallbacks
     def _write(self, rows: list[dict[str, Any]], waiters: list[defer.Deferred], batch: int):
         assert self.store is not None
+
+        def insert() -> Any:
+            return maybe_deferred_to_future(threads.deferToThread(self._insert, rows, batch))
+
         try:
-            inserted = yield threads.deferToThread(self._insert, rows, batch)
+            if self.outage is None:
+                inserted = yield threads.deferToThread(self._insert, rows, batch)
+            else:  # a server that is gone is waited for (up to HOLOCRON_DB_OUTAGE_LIMIT), in order
+                inserted = yield deferred_from_coro(ride_out(insert, self.outage))
         except Exception as exc:  # every item of the batch fails; none is acknowledged
             for waiter in waiters:
                 waiter.errback(exc)

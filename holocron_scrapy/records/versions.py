@@ -19,12 +19,15 @@ lookup joins the held version's ``ingest_records`` row (its ingest id, lake path
 through the unique ``(resource, hash_sha256)`` index, for the change filter's lake check.
 
 :class:`VersionLookup` (one per crawler, :meth:`VersionLookup.of`) keeps the database off the
-reactor thread: callers ``await held(keys)``; keys asked for in the same reactor turn, and all
-keys asked for while a query runs, go into the next query (at most one in flight, so the batches
+reactor thread: callers ``await held(keys)``; a server that is gone is waited for (the query is
+asked again after a pause, up to ``HOLOCRON_DB_OUTAGE_LIMIT``; :mod:`holocron_scrapy.db.outage`);
+keys asked for in the same reactor turn, and all keys asked for while a query runs, go into the
+next query (at most one in flight, so the batches
 grow with the load and an idle crawl waits for no window). Its store is opened on first use,
 closed when the engine stops. Times are compared as instants (``parse_utc``), never as text.
 
-Settings read: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER`` (the records store).
+Settings read: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER`` (the records store),
+``HOLOCRON_DB_OUTAGE_LIMIT``.
 Stats written: ``versions/lookups`` (keys asked for), ``versions/queries`` (batched queries run).
 """
 
@@ -41,6 +44,7 @@ from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
 from holocron_scrapy import defaults
+from holocron_scrapy.db.outage import RETRY_FIRST, RETRY_MAX, OutageWatch, is_server_gone
 from holocron_scrapy.records.store import RecordStore, open_record_store
 
 #: ``(source_system, source_name, resource_type, resource_id)``; a resource type of None matches any.
@@ -131,9 +135,20 @@ class VersionStore:
 class VersionLookup:
     """:class:`VersionStore` for the reactor: batched, coalesced, in a worker thread (module docstring)."""
 
-    def __init__(self, open_store: Callable[[], RecordStore], *, stats: Any = None):
+    def __init__(
+        self,
+        open_store: Callable[[], RecordStore],
+        *,
+        stats: Any = None,
+        outage: OutageWatch | None = None,
+        url: str = "",
+    ):
         self._open_store = open_store
+        self.url = url  # the records store's URL, for error lines
         self.stats = stats
+        #: A server that is gone is waited for: the query is asked again after a pause (None: fail at once).
+        self.outage = outage
+        self._pause = RETRY_FIRST
         self.versions = VersionStore(None)
         # Work waiting for the next turn: keys and their waiters, or a function and its waiter.
         self._keys: list[tuple[list[Key], defer.Deferred]] = []
@@ -150,7 +165,12 @@ class VersionLookup:
             s = crawler.settings
             url = s.get("HOLOCRON_RECORDS_URL") or defaults.RECORDS_URL
             sqlserver = s.getdict("HOLOCRON_RECORDS_SQLSERVER")
-            lookup = cls(lambda: open_record_store(url, sqlserver_config=sqlserver), stats=crawler.stats)
+            lookup = cls(
+                lambda: open_record_store(url, sqlserver_config=sqlserver),
+                stats=crawler.stats,
+                outage=OutageWatch.of_records(crawler),
+                url=url,
+            )
             crawler.holocron_versions = lookup
             crawler.signals.connect(lookup.close, signal=signals.engine_stopped)
         return lookup
@@ -207,6 +227,16 @@ class VersionLookup:
         d = threads.deferToThread(self._work, wanted, [work for work, _ in calls])
         d.addBoth(self._done, keys, calls)
 
+    def _wait_out(self, error: BaseException) -> bool:
+        """Whether to wait for the server (gone, within the outage limit) rather than fail the callers."""
+        if self.outage is None or self._closed or not is_server_gone(error):
+            return False
+        return not self.outage.failed(error)
+
+    def _retry(self) -> None:
+        self._busy = False
+        self._turn()
+
     def _work(self, wanted: list[Key], calls: list[Callable[[RecordStore], Any]]) -> tuple[Any, list[Any]]:
         """Runs in a worker thread: the query, then the calls (each result or its Failure)."""
         if self._closed:
@@ -226,11 +256,22 @@ class VersionLookup:
         return held, results
 
     def _done(self, outcome: Any, keys: list[tuple[list[Key], defer.Deferred]], calls: list[Any]) -> None:
-        self._busy = False
         if isinstance(outcome, Failure):
             held, results = outcome, [outcome for _ in calls]
         else:
             held, results = outcome
+        if isinstance(held, Failure) and self._wait_out(held.value):
+            # The server is gone: ask again after a pause (the calls did not run), with what came meanwhile.
+            self._keys[:0], self._calls[:0] = keys, calls
+            from twisted.internet import reactor
+
+            reactor.callLater(self._pause, self._retry)
+            self._pause = min(self._pause * 2, RETRY_MAX)
+            return
+        if not isinstance(held, Failure) and self.outage is not None and any(asked for asked, _ in keys):
+            self.outage.succeeded()  # a query ran: the server answered
+            self._pause = RETRY_FIRST
+        self._busy = False
         for asked, waiter in keys:
             if isinstance(held, Failure):
                 waiter.errback(held)
