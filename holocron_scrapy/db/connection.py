@@ -244,19 +244,14 @@ def ensure_sqlite_owned(conn: sqlite3.Connection, path: str) -> None:
         )
 
 
-def open_store(url: StoreURL, *, sqlserver_config: dict[str, Any] | None = None, wait_timeout: float = 0.0) -> Any:
-    """Open a DB-API connection for *url* and bring its schema up to date."""
+def open_store(url: StoreURL) -> Any:
+    """Open a DB-API connection to the SQLite *url* and bring its schema up to date (the SQLite engine
+    of :func:`holocron_scrapy.db.engine.open_engine` does this first; the other backends are opened
+    there, through SQLAlchemy)."""
     from holocron_scrapy.db.migrations import MigrationRunner
 
-    if url.dialect == SQLITE:
-        conn = connect_sqlite(url.path or ":memory:")
-        MigrationRunner(conn, SQLITE).apply()
-        return conn
-    if url.dialect == POSTGRESQL:
-        raise StoreError(f"{url.describe()}: PostgreSQL stores are opened with holocron_scrapy.db.engine.open_engine")
-    from holocron_scrapy.db import sqlserver
-
-    settings = sqlserver.SqlServerSettings.resolve(sqlserver_config or {}, conn_str=url.odbc_connect)
-    conn = sqlserver.connect(settings, wait_timeout=wait_timeout)
-    MigrationRunner(conn, SQLSERVER, schema=settings.schema).apply()
+    if url.dialect != SQLITE:
+        raise StoreError(f"{url.describe()}: open it with holocron_scrapy.db.engine.open_engine")
+    conn = connect_sqlite(url.path or ":memory:")
+    MigrationRunner(conn, SQLITE).apply()
     return conn
