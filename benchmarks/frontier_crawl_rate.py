@@ -9,8 +9,11 @@ subprocess with politeness off (16 concurrent requests, no pipelines, no extensi
 its output: the same cost for every scheduler, so the scheduler's share shows more):
 
 * ``frontier``: :class:`holocron_scrapy.frontier.scheduler.FrontierScheduler` with the project's
-  scheduler, dupe filter and spider middlewares (the ack middleware), a state URL in a temp dir,
-  ``HOLOCRON_FRONTIER_PROGRESS_INTERVAL=0`` and every other frontier setting at its default;
+  scheduler, dupe filter and spider middlewares (the ack middleware), a SQLite state URL in a temp
+  dir, ``HOLOCRON_FRONTIER_PROGRESS_INTERVAL=0`` and every other frontier setting at its default;
+* ``frontier-pg``: the same on PostgreSQL: a throw-away database on the machine's server
+  (127.0.0.1:5432, user root; :mod:`benchmarks.pg`), created by this script for each crawl and
+  dropped after it, also when the crawl fails or the script is stopped;
 * ``memory``: ``scrapy.core.scheduler.Scheduler`` + ``scrapy.dupefilters.RFPDupeFilter``;
 * ``jobdir``: the same with ``JOBDIR`` (disk queues, persisted seen set).
 
@@ -24,6 +27,7 @@ taken per repeat; the table gives medians.
     python -m benchmarks.frontier_crawl_rate            # 20,000 pages, 3 repeats, one crawl at a time
     python -m benchmarks.frontier_crawl_rate --paired   # 20,000 pages, 3 rounds of simultaneous crawls
     python -m benchmarks.frontier_crawl_rate --quick    # 2,000 pages, 1 repeat
+    python -m benchmarks.frontier_crawl_rate --paired --configs frontier,frontier-pg,memory
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIGS = ("frontier", "memory", "jobdir")
+EXTRA_CONFIGS = ("frontier-pg", "frontier-dfs")
 LINKS_PER_PAGE = 10
 CRAWL_TIMEOUT = 400.0  # seconds; a crawl taking longer is killed and reported as failed
 TRACE_EVERY = 200  # responses between two points of a crawl's progress trace
@@ -150,8 +155,11 @@ class PageServer:
 
 
 # -- one crawl (in a subprocess) -------------------------------------------------------------
-def crawl_settings(config: str, workdir: Path, concurrent_items: int = 16) -> dict[str, Any]:
-    """Scrapy settings of *config*: politeness off, no pipelines, no extensions."""
+def crawl_settings(
+    config: str, workdir: Path, concurrent_items: int = 16, state_url: str | None = None
+) -> dict[str, Any]:
+    """Scrapy settings of *config*: politeness off, no pipelines, no extensions; *state_url* is the
+    frontier's store (default: a SQLite file in *workdir*)."""
     settings: dict[str, Any] = {
         "CONCURRENT_ITEMS": concurrent_items,
         "BOT_NAME": "frontier_bench",
@@ -174,9 +182,11 @@ def crawl_settings(config: str, workdir: Path, concurrent_items: int = 16) -> di
             SCHEDULER=project.SCHEDULER,
             DUPEFILTER_CLASS=project.DUPEFILTER_CLASS,
             SPIDER_MIDDLEWARES=dict(project.SPIDER_MIDDLEWARES),
-            HOLOCRON_STATE_URL=f"sqlite:///{workdir / 'state.sqlite3'}",
+            HOLOCRON_STATE_URL=state_url or f"sqlite:///{workdir / 'state.sqlite3'}",
             HOLOCRON_FRONTIER_PROGRESS_INTERVAL=0,
         )
+        if config == "frontier-pg" and not state_url:
+            raise ValueError("frontier-pg needs a PostgreSQL state URL")
         if config == "frontier-dfs":
             settings["HOLOCRON_FRONTIER_ORDER"] = "dfs"
     elif config in ("memory", "jobdir"):
@@ -211,7 +221,12 @@ def _bench_spider_class():
 
 
 def run_crawl(
-    config: str, port: int, workdir: Path, concurrent_items: int = 16, overrides: dict[str, Any] | None = None
+    config: str,
+    port: int,
+    workdir: Path,
+    concurrent_items: int = 16,
+    overrides: dict[str, Any] | None = None,
+    state_url: str | None = None,
 ) -> dict[str, Any]:
     """Crawl the graph in this process; the figures of the run.
 
@@ -243,7 +258,7 @@ def run_crawl(
         marks["reason"] = reason
         trace.append((marks["t1"], received, marks["cpu1"]))
 
-    process = CrawlerProcess({**crawl_settings(config, workdir, concurrent_items), **(overrides or {})})
+    process = CrawlerProcess({**crawl_settings(config, workdir, concurrent_items, state_url), **(overrides or {})})
     crawler = process.create_crawler(_bench_spider_class())
     crawler.signals.connect(engine_started, signal=signals.engine_started)
     crawler.signals.connect(response_received, signal=signals.response_received)
@@ -269,15 +284,22 @@ def run_crawl(
 
 
 class CrawlJob:
-    """One crawl in a subprocess with its own temp dir."""
+    """One crawl in a subprocess with its own temp dir (and its own PostgreSQL database for
+    ``frontier-pg``, dropped by :meth:`result` or :meth:`kill`)."""
 
     def __init__(self, config: str, port: int, pages: int, scratch: Path, concurrent_items: int):
         self.config, self.pages = config, pages
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=scratch))
+        self.database: str | None = None
         cmd = [
             *(sys.executable, "-m", "benchmarks.frontier_crawl_rate", "--crawl", config, "--port", str(port)),
             *("--workdir", str(self.workdir), "--concurrent-items", str(concurrent_items)),
         ]
+        if config == "frontier-pg":
+            from benchmarks import pg
+
+            self.database = pg.create()
+            cmd += ["--state-url", pg.url_of(self.database)]
         self.deadline = time.monotonic() + CRAWL_TIMEOUT
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_repo_root())
 
@@ -289,7 +311,7 @@ class CrawlJob:
             self.proc.communicate()
             return {"config": self.config, "failed": f"timed out after {CRAWL_TIMEOUT:.0f} s"}
         finally:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._clean_up()
         lines = out.strip().splitlines()
         if self.proc.returncode != 0 or not lines:
             return {"config": self.config, "failed": f"exit {self.proc.returncode}: {err.strip()[-2000:]}"}
@@ -304,7 +326,15 @@ class CrawlJob:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
+        self._clean_up()
+
+    def _clean_up(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.database is not None:
+            from benchmarks import pg
+
+            name, self.database = self.database, None
+            pg.drop(name)
 
 
 def _at(trace: list[list[float]], moment: float) -> tuple[float, float]:
@@ -348,7 +378,11 @@ def run_sequential(port: int, pages: int, repeats: int, configs: list[str], scra
     runs = []
     for rep in range(repeats):
         for config in configs[rep % len(configs) :] + configs[: rep % len(configs)]:  # rotate per repeat
-            result = CrawlJob(config, port, pages, scratch, ci).result()
+            job = CrawlJob(config, port, pages, scratch, ci)
+            try:
+                result = job.result()
+            finally:
+                job.kill()
             result["repeat"] = rep
             runs.append(result)
             if "failed" in result:
@@ -401,6 +435,9 @@ def run_paired(port: int, pages: int, repeats: int, configs: list[str], scratch:
 
 
 def benchmark(pages: int, repeats: int, configs: list[str], concurrent_items: int, paired: bool) -> int:
+    from benchmarks import pg
+
+    pg.drop_on_sigterm()  # a stopped benchmark still drops its databases (the finally blocks run)
     scratch = Path(tempfile.mkdtemp(prefix="holocron-crawl-bench-"))
     try:
         with PageServer(pages) as port:
@@ -449,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--configs",
         default=",".join(CONFIGS),
-        help=f"comma-separated, of {', '.join(CONFIGS)}, frontier-dfs (default: the first three)",
+        help=f"comma-separated, of {', '.join(CONFIGS + EXTRA_CONFIGS)} (default: the first three)",
     )
     parser.add_argument(
         "--concurrent-items",
@@ -467,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crawl", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--state-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     pages = args.pages or (2_000 if args.quick else 20_000)
     if args.serve:
@@ -474,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(pages, args.latency))
         return 0
     if args.crawl:
-        print(json.dumps(run_crawl(args.crawl, args.port, Path(args.workdir), args.concurrent_items)))
+        result = run_crawl(args.crawl, args.port, Path(args.workdir), args.concurrent_items, state_url=args.state_url)
+        print(json.dumps(result))
         return 0
     repeats = args.repeats or (1 if args.quick else 3)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]

@@ -16,8 +16,15 @@ on a fresh copy of that database (warm OS page cache):
 
 Sizes are interleaved (rotated) within each repeat; the table gives medians.
 
+With ``--backend postgresql`` the frontier is on the machine's PostgreSQL server (127.0.0.1:5432,
+user root; :mod:`benchmarks.pg`): each size is built once in a throw-away database (then
+``ANALYZE``), and each measurement gets its own copy (``CREATE DATABASE ... TEMPLATE``); every
+database is dropped at the end, also on failure or SIGTERM. Peak RSS is that of the crawler's
+process (the server's memory is its own, bounded by its configuration).
+
     python -m benchmarks.frontier_memory_resume            # 1,000,000 vs 10,000 pending, 5,000 claims, 3 repeats
     python -m benchmarks.frontier_memory_resume --quick    # 100,000 vs 10,000 pending, 1,000 claims, 1 repeat
+    python -m benchmarks.frontier_memory_resume --backend postgresql
 """
 
 from __future__ import annotations
@@ -60,8 +67,8 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def build_db(path: Path, pending: int) -> float:
-    """A frontier database with *pending* pending items; seconds it took."""
+def build_db(url: str, pending: int) -> float:
+    """A frontier database at *url* with *pending* pending items; seconds it took."""
     from scrapy import Request
     from scrapy.utils.request import fingerprint
 
@@ -70,7 +77,7 @@ def build_db(path: Path, pending: int) -> float:
     from holocron_scrapy.frontier.store import NewItem, open_work_item_store
 
     started = time.perf_counter()
-    store = open_work_item_store(f"sqlite:///{path}")
+    store = open_work_item_store(url)
     template = request_to_row(Request(URL_TEMPLATE.format(0)))  # metadata holds no URL: same for all
     seed_fp = fingerprint(Request(URL_TEMPLATE.format(0))).hex()  # the crawl's seed is a known key
     for start in range(0, pending, BUILD_BATCH):
@@ -98,33 +105,96 @@ def build_db(path: Path, pending: int) -> float:
     store.claim(f"{socket.gethostname()}:{_dead_pid()}:deadbeef", DEAD_LEASES, 600.0)  # a killed worker's leases
     raw = store.engine.raw_connection()  # outside any transaction
     try:
-        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if url.startswith("sqlite"):
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:  # what autovacuum would have done by the time a crawl resumes
+            raw.commit()
+            raw.cursor().execute("ANALYZE")
+            raw.commit()
     finally:
         raw.close()
     store.close()
+    store.engine.dispose()
     return time.perf_counter() - started
 
 
-def fresh_copy(pristine: Path, scratch: Path) -> Path:
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
-    copy = run_dir / "state.sqlite3"
-    shutil.copyfile(pristine, copy)
-    return copy
+class Frontiers:
+    """The pristine frontier of each size and the fresh copies the measurements run on."""
+
+    def __init__(self, backend: str, scratch: Path):
+        self.backend, self.scratch = backend, scratch
+        self.pristine: dict[int, str] = {}  # size -> file path or database name
+        self.copies: list[str] = []
+
+    def url(self, where: str) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{where}"
+        from benchmarks import pg
+
+        return pg.url_of(where)
+
+    def build(self, size: int) -> tuple[float, float]:
+        """(seconds, MB) to build the pristine frontier of *size* pending items."""
+        if self.backend == "sqlite":
+            where = str(self.scratch / f"pending-{size}.sqlite3")
+        else:
+            from benchmarks import pg
+
+            where = pg.create()
+        self.pristine[size] = where
+        took = build_db(self.url(where), size)
+        if self.backend == "sqlite":
+            return took, Path(where).stat().st_size / 2**20
+        from benchmarks import pg
+
+        return took, pg.size_mb(where)
+
+    def fresh_copy(self, size: int) -> tuple[str, Path]:
+        """(state URL, work dir) of a new copy of the pristine frontier of *size*."""
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.scratch))
+        if self.backend == "sqlite":
+            copy = run_dir / "state.sqlite3"
+            shutil.copyfile(self.pristine[size], copy)
+            return self.url(str(copy)), run_dir
+        from benchmarks import pg
+
+        name = pg.create(template=self.pristine[size])
+        self.copies.append(name)
+        return self.url(name), run_dir
+
+    def discard(self, run_dir: Path) -> None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if self.backend != "sqlite":
+            from benchmarks import pg
+
+            while self.copies:
+                pg.drop(self.copies.pop())
+
+    def drop_all(self) -> None:
+        if self.backend == "sqlite":
+            return
+        from benchmarks import pg
+
+        for name in [*self.copies, *self.pristine.values()]:
+            pg.drop(name)
+        self.copies.clear()
+        self.pristine.clear()
 
 
 # -- measurements (each in its own subprocess) --------------------------------------------------
-def measure_scheduler(db: Path, claims: int) -> dict[str, Any]:
+def measure_scheduler(state_url: str, workdir: Path, claims: int) -> dict[str, Any]:
     t_start = time.time()
     from scrapy import Spider
     from scrapy.utils.test import get_crawler
 
     from benchmarks.frontier_crawl_rate import crawl_settings
     from holocron_scrapy.frontier.acks import IDS_META
+    from holocron_scrapy.frontier.executor import InlineExecutor
     from holocron_scrapy.frontier.scheduler import FrontierScheduler
 
     rss_imported = _rss_mb()["VmRSS"]
-    settings = crawl_settings("frontier", db.parent)
-    settings.update(HOLOCRON_STATE_URL=f"sqlite:///{db}", HOLOCRON_FRONTIER_FLUSH_INTERVAL=0)
+    settings = crawl_settings("frontier", workdir, state_url=state_url)
+    settings.update(HOLOCRON_FRONTIER_FLUSH_INTERVAL=0)
 
     class ResumeSpider(Spider):
         name = "frontier_bench"
@@ -133,6 +203,7 @@ def measure_scheduler(db: Path, claims: int) -> dict[str, Any]:
     crawler.spider = ResumeSpider.from_crawler(crawler)
     t0 = time.perf_counter()
     scheduler = FrontierScheduler.from_crawler(crawler)
+    scheduler.executor = InlineExecutor()  # no reactor in this process: store calls run at once, here
     scheduler.open(crawler.spider)
     t_open = time.perf_counter()
     first = scheduler.next_request()
@@ -168,7 +239,7 @@ def measure_scheduler(db: Path, claims: int) -> dict[str, Any]:
     }
 
 
-def measure_crawl(db: Path | None, config: str) -> dict[str, Any]:
+def measure_crawl(state_url: str | None, workdir: Path | None, config: str) -> dict[str, Any]:
     """A crawl process: start to the first request reaching the downloader."""
     t_start = time.time()
     from scrapy import signals
@@ -177,11 +248,10 @@ def measure_crawl(db: Path | None, config: str) -> dict[str, Any]:
 
     from benchmarks.frontier_crawl_rate import _bench_spider_class, crawl_settings
 
-    workdir = Path(tempfile.mkdtemp(prefix="crawl-")) if db is None else db.parent
-    settings = crawl_settings(config, workdir)
+    fresh = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="crawl-")) if workdir is None else workdir
+    settings = crawl_settings(config, workdir, state_url=state_url)
     settings["LOG_LEVEL"] = "CRITICAL"  # the closed port's connection errors are expected
-    if db is not None:
-        settings["HOLOCRON_STATE_URL"] = f"sqlite:///{db}"
     marks: dict[str, Any] = {}
     process = CrawlerProcess(settings)
     crawler = process.create_crawler(_bench_spider_class())
@@ -196,7 +266,7 @@ def measure_crawl(db: Path | None, config: str) -> dict[str, Any]:
     crawler.signals.connect(reached, signal=signals.request_reached_downloader)
     process.crawl(crawler, seed=URL_TEMPLATE.format(0))
     process.start()
-    if db is None:
+    if fresh:
         shutil.rmtree(workdir, ignore_errors=True)
     return {
         "start_wall": t_start,
@@ -219,16 +289,18 @@ def _child(args: list[str]) -> dict[str, Any]:
 
 
 # -- the benchmark -------------------------------------------------------------------------------
-def benchmark(small: int, large: int, claims: int, repeats: int) -> int:
+def benchmark(small: int, large: int, claims: int, repeats: int, backend: str) -> int:
+    from benchmarks import pg
+
+    pg.drop_on_sigterm()  # a stopped benchmark still drops its databases (the finally blocks run)
     scratch = Path(tempfile.mkdtemp(prefix="holocron-memory-bench-"))
     sizes = [large, small]
+    frontiers = Frontiers(backend, scratch)
     try:
-        pristine = {}
         for size in sizes:
-            pristine[size] = scratch / f"pending-{size}.sqlite3"
-            took = build_db(pristine[size], size)
+            took, mb = frontiers.build(size)
             print(
-                f"setup: {size:,} pending items built in {took:.1f} s ({pristine[size].stat().st_size / 2**20:.0f} MB)",
+                f"setup: {size:,} pending items built in {took:.1f} s ({mb:.0f} MB, {backend})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -238,11 +310,12 @@ def benchmark(small: int, large: int, claims: int, repeats: int) -> int:
         for rep in range(repeats):
             order = sizes[rep % 2 :] + sizes[: rep % 2]
             for size in order:
-                copy = fresh_copy(pristine[size], scratch)
+                url, run_dir = frontiers.fresh_copy(size)
                 try:
-                    r = _child(["--measure", "scheduler", "--db", str(copy), "--claims", str(claims)])
+                    args = ["--measure", "scheduler", "--state-url", url, "--workdir", str(run_dir)]
+                    r = _child([*args, "--claims", str(claims)])
                 finally:
-                    shutil.rmtree(copy.parent, ignore_errors=True)
+                    frontiers.discard(run_dir)
                 sched[size].append(r)
                 print(
                     f"repeat {rep + 1} scheduler {size:>9,} pending: open+first {r['open_first_s'] * 1000:.0f} ms,"
@@ -252,13 +325,13 @@ def benchmark(small: int, large: int, claims: int, repeats: int) -> int:
                     flush=True,
                 )
             for size in [*order, "memory"]:
-                copy = None if size == "memory" else fresh_copy(pristine[size], scratch)
+                copy = None if size == "memory" else frontiers.fresh_copy(size)
                 try:
                     args = ["--measure", "crawl", "--config", "memory" if copy is None else "frontier"]
-                    r = _child(args + ([] if copy is None else ["--db", str(copy)]))
+                    r = _child(args + ([] if copy is None else ["--state-url", copy[0], "--workdir", str(copy[1])]))
                 finally:
                     if copy is not None:
-                        shutil.rmtree(copy.parent, ignore_errors=True)
+                        frontiers.discard(copy[1])
                 crawl[size].append(r)
                 print(
                     f"repeat {rep + 1} crawl {size!s:>9}: spawn->first request {r['spawn_to_first_s']:.2f} s,"
@@ -267,13 +340,14 @@ def benchmark(small: int, large: int, claims: int, repeats: int) -> int:
                     flush=True,
                 )
     finally:
+        frontiers.drop_all()
         shutil.rmtree(scratch, ignore_errors=True)
 
     def med(runs: list[dict[str, Any]], key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
     print(
-        f"\nFrontier memory and resume: {large:,} vs {small:,} pending items, {claims:,} claims+acks,"
+        f"\nFrontier memory and resume on {backend}: {large:,} vs {small:,} pending items, {claims:,} claims+acks,"
         f" {repeats} repeat(s), medians"
     )
     rows = []
@@ -338,18 +412,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--claims", type=int, help="requests handed out and acked (default 5,000)")
     parser.add_argument("--repeats", type=int, help="default 3")
     parser.add_argument("--measure", choices=("scheduler", "crawl"), help=argparse.SUPPRESS)
-    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the frontier: SQLite files, or throw-away databases on 127.0.0.1:5432 (default sqlite)",
+    )
+    parser.add_argument("--state-url", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--config", default="frontier", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     claims = args.claims or (1_000 if args.quick else 5_000)
     if args.measure == "scheduler":
-        print(json.dumps(measure_scheduler(Path(args.db), claims)))
+        print(json.dumps(measure_scheduler(args.state_url, Path(args.workdir), claims)))
         return 0
     if args.measure == "crawl":
-        print(json.dumps(measure_crawl(Path(args.db) if args.db else None, args.config)))
+        workdir = Path(args.workdir) if args.workdir else None
+        print(json.dumps(measure_crawl(args.state_url, workdir, args.config)))
         return 0
     large = args.large or (100_000 if args.quick else 1_000_000)
-    return benchmark(args.small, large, claims, args.repeats or (1 if args.quick else 3))
+    return benchmark(args.small, large, claims, args.repeats or (1 if args.quick else 3), args.backend)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,17 @@ The graph and server of :mod:`benchmarks.frontier_crawl_rate` (page N links to `
 pages``), with every response delayed by ``--latency`` seconds as a remote server would, and each
 worker polite on its own: ``--per-domain`` concurrent requests to the host (the project's
 downloader, which enforces that with no delay), no delay. Each case
-crawls the whole graph from ``/p/0`` on a fresh SQLite frontier shared by its workers:
+crawls the whole graph from ``/p/0`` on a fresh frontier shared by its workers: a SQLite file
+(WAL), or with ``--backend postgresql`` a throw-away database on the machine's PostgreSQL server
+(127.0.0.1:5432, user root; :mod:`benchmarks.pg`), created for the case and dropped after it, also
+when a worker fails or the script is stopped:
 
 * ``1 worker``: the baseline;
 * ``N workers``: worker 0 starts, the others ``--stagger`` seconds later (as on a fleet, where
   workers never start at the same instant) and all give the same seed;
-* ``N workers, no wake-up``: the same, with the scheduler's idle wake-up switched off, so that an
-  idle worker asks for work only on Scrapy's 5 s engine heartbeat (how the frontier behaved before).
+* ``N workers, no wake-up`` (``--no-wake-case``): the same, with the scheduler's wake-up switched
+  off (``FrontierScheduler._wake`` patched out), so that claimed requests wait for the engine to ask
+  (on its 5 s heartbeat when it is idle), as the frontier behaved before 2026-12-02.
 
 Reported: pages per second over the whole crawl (first worker's start to last worker's close),
 the speed-up over one worker, pages fetched more than once (the union must be the graph, with no
@@ -18,6 +22,7 @@ overlap), each worker's share, and the wake-ups.
 
     python -m benchmarks.frontier_shared            # 3,000 pages, 50 ms latency, 2 per worker, 3 workers
     python -m benchmarks.frontier_shared --quick    # 600 pages
+    python -m benchmarks.frontier_shared --backend postgresql --claim-sizes 50,10
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -38,20 +42,25 @@ from benchmarks.frontier_crawl_rate import PageServer, _print_table, _repo_root,
 CRAWL_TIMEOUT = 600.0
 
 
-def worker_command(port: int, workdir: Path, per_domain: int, run_id: str, wake: bool, claim: int) -> list[str]:
+def worker_command(
+    port: int, workdir: Path, per_domain: int, run_id: str, wake: bool, claim: int, state_url: str | None
+) -> list[str]:
     return [
         *(sys.executable, "-m", "benchmarks.frontier_shared", "--crawl", "--port", str(port)),
         *("--workdir", str(workdir), "--per-domain", str(per_domain), "--run-id", run_id),
         *("--claim-size", str(claim)),
         *(() if wake else ("--no-wake",)),
+        *(() if state_url is None else ("--state-url", state_url)),
     ]
 
 
-def run_worker(port: int, workdir: Path, per_domain: int, run_id: str, wake: bool, claim: int) -> dict[str, Any]:
+def run_worker(
+    port: int, workdir: Path, per_domain: int, run_id: str, wake: bool, claim: int, state_url: str | None
+) -> dict[str, Any]:
     if not wake:
         from holocron_scrapy.frontier.scheduler import FrontierScheduler
 
-        FrontierScheduler._wake_if_idle = lambda self: None  # type: ignore[method-assign]
+        FrontierScheduler._wake = lambda self, **kwargs: None  # type: ignore[method-assign]
     from holocron_scrapy import settings as project
 
     overrides = {
@@ -60,21 +69,42 @@ def run_worker(port: int, workdir: Path, per_domain: int, run_id: str, wake: boo
         "HOLOCRON_RUN_ID": run_id,
         "HOLOCRON_FRONTIER_CLAIM_SIZE": claim,
     }
-    result = run_crawl("frontier", port, workdir, overrides=overrides)
+    result = run_crawl("frontier", port, workdir, overrides=overrides, state_url=state_url)
     result.pop("trace", None)
     return result
 
 
+def _statuses(state_url: str) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    from holocron_scrapy.db.engine import open_engine
+
+    engine = open_engine(state_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT status, COUNT(*) FROM work_items GROUP BY status")).all()
+    finally:
+        engine.dispose()
+    return {status: count for status, count in rows}
+
+
 def run_case(
-    port: int, pages: int, workers: int, per_domain: int, stagger: float, wake: bool, claim: int
+    port: int, pages: int, workers: int, per_domain: int, stagger: float, wake: bool, claim: int, backend: str
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="holocron-shared-bench-"))
     procs: list[subprocess.Popen] = []
+    database: str | None = None
     try:
+        state_url = None
+        if backend == "postgresql":
+            from benchmarks import pg
+
+            database = pg.create()
+            state_url = pg.url_of(database)
         for i in range(workers):
             if i == 1 and stagger > 0:
                 time.sleep(stagger)
-            cmd = worker_command(port, workdir, per_domain, f"worker{i}", wake, claim)
+            cmd = worker_command(port, workdir, per_domain, f"worker{i}", wake, claim, state_url)
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                           cwd=_repo_root()))  # fmt: skip
         results = []
@@ -84,17 +114,17 @@ def run_case(
             if proc.returncode != 0 or not lines:
                 raise RuntimeError(f"worker{i} failed (exit {proc.returncode}): {err.strip()[-2000:]}")
             results.append(json.loads(lines[-1]))
-        conn = sqlite3.connect(workdir / "state.sqlite3")
-        try:
-            statuses = dict(conn.execute("SELECT status, COUNT(*) FROM work_items GROUP BY status").fetchall())
-        finally:
-            conn.close()
+        statuses = _statuses(state_url or f"sqlite:///{workdir / 'state.sqlite3'}")
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
         shutil.rmtree(workdir, ignore_errors=True)
+        if database is not None:
+            from benchmarks import pg
+
+            pg.drop(database)
     fetched = sum(r["responses"] for r in results)
     span = max(r["t1"] for r in results) - min(r["t0"] for r in results)
     return {
@@ -111,13 +141,26 @@ def run_case(
     }
 
 
-def benchmark(pages: int, latency: float, per_domain: int, workers: int, stagger: float, claims: list[int]) -> int:
-    cases = [(1, True, claims[0]), (workers, True, claims[0]), (workers, False, claims[0])]
+def benchmark(
+    pages: int,
+    latency: float,
+    per_domain: int,
+    workers: int,
+    stagger: float,
+    claims: list[int],
+    backend: str,
+    no_wake_case: bool,
+) -> int:
+    from benchmarks import pg
+
+    pg.drop_on_sigterm()  # a stopped benchmark still drops its databases (the finally blocks run)
+    cases = [(1, True, claims[0]), (workers, True, claims[0])]
+    cases += [(workers, False, claims[0])] if no_wake_case else []
     cases += [(workers, True, claim) for claim in claims[1:]]
     rows, ok, base = [], True, None
     with PageServer(pages, latency) as port:
         for count, wake, claim in cases:
-            r = run_case(port, pages, count, per_domain, stagger, wake, claim)
+            r = run_case(port, pages, count, per_domain, stagger, wake, claim, backend)
             name = f"{count} worker{'s' if count > 1 else ''}" + ("" if wake else ", no wake-up")
             name += "" if claim == claims[0] else f", claim size {claim}"
             print(f"{name}: {r}", file=sys.stderr, flush=True)
@@ -135,7 +178,7 @@ def benchmark(pages: int, latency: float, per_domain: int, workers: int, stagger
                 ]
             )
     print(
-        f"\nShared frontier: {pages} pages, {latency * 1000:.0f} ms per response, {per_domain} concurrent"
+        f"\nShared frontier on {backend}: {pages} pages, {latency * 1000:.0f} ms per response, {per_domain} concurrent"
         f" requests per worker, workers 2.. started {stagger:.0f} s after the first, claim size {claims[0]}"
     )
     header = ["case", "seconds", "pages/s", "vs 1 worker", "fetched twice", "pages per worker", "wake-ups"]
@@ -156,7 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         default="50",
         help="HOLOCRON_FRONTIER_CLAIM_SIZE: the first for every case, the others in extra N-worker cases",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the shared frontier: a SQLite file, or a throw-away database on 127.0.0.1:5432 (default sqlite)",
+    )
+    parser.add_argument("--no-wake-case", action="store_true", help="add the N-worker case without wake-ups")
     parser.add_argument("--claim-size", type=int, default=50, help=argparse.SUPPRESS)
+    parser.add_argument("--state-url", help=argparse.SUPPRESS)
     parser.add_argument("--crawl", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -165,12 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.crawl:
         wake = not args.no_wake
-        result = run_worker(args.port, Path(args.workdir), args.per_domain, args.run_id, wake, args.claim_size)
+        result = run_worker(
+            args.port, Path(args.workdir), args.per_domain, args.run_id, wake, args.claim_size, args.state_url
+        )
         print(json.dumps(result))
         return 0
     pages = args.pages or (600 if args.quick else 3_000)
     claims = [int(c) for c in args.claim_sizes.split(",") if c.strip()]
-    return benchmark(pages, args.latency, args.per_domain, args.workers, args.stagger, claims)
+    return benchmark(
+        pages, args.latency, args.per_domain, args.workers, args.stagger, claims, args.backend, args.no_wake_case
+    )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,18 @@ Dequeue from a backlog of ``n/2`` items:
 * ``FrontierScheduler.next_request`` + ``ack`` (claims, rebuilds the requests, flushes acks);
 * Scrapy's ``Scheduler.next_request`` (memory, JOBDIR), for scale.
 
+The frontier scheduler normally runs its store calls in a worker thread and hands the results back
+through the reactor; there is no reactor here, so every case sets ``scheduler.executor =
+InlineExecutor()`` before ``open()``: the store calls run at once on this thread (``open`` and
+``close`` return Deferreds that have already fired), and what is timed is the work itself.
+
 Scrapy's default priority queue asks the downloader which slots are busy: a stub downloader
 with no active download stands in for it.
 
     python -m benchmarks.frontier_store_ops            # 100,000 requests, 3 repeats
     python -m benchmarks.frontier_store_ops --quick    # 10,000 requests, 1 repeat
     python -m benchmarks.frontier_store_ops --state-url postgresql://root@127.0.0.1:5432/holocron_bench
+    python -m benchmarks.frontier_store_ops --postgresql    # a throw-away database on 127.0.0.1:5432
 
 With ``--state-url`` the frontier runs on that store (e.g. an existing PostgreSQL database) instead
 of a fresh SQLite file per case; its ``work_items`` table is emptied before every case.
@@ -78,9 +84,11 @@ def _open(kind: str, workdir: Path) -> tuple[Any, Any]:
     crawler = get_crawler(spidercls, settings)
     crawler.spider = spidercls.from_crawler(crawler)
     if kind == "frontier":
+        from holocron_scrapy.frontier.executor import InlineExecutor
         from holocron_scrapy.frontier.scheduler import FrontierScheduler
 
         scheduler = FrontierScheduler.from_crawler(crawler)
+        scheduler.executor = InlineExecutor()  # no reactor here: store calls run at once, on this thread
     else:
         from scrapy.core.scheduler import Scheduler
         from scrapy.utils.httpobj import urlparse_cached
@@ -102,6 +110,8 @@ def _empty_state() -> None:
 
     engine = open_engine(STATE_URL)
     try:
+        if not sa.inspect(engine).has_table("work_items"):
+            return  # a new database: the first scheduler creates it
         with engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM work_items"))
     finally:
@@ -255,11 +265,24 @@ def main(argv: list[str] | None = None) -> int:
         help="the frontier's store URL, e.g. postgresql://USER@HOST:PORT/DB (emptied before each case;"
         " default: a fresh SQLite file per case)",
     )
+    parser.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="the frontier on a throw-away database of 127.0.0.1:5432 (user root), dropped at the end",
+    )
     args = parser.parse_args(argv)
     global STATE_URL
     STATE_URL = args.state_url
     n = args.n or (10_000 if args.quick else 100_000)
-    return benchmark(n, args.repeats or (1 if args.quick else 3))
+    repeats = args.repeats or (1 if args.quick else 3)
+    if not args.postgresql:
+        return benchmark(n, repeats)
+    from benchmarks import pg
+
+    pg.drop_on_sigterm()  # the database is dropped also when the benchmark is stopped
+    with pg.throwaway_database() as (_, url):
+        STATE_URL = url
+        return benchmark(n, repeats)
 
 
 if __name__ == "__main__":

@@ -1,79 +1,420 @@
-"""Pages per second of the ``http`` spider on a local static site, against ``scrapy bench``.
+"""The cost of storing: the ``http`` spider with the full stack against bare Scrapy, same spider, same site.
 
-    python -m benchmarks.http_crawl_rate [--max-depth 2]
+The site is the loopback server of :mod:`benchmarks.frontier_crawl_rate` (its own process, asyncio):
+``--pages`` pages (default 5,000), page N linking to pages ``(10 N + k) mod pages``, so a crawl from
+``/p/0`` fetches every page once (depth 4 for 5,000 pages; ``max_depth`` is set above that). Both
+configurations run the project's ``http`` spider (``scrapy crawl http``: link extraction, canonical
+URLs, the item built from each response) with the project's settings and downloader, politeness
+off (no delay, AutoThrottle off, robots.txt off, 16 concurrent requests, 16 per host), each crawl
+in its own process:
 
-Serves Debian's python3.11-doc HTML tree on 127.0.0.1, crawls it with politeness switched
-off (no delay, AutoThrottle off, 16 concurrent requests) through the full stack (frontier,
-change filter, lake, IngestRecords), then runs ``scrapy bench`` (Scrapy's own local
-benchmark: no storage, no frontier) in the same run for scale.
+* ``full``: the full stack, as a user runs it: the frontier (``FrontierScheduler``, its dupe filter
+  and ack middleware) on SQLite, the change filter, the lake (one JSON file per page) and
+  ``IngestRecordsPipeline`` (records and ``seen_resources`` in SQLite), the run summary;
+  with ``--backend postgresql`` the state and records stores are a throw-away PostgreSQL database
+  on 127.0.0.1:5432 (:mod:`benchmarks.pg`, dropped after the crawl, also on failure);
+* ``bare``: bare Scrapy on the same spider: ``scrapy.core.scheduler.Scheduler`` + ``RFPDupeFilter``
+  (in memory), no item pipelines, no ack middleware, no run summary: nothing is stored.
+
+Pages per second = ``response_received_count / elapsed_time_seconds`` (Scrapy's stats, spider
+opened to spider closed). By default the crawls run one at a time, rotated within each repeat;
+with ``--paired`` both crawl at the same time and are compared in the time window where both run
+(past their first and before their last 5% of pages), so that load from other processes on the
+machine weighs on both alike. Ratios are taken per repeat; the table gives medians.
+
+``--profile FILE`` runs one ``full`` crawl (``--profile-config bare``: a bare one) under
+``py-spy record`` (``--format raw``: collapsed stacks) and prints where the time goes (own time per
+function, grouped by layer; see :func:`summarise_profile`).
+
+    python -m benchmarks.http_crawl_rate                    # 5,000 pages, 3 repeats, one crawl at a time
+    python -m benchmarks.http_crawl_rate --paired           # 3 rounds of simultaneous crawls
+    python -m benchmarks.http_crawl_rate --quick            # 1,000 pages, 1 repeat
+    python -m benchmarks.http_crawl_rate --profile /tmp/http.txt   # py-spy profile of one full crawl
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import sqlite3
+import collections
+import json
+import os
+import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.support.crawl import Workspace
-from tests.support.static_site import PYTHON_DOCS, serve_directory
+from benchmarks.frontier_crawl_rate import TRACE_EVERY, PageServer, _at, _print_table, _repo_root, common_window
 
-
-def crawl_docs(max_depth: int, tmp: Path) -> dict:
-    with serve_directory(PYTHON_DOCS, log=tmp / "requests.jsonl") as (base, _):
-        ws = Workspace(tmp)
-        ws.config.write_text(
-            f"storage:\n  lake_dir: {ws.lake}\n  records_url: sqlite:///{ws.records_db}\n"
-            f"state:\n  url: sqlite:///{ws.state_db}\n"
-            "sources:\n  - {name: pydocs, type: http, delay: 0, concurrency: 16}\n",
-            encoding="utf-8",
-        )
-        started = time.monotonic()
-        proc = ws.crawl(
-            "http", "source=pydocs", f"seeds={base}/index.html", f"max_depth={max_depth}",
-            settings={"LOG_LEVEL": "WARNING", "CONCURRENT_REQUESTS": "16", "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": "0"},
-            timeout=1800,
-        )
-        wall = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
-    pages, seconds = sqlite3.connect(ws.records_db).execute(
-        "SELECT pages_stored, duration_s FROM ingest_runs"
-    ).fetchone()
-    return {"pages": pages, "seconds": seconds, "pages_per_s": pages / seconds, "wall_s": wall}
+CONFIGS = ("full", "bare")
+CRAWL_TIMEOUT = 900.0
+MAX_DEPTH = 20  # above the graph's depth: every page is reached
 
 
-def scrapy_bench(seconds: int = 20) -> float:
-    """Pages per second reported by ``scrapy bench`` (median of its per-minute log lines)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "scrapy", "bench", "-s", f"CLOSESPIDER_TIMEOUT={seconds}", "-s", "LOGSTATS_INTERVAL=5"],
-        cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=seconds + 120,
+# -- one crawl (in a subprocess) -------------------------------------------------------------
+def write_config(workdir: Path, store_url: str | None) -> Path:
+    """The crawl's YAML config: lake in *workdir*, records and state in SQLite there or at *store_url*."""
+    records = store_url or f"sqlite:///{workdir / 'records.sqlite3'}"
+    state = store_url or f"sqlite:///{workdir / 'state.sqlite3'}"
+    path = workdir / "holocron.yaml"
+    path.write_text(
+        "contact: bench@example.org\n"
+        f"storage:\n  lake_dir: {workdir / 'lake'}\n  records_url: {records}\n"
+        f"state:\n  url: {state}\n"
+        "sources:\n  - {name: bench, type: http, delay: 0, concurrency: 16}\n",
+        encoding="utf-8",
     )
-    counts = [int(n) for n in re.findall(r"Crawled (\d+) pages", proc.stderr)]
-    elapsed = re.search(r"'elapsed_time_seconds': ([\d.]+)", proc.stderr)
-    if not counts or not elapsed:
-        raise SystemExit(proc.stderr[-2000:])
-    return max(counts) / float(elapsed.group(1))
+    return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-depth", type=int, default=2)
-    args = parser.parse_args()
-    if not PYTHON_DOCS.is_dir():
-        raise SystemExit("needs Debian's python3.11-doc (apt-get install python3.11-doc)")
-    with tempfile.TemporaryDirectory(prefix="holocron-http-bench-") as tmp:
-        ours = crawl_docs(args.max_depth, Path(tmp))
-    bench = scrapy_bench()
-    print("what | pages | seconds | pages/s")
-    print(f"http spider (full stack) | {ours['pages']} | {ours['seconds']:.1f} | {ours['pages_per_s']:.1f}")
-    print(f"scrapy bench (no storage) | - | 20 | {bench:.1f}")
-    print(f"ratio | | | {ours['pages_per_s'] / bench:.2f}")
+def crawl_settings(config: str, config_file: Path) -> dict[str, Any]:
+    """Overrides of the project's settings for *config* (applied at ``cmdline`` priority)."""
+    settings: dict[str, Any] = {
+        "HOLOCRON_CONFIG": str(config_file),
+        "LOG_LEVEL": "WARNING",
+        "ROBOTSTXT_OBEY": False,
+        "AUTOTHROTTLE_ENABLED": False,
+        "DOWNLOAD_DELAY": 0,
+        "CONCURRENT_REQUESTS": 16,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
+        "TELNETCONSOLE_ENABLED": False,
+        "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": 0,
+    }
+    if config == "bare":
+        settings.update(
+            SCHEDULER="scrapy.core.scheduler.Scheduler",
+            DUPEFILTER_CLASS="scrapy.dupefilters.RFPDupeFilter",
+            ITEM_PIPELINES={},
+            SPIDER_MIDDLEWARES={"holocron_scrapy.frontier.acks.FrontierAckMiddleware": None},
+            EXTENSIONS={"holocron_scrapy.extensions.runs.RunSummary": None},
+        )
+    elif config != "full":
+        raise ValueError(f"unknown configuration {config!r}")
+    return settings
+
+
+def run_crawl(config: str, port: int, workdir: Path, store_url: str | None) -> dict[str, Any]:
+    """Crawl the site in this process; the figures of the run (``trace``: see frontier_crawl_rate)."""
+    from scrapy import signals
+    from scrapy.crawler import CrawlerProcess
+    from scrapy.utils.project import get_project_settings
+
+    settings = get_project_settings()
+    settings.setdict(crawl_settings(config, write_config(workdir, store_url)), priority="cmdline")
+    trace: list[tuple[float, int, float]] = []
+    marks: dict[str, Any] = {}
+    received = 0
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def engine_started() -> None:
+        trace.append((time.monotonic(), 0, cpu()))
+
+    def response_received(**kwargs: Any) -> None:
+        nonlocal received
+        received += 1
+        if received % TRACE_EVERY == 0:
+            trace.append((time.monotonic(), received, cpu()))
+
+    def spider_closed(spider: Any, reason: str) -> None:
+        marks["reason"] = reason
+        trace.append((time.monotonic(), received, cpu()))
+
+    process = CrawlerProcess(settings)
+    crawler = process.create_crawler("http")
+    crawler.signals.connect(engine_started, signal=signals.engine_started)
+    crawler.signals.connect(response_received, signal=signals.response_received)
+    crawler.signals.connect(spider_closed, signal=signals.spider_closed)
+    process.crawl(crawler, source="bench", seeds=f"http://127.0.0.1:{port}/p/0", max_depth=str(MAX_DEPTH))
+    process.start()
+    stats = crawler.stats.get_stats()
+    return {
+        "config": config,
+        "reason": marks.get("reason"),
+        "responses": stats.get("response_received_count", 0),
+        "items": stats.get("item_scraped_count", 0),
+        "elapsed": stats.get("elapsed_time_seconds"),
+        "cpu": trace[-1][2] - trace[0][2],
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "errors": stats.get("log_count/ERROR", 0),
+        "lake_files": sum(1 for _ in (workdir / "lake").rglob("*.json")) if config == "full" else 0,
+        "trace": trace,
+    }
+
+
+class CrawlJob:
+    """One crawl in a subprocess, with its temp dir (and PostgreSQL database) cleaned up after it."""
+
+    def __init__(self, config: str, port: int, pages: int, scratch: Path, backend: str, prefix: tuple[str, ...] = ()):
+        self.config, self.pages = config, pages
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=scratch))
+        self.database: str | None = None
+        cmd = [
+            *prefix,
+            *(sys.executable, "-m", "benchmarks.http_crawl_rate", "--crawl", config, "--port", str(port)),
+            *("--workdir", str(self.workdir)),
+        ]
+        if config == "full" and backend == "postgresql":
+            from benchmarks import pg
+
+            self.database = pg.create()
+            cmd += ["--store-url", pg.url_of(self.database)]
+        self.deadline = time.monotonic() + CRAWL_TIMEOUT
+        env = {**os.environ, "PYTHONPATH": _repo_root()}
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_repo_root(), env=env
+        )
+
+    def result(self) -> dict[str, Any]:
+        try:
+            out, err = self.proc.communicate(timeout=max(self.deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return {"config": self.config, "failed": f"timed out after {CRAWL_TIMEOUT:.0f} s"}
+        finally:
+            self.clean_up()
+        lines = [line for line in out.strip().splitlines() if line.startswith("{")]
+        if self.proc.returncode != 0 or not lines:
+            return {"config": self.config, "failed": f"exit {self.proc.returncode}: {err.strip()[-2000:]}"}
+        result = json.loads(lines[-1])
+        if result["responses"] < self.pages:
+            result["failed"] = f"expected {self.pages} responses, got {result['responses']}"
+        elif self.config == "full" and result["items"] < self.pages:
+            result["failed"] = f"expected {self.pages} items stored, got {result['items']}"
+        result["pps"] = result["responses"] / result["elapsed"]
+        result["cpu_ms_per_page"] = 1000 * result["cpu"] / max(result["responses"], 1)
+        return result
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        self.clean_up()
+
+    def clean_up(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.database is not None:
+            from benchmarks import pg
+
+            name, self.database = self.database, None
+            pg.drop(name)
+
+
+# -- the profile ----------------------------------------------------------------------------------
+#: Layers of the profile, first match of a frame's file (or function) wins; the rest is "Scrapy, Twisted, Python".
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("lake writes (serialising, files, fsync)", ("pipelines/lake.py", "lake/", "fsync")),
+    ("records inserts (IngestRecords)", ("pipelines/records.py", "records/store.py", "records/")),
+    ("change filter lookups", ("pipelines/changes.py", "records/versions.py")),
+    ("frontier (scheduler, store, dupe filter, acks)", ("holocron_scrapy/frontier/",)),
+    ("the http spider (links, payload, item)", ("holocron_scrapy/spiders/", "holocron_scrapy/web/")),
+    ("other holocron_scrapy", ("holocron_scrapy/",)),
+    ("database drivers (sqlite3, psycopg, SQLAlchemy)", ("sqlalchemy/", "psycopg/", "sqlite3")),
+)
+
+
+def _layer(stack: list[str]) -> str:
+    """The layer a sample belongs to: the innermost frame of ours decides, else the leaf's library."""
+    for frame in reversed(stack):
+        for name, needles in LAYERS[:6]:
+            if any(n in frame for n in needles):
+                return name
+    leaf = stack[-1] if stack else ""
+    if any(n in leaf for n in LAYERS[6][1]):
+        return LAYERS[6][0]
+    return "Scrapy, Twisted, Python itself"
+
+
+def _frame_key(frame: str) -> str:
+    """``function (file)``; the line is kept for our own files (``write_atomically`` at its ``fsync``)."""
+    if "holocron_scrapy/" in frame:
+        return frame
+    head, _, rest = frame.rpartition(":")
+    return head + ")" if head and rest.endswith(")") else frame
+
+
+def summarise_profile(raw: Path, top: int = 30) -> str:
+    """Shares of the samples by thread, by layer (all threads, and the reactor thread alone) and by
+    function (own time: the leaf frame) from py-spy's collapsed stacks (idle threads not sampled).
+
+    A sample's layer is that of its innermost frame in our code (lake, records, change filter,
+    frontier, spider), so the SQLite, JSON and file calls made by a pipeline count for that pipeline;
+    samples with no frame of ours are Scrapy, Twisted and Python itself (the reactor loop, the
+    downloader, HTML parsing, Scrapy's LinkExtractor, the garbage collector, imports)."""
+    own: collections.Counter[str] = collections.Counter()
+    layers: collections.Counter[str] = collections.Counter()
+    reactor_layers: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    ours: collections.Counter[str] = collections.Counter()  # inclusive, per function of holocron_scrapy
+    total = 0
+    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack_text.split(";")
+        thread, stack = frames[0].split(": ", 1)[-1], frames[1:]
+        if not stack:
+            continue
+        total += count
+        threads[thread] += count
+        own[_frame_key(stack[-1])] += count
+        for name in {f.rpartition(":")[0] for f in stack if "holocron_scrapy/" in f}:
+            ours[name + ")"] += count
+        layer = _layer(stack)
+        layers[layer] += count
+        if thread == "MainThread":
+            reactor_layers[layer] += count
+    main = threads["MainThread"] or 1
+    out = [f"{total} samples (threads not idle)", "", "by thread:"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in threads.most_common()]
+    out += ["", "by layer, all threads (the innermost frame of ours decides):"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in layers.most_common()]
+    out += ["", "by layer, the reactor thread (MainThread) alone, share of its samples:"]
+    out += [f"  {100 * n / main:5.1f}%  {name}" for name, n in reactor_layers.most_common()]
+    out += ["", "functions of holocron_scrapy by inclusive time (all threads, top 20):"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in ours.most_common(20)]
+    out += ["", f"top {top} functions by own time (all threads):"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
+    return "\n".join(out)
+
+
+def profile(port: int, pages: int, scratch: Path, backend: str, out: Path, rate: int, config: str = "full") -> int:
+    raw = out.with_suffix(".raw.txt")
+    spy = ["py-spy", "record", "--format", "raw", "--rate", str(rate), "--threads", "--nonblocking", "-o", str(raw)]
+    job = CrawlJob(config, port, pages, scratch, backend, prefix=(*spy, "--"))
+    result = job.result()
+    if "failed" in result:
+        print(f"profiled crawl FAILED: {result['failed']}", file=sys.stderr)
+        return 1
+    summary = summarise_profile(raw)
+    out.write_text(summary + "\n", encoding="utf-8")
+    print(f"{config} under py-spy ({rate} samples/s): {result['responses']} pages, {result['pps']:.0f} pages/s")
+    print(summary)
+    return 0
+
+
+# -- the benchmark ----------------------------------------------------------------------------------
+def run_rounds(port: int, pages: int, repeats: int, scratch: Path, backend: str, paired: bool) -> list[dict]:
+    runs = []
+    for rep in range(repeats):
+        order = list(CONFIGS[rep % 2 :] + CONFIGS[: rep % 2])
+        jobs: list[CrawlJob] = []
+        results = []
+        try:
+            if paired:
+                jobs = [CrawlJob(config, port, pages, scratch, backend) for config in order]
+                results = [job.result() for job in jobs]
+            else:
+                for config in order:
+                    jobs.append(CrawlJob(config, port, pages, scratch, backend))
+                    results.append(jobs[-1].result())
+        finally:
+            for job in jobs:
+                job.kill()
+        window = None
+        if paired and all("failed" not in r for r in results):
+            window = common_window(results, pages)
+        for result in results:
+            result["repeat"] = rep
+            runs.append(result)
+            if "failed" in result:
+                print(f"repeat {rep + 1} {result['config']}: FAILED: {result['failed']}", file=sys.stderr)
+                continue
+            if paired:
+                if window is None:
+                    result["failed"] = "no common window of the simultaneous crawls"
+                    continue
+                (n0, c0), (n1, c1) = _at(result["trace"], window[0]), _at(result["trace"], window[1])
+                result["pps"] = (n1 - n0) / (window[1] - window[0])
+                result["cpu_ms_per_page"] = 1000 * (c1 - c0) / (n1 - n0)
+            print(
+                f"repeat {rep + 1} {result['config']:<5} {result['responses']} pages, {result['items']} items,"
+                f" {result['pps']:.0f} pages/s, cpu {result['cpu_ms_per_page']:.2f} ms/page"
+                f" (whole crawl {result['elapsed']:.1f} s), peak RSS {result['maxrss_mb']:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
+    return runs
+
+
+def benchmark(
+    pages: int, repeats: int, backend: str, paired: bool, profile_to: Path | None, rate: int, profiled: str = "full"
+) -> int:
+    from benchmarks import pg
+
+    pg.drop_on_sigterm()  # a stopped benchmark still drops its databases (the finally blocks run)
+    scratch = Path(tempfile.mkdtemp(prefix="holocron-http-bench-"))
+    try:
+        with PageServer(pages) as port:
+            if profile_to is not None:
+                return profile(port, pages, scratch, backend, profile_to, rate, profiled)
+            runs = run_rounds(port, pages, repeats, scratch, backend, paired)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    ok = [r for r in runs if "failed" not in r]
+    bare = {r["repeat"]: r for r in ok if r["config"] == "bare"}
+    full = [r for r in ok if r["config"] == "full"]
+    ratios = [r["pps"] / bare[r["repeat"]]["pps"] for r in full if r["repeat"] in bare]
+    cpu = [r["cpu_ms_per_page"] / bare[r["repeat"]]["cpu_ms_per_page"] for r in full if r["repeat"] in bare]
+    how = "simultaneous crawls, rates in their common window" if paired else "one crawl at a time"
+    print(
+        f"\nThe cost of storing: {pages} pages, http spider, 16 concurrent requests, stores on {backend};"
+        f" {how}; {repeats} repeat(s), medians (ratios per repeat, then median)"
+    )
+    rows = []
+    for config, mine, x, cx in (("full", full, ratios, cpu), ("bare", list(bare.values()), [1.0], [1.0])):
+        if not mine:
+            rows.append([config, "failed", "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                config,
+                f"{statistics.median(r['pps'] for r in mine):.0f}",
+                f"{statistics.median(x):.2f}x" if x else "n/a",
+                " ".join(f"{v:.2f}" for v in x) if config == "full" else "-",
+                f"{statistics.median(r['cpu_ms_per_page'] for r in mine):.2f}",
+                f"{statistics.median(cx):.2f}x" if cx else "n/a",
+                f"{statistics.median(r['maxrss_mb'] for r in mine):.0f}",
+            ]
+        )
+    _print_table(["stack", "pages/s", "vs bare", "each repeat", "CPU ms/page", "CPU vs bare", "peak RSS MB"], rows)
+    return 0 if len(ok) == len(runs) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 pages, 1 repeat (smoke run)")
+    parser.add_argument("--pages", type=int, help="pages of the site (default 5,000)")
+    parser.add_argument("--repeats", type=int, help="default 3")
+    parser.add_argument("--paired", action="store_true", help="crawl both at once, compare in the common window")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the full stack's state and records stores (default sqlite; postgresql: a throw-away database)",
+    )
+    parser.add_argument("--profile", type=Path, help="profile one full crawl with py-spy; the summary goes here")
+    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
+    parser.add_argument("--profile-config", choices=CONFIGS, default="full", help="the crawl --profile runs")
+    parser.add_argument("--crawl", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--store-url", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.crawl:
+        print(json.dumps(run_crawl(args.crawl, args.port, Path(args.workdir), args.store_url)))
+        return 0
+    pages = args.pages or (1_000 if args.quick else 5_000)
+    repeats = args.repeats or (1 if args.quick else 3)
+    return benchmark(pages, repeats, args.backend, args.paired, args.profile, args.rate, args.profile_config)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -97,7 +97,8 @@ def run_job(store: WorkItemStore, job: Job, owner: str, scope: Scope | None) -> 
                 result.reclaimed += store.reclaim(dead, scope=scope)
         if job.claim is not None:
             _claim(store, job.claim, owner, scope, result)
-        if job.outstanding:
+        if job.outstanding or (job.claim is not None and not result.rows):
+            # asked for, or a claim found nothing: is anything of ours left (for closing the spider)?
             result.outstanding = store.outstanding(owner, scope)
         if job.counts:
             result.counts = store.counts()

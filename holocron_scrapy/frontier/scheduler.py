@@ -718,7 +718,7 @@ class FrontierScheduler(BaseScheduler):
             reclaim_expired=wants.reclaim_expired,
             reclaim_dead_local=wants.reclaim_dead_local,
             claim=self._claim_want() if wants.claim and not self.suspects else None,
-            outstanding=wants.outstanding or wants.claim,
+            outstanding=wants.outstanding,
             counts=wants.counts,
             gen=self._gen,
         )
