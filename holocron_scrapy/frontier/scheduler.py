@@ -237,6 +237,7 @@ class FrontierScheduler(BaseScheduler):
         self._empty_claim: tuple[int, float] = (-1, 0.0)  # (_gen, time) of the last claim that found nothing
         self.idle_claim_every = _IDLE_CLAIM_EVERY
         self._gave_up = False
+        self._closing = False
         self._loop: task.LoopingCall | None = None
         self._last_renew = self._last_reclaim = self._last_progress = time.monotonic()
         self._progress_base: tuple[float, int] | None = None
@@ -352,6 +353,7 @@ class FrontierScheduler(BaseScheduler):
         return store.recrawl(self.recrawl_source, None if self.full_refresh else self.recrawl_after)
 
     def close(self, reason: str) -> defer.Deferred[None] | None:
+        self._closing = True  # no new job from now on: the final one is built from what is left
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.store is None:
@@ -360,8 +362,10 @@ class FrontierScheduler(BaseScheduler):
         return defer.ensureDeferred(self._close(reason))
 
     async def _close(self, reason: str) -> None:
-        if self._job is not None:  # let the running job finish (its failures come back to the buffers)
-            await _settled(self._job, _CLOSE_WAIT)
+        deadline = time.monotonic() + _CLOSE_WAIT
+        while self._job is not None and time.monotonic() < deadline:
+            # let the running job finish (its failures come back to the buffers)
+            await _settled(self._job, deadline - time.monotonic())
         if self._job is not None:  # a call that hangs (a network that drops packets): the thread is lost
             logger.error(
                 "Frontier: a state database call has not returned for %.0f s; closing without the final"
@@ -728,7 +732,7 @@ class FrontierScheduler(BaseScheduler):
     def _pump(self, *, force: bool = False) -> None:
         """Start a job if none is running and there is something to do. After a failure, wait
         ``_retry_at`` (unless *force*: the tick retries)."""
-        if self._job is not None or self.store is None or self.executor is None or self._gave_up:
+        if self._job is not None or self.store is None or self.executor is None or self._gave_up or self._closing:
             return
         if not (self._new or self._completed or self._failed or self._release or self._end_solo or self._wants.any()):
             return
