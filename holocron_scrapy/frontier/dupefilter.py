@@ -16,7 +16,7 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.dupefilters import BaseDupeFilter
 
-from holocron_scrapy.frontier.keys import Resource, request_resource
+from holocron_scrapy.frontier.keys import META_KEY, Resource, request_resource
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class FrontierDupeFilter(BaseDupeFilter):
         )
 
     def request_resource(self, request: Request) -> Resource:
+        if request.meta.get(META_KEY):  # the spider named the resource: no fingerprint needed (the costly part)
+            return request_resource(request)
         fp = self.fingerprinter.fingerprint(request) if self.fingerprinter else None
         return request_resource(request, fp)
 
