@@ -120,6 +120,17 @@ class ChangeFilterPipeline:
         digest = adapter["hash_sha256"]
         while same := [d for h, d in self._inflight.get(key, {}).values() if h == digest]:
             await maybe_deferred_to_future(same[0])  # the same version in flight: wait for its outcome
+        # In flight from now on, before the lookup yields to the reactor: another copy of this version
+        # arriving meanwhile waits for this one (released by ``settled`` once it left the pipelines, or
+        # here at once if this pipeline drops it).
+        self._inflight.setdefault(key, {})[id(item)] = (digest, defer.Deferred())
+        try:
+            return await self._check(item, adapter, key, digest)
+        except BaseException:
+            self.settled(item)
+            raise
+
+    async def _check(self, item: Any, adapter: ItemAdapter, key: Key, digest: str) -> Any:
         try:
             held = (await self.versions.held([key])).get(key)
         except Exception as exc:  # the records database is gone: a storage fault, as for a failed write
@@ -136,7 +147,6 @@ class ChangeFilterPipeline:
             raise UnchangedError(f"unchanged since the last stored record: {item!r}", log_level="DEBUG")
         else:
             self._inc("recrawl/changed")
-        self._inflight.setdefault(key, {})[id(item)] = (digest, defer.Deferred())
         return item
 
     async def _restore_if_lost(self, item: Any, record: dict[str, Any]) -> None:
