@@ -6,7 +6,7 @@ private copy of the test wiki (tests/support/mediawiki_server.py, cached build),
 
 1. creates a small category tree (:data:`CATEGORY_TREE`, with a loop) before the checkpoint;
 2. takes the checkpoint (the server's ``curtimestamp``), then makes the changes of
-   :data:`SCENARIO` with the maintenance scripts (``edit.php``, ``deleteBatch.php``,
+   :func:`run_scenario` (titles in the constants below) with the maintenance scripts (``edit.php``, ``deleteBatch.php``,
    ``moveBatch.php``, ``undelete.php``), takes the run start, and makes one more edit after it;
 3. records the answers of recentchanges (whole window, and with ``rclimit=4`` for a
    continuation chain), the oldest kept change, ``$wgRCMaxAge`` (paraminfo), a ``maxlag`` error,
@@ -102,6 +102,18 @@ EXPECTED = {
         MOVED_NO_REDIRECT[0]: MOVED_NO_REDIRECT[1],
     },
 }
+
+
+def expected_articles(model: wikigen.WikiModel) -> set[str]:
+    """The non-redirect pages of namespace 0 after the scenario (what allpages must list)."""
+    titles = {page.title for page in model.articles()}
+    titles |= {t for t in CATEGORY_TREE if wikigen.namespace_of(t) == 0}
+    titles |= {*CREATED, CREATED_THEN_MOVED[1]}
+    titles -= {DELETED, EDITED_THEN_DELETED}
+    for old, new in EXPECTED["moved"].items():
+        titles.discard(old)
+        titles.add(new)
+    return titles
 
 
 class Scenario:
