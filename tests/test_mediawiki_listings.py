@@ -100,25 +100,33 @@ def test_categorymembers_takes_a_category_title(value: str, category: str) -> No
     ("value", "kwargs", "problem"),
     [
         ("", {}, "expected allpages, prefix:<title prefix> or categorymembers:Category:<name>, got ''"),
-        ("everything", {}, "expected allpages, prefix:<title prefix> or categorymembers:Category:<name>, got 'everything'"),
+        (
+            "everything",
+            {},
+            "expected allpages, prefix:<title prefix> or categorymembers:Category:<name>, got 'everything'",
+        ),
         ("allpages:Star", {}, "allpages takes no argument (use prefix:<title prefix>), got 'allpages:Star'"),
         ("prefix:", {}, "prefix needs a title prefix, e.g. prefix:Star Wars (got 'prefix:')"),
         ("prefix: _ ", {}, "prefix needs a title prefix, e.g. prefix:Star Wars (got 'prefix: _')"),
-        ("categorymembers:", {}, "categorymembers needs a category, e.g. categorymembers:Category:Foo (got 'categorymembers:')"),
+        (
+            "categorymembers:",
+            {},
+            "categorymembers needs a category, e.g. categorymembers:Category:Foo (got 'categorymembers:')",
+        ),
         (
             "categorymembers:Planets",
             {},
-            "categorymembers needs a title in the Category namespace, got 'Planets' (did you mean Category:Planets?)",
+            "categorymembers needs a category title, got 'Planets' (did you mean Category:Planets?)",
         ),
         (
             "categorymembers:Talk:Planets",
             {},
-            "categorymembers needs a title in the Category namespace, got 'Talk:Planets' (did you mean Category:Talk:Planets?)",
+            "categorymembers needs a category title, got 'Talk:Planets'",
         ),
         (
             "categorymembers:Category:",
             {},
-            "categorymembers needs a title in the Category namespace, got 'Category:' (did you mean Category:Category:?)",
+            "categorymembers needs a category title, got 'Category:'",
         ),
         ("allpages", {"max_depth": -1}, "max_depth must be >= 0 for a generator, got -1"),
         ("allpages", {"namespaces": ()}, "crawled namespaces must be numbers >= 0, got []"),
@@ -297,7 +305,10 @@ def test_walk_checkpoint_is_json_and_resumes_mid_listing() -> None:
     restored = ListingWalk.from_dict(json.loads(text))
     assert restored.to_dict() == walk.to_dict()
     assert restored.next_params(limit=2) == manifest()["files"]["categorymembers_2"]
-    assert restored.continuation == {"cmcontinue": body("categorymembers_1")["continue"]["cmcontinue"], "continue": "-||"}
+    assert restored.continuation == {
+        "cmcontinue": body("categorymembers_1")["continue"]["cmcontinue"],
+        "continue": "-||",
+    }
 
 
 def test_walk_past_the_end_is_an_error() -> None:
@@ -389,9 +400,7 @@ def test_generator_request_bound_covers_the_recorded_walk() -> None:
     counts = [576, 15]  # namespace 0 and 14 of the lab wiki after the scenario
     assert listings.generator_request_bound(counts) == (2 + 1) + 12
     assert listings.generator_request_bound(counts, high_limits=True) == (1 + 1) + 2
-    assert len(chain("allpages_ns0")) + len(chain("allpages_ns14")) <= sum(
-        listings.listing_requests(n) for n in counts
-    )
+    assert len(chain("allpages_ns0")) + len(chain("allpages_ns14")) <= sum(listings.listing_requests(n) for n in counts)
 
 
 def test_bounds_reject_negative_counts() -> None:

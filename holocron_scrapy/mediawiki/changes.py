@@ -17,7 +17,7 @@ A sync run reads the changes from its source's checkpoint to the run's start:
   value, the oldest change the wiki still keeps (:func:`oldest_change_params`: the first entry
   of ``rcdir=newer`` without ``rcstart``) decides: every purged change is older than every kept
   one, so a window starting at or after it lost nothing. Anything else is stale.
-* :func:`recentchanges_params`: ``rcprop=title|ids|timestamp|loginfo|redirect``,
+* :func:`recentchanges_params`: ``rcprop=title|ids|timestamp|loginfo``,
   ``rctype=edit|new|log``, the crawled namespaces, ``rclimit=max``, ``rcdir=newer``; the
   continuation (``rccontinue``) is JSON-serialisable so the frontier can checkpoint it.
 * :func:`classify` folds the window's changes, in the wiki's order (timestamp, then ``rcid``),
@@ -44,7 +44,8 @@ from holocron_scrapy.mediawiki.parse import MalformedResponse
 
 #: How far before the checkpoint a window starts (replication lag on the wiki's side).
 DEFAULT_MARGIN = timedelta(minutes=5)
-RC_PROPS = "title|ids|timestamp|loginfo|redirect"
+#: No ``redirect``: on the lab it is the page's state now, not at the change, so it tells nothing.
+RC_PROPS = "title|ids|timestamp|loginfo"
 RC_TYPES = "edit|new|log"
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -130,7 +131,9 @@ def plan_sync(
     """Read recent changes from ``checkpoint - margin`` to *run_start* (the server's time), or
     fall back to the sweep for a first run or a stale checkpoint."""
     if checkpoint is None:
-        return SyncPlan("sweep", None, run_start, SWEEP_FIRST_RUN, "no recent-changes checkpoint yet (first run): lastrevid sweep")
+        return SyncPlan(
+            "sweep", None, run_start, SWEEP_FIRST_RUN, "no recent-changes checkpoint yet (first run): lastrevid sweep"
+        )
     start = window_start(checkpoint, margin)
     if start > run_start:
         start = run_start
@@ -175,8 +178,9 @@ def recentchanges_params(
     ``rcnamespace`` filters log entries by the namespace of their title: a move is listed by the
     namespace it leaves, so a move into a crawled namespace from another one is not seen.
     """
+    rcstart, rcend = format_timestamp(start), format_timestamp(end)
     if end < start:
-        raise ValueError(f"the window ends ({format_timestamp(end)}) before it starts ({format_timestamp(start)})")
+        raise ValueError(f"the window ends ({rcend}) before it starts ({rcstart})")
     params = {
         "action": "query",
         "format": "json",
@@ -187,8 +191,8 @@ def recentchanges_params(
         "rcnamespace": "|".join(str(n) for n in sorted(set(namespaces))),
         "rclimit": str(limit),
         "rcdir": "newer",
-        "rcstart": format_timestamp(start),
-        "rcend": format_timestamp(end),
+        "rcstart": rcstart,
+        "rcend": rcend,
     }
     if maxlag is not None:
         params["maxlag"] = str(maxlag)
@@ -229,13 +233,8 @@ def parse_oldest_change(body: bytes | str | Any) -> tuple[datetime | None, datet
     """``(oldest kept change, server time)`` from the answer to :func:`oldest_change_params`
     (None when the wiki keeps no change / the answer has no ``curtimestamp``)."""
     data = decode_body(body)
-    entries = query_list(data, "recentchanges") if "query" in data else []
-    oldest = None
-    if entries:
-        stamp = entries[0].get("timestamp")
-        if not isinstance(stamp, str):
-            raise MalformedResponse(f"recentchanges entry without a timestamp: {entries[0]!r:.200}")
-        oldest = parse_timestamp(stamp)
+    entries = query_list(data, "recentchanges", required="timestamp")
+    oldest = parse_timestamp(entries[0]["timestamp"]) if entries else None
     now = data.get("curtimestamp")
     return oldest, parse_timestamp(now) if isinstance(now, str) else None
 

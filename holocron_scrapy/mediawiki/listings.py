@@ -210,13 +210,13 @@ def parse_generator(
         return GeneratorSpec(PREFIX, spaces, prefix=arg)
     if kind == CATEGORYMEMBERS:
         if not arg:
-            raise ConfigError(f"categorymembers needs a category, e.g. categorymembers:Category:Foo (got {text!r})", key=key)
+            raise ConfigError(
+                f"categorymembers needs a category, e.g. categorymembers:Category:Foo (got {text!r})", key=key
+            )
         category = _category_title(arg, category_prefixes)
         if category is None:
-            raise ConfigError(
-                f"categorymembers needs a title in the Category namespace, got {arg!r} (did you mean Category:{arg}?)",
-                key=key,
-            )
+            hint = "" if ":" in arg else f" (did you mean Category:{arg}?)"
+            raise ConfigError(f"categorymembers needs a category title, got {arg!r}{hint}", key=key)
         return GeneratorSpec(CATEGORYMEMBERS, spaces, category=category, max_depth=max_depth)
     raise ConfigError(f"{expected}, got {text!r}", key=key)
 
@@ -325,8 +325,8 @@ def continuation_of(body: dict[str, Any]) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in cont.items()}
 
 
-def query_list(body: dict[str, Any], module: str) -> list[dict[str, Any]]:
-    """``query.<module>`` of an answer: a list of entries that each have a title."""
+def query_list(body: dict[str, Any], module: str, *, required: str | None = "title") -> list[dict[str, Any]]:
+    """``query.<module>`` of an answer: a list of objects, each with a string *required* (if given)."""
     query = body.get("query")
     if query is None and "continue" not in body and "batchcomplete" not in body:
         raise MalformedResponse("response has neither 'query' nor 'continue' nor 'batchcomplete'")
@@ -338,8 +338,8 @@ def query_list(body: dict[str, Any], module: str) -> list[dict[str, Any]]:
     if not isinstance(entries, list):
         raise MalformedResponse(f"'query.{module}' is not a list")
     for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("title"), str):
-            raise MalformedResponse(f"{module} entry without a title: {entry!r:.200}")
+        if not isinstance(entry, dict) or (required is not None and not isinstance(entry.get(required), str)):
+            raise MalformedResponse(f"{module} entry without a {required or 'body'}: {entry!r:.200}")
     return entries
 
 
@@ -417,7 +417,9 @@ class ListingWalk:
     def current(self) -> Listing | None:
         return self.pending[0] if self.pending else None
 
-    def next_params(self, *, limit: int | str = "max", maxlag: int | None = defaults.MEDIAWIKI_MAXLAG) -> dict[str, str]:
+    def next_params(
+        self, *, limit: int | str = "max", maxlag: int | None = defaults.MEDIAWIKI_MAXLAG
+    ) -> dict[str, str]:
         """Parameters of the next request; ValueError when the walk is done."""
         if not self.pending:
             raise ValueError("the listing walk is complete")

@@ -67,7 +67,15 @@ CATEGORY_MEMBERS_BY_DEPTH: dict[int, frozenset[str]] = {
 PREFIX = "Listing page"
 
 # Articles of the generated wiki the scenario changes (tier-1 articles, see tests/fixtures/mediawiki).
-EDITED = ("Sarvessha", "Ionsar Runner", "Quayav Brikorost", "T1-C5", "Siege of Xanrhenfen", "Emfencor Syndicate", "Nordol IV")
+EDITED = (
+    "Sarvessha",
+    "Ionsar Runner",
+    "Quayav Brikorost",
+    "T1-C5",
+    "Siege of Xanrhenfen",
+    "Emfencor Syndicate",
+    "Nordol IV",
+)
 CREATED = ("Listing new page A", "Listing new page B")
 DELETED = "Ulphebis-class cruiser"
 MOVED = ("Roktumir Rhenvesban", "Roktumir Rhenvesban (moved)")
@@ -212,9 +220,7 @@ def window_params(checkpoint: str, run_start: str, **extra: Any) -> dict[str, st
     )
 
 
-def follow(
-    api_url: str, params: dict[str, str], name: str, record: Callable[[str, dict[str, str], Any], None]
-) -> None:
+def follow(api_url: str, params: dict[str, str], name: str, record: Callable[[str, dict[str, str], Any], None]) -> None:
     """Issue *params* and every continuation, recording ``<name>_<n>``."""
     extra: dict[str, str] = {}
     for part in range(1, 100):
