@@ -408,3 +408,40 @@ def test_bounds_reject_negative_counts() -> None:
         listings.listing_requests(-1)
     with pytest.raises(ValueError):
         listings.batch_requests(-1)
+
+
+# -- the live lab wiki ----------------------------------------------------------------------------
+
+
+def walk_live(wiki: Any, spec: GeneratorSpec) -> tuple[ListingWalk, list[str]]:
+    walk = ListingWalk.start(spec)
+    titles: list[str] = []
+    while not walk.done:
+        titles += walk.feed(wiki.api(**walk.next_params())).titles
+    return walk, titles
+
+
+@pytest.mark.mediawiki
+def test_live_allpages_lists_the_wiki(mediawiki) -> None:
+    """The session wiki (no scenario): allpages of namespace 0 is exactly the model's articles."""
+    walk, titles = walk_live(mediawiki, parse_generator("allpages", namespaces=(0,)))
+    expected = {page.title for page in model().articles()}
+    assert len(titles) == len(set(titles)) and set(titles) == expected
+    assert walk.requests == listings.listing_requests(len(expected)) == 2
+
+
+@pytest.mark.mediawiki
+def test_live_category_tree_to_depth_one(mediawiki) -> None:
+    """``categorymembers:Category:Holocron topics`` with depth 1: its subcategories' articles."""
+    root = "Category:Holocron topics"
+    walk, titles = walk_live(mediawiki, parse_generator(f"categorymembers:{root}", namespaces=(0,), max_depth=1))
+    subcategories = {t for t in model().category_members(root) if wikigen.namespace_of(t) == 14}
+    expected = {t for c in {root, *subcategories} for t in model().category_members(c) if wikigen.namespace_of(t) == 0}
+    assert subcategories and set(titles) == expected
+    assert walk.queued == {f"categorymembers:{c}" for c in {root, *subcategories}}
+    # One request per category, and two for the 563 members of Category:Holocron entries.
+    members = [
+        len({t for t in model().category_members(c) if wikigen.namespace_of(t) in (0, 14)})
+        for c in {root, *subcategories}
+    ]
+    assert walk.requests == sum(listings.listing_requests(n) for n in members) == len(walk.queued) + 1
