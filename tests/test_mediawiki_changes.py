@@ -166,7 +166,11 @@ def test_the_recorded_window_classifies_as_made() -> None:
     assert result.newest == window()[-1].timestamp
     assert set(result.to_fetch) == rec.EXPECTED["refetch"] | rec.EXPECTED["created"]
     assert len(result.to_fetch) == 16
-    assert json.loads(json.dumps(result.to_dict()))["moved"] == rec.EXPECTED["moved"]
+    saved = json.loads(json.dumps(result.to_dict()))
+    assert saved["moved"] == rec.EXPECTED["moved"]
+    assert {m["old"]: m["redirect"] for m in saved["moves"]} == {
+        old: old != rec.MOVED_NO_REDIRECT[0] for old in rec.EXPECTED["moved"]
+    }
 
 
 def test_edits_are_deduplicated_and_ordered_by_their_last_change() -> None:
@@ -209,6 +213,23 @@ def test_moved_twice_gives_the_first_and_last_title() -> None:
     result = classify(history)
     assert result.moved == {first: last} and result.refetch == [last]
     assert middle not in result.to_fetch + result.deleted
+
+
+def test_moved_then_deleted_is_a_move_and_a_deletion() -> None:
+    old, new = rec.MOVED
+    move = of(old, new)[0]
+    gone = replace(of(rec.DELETED)[0], rcid=move.rcid + 1, title=new, timestamp=move.timestamp)
+    result = classify([move, gone])
+    assert result.moved == {old: new} and result.deleted == [new] and not result.to_fetch
+
+
+def test_a_merge_refetches_both_pages() -> None:
+    base = window()[0]
+    merge = replace(base, rcid=10_000, type="log", logtype="merge", logaction="merge", target="Nordol IV")
+    assert set(classify([merge]).refetch) == {base.title, "Nordol IV"}
+    entry = {"type": "log", "ns": 0, "title": "A", "rcid": 5, "timestamp": base.timestamp}
+    entry |= {"logtype": "merge", "logaction": "merge", "logparams": {"dest_ns": 0, "dest_title": "B"}}
+    assert Change.from_api(entry).target == "B"
 
 
 def test_a_move_without_redirect_says_so() -> None:

@@ -52,10 +52,9 @@ _TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # Log entries, by (logtype, logaction), that change what fetching the title gives.
 # ``delete/delete_redir`` (and ``delete_redir2``) is the redirect a move replaced: logged right after
 # the move, at the title the moved page now holds, so it deletes nothing a crawl stored.
-_DELETIONS = frozenset({("delete", "delete")})
-_RESTORES = frozenset({("delete", "restore")})
-_MOVES = frozenset({("move", "move"), ("move", "move_redir")})
-_CONTENT_LOGS = frozenset(
+_DELETIONS: frozenset[tuple[str | None, str | None]] = frozenset({("delete", "delete")})
+_MOVES: frozenset[tuple[str | None, str | None]] = frozenset({("move", "move"), ("move", "move_redir")})
+_CONTENT_LOGS: frozenset[tuple[str | None, str | None]] = frozenset(
     {
         ("delete", "revision"),  # revision visibility changed
         ("import", "upload"),
@@ -64,6 +63,7 @@ _CONTENT_LOGS = frozenset(
         ("contentmodel", "change"),
         ("contentmodel", "new"),
         ("pagelang", "pagelang"),
+        ("delete", "restore"),
     }
 )
 
@@ -274,7 +274,7 @@ class Change:
     revid: int = 0
     logtype: str | None = None
     logaction: str | None = None
-    target: str | None = None  # a move's new title
+    target: str | None = None  # a move's new title; the page a merge moved revisions into
     suppressed_redirect: bool = False  # a move that left no redirect behind
 
     @property
@@ -286,7 +286,7 @@ class Change:
     def from_api(cls, entry: dict[str, Any]) -> Change:
         try:
             params = entry.get("logparams") or {}
-            target = params.get("target_title") if isinstance(params, dict) else None
+            target = (params.get("target_title") or params.get("dest_title")) if isinstance(params, dict) else None
             return cls(
                 rcid=int(entry["rcid"]),
                 timestamp=str(entry["timestamp"]),
@@ -356,8 +356,9 @@ class ChangeSet:
       edited then deleted is here; one created then deleted too: a ``deleted`` record of a title
       never stored is the caller's to skip).
     * ``moved``: old title -> final title of the pages that existed before the window
-      (A->B->C gives A->C; A->B->A gives nothing). The old title itself is not refetched: its
-      record follows the redirect rules (``Move.redirect`` says whether one was left).
+      (A->B->C gives A->C; A->B->A gives nothing; A->B then B deleted gives A->B and B in
+      ``deleted``). The old title itself is not refetched: its record follows the redirect rules
+      (``moves`` say whether a redirect was left).
     * ``newest``: the newest timestamp seen; ``changes``: entries classified (duplicates dropped).
     """
 
@@ -380,6 +381,7 @@ class ChangeSet:
             "created": list(self.created),
             "deleted": list(self.deleted),
             "moved": dict(self.moved),
+            "moves": [{"old": m.old, "new": m.new, "redirect": m.redirect} for m in self.moves],
             "newest": self.newest,
             "changes": self.changes,
         }
@@ -407,9 +409,13 @@ def classify(changes: Iterable[Change]) -> ChangeSet:
                 continue
             current = existing
             current.exists = current.changed = True
-        elif change.type == "edit" or (change.type == "log" and action in _CONTENT_LOGS | _RESTORES):
+        elif change.type == "edit" or (change.type == "log" and action in _CONTENT_LOGS):
             current = track(change.title)
             current.exists = current.changed = True
+            if change.type == "log" and change.target:  # a merge: its destination has more revisions
+                destination = track(change.target)
+                destination.exists = destination.changed = True
+                destination.last = change.order
         elif change.type == "log" and action in _DELETIONS:
             current = track(change.title)
             current.exists = False
