@@ -6,8 +6,9 @@ private copy of the test wiki (tests/support/mediawiki_server.py, cached build),
 
 1. creates a small category tree (:data:`CATEGORY_TREE`, with a loop) before the checkpoint;
 2. takes the checkpoint (the server's ``curtimestamp``), then makes the changes of
-   :func:`run_scenario` (titles in the constants below) with the maintenance scripts (``edit.php``, ``deleteBatch.php``,
-   ``moveBatch.php``, ``undelete.php``), takes the run start, and makes one more edit after it;
+   :func:`run_scenario` (titles in the constants below, outcome in :data:`EXPECTED`) with the
+   maintenance scripts (``edit.php``, ``deleteBatch.php``, ``moveBatch.php``, ``undelete.php``),
+   takes the run start, and makes one more edit after it;
 3. records the answers of recentchanges (whole window, and with ``rclimit=4`` for a
    continuation chain), the oldest kept change, ``$wgRCMaxAge`` (paraminfo), a ``maxlag`` error,
    allpages of namespaces 0 and 14 (``aplimit=max``: namespace 0 needs two requests), a prefix
@@ -125,7 +126,7 @@ def expected_articles(model: wikigen.WikiModel) -> set[str]:
 
 
 class Scenario:
-    """Makes the changes on a served wiki; ``step(name, fn)`` keeps a log of what was done."""
+    """Makes the changes on a served wiki with the maintenance scripts; ``log`` says what was done."""
 
     def __init__(self, install: ms.WikiInstall, api_url: str) -> None:
         self.install = install
