@@ -144,6 +144,12 @@ def test_generator_errors_name_the_callers_key() -> None:
         parse_generator("pages", key="sources[wook].generator")
 
 
+def test_specs_describe_themselves_for_the_log() -> None:
+    assert parse_generator("allpages", namespaces=(0, 14)).describe() == "allpages in namespaces 0|14"
+    spec = parse_generator("categorymembers:Category:Planets", max_depth=2)
+    assert spec.describe() == "categorymembers:Category:Planets (subcategories to depth 2)"
+
+
 # -- requests -------------------------------------------------------------------------------------
 
 
