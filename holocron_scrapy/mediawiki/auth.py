@@ -15,9 +15,10 @@ decides the batch size the account may use (:func:`batch_limit`).
 
 :class:`BotSession` sends them through the crawler's engine (``engine.download_async``: through
 the downloader middlewares, never the scheduler, so nothing of the login reaches the frontier),
-off no thread: the reactor is never blocked. The session cookie lives only in Scrapy's cookie jar
-named :func:`jar_name` (one per source); :class:`BotLoginMiddleware` puts that jar on the
-source's API requests only (same scheme, host and port as ``api_url``), and, when an answer says
+so nothing blocks the reactor. The session cookie lives only in the session's own
+:class:`SessionCookies` (Scrapy's cookie jar is bypassed with ``dont_merge_cookies``):
+:class:`BotLoginMiddleware` sends it to the source's API only (same scheme, host and port as
+``api_url``), takes the ``Set-Cookie`` of its answers, and, when an answer says
 the session is gone (``assertuserfailed``/``assertnameduserfailed``; every content request carries
 ``assert=user``), logs in again once and sends the request again. The password and the session
 cookie values are registered with :mod:`holocron_scrapy.secrets` (masked in every log line); the
@@ -36,6 +37,8 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,7 +61,7 @@ HIGH_LIMITS_RIGHT = "apihighlimits"
 #: Meta keys: a login request (not itself re-logged), a request already sent again after a re-login.
 LOGIN_META = "holocron_mw_login"
 RELOGIN_META = "holocron_mw_relogin"
-COOKIEJAR_META = "cookiejar"  # Scrapy's CookiesMiddleware: which jar a request uses
+SESSION_META = "holocron_mw_session"  # a request to the source's API: it carries the session cookie
 #: The close reasons of a crawl stopped by its login (``fatal_*``: the run is failed, exit status 1).
 LOGIN_CLOSE_REASON = "fatal_login"
 BATCH_SIZE_CLOSE_REASON = "fatal_batch_size"
@@ -227,20 +230,65 @@ def assert_failure(body: bytes) -> bool:
     return isinstance(error, dict) and error.get("code") in ASSERT_FAILURES
 
 
-def cookie_values(set_cookie_headers: Iterable[bytes | str]) -> list[str]:
-    """The values of ``Set-Cookie`` headers (``name=value; path=/`` -> ``value``), to mask them."""
-    values = []
-    for header in set_cookie_headers:
-        text = header.decode("latin-1") if isinstance(header, bytes) else header
-        value = text.split(";", 1)[0].partition("=")[2].strip()
-        if value and value != "deleted":
-            values.append(value)
-    return values
+class SessionCookies:
+    """The cookies of one source's session: set by its API's answers, sent back only to it.
+
+    A jar of its own rather than Scrapy's: nothing else shares it, and Scrapy's would look up
+    the Public Suffix List online for every cookie."""
+
+    def __init__(self) -> None:
+        self._cookies: dict[str, str] = {}
+
+    def update(self, set_cookie_headers: Iterable[bytes | str], now: datetime | None = None) -> list[str]:
+        """Take the ``Set-Cookie`` headers of an answer; returns the new values (to mask them)."""
+        now = now or datetime.now(timezone.utc)
+        new = []
+        for header in set_cookie_headers:
+            text = header.decode("latin-1") if isinstance(header, bytes) else header
+            pair, _, attributes = text.partition(";")
+            name, _, value = pair.partition("=")
+            name, value = name.strip(), value.strip()
+            if not name:
+                continue
+            if not value or value == "deleted" or _expired(attributes, now):
+                self._cookies.pop(name, None)
+                continue
+            if self._cookies.get(name) != value:
+                new.append(value)
+            self._cookies[name] = value
+        return new
+
+    def header(self) -> str | None:
+        """The ``Cookie`` header to send (None: no cookie)."""
+        return "; ".join(f"{k}={v}" for k, v in self._cookies.items()) or None
+
+    def values(self) -> list[str]:
+        return list(self._cookies.values())
+
+    def clear(self) -> None:
+        self._cookies.clear()
 
 
-def jar_name(source_name: str) -> str:
-    """The Scrapy cookie jar that holds this source's session (and nothing else)."""
-    return f"holocron-mediawiki-login:{source_name}"
+def _expired(attributes: str, now: datetime) -> bool:
+    for attribute in attributes.split(";"):
+        key, _, value = attribute.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if key == "max-age":
+            try:
+                if int(value) <= 0:
+                    return True
+            except ValueError:
+                pass
+        elif key == "expires":
+            try:
+                when = parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                continue
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            if when <= now:
+                return True
+    return False
 
 
 def same_endpoint(url: str, api_url: str) -> bool:
@@ -261,7 +309,7 @@ class BotSession:
         self.creds = creds
         self.source_name = source_name
         self.api_url = api_url
-        self.jar = jar_name(source_name)
+        self.cookies = SessionCookies()
         self.account: Account | None = None
         self.generation = 0  # logins completed
         self._running = False
@@ -275,7 +323,7 @@ class BotSession:
     def _meta(self) -> dict[str, Any]:
         from holocron_scrapy.middlewares.retry import MEDIAWIKI_META
 
-        return {MEDIAWIKI_META: True, LOGIN_META: True, COOKIEJAR_META: self.jar, "give_up_log_level": logging.INFO}
+        return {MEDIAWIKI_META: True, LOGIN_META: True, "give_up_log_level": logging.INFO}
 
     async def _fetch(self, request: Request) -> Response:
         engine = self.crawler.engine
@@ -286,14 +334,13 @@ class BotSession:
             raise LoginError(f"{request.method} {self.api_url} failed: {type(exc).__name__}: {exc}") from None
 
     async def _login_once(self) -> Account:
+        self.cookies.clear()  # a new session (its cookies arrive through BotLoginMiddleware)
         token = parse_login_token((await self._fetch(self._request(login_token_params()))).body)
         answer = await self._fetch(
             FormRequest(self.api_url, formdata=login_form(self.creds, token), meta=self._meta(), dont_filter=True)
         )
-        register_secret(*cookie_values(answer.headers.getlist(b"Set-Cookie")))  # the session: masked in logs
         parse_login_result(answer.body, self.creds)
         rights = await self._fetch(self._request(userinfo_params()))
-        register_secret(*cookie_values(rights.headers.getlist(b"Set-Cookie")))
         return parse_rights(rights.body)
 
     async def login(self) -> Account:
@@ -330,7 +377,7 @@ class BotSession:
 
 
 class BotLoginMiddleware:
-    """Downloader middleware: the source's cookie jar on its API requests, a re-login when the
+    """Downloader middleware: the session cookie on the source's API requests, a re-login when the
     session is gone. Does nothing for spiders without ``mw_session``."""
 
     def __init__(self, crawler: Crawler):
@@ -347,30 +394,35 @@ class BotLoginMiddleware:
         session = self._session()
         if session is None:
             return None
-        if same_endpoint(request.url, session.api_url):
-            request.meta.setdefault(COOKIEJAR_META, session.jar)
-        elif request.meta.get(COOKIEJAR_META) == session.jar:
-            del request.meta[COOKIEJAR_META]  # never to another host (e.g. a redirect target)
+        if not same_endpoint(request.url, session.api_url):
+            return None  # Scrapy's own cookie handling; the session's cookies never go elsewhere
+        request.meta[SESSION_META] = session.generation  # the login whose cookie it carries
+        request.meta["dont_merge_cookies"] = True  # Scrapy's CookiesMiddleware leaves it to us
+        cookie = session.cookies.header()
+        if cookie is None:
+            request.headers.pop(b"Cookie", None)
+        else:
+            request.headers[b"Cookie"] = cookie
         return None
 
     async def process_response(self, request: Request, response: Response, spider: Any = None) -> Request | Response:
         session = self._session()
-        if (
-            session is None
-            or request.meta.get(LOGIN_META)
-            or request.meta.get(COOKIEJAR_META) != session.jar
-            or not assert_failure(response.body)
-        ):
+        if session is None or request.meta.get(SESSION_META) is None:
+            return response
+        new = session.cookies.update(response.headers.getlist(b"Set-Cookie"))
+        register_secret(*new)  # the session cookie: masked in every log line
+        if request.meta.get(LOGIN_META) or not assert_failure(response.body):
             return response
         if request.meta.get(RELOGIN_META):
             logger.warning("The session of %s was lost again right after a new login", session.creds.username)
             return response  # the spider records it as a retryable failure
         stats = self.crawler.stats
-        if stats is not None:
-            stats.inc_value("mediawiki/login/relogins")
-        logger.info("The login session of %s ended; logging in again", session.creds.username)
         try:
-            await session.login()
+            if session.generation == request.meta[SESSION_META]:  # not logged in again since it was sent
+                if stats is not None:
+                    stats.inc_value("mediawiki/login/relogins")
+                logger.info("The login session of %s ended; logging in again", session.creds.username)
+                await session.login()
         except LoginError as exc:
             logger.error("Login again failed: %s; stopping", exc)
             engine = self.crawler.engine
@@ -381,5 +433,4 @@ class BotLoginMiddleware:
             return response
         retry = request.replace(dont_filter=True)
         retry.meta[RELOGIN_META] = True
-        retry.headers.pop(b"Cookie", None)  # the cookies middleware adds the new session's
-        return retry
+        return retry  # process_request puts the new session's cookie on it
