@@ -354,6 +354,10 @@ class BotSession:
             return result  # type: ignore[no-any-return]
         self._running = True
         stats = self.crawler.stats
+        if self.generation:
+            logger.info("The login session of %s ended; logging in again", self.creds.username)
+            if stats is not None:
+                stats.inc_value("mediawiki/login/relogins")
         try:
             account = await self._login_once()
         except LoginError as exc:
@@ -416,12 +420,8 @@ class BotLoginMiddleware:
         if request.meta.get(RELOGIN_META):
             logger.warning("The session of %s was lost again right after a new login", session.creds.username)
             return response  # the spider records it as a retryable failure
-        stats = self.crawler.stats
         try:
             if session.generation == request.meta[SESSION_META]:  # not logged in again since it was sent
-                if stats is not None:
-                    stats.inc_value("mediawiki/login/relogins")
-                logger.info("The login session of %s ended; logging in again", session.creds.username)
                 await session.login()
         except LoginError as exc:
             logger.error("Login again failed: %s; stopping", exc)
