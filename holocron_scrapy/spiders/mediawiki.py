@@ -9,6 +9,12 @@ Before the first batch, one ``action=query&meta=siteinfo`` request probes ``api_
 is not a MediaWiki API (a refused connection, an unknown host, a 404, an HTML page) one error
 line says why and the spider closes with reason ``fatal_api_probe``.
 
+A source with ``auth: {type: botpassword, ...}`` then logs in (:mod:`holocron_scrapy.mediawiki.auth`)
+before any content request, and its rights set the batch size: up to 500 titles with
+``apihighlimits`` (default 500 unless ``batch_size`` is lower), else 50 (logged once). A failed
+login closes the spider with ``fatal_login``; a configured ``batch_size`` the account may not use
+with ``fatal_batch_size``. Content requests then carry ``assert=user``.
+
 Failures follow :mod:`holocron_scrapy.failures`: an answer that is not a JSON object is transient
 (the retry middleware retries it; then the frontier), a permanent API error on a batch that one
 title may have caused (or an HTTP 414, URI too long) splits the batch in halves until the bad
@@ -20,10 +26,11 @@ each ``lastrevid`` with the stored revision through the crawler's version lookup
 only for what changed.
 
 Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``api_url``, ``max_depth``,
-``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50).
+``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50; 1-500 with a
+bot login).
 
 Stats: ``mediawiki/pages/<outcome>``, ``mediawiki/api_error/<code>``, ``mediawiki/continuations``,
-``mediawiki/bisections``, ``mediawiki/probe/<ok|failed>``.
+``mediawiki/bisections``, ``mediawiki/probe/<ok|failed>``; ``mediawiki/login/*`` (see the auth module).
 """
 
 from __future__ import annotations
