@@ -351,7 +351,8 @@ class BotSession:
             result = await maybe_deferred_to_future(waiter)
             if isinstance(result, LoginError):
                 raise result
-            return result  # type: ignore[no-any-return]
+            assert isinstance(result, Account)
+            return result
         self._running = True
         stats = self.crawler.stats
         if self.generation:
