@@ -48,9 +48,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+GIL = ["--gil"] if os.environ.get("PYSPY_GIL") else []
 from benchmarks.frontier_crawl_rate import TRACE_EVERY, PageServer, _at, _print_table, _repo_root, common_window
 
 CONFIGS = ("full", "bare")
+# Ablations (``--ablate``): the full stack with one part swapped for plain Scrapy's, to see what each costs.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "memory-frontier": {
+        "SCHEDULER": "scrapy.core.scheduler.Scheduler",
+        "DUPEFILTER_CLASS": "scrapy.dupefilters.RFPDupeFilter",
+        "SPIDER_MIDDLEWARES": {"holocron_scrapy.frontier.acks.FrontierAckMiddleware": None},
+    },
+    "no-pipelines": {"ITEM_PIPELINES": {}},
+    "no-lake": {"ITEM_PIPELINES": {"holocron_scrapy.pipelines.lake.JsonLakePipeline": None}},
+    "no-records": {"ITEM_PIPELINES": {"holocron_scrapy.pipelines.records.IngestRecordsPipeline": None}},
+    "no-changes": {"ITEM_PIPELINES": {"holocron_scrapy.pipelines.changes.ChangeFilterPipeline": None}},
+    "no-gc-freeze": {"HOLOCRON_GC_FREEZE": False},
+}
+
+
+def _ablated(name: str) -> dict[str, Any]:
+    """The settings of ablation *name*: ITEM_PIPELINES are the project's with the named ones left out."""
+    from holocron_scrapy import settings as project
+
+    changes = dict(ABLATIONS[name])
+    if "ITEM_PIPELINES" in changes and changes["ITEM_PIPELINES"]:
+        dropped = set(changes["ITEM_PIPELINES"])
+        changes["ITEM_PIPELINES"] = {k: v for k, v in project.ITEM_PIPELINES.items() if k not in dropped}
+    return changes
 CRAWL_TIMEOUT = 900.0
 MAX_DEPTH = 20  # above the graph's depth: every page is reached
 
@@ -92,6 +117,8 @@ def crawl_settings(config: str, config_file: Path) -> dict[str, Any]:
             SPIDER_MIDDLEWARES={"holocron_scrapy.frontier.acks.FrontierAckMiddleware": None},
             EXTENSIONS={"holocron_scrapy.extensions.runs.RunSummary": None},
         )
+    elif config in ABLATIONS:
+        settings.update(_ablated(config))
     elif config != "full":
         raise ValueError(f"unknown configuration {config!r}")
     return settings
@@ -126,6 +153,18 @@ def run_crawl(config: str, port: int, workdir: Path, store_url: str | None) -> d
         marks["reason"] = reason
         trace.append((time.monotonic(), received, cpu()))
 
+    import gc
+
+    gc_time = {0: 0.0, 1: 0.0, 2: 0.0}
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_started[0] = time.thread_time()
+        else:
+            gc_time[info["generation"]] += time.thread_time() - gc_started[0]
+
+    gc.callbacks.append(on_gc)
     process = CrawlerProcess(settings)
     crawler = process.create_crawler("http")
     crawler.signals.connect(engine_started, signal=signals.engine_started)
@@ -143,8 +182,10 @@ def run_crawl(config: str, port: int, workdir: Path, store_url: str | None) -> d
         "cpu": trace[-1][2] - trace[0][2],
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "errors": stats.get("log_count/ERROR", 0),
-        "lake_files": sum(1 for _ in (workdir / "lake").rglob("*.json")) if config == "full" else 0,
+        "lake_files": sum(1 for _ in (workdir / "lake").rglob("*.json")) if config != "bare" else 0,
         "trace": trace,
+        "gc_seconds": [round(gc_time[g], 2) for g in (0, 1, 2)],
+        "gc_stats": [(st["collections"], st["collected"]) for st in gc.get_stats()] + [len(gc.get_objects())],
     }
 
 
@@ -287,7 +328,7 @@ def summarise_profile(raw: Path, top: int = 30) -> str:
 
 def profile(port: int, pages: int, scratch: Path, backend: str, out: Path, rate: int, config: str = "full") -> int:
     raw = out.with_suffix(".raw.txt")
-    spy = ["py-spy", "record", "--format", "raw", "--rate", str(rate), "--threads", "--nonblocking", "-o", str(raw)]
+    spy = ["py-spy", "record", "--format", "raw", "--rate", str(rate), "--threads", "--nonblocking", *GIL, "-o", str(raw)]
     job = CrawlJob(config, port, pages, scratch, backend, prefix=(*spy, "--"))
     result = job.result()
     if "failed" in result:
@@ -403,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="profile one full crawl with py-spy; the summary goes here")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
     parser.add_argument("--profile-config", choices=CONFIGS, default="full", help="the crawl --profile runs")
-    parser.add_argument("--crawl", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--crawl", choices=(*CONFIGS, *ABLATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--store-url", help=argparse.SUPPRESS)

@@ -13,6 +13,7 @@ DELTAFETCH_DIR = "data/deltafetch"  # scrapy-deltafetch databases (opt-in per HT
 RECORDS_URL = "sqlite:///data/records.sqlite3"
 RECORDS_BATCH_SIZE = 100
 RECORDS_FLUSH_INTERVAL = 0.5  # seconds an item may wait for its batch to be committed
+GC_FREEZE = True  # gc.freeze() once the engine started: full collections skip the startup objects
 SHUTDOWN_TIMEOUT = 30.0  # seconds a stop (SIGTERM, Ctrl-C) may take to finish what is in flight
 
 # Frontier (work_items state table) ------------------------------------------

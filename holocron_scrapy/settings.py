@@ -39,6 +39,8 @@ EXTENSIONS = {
     "holocron_scrapy.extensions.runs.RunSummary": 500,
     # Bounds a stop (SIGTERM, Ctrl-C) by HOLOCRON_SHUTDOWN_TIMEOUT, then hands back what is in flight.
     "holocron_scrapy.extensions.shutdown.GracefulShutdown": 510,
+    # gc.freeze() once the engine started: full collections skip what lives as long as the crawl.
+    "holocron_scrapy.extensions.collector.FreezeStartupObjects": 520,
 }
 
 # Politeness, on by default ----------------------------------------------------------
