@@ -37,18 +37,16 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.frontier_crawl_rate import TRACE_EVERY, PageServer, _at, _print_table, _repo_root, common_window
+from benchmarks import crawlproc
+from benchmarks.crawlproc import traced_crawl
+from benchmarks.frontier_crawl_rate import PageServer, _at, _print_table, common_window
 
 CONFIGS = ("full", "bare")
 CRAWL_TIMEOUT = 900.0
@@ -98,112 +96,38 @@ def crawl_settings(config: str, config_file: Path) -> dict[str, Any]:
 
 
 def run_crawl(config: str, port: int, workdir: Path, store_url: str | None) -> dict[str, Any]:
-    """Crawl the site in this process; the figures of the run (``trace``: see frontier_crawl_rate)."""
-    from scrapy import signals
-    from scrapy.crawler import CrawlerProcess
+    """Crawl the site in this process; the figures of the run (``trace``: see :mod:`benchmarks.crawlproc`)."""
     from scrapy.utils.project import get_project_settings
 
     settings = get_project_settings()
     settings.setdict(crawl_settings(config, write_config(workdir, store_url)), priority="cmdline")
-    trace: list[tuple[float, int, float]] = []
-    marks: dict[str, Any] = {}
-    received = 0
-
-    def cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    def engine_started() -> None:
-        trace.append((time.monotonic(), 0, cpu()))
-
-    def response_received(**kwargs: Any) -> None:
-        nonlocal received
-        received += 1
-        if received % TRACE_EVERY == 0:
-            trace.append((time.monotonic(), received, cpu()))
-
-    def spider_closed(spider: Any, reason: str) -> None:
-        marks["reason"] = reason
-        trace.append((time.monotonic(), received, cpu()))
-
-    process = CrawlerProcess(settings)
-    crawler = process.create_crawler("http")
-    crawler.signals.connect(engine_started, signal=signals.engine_started)
-    crawler.signals.connect(response_received, signal=signals.response_received)
-    crawler.signals.connect(spider_closed, signal=signals.spider_closed)
-    process.crawl(crawler, source="bench", seeds=f"http://127.0.0.1:{port}/p/0", max_depth=str(MAX_DEPTH))
-    process.start()
-    stats = crawler.stats.get_stats()
+    seeds = f"http://127.0.0.1:{port}/p/0"
+    figures, stats = traced_crawl(settings, "http", source="bench", seeds=seeds, max_depth=str(MAX_DEPTH))
     return {
         "config": config,
-        "reason": marks.get("reason"),
-        "responses": stats.get("response_received_count", 0),
+        **figures,
         "items": stats.get("item_scraped_count", 0),
-        "elapsed": stats.get("elapsed_time_seconds"),
-        "cpu": trace[-1][2] - trace[0][2],
-        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "errors": stats.get("log_count/ERROR", 0),
         "lake_files": sum(1 for _ in (workdir / "lake").rglob("*.json")) if config == "full" else 0,
-        "trace": trace,
     }
 
 
-class CrawlJob:
-    """One crawl in a subprocess, with its temp dir (and PostgreSQL database) cleaned up after it."""
+class CrawlJob(crawlproc.CrawlJob):
+    """One crawl of :func:`run_crawl` in a subprocess (``full`` on ``postgresql``: on its own database)."""
+
+    module = "benchmarks.http_crawl_rate"
+    store_flag = "--store-url"
+    timeout = CRAWL_TIMEOUT
 
     def __init__(self, config: str, port: int, pages: int, scratch: Path, backend: str, prefix: tuple[str, ...] = ()):
-        self.config, self.pages = config, pages
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=scratch))
-        self.database: str | None = None
-        cmd = [
-            *prefix,
-            *(sys.executable, "-m", "benchmarks.http_crawl_rate", "--crawl", config, "--port", str(port)),
-            *("--workdir", str(self.workdir)),
-        ]
-        if config == "full" and backend == "postgresql":
-            from benchmarks import pg
+        database = config == "full" and backend == "postgresql"
+        super().__init__(config, port, pages, scratch, database=database, prefix=prefix)
 
-            self.database = pg.create()
-            cmd += ["--store-url", pg.url_of(self.database)]
-        self.deadline = time.monotonic() + CRAWL_TIMEOUT
-        env = {**os.environ, "PYTHONPATH": _repo_root()}
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_repo_root(), env=env
-        )
-
-    def result(self) -> dict[str, Any]:
-        try:
-            out, err = self.proc.communicate(timeout=max(self.deadline - time.monotonic(), 1))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return {"config": self.config, "failed": f"timed out after {CRAWL_TIMEOUT:.0f} s"}
-        finally:
-            self.clean_up()
-        lines = [line for line in out.strip().splitlines() if line.startswith("{")]
-        if self.proc.returncode != 0 or not lines:
-            return {"config": self.config, "failed": f"exit {self.proc.returncode}: {err.strip()[-2000:]}"}
-        result = json.loads(lines[-1])
+    def check(self, result: dict[str, Any]) -> str | None:
         if result["responses"] < self.pages:
-            result["failed"] = f"expected {self.pages} responses, got {result['responses']}"
-        elif self.config == "full" and result["items"] < self.pages:
-            result["failed"] = f"expected {self.pages} items stored, got {result['items']}"
-        result["pps"] = result["responses"] / result["elapsed"]
-        result["cpu_ms_per_page"] = 1000 * result["cpu"] / max(result["responses"], 1)
-        return result
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
-        self.clean_up()
-
-    def clean_up(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.database is not None:
-            from benchmarks import pg
-
-            name, self.database = self.database, None
-            pg.drop(name)
+            return f"expected {self.pages} responses, got {result['responses']}"
+        if self.config == "full" and result["items"] < self.pages:
+            return f"expected {self.pages} items stored, got {result['items']}"
+        return None
 
 
 # -- the profile ----------------------------------------------------------------------------------
