@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import shutil
 import signal
 import statistics
@@ -47,11 +46,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import crawlproc
+from benchmarks.crawlproc import repo_root, traced_crawl
+
+_repo_root = repo_root  # the name benchmarks written before benchmarks.crawlproc import from here
+
 CONFIGS = ("frontier", "memory", "jobdir")
 EXTRA_CONFIGS = ("frontier-pg", "frontier-dfs")
 LINKS_PER_PAGE = 10
 CRAWL_TIMEOUT = 400.0  # seconds; a crawl taking longer is killed and reported as failed
-TRACE_EVERY = 200  # responses between two points of a crawl's progress trace
 SERVER_MAX_LIFETIME = 3600.0
 
 
@@ -135,7 +138,7 @@ class PageServer:
             ],
             stdout=subprocess.PIPE,
             text=True,
-            cwd=_repo_root(),
+            cwd=repo_root(),
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -228,113 +231,27 @@ def run_crawl(
     overrides: dict[str, Any] | None = None,
     state_url: str | None = None,
 ) -> dict[str, Any]:
-    """Crawl the graph in this process; the figures of the run.
-
-    ``trace`` holds ``(monotonic time, responses, CPU seconds)`` every ``TRACE_EVERY`` responses
-    (the monotonic clock is the same for every process of the machine)."""
-    from scrapy import signals
-    from scrapy.crawler import CrawlerProcess
-
-    marks: dict[str, Any] = {}
-    trace: list[tuple[float, int, float]] = []
-    received = 0
-
-    def cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    def engine_started() -> None:
-        marks["t0"], marks["cpu0"] = time.monotonic(), cpu()
-        trace.append((marks["t0"], 0, marks["cpu0"]))
-
-    def response_received(**kwargs: Any) -> None:
-        nonlocal received
-        received += 1
-        if received % TRACE_EVERY == 0:
-            trace.append((time.monotonic(), received, cpu()))
-
-    def spider_closed(spider: Any, reason: str) -> None:
-        marks["t1"], marks["cpu1"] = time.monotonic(), cpu()
-        marks["reason"] = reason
-        trace.append((marks["t1"], received, marks["cpu1"]))
-
-    process = CrawlerProcess({**crawl_settings(config, workdir, concurrent_items, state_url), **(overrides or {})})
-    crawler = process.create_crawler(_bench_spider_class())
-    crawler.signals.connect(engine_started, signal=signals.engine_started)
-    crawler.signals.connect(response_received, signal=signals.response_received)
-    crawler.signals.connect(spider_closed, signal=signals.spider_closed)
-    process.crawl(crawler, seed=f"http://127.0.0.1:{port}/p/0")
-    process.start()
-    stats = crawler.stats.get_stats()
+    """Crawl the graph in this process; the figures of the run (``trace``: see :mod:`benchmarks.crawlproc`)."""
+    settings = {**crawl_settings(config, workdir, concurrent_items, state_url), **(overrides or {})}
+    figures, stats = traced_crawl(settings, _bench_spider_class(), seed=f"http://127.0.0.1:{port}/p/0")
     return {
         "config": config,
-        "reason": marks.get("reason"),
-        "responses": stats.get("response_received_count", 0),
-        "elapsed": stats.get("elapsed_time_seconds"),
-        "t0": marks["t0"],
-        "t1": marks["t1"],
-        "wall": marks["t1"] - marks["t0"],
-        "cpu": marks["cpu1"] - marks["cpu0"],
-        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **figures,
         "filtered": stats.get("dupefilter/filtered", 0) + stats.get("frontier/filtered", 0),
-        "errors": stats.get("log_count/ERROR", 0),
         "wakeups": stats.get("frontier/wakeups", 0),
-        "trace": trace,
     }
 
 
-class CrawlJob:
-    """One crawl in a subprocess with its own temp dir (and its own PostgreSQL database for
-    ``frontier-pg``, dropped by :meth:`result` or :meth:`kill`)."""
+class CrawlJob(crawlproc.CrawlJob):
+    """One crawl of :func:`run_crawl` in a subprocess (``frontier-pg``: on its own PostgreSQL database)."""
+
+    module = "benchmarks.frontier_crawl_rate"
+    store_flag = "--state-url"
+    timeout = CRAWL_TIMEOUT
 
     def __init__(self, config: str, port: int, pages: int, scratch: Path, concurrent_items: int):
-        self.config, self.pages = config, pages
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=scratch))
-        self.database: str | None = None
-        cmd = [
-            *(sys.executable, "-m", "benchmarks.frontier_crawl_rate", "--crawl", config, "--port", str(port)),
-            *("--workdir", str(self.workdir), "--concurrent-items", str(concurrent_items)),
-        ]
-        if config == "frontier-pg":
-            from benchmarks import pg
-
-            self.database = pg.create()
-            cmd += ["--state-url", pg.url_of(self.database)]
-        self.deadline = time.monotonic() + CRAWL_TIMEOUT
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_repo_root())
-
-    def result(self) -> dict[str, Any]:
-        try:
-            out, err = self.proc.communicate(timeout=max(self.deadline - time.monotonic(), 1))
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            return {"config": self.config, "failed": f"timed out after {CRAWL_TIMEOUT:.0f} s"}
-        finally:
-            self._clean_up()
-        lines = out.strip().splitlines()
-        if self.proc.returncode != 0 or not lines:
-            return {"config": self.config, "failed": f"exit {self.proc.returncode}: {err.strip()[-2000:]}"}
-        result = json.loads(lines[-1])
-        if result["responses"] != self.pages:
-            result["failed"] = f"expected {self.pages} responses, got {result['responses']}"
-        result["pps"] = result["responses"] / result["elapsed"]
-        result["cpu_ms_per_page"] = 1000 * result["cpu"] / max(result["responses"], 1)
-        return result
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
-        self._clean_up()
-
-    def _clean_up(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.database is not None:
-            from benchmarks import pg
-
-            name, self.database = self.database, None
-            pg.drop(name)
+        args = ("--concurrent-items", str(concurrent_items))
+        super().__init__(config, port, pages, scratch, args, database=config == "frontier-pg")
 
 
 def _at(trace: list[list[float]], moment: float) -> tuple[float, float]:
@@ -358,10 +275,6 @@ def common_window(results: list[dict[str, Any]], pages: int) -> tuple[float, flo
 
 
 # -- the benchmark -----------------------------------------------------------------------------
-def _repo_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
-
-
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")

@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.frontier_crawl_rate import _print_table, _repo_root
+from benchmarks.crawlproc import repo_root
+from benchmarks.frontier_crawl_rate import _print_table
 
 #: The requests point at the discard port: nothing is listening, nothing is fetched.
 URL_TEMPLATE = "http://127.0.0.1:9/p/{}"
@@ -279,7 +280,7 @@ def measure_crawl(state_url: str | None, workdir: Path | None, config: str) -> d
 def _child(args: list[str]) -> dict[str, Any]:
     t_parent = time.time()
     cmd = [sys.executable, "-m", "benchmarks.frontier_memory_resume", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=_repo_root())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=repo_root())
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")

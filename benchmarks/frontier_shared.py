@@ -28,8 +28,9 @@ overlap), each worker's share, and the wake-ups.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.frontier_crawl_rate import PageServer, _print_table, _repo_root, run_crawl
+from benchmarks.crawlproc import repo_root
+from benchmarks.frontier_crawl_rate import PageServer, _print_table, run_crawl
 
 CRAWL_TIMEOUT = 600.0
 
@@ -75,38 +77,42 @@ def run_worker(
 
 
 def _statuses(state_url: str) -> dict[str, int]:
-    import sqlalchemy as sa
+    """``{status: count}`` of the frontier's work items (the counts ``scrapy frontier stats`` shows)."""
+    from holocron_scrapy.frontier.store import open_work_item_store
 
-    from holocron_scrapy.db.engine import open_engine
-
-    engine = open_engine(state_url)
+    store = open_work_item_store(state_url)
     try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT status, COUNT(*) FROM work_items GROUP BY status")).all()
+        counts = store.counts()
     finally:
-        engine.dispose()
-    return {status: count for status, count in rows}
+        store.close()
+    return dict(sum((collections.Counter(c) for c in counts.values()), collections.Counter()))
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def run_case(
     port: int, pages: int, workers: int, per_domain: int, stagger: float, wake: bool, claim: int, backend: str
 ) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="holocron-shared-bench-"))
-    procs: list[subprocess.Popen] = []
-    database: str | None = None
-    try:
-        state_url = None
-        if backend == "postgresql":
-            from benchmarks import pg
+    from benchmarks import pg
 
-            database = pg.create()
-            state_url = pg.url_of(database)
+    procs: list[subprocess.Popen] = []
+    with contextlib.ExitStack() as cleanup:  # on the way out: workers killed, workdir removed, database dropped
+        workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="holocron-shared-bench-")))
+        state_url = f"sqlite:///{workdir / 'state.sqlite3'}"
+        if backend == "postgresql":
+            _, state_url = cleanup.enter_context(pg.throwaway_database())
+        cleanup.callback(_stop, procs)
         for i in range(workers):
             if i == 1 and stagger > 0:
                 time.sleep(stagger)
             cmd = worker_command(port, workdir, per_domain, f"worker{i}", wake, claim, state_url)
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                          cwd=_repo_root()))  # fmt: skip
+                                          cwd=repo_root()))  # fmt: skip
         results = []
         for i, proc in enumerate(procs):
             out, err = proc.communicate(timeout=CRAWL_TIMEOUT)
@@ -114,17 +120,7 @@ def run_case(
             if proc.returncode != 0 or not lines:
                 raise RuntimeError(f"worker{i} failed (exit {proc.returncode}): {err.strip()[-2000:]}")
             results.append(json.loads(lines[-1]))
-        statuses = _statuses(state_url or f"sqlite:///{workdir / 'state.sqlite3'}")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        shutil.rmtree(workdir, ignore_errors=True)
-        if database is not None:
-            from benchmarks import pg
-
-            pg.drop(database)
+        statuses = _statuses(state_url)
     fetched = sum(r["responses"] for r in results)
     span = max(r["t1"] for r in results) - min(r["t0"] for r in results)
     return {

@@ -37,22 +37,20 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-GIL = ["--gil"] if os.environ.get("PYSPY_GIL") else []
-from benchmarks.frontier_crawl_rate import TRACE_EVERY, PageServer, _at, _print_table, _repo_root, common_window
+from benchmarks import crawlproc
+from benchmarks.crawlproc import traced_crawl
+from benchmarks.frontier_crawl_rate import PageServer, _at, _print_table, common_window
 
 CONFIGS = ("full", "bare")
-# Ablations (``--ablate``): the full stack with one part swapped for plain Scrapy's, to see what each costs.
+# Ablations: the full stack with one part left out or swapped for plain Scrapy's, to see what each
+# costs (``--ablations no-lake,memory-frontier``: each runs beside full and bare).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "memory-frontier": {
         "SCHEDULER": "scrapy.core.scheduler.Scheduler",
@@ -68,14 +66,16 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def _ablated(name: str) -> dict[str, Any]:
-    """The settings of ablation *name*: ITEM_PIPELINES are the project's with the named ones left out."""
+    """The settings of ablation *name*: ITEM_PIPELINES are the project's without the ones named."""
     from holocron_scrapy import settings as project
 
     changes = dict(ABLATIONS[name])
-    if "ITEM_PIPELINES" in changes and changes["ITEM_PIPELINES"]:
+    if changes.get("ITEM_PIPELINES"):
         dropped = set(changes["ITEM_PIPELINES"])
         changes["ITEM_PIPELINES"] = {k: v for k, v in project.ITEM_PIPELINES.items() if k not in dropped}
     return changes
+
+
 CRAWL_TIMEOUT = 900.0
 MAX_DEPTH = 20  # above the graph's depth: every page is reached
 
@@ -125,126 +125,38 @@ def crawl_settings(config: str, config_file: Path) -> dict[str, Any]:
 
 
 def run_crawl(config: str, port: int, workdir: Path, store_url: str | None) -> dict[str, Any]:
-    """Crawl the site in this process; the figures of the run (``trace``: see frontier_crawl_rate)."""
-    from scrapy import signals
-    from scrapy.crawler import CrawlerProcess
+    """Crawl the site in this process; the figures of the run (``trace``: see :mod:`benchmarks.crawlproc`)."""
     from scrapy.utils.project import get_project_settings
 
     settings = get_project_settings()
     settings.setdict(crawl_settings(config, write_config(workdir, store_url)), priority="cmdline")
-    trace: list[tuple[float, int, float]] = []
-    marks: dict[str, Any] = {}
-    received = 0
-
-    def cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    def engine_started() -> None:
-        trace.append((time.monotonic(), 0, cpu()))
-
-    def response_received(**kwargs: Any) -> None:
-        nonlocal received
-        received += 1
-        if received % TRACE_EVERY == 0:
-            trace.append((time.monotonic(), received, cpu()))
-
-    def spider_closed(spider: Any, reason: str) -> None:
-        marks["reason"] = reason
-        trace.append((time.monotonic(), received, cpu()))
-
-    import gc
-
-    gc_time = {0: 0.0, 1: 0.0, 2: 0.0}
-    gc_started = [0.0]
-
-    def on_gc(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            gc_started[0] = time.thread_time()
-        else:
-            gc_time[info["generation"]] += time.thread_time() - gc_started[0]
-
-    gc.callbacks.append(on_gc)
-    process = CrawlerProcess(settings)
-    crawler = process.create_crawler("http")
-    crawler.signals.connect(engine_started, signal=signals.engine_started)
-    crawler.signals.connect(response_received, signal=signals.response_received)
-    crawler.signals.connect(spider_closed, signal=signals.spider_closed)
-    process.crawl(crawler, source="bench", seeds=f"http://127.0.0.1:{port}/p/0", max_depth=str(MAX_DEPTH))
-    process.start()
-    stats = crawler.stats.get_stats()
+    seeds = f"http://127.0.0.1:{port}/p/0"
+    figures, stats = traced_crawl(settings, "http", source="bench", seeds=seeds, max_depth=str(MAX_DEPTH))
     return {
         "config": config,
-        "reason": marks.get("reason"),
-        "responses": stats.get("response_received_count", 0),
+        **figures,
         "items": stats.get("item_scraped_count", 0),
-        "elapsed": stats.get("elapsed_time_seconds"),
-        "cpu": trace[-1][2] - trace[0][2],
-        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "errors": stats.get("log_count/ERROR", 0),
         "lake_files": sum(1 for _ in (workdir / "lake").rglob("*.json")) if config != "bare" else 0,
-        "trace": trace,
-        "gc_seconds": [round(gc_time[g], 2) for g in (0, 1, 2)],
-        "gc_stats": [(st["collections"], st["collected"]) for st in gc.get_stats()] + [len(gc.get_objects())],
     }
 
 
-class CrawlJob:
-    """One crawl in a subprocess, with its temp dir (and PostgreSQL database) cleaned up after it."""
+class CrawlJob(crawlproc.CrawlJob):
+    """One crawl of :func:`run_crawl` in a subprocess (``full`` on ``postgresql``: on its own database)."""
+
+    module = "benchmarks.http_crawl_rate"
+    store_flag = "--store-url"
+    timeout = CRAWL_TIMEOUT
 
     def __init__(self, config: str, port: int, pages: int, scratch: Path, backend: str, prefix: tuple[str, ...] = ()):
-        self.config, self.pages = config, pages
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=scratch))
-        self.database: str | None = None
-        cmd = [
-            *prefix,
-            *(sys.executable, "-m", "benchmarks.http_crawl_rate", "--crawl", config, "--port", str(port)),
-            *("--workdir", str(self.workdir)),
-        ]
-        if config == "full" and backend == "postgresql":
-            from benchmarks import pg
+        database = config == "full" and backend == "postgresql"
+        super().__init__(config, port, pages, scratch, database=database, prefix=prefix)
 
-            self.database = pg.create()
-            cmd += ["--store-url", pg.url_of(self.database)]
-        self.deadline = time.monotonic() + CRAWL_TIMEOUT
-        env = {**os.environ, "PYTHONPATH": _repo_root()}
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_repo_root(), env=env
-        )
-
-    def result(self) -> dict[str, Any]:
-        try:
-            out, err = self.proc.communicate(timeout=max(self.deadline - time.monotonic(), 1))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return {"config": self.config, "failed": f"timed out after {CRAWL_TIMEOUT:.0f} s"}
-        finally:
-            self.clean_up()
-        lines = [line for line in out.strip().splitlines() if line.startswith("{")]
-        if self.proc.returncode != 0 or not lines:
-            return {"config": self.config, "failed": f"exit {self.proc.returncode}: {err.strip()[-2000:]}"}
-        result = json.loads(lines[-1])
+    def check(self, result: dict[str, Any]) -> str | None:
         if result["responses"] < self.pages:
-            result["failed"] = f"expected {self.pages} responses, got {result['responses']}"
-        elif self.config == "full" and result["items"] < self.pages:
-            result["failed"] = f"expected {self.pages} items stored, got {result['items']}"
-        result["pps"] = result["responses"] / result["elapsed"]
-        result["cpu_ms_per_page"] = 1000 * result["cpu"] / max(result["responses"], 1)
-        return result
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
-        self.clean_up()
-
-    def clean_up(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.database is not None:
-            from benchmarks import pg
-
-            name, self.database = self.database, None
-            pg.drop(name)
+            return f"expected {self.pages} responses, got {result['responses']}"
+        if self.config == "full" and result["items"] < self.pages:
+            return f"expected {self.pages} items stored, got {result['items']}"
+        return None
 
 
 # -- the profile ----------------------------------------------------------------------------------
@@ -326,9 +238,13 @@ def summarise_profile(raw: Path, top: int = 30) -> str:
     return "\n".join(out)
 
 
-def profile(port: int, pages: int, scratch: Path, backend: str, out: Path, rate: int, config: str = "full") -> int:
+def profile(
+    port: int, pages: int, scratch: Path, backend: str, out: Path, rate: int, config: str = "full", gil: bool = False
+) -> int:
     raw = out.with_suffix(".raw.txt")
-    spy = ["py-spy", "record", "--format", "raw", "--rate", str(rate), "--threads", "--nonblocking", *GIL, "-o", str(raw)]
+    spy = ["py-spy", "record", "--format", "raw", "--rate", str(rate), "--threads", "--nonblocking", "-o", str(raw)]
+    if gil:  # only the thread holding the GIL: where the interpreter's one core goes
+        spy.insert(2, "--gil")
     job = CrawlJob(config, port, pages, scratch, backend, prefix=(*spy, "--"))
     result = job.result()
     if "failed" in result:
@@ -342,10 +258,12 @@ def profile(port: int, pages: int, scratch: Path, backend: str, out: Path, rate:
 
 
 # -- the benchmark ----------------------------------------------------------------------------------
-def run_rounds(port: int, pages: int, repeats: int, scratch: Path, backend: str, paired: bool) -> list[dict]:
+def run_rounds(
+    port: int, pages: int, repeats: int, scratch: Path, backend: str, paired: bool, configs: tuple[str, ...] = CONFIGS
+) -> list[dict]:
     runs = []
     for rep in range(repeats):
-        order = list(CONFIGS[rep % 2 :] + CONFIGS[: rep % 2])
+        order = list(configs if rep % 2 == 0 else configs[::-1])
         jobs: list[CrawlJob] = []
         results = []
         try:
@@ -378,7 +296,8 @@ def run_rounds(port: int, pages: int, repeats: int, scratch: Path, backend: str,
             print(
                 f"repeat {rep + 1} {result['config']:<5} {result['responses']} pages, {result['items']} items,"
                 f" {result['pps']:.0f} pages/s, cpu {result['cpu_ms_per_page']:.2f} ms/page"
-                f" (whole crawl {result['elapsed']:.1f} s), peak RSS {result['maxrss_mb']:.0f} MB",
+                f" (whole crawl {result['elapsed']:.1f} s), peak RSS {result['maxrss_mb']:.0f} MB,"
+                f" GC CPU s by generation {result.get('gc_seconds')}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -386,7 +305,15 @@ def run_rounds(port: int, pages: int, repeats: int, scratch: Path, backend: str,
 
 
 def benchmark(
-    pages: int, repeats: int, backend: str, paired: bool, profile_to: Path | None, rate: int, profiled: str = "full"
+    pages: int,
+    repeats: int,
+    backend: str,
+    paired: bool,
+    profile_to: Path | None,
+    rate: int,
+    profiled: str = "full",
+    ablations: tuple[str, ...] = (),
+    gil: bool = False,
 ) -> int:
     from benchmarks import pg
 
@@ -395,22 +322,22 @@ def benchmark(
     try:
         with PageServer(pages) as port:
             if profile_to is not None:
-                return profile(port, pages, scratch, backend, profile_to, rate, profiled)
-            runs = run_rounds(port, pages, repeats, scratch, backend, paired)
+                return profile(port, pages, scratch, backend, profile_to, rate, profiled, gil)
+            runs = run_rounds(port, pages, repeats, scratch, backend, paired, (*CONFIGS, *ablations))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     ok = [r for r in runs if "failed" not in r]
     bare = {r["repeat"]: r for r in ok if r["config"] == "bare"}
-    full = [r for r in ok if r["config"] == "full"]
-    ratios = [r["pps"] / bare[r["repeat"]]["pps"] for r in full if r["repeat"] in bare]
-    cpu = [r["cpu_ms_per_page"] / bare[r["repeat"]]["cpu_ms_per_page"] for r in full if r["repeat"] in bare]
     how = "simultaneous crawls, rates in their common window" if paired else "one crawl at a time"
     print(
         f"\nThe cost of storing: {pages} pages, http spider, 16 concurrent requests, stores on {backend};"
         f" {how}; {repeats} repeat(s), medians (ratios per repeat, then median)"
     )
     rows = []
-    for config, mine, x, cx in (("full", full, ratios, cpu), ("bare", list(bare.values()), [1.0], [1.0])):
+    for config in ("full", *ablations, "bare"):
+        mine = [r for r in ok if r["config"] == config]
+        x = [r["pps"] / bare[r["repeat"]]["pps"] for r in mine if r["repeat"] in bare]
+        cx = [r["cpu_ms_per_page"] / bare[r["repeat"]]["cpu_ms_per_page"] for r in mine if r["repeat"] in bare]
         if not mine:
             rows.append([config, "failed", "", "", "", "", ""])
             continue
@@ -419,7 +346,7 @@ def benchmark(
                 config,
                 f"{statistics.median(r['pps'] for r in mine):.0f}",
                 f"{statistics.median(x):.2f}x" if x else "n/a",
-                " ".join(f"{v:.2f}" for v in x) if config == "full" else "-",
+                " ".join(f"{v:.2f}" for v in x) if config != "bare" else "-",
                 f"{statistics.median(r['cpu_ms_per_page'] for r in mine):.2f}",
                 f"{statistics.median(cx):.2f}x" if cx else "n/a",
                 f"{statistics.median(r['maxrss_mb'] for r in mine):.0f}",
@@ -443,7 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", type=Path, help="profile one full crawl with py-spy; the summary goes here")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
-    parser.add_argument("--profile-config", choices=CONFIGS, default="full", help="the crawl --profile runs")
+    parser.add_argument("--gil", action="store_true", help="--profile: sample only the thread holding the GIL")
+    parser.add_argument(
+        "--profile-config", choices=(*CONFIGS, *ABLATIONS), default="full", help="the crawl --profile runs"
+    )
+    parser.add_argument(
+        "--ablations",
+        type=lambda value: tuple(v for v in value.split(",") if v),
+        default=(),
+        help=f"also run these variants of the full stack (comma-separated: {', '.join(ABLATIONS)})",
+    )
     parser.add_argument("--crawl", choices=(*CONFIGS, *ABLATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -454,7 +390,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     pages = args.pages or (1_000 if args.quick else 5_000)
     repeats = args.repeats or (1 if args.quick else 3)
-    return benchmark(pages, repeats, args.backend, args.paired, args.profile, args.rate, args.profile_config)
+    unknown = [name for name in args.ablations if name not in ABLATIONS]
+    if unknown:
+        parser.error(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
+    return benchmark(
+        pages,
+        repeats,
+        args.backend,
+        args.paired,
+        args.profile,
+        args.rate,
+        args.profile_config,
+        args.ablations,
+        args.gil,
+    )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ SIGTERM, which :func:`drop_on_sigterm` turns into ``SystemExit`` so that ``final
 terminating the connections left open. :func:`copy_database` makes a new throw-away database from
 a template (``CREATE DATABASE ... TEMPLATE``: a file copy, much faster than filling it again).
 
-The server is the one the tests use (:mod:`tests.support.postgres`); the benchmarks reuse its
-connection helpers and host/port/user settings (``HOLOCRON_TEST_PG_HOST`` / ``_PORT`` / ``_USER``).
-Benchmark databases have their own prefix, so the tests' sweep of orphaned databases never sees them.
+The server is the one the tests use (127.0.0.1:5432, user root, trust auth);
+``HOLOCRON_BENCH_PG_HOST`` / ``_PORT`` / ``_USER`` point the benchmarks elsewhere. Benchmarks are
+not tests, so nothing here comes from ``tests.support``. Benchmark databases have their own prefix,
+so the tests' sweep of orphaned databases never sees them.
 """
 
 from __future__ import annotations
@@ -20,11 +21,19 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
 from psycopg import sql
 
-from tests.support.postgres import admin_connect, drop_database, url_for
-
+HOST = os.environ.get("HOLOCRON_BENCH_PG_HOST", "127.0.0.1")
+PORT = int(os.environ.get("HOLOCRON_BENCH_PG_PORT", "5432"))
+USER = os.environ.get("HOLOCRON_BENCH_PG_USER", "root")
+ADMIN_DB = "postgres"  # CREATE / DROP DATABASE run from here
 PREFIX = "holocron_bench_"
+
+
+def admin_connect() -> psycopg.Connection:
+    """An autocommit connection to the ``postgres`` database (CREATE DATABASE cannot run in a transaction)."""
+    return psycopg.connect(host=HOST, port=PORT, user=USER, dbname=ADMIN_DB, autocommit=True, connect_timeout=5)
 
 
 def new_name() -> str:
@@ -50,8 +59,9 @@ def create(template: str | None = None) -> str:
 
 
 def drop(name: str) -> None:
+    """Drop the database *name* (no error if it is gone), ending the sessions still connected to it."""
     with admin_connect() as admin:
-        drop_database(admin, name)
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def size_mb(name: str) -> float:
@@ -65,10 +75,10 @@ def throwaway_database(template: str | None = None) -> Iterator[tuple[str, str]]
     """``(name, url)`` of a new database, dropped on the way out (also on errors)."""
     name = create(template)
     try:
-        yield name, url_for(name)
+        yield name, url_of(name)
     finally:
         drop(name)
 
 
 def url_of(name: str) -> str:
-    return url_for(name)
+    return f"postgresql+psycopg://{USER}@{HOST}:{PORT}/{name}"

@@ -42,6 +42,12 @@ EXTENSIONS = {
     # gc.freeze() once the engine started: full collections skip what lives as long as the crawl.
     "holocron_scrapy.extensions.collector.FreezeStartupObjects": 520,
 }
+# No open port a crawler does not need: Scrapy's RemoteControl (on by default since 2.19: an HTTP
+# server on localhost that runs any Python code posted to it, its bearer token written to a job
+# file in the user's profile) and the telnet console (a Python shell on 127.0.0.1:6023) are off.
+# Runs are watched through their logs, stats and run summaries instead.
+REMOTE_CONTROL_ENABLED = False
+TELNETCONSOLE_ENABLED = False
 
 # Politeness, on by default ----------------------------------------------------------
 # Scrapy's downloader, with CONCURRENT_REQUESTS_PER_DOMAIN also enforced when the delay is 0.

@@ -26,13 +26,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import sqlfluff
 import sqlglot
 from sqlalchemy.dialects import mssql, postgresql, sqlite
 from sqlglot import exp
 
 from holocron_scrapy.db import connection, schema
 from holocron_scrapy.db.migrations import split_go_batches, strip_comments
+from tests.support.tsql import unparsable_statements
 
 ROOT = Path(__file__).resolve().parents[1]
 TSQL_FILES = sorted((ROOT / "sql").glob("[0-9][0-9][0-9][0-9]_*.sql"))
@@ -374,21 +374,8 @@ def mssql_ddl() -> list[tuple[str, str]]:
 def test_compiled_tsql_parses_with_sqlfluff():
     statements = mssql_ddl()
     assert len(statements) == len(schema.metadata.tables) + sum(len(t.indexes) for t in schema.metadata.tables.values())
-    script = "".join(f"{sql};\nGO\n" for _name, sql in statements)
-    try:  # one parse for speed; on failure, find the statements that fail
-        tree = sqlfluff.parse(script, dialect="tsql")
-        failed = "unparsable" in json.dumps(tree)
-    except sqlfluff.api.APIParsingError:
-        failed = True
-    if failed:
-        bad = []
-        for name, sql in statements:
-            try:
-                if "unparsable" in json.dumps(sqlfluff.parse(sql, dialect="tsql")):
-                    bad.append(name)
-            except sqlfluff.api.APIParsingError:
-                bad.append(name)
-        pytest.fail(f"sqlfluff (tsql) cannot parse the compiled DDL of: {bad}")
+    bad = unparsable_statements(statements)
+    assert not bad, f"sqlfluff (tsql) cannot parse the compiled DDL of: {bad}"
 
 
 @dataclass

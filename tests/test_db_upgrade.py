@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -25,27 +24,17 @@ PORT = 8799  # the port in the URLs of the fixture's work items
 SITE = f"http://127.0.0.1:{PORT}"
 
 
-def rows(db: Path, sql: str) -> list[dict]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql)]
-    finally:
-        conn.close()
-
-
 def test_schema_0006_files_upgrade_in_place_and_the_crawl_goes_on(tmp_path):
     root = tmp_path / "ws"
     shutil.copytree(FIXTURE, root)
-    ws = Workspace(root)
-    state, records = root / "state.sqlite3", root / "records.sqlite3"
-    items_before = {r["dedupe_key"]: r for r in rows(state, "SELECT * FROM work_items")}
-    records_before = {r["ingest_id"]: r for r in rows(records, "SELECT * FROM ingest_records")}
+    ws = Workspace(root)  # its SQLite files are the fixture's state.sqlite3 and records.sqlite3
+    items_before = {r["dedupe_key"]: r for r in ws.work_items()}
+    records_before = {r["ingest_id"]: r for r in ws.records()}
     assert Counter(r["status"] for r in items_before.values()) == {"completed": 7, "pending": 2}
     ws.config.write_text(
         "contact: tests@example.org\n"
-        f"storage:\n  lake_dir: {ws.lake}\n  records_url: sqlite:///{records}\n"
-        f"state:\n  url: sqlite:///{state}\n"
+        f"storage:\n  lake_dir: {ws.lake}\n  records_url: {ws.records_url}\n"
+        f"state:\n  url: {ws.state_url}\n"
         "sources:\n  - {name: site, type: http, delay: 0, concurrency: 1}\n",
         encoding="utf-8",
     )
@@ -55,7 +44,7 @@ def test_schema_0006_files_upgrade_in_place_and_the_crawl_goes_on(tmp_path):
     assert proc.returncode == 3, proc.stderr[-3000:]  # partial: missing.html is a 404
     assert len(fetched) == 2  # only what was pending: p7.html and missing.html
 
-    items_after = {r["dedupe_key"]: r for r in rows(state, "SELECT * FROM work_items")}
+    items_after = {r["dedupe_key"]: r for r in ws.work_items()}
     for key, before in items_before.items():
         after = items_after[key]
         if before["status"] == "completed":
@@ -65,15 +54,15 @@ def test_schema_0006_files_upgrade_in_place_and_the_crawl_goes_on(tmp_path):
     statuses = {r["resource_id"]: r["status"] for r in items_after.values()}
     assert statuses[f"{SITE}/p7.html"] == "completed" and statuses[f"{SITE}/missing.html"] == "failed"
 
-    records_after = {r["ingest_id"]: r for r in rows(records, "SELECT * FROM ingest_records")}
+    records_after = {r["ingest_id"]: r for r in ws.records()}
     for ingest_id, before in records_before.items():
         after = records_after[ingest_id]
         assert {k: after[k] for k in before} == before, ingest_id
     per_resource = Counter(r["resource_id"] for r in records_after.values())
     assert len(records_after) == 9 and max(per_resource.values()) == 1
 
-    for db in (state, records):
-        versions = [r["version"] for r in rows(db, "SELECT version FROM schema_migrations ORDER BY version")]
+    for store in ("state", "records"):
+        versions = [r["version"] for r in ws.rows(store, "SELECT version FROM schema_migrations ORDER BY version")]
         assert versions[:6] == ["0001", "0002", "0003", "0004", "0005", "0006"] and len(versions) >= 6
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}

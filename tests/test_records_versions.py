@@ -1,10 +1,14 @@
 """holocron_scrapy.records.versions: one "which version do we hold?" lookup, batched, off the
-reactor, on SQLite and the live PostgreSQL."""
+reactor, on SQLite and the live PostgreSQL; past the outage limit it stops the crawl cleanly (a
+real re-crawl of the test wiki whose PostgreSQL records database goes away)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,6 +18,10 @@ from scrapy.utils.test import get_crawler
 from holocron_scrapy.items import IngestItem
 from holocron_scrapy.records.store import item_row, open_record_store
 from holocron_scrapy.records.versions import Held, VersionLookup, VersionStore, parse_utc
+from tests.support.crawl import REPO, Workspace
+from tests.support.fault_proxy import FaultProxy
+from tests.support.static_site import serve_directory
+from tests.test_storage_faults import database_gone
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -141,3 +149,90 @@ async def test_a_failed_query_fails_its_callers_and_the_next_turn_works(tmp_path
         await lookup.held([key("A")])
     assert await lookup.held([key("A")]) == {}
     lookup.close()
+
+
+def recrawl_with_records_gone(ws: Workspace, command: list[str], proxy: FaultProxy, postgres_url: str) -> str:
+    """Run the re-crawl *command*; once its first request reaches *proxy* (slowed: the records store
+    is open by then, nothing was looked up yet), take the records database away until the crawl
+    ends. Its stderr, after checking what every such crawl must show: exit status 1 with ONE error
+    line, close reason ``fatal_storage``, no traceback or spider error per request, the outage
+    waited for once, nothing stored or failed."""
+    stored = len(ws.records())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HOLOCRON_CONFIG", None)
+    proxy.counts.clear()
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not proxy.counts:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the re-crawl sent no request"
+            time.sleep(0.02)
+        with database_gone(postgres_url):
+            _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if "Records read failed: " in line]
+    assert len(lines) == 1, lines
+    assert f"Records read failed: {postgres_url}: " in lines[0] and lines[0].endswith("; stopping the crawl")
+    assert "(fatal_storage)" in stderr
+    assert "Traceback" not in stderr, stderr[stderr.index("Traceback") - 500 :][:3000]
+    assert "Spider error processing" not in stderr
+    waited = [line for line in stderr.splitlines() if "The records database" in line]
+    assert len(waited) == 1 and "cannot be reached" in waited[0], waited  # waited for, once, before giving up
+    assert [r["status"] for r in ws.run_reports()] == ["completed", "failed"]
+    assert len(ws.records()) == stored  # nothing stored, nothing lost
+    assert not [i for i in ws.work_items() if i["status"] == "failed"]
+    return stderr
+
+
+OUTAGE = {"HOLOCRON_DB_OUTAGE_LIMIT": "1"}
+
+
+@pytest.mark.mediawiki
+def test_a_lastrevid_lookup_past_the_outage_limit_stops_the_crawl_with_fatal_storage(mediawiki, tmp_path, postgres_url):
+    """A MediaWiki re-crawl checks every title's ``lastrevid`` against the stored revision (a version
+    lookup in the spider's callback) before it fetches content. The records database (PostgreSQL;
+    the frontier in SQLite) goes away before that check, for longer than
+    ``HOLOCRON_DB_OUTAGE_LIMIT`` (1 s): the crawl waits that long, then stops cleanly."""
+    ws = Workspace(tmp_path, records_database=postgres_url)
+    ws.write_config(mediawiki.api_url)
+    seeds = ("source=testwiki", "seeds=Hub Alpha|Ωmega Station|Loop Alpha", "max_depth=0")
+    first = ws.crawl("mediawiki", *seeds)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(ws.records()) >= 3
+    # The API answers slowly, so that the database is gone before the first answer reaches the check.
+    with FaultProxy(mediawiki.api_url, rate=0, first=["slow"] * 20, slow_seconds=2) as proxy:
+        ws.write_config(f"{proxy.url}/api.php")
+        command = ws.command("mediawiki", *seeds, "recrawl_after=0s", settings=OUTAGE)
+        recrawl_with_records_gone(ws, command, proxy, postgres_url)
+
+
+def test_a_conditional_request_lookup_past_the_outage_limit_stops_the_crawl_with_fatal_storage(tmp_path, postgres_url):
+    """The same for a website re-crawl: the conditional-request middleware asks for each page's
+    validators before its download; the database goes away while robots.txt is fetched (slowly)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    pages = ["a", "b", "c", "d"]
+    links = "".join(f'<a href="{p}.html">{p}</a>' for p in pages)
+    (site / "index.html").write_text(f"<html><body>{links}</body></html>", encoding="utf-8")
+    for p in pages:
+        (site / f"{p}.html").write_text(f"<html><body>Page {p}</body></html>", encoding="utf-8")
+    ws = Workspace(tmp_path / "ws", records_database=postgres_url)
+    ws.root.mkdir()
+    with serve_directory(site) as (base, _log), FaultProxy(base, rate=0, slow_seconds=2) as proxy:
+        ws.config.write_text(
+            f"storage:\n  lake_dir: {ws.lake}\n  records_url: {ws.records_url}\n"
+            f"state:\n  url: {ws.state_url}\n"
+            "sources:\n  - {name: site, type: http, delay: 0, recrawl_after: 0s}\n",
+            encoding="utf-8",
+        )
+        args = ("source=site", f"seeds={proxy.url}/index.html", "max_depth=1")
+        first = ws.crawl("http", *args)
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert len(ws.records()) == 5
+        proxy.first = ["slow"] * 3
+        recrawl_with_records_gone(ws, ws.command("http", *args, settings=OUTAGE), proxy, postgres_url)

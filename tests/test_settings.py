@@ -1,7 +1,11 @@
 """holocron_scrapy.settings: politeness is on by default, as a spider built from the project
-settings and a config with no politeness keys sees it."""
+settings and a config with no politeness keys sees it; a crawl opens no control port."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 from scrapy.crawler import Crawler
@@ -10,6 +14,8 @@ from scrapy.settings import Settings
 from holocron_scrapy import __version__
 from holocron_scrapy.spiders.http import HttpSpider
 from holocron_scrapy.spiders.mediawiki import WikipediaSpider
+from tests.support.crawl import REPO
+from tests.support.static_site import serve_directory
 
 
 def project_crawler(spidercls, tmp_path):
@@ -127,3 +133,30 @@ def test_spider_arguments_are_checked(tmp_path):
     crawler = project_crawler(WikipediaSpider, tmp_path)
     spider = WikipediaSpider.from_crawler(crawler, seeds="Star Wars", max_depth="0", _job="abc")  # Scrapyd's _job
     assert spider.options.max_depth == 0
+
+
+def test_a_crawl_opens_no_remote_control_or_telnet_port(tmp_path):
+    """``scrapy crawl`` with the project's settings only (no ``-s``): Scrapy's RemoteControl (an HTTP
+    server that runs posted Python code, its token written to a job file in the user's profile) and
+    telnet console extensions stay off, so the crawl opens no listening port."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html><body><p>One page.</p></body></html>", encoding="utf-8")
+    config = tmp_path / "holocron.yaml"
+    config.write_text(
+        "contact: tests@example.org\n"
+        f"storage: {{lake_dir: {tmp_path / 'lake'}, records_url: 'sqlite:///{tmp_path / 'r.sqlite3'}'}}\n"
+        f"state: {{url: 'sqlite:///{tmp_path / 's.sqlite3'}'}}\n"
+        "sources:\n  - {name: site, type: http, delay: 0}\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HOLOCRON_CONFIG", None)
+    with serve_directory(site) as (base, _log):
+        cmd = [sys.executable, "-m", "scrapy", "crawl", "http", "-s", f"HOLOCRON_CONFIG={config}"]
+        cmd += ["-a", "source=site", "-a", f"seeds={base}/index.html", "-a", "max_depth=0"]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "scrapy.extensions.corestats.CoreStats" in proc.stderr  # the "Enabled extensions" list was logged
+    assert "RemoteControl" not in proc.stderr and "Remote control" not in proc.stderr
+    assert "TelnetConsole" not in proc.stderr and "Telnet console" not in proc.stderr

@@ -24,6 +24,7 @@ from sqlglot import exp
 from holocron_scrapy.db import migrations, sqlserver
 from holocron_scrapy.db.migrations import MigrationRunner, split_go_batches, strip_comments
 from tests.support.sqlserver import WIDENED_COLUMNS
+from tests.support.tsql import unparsable_statements
 
 ROOT = Path(__file__).resolve().parents[1]
 TSQL_FILES = sorted((ROOT / "sql").glob("[0-9][0-9][0-9][0-9]_*.sql"))
@@ -405,21 +406,8 @@ STORE_SQL = _store_statements()
 
 
 def test_store_statements_parse_with_sqlfluff():
-    script = "".join(f"{sql};\nGO\n" for sql in STORE_SQL.values())
-    try:  # one parse for speed; on failure, find the statements that fail
-        tree = sqlfluff.parse(script, dialect="tsql")
-        failed = "unparsable" in json.dumps(tree)
-    except sqlfluff.api.APIParsingError:
-        failed = True
-    if failed:
-        bad = []
-        for name, sql in STORE_SQL.items():
-            try:
-                if "unparsable" in json.dumps(sqlfluff.parse(sql, dialect="tsql")):
-                    bad.append(name)
-            except sqlfluff.api.APIParsingError:
-                bad.append(name)
-        pytest.fail(f"sqlfluff (tsql) cannot parse the compiled statements: {bad}")
+    bad = unparsable_statements(STORE_SQL.items())
+    assert not bad, f"sqlfluff (tsql) cannot parse the compiled statements: {bad}"
 
 
 @pytest.mark.parametrize("name", sorted(STORE_SQL))

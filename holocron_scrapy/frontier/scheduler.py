@@ -70,7 +70,7 @@ from holocron_scrapy.db.outage import OutageWatch, outage_limit
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.acks import IDS_META, item_ids
 from holocron_scrapy.frontier.dupefilter import FrontierDupeFilter
-from holocron_scrapy.frontier.executor import InlineExecutor, StoreExecutor, ThreadExecutor
+from holocron_scrapy.frontier.executor import StoreExecutor, ThreadExecutor
 from holocron_scrapy.frontier.jobs import ClaimWant, Job, JobResult, run_job
 from holocron_scrapy.frontier.keys import Resource, request_depth
 from holocron_scrapy.frontier.serialization import (
@@ -888,4 +888,4 @@ async def _settled(d: defer.Deferred[Any], timeout: float) -> None:
         timer.cancel()
 
 
-__all__ = ["FrontierScheduler", "InlineExecutor", "state_url_from_settings", "scope_from_settings"]
+__all__ = ["FrontierScheduler", "state_url_from_settings", "scope_from_settings"]

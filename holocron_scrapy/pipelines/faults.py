@@ -133,13 +133,18 @@ class FaultHandler:
         fault = handed_back(item, f"{what} failed ({describe(exc)})")
         if self.stats is not None:
             self.stats.inc_value("storage/faults")
+        self.stop(what, path, exc)
+        return fault
+
+    def stop(self, what: str, path: str, exc: BaseException) -> None:
+        """Stop the crawl for a fault of *what* at *path* (the first fault only: one error line,
+        ``storage/fatal``, close reason ``fatal_storage``); for a fault that hit no item."""
         if self.fatal is None:
             self.fatal = f"{what} failed: {path}: {describe(exc)}; stopping the crawl"
             logger.error(self.fatal)
             if self.stats is not None:
                 self.stats.set_value("storage/fatal", 1)
             self._close()
-        return fault
 
     def _close(self) -> None:
         try:

@@ -45,8 +45,8 @@ import os
 import re
 import tempfile
 import unicodedata
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from itemadapter import ItemAdapter

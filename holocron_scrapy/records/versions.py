@@ -26,9 +26,19 @@ next query (at most one in flight, so the batches
 grow with the load and an idle crawl waits for no window). Its store is opened on first use,
 closed when the engine stops. Times are compared as instants (``parse_utc``), never as text.
 
+Past the outage limit, or on any other storage fault (:func:`~holocron_scrapy.pipelines.faults.is_storage_error`:
+a full or read-only disk ...), the lookup stops the crawl itself, as a failed records write does
+(:class:`~holocron_scrapy.pipelines.faults.FaultHandler`: ONE error line ``Records read failed:
+<url>: <cause>; stopping the crawl``, close reason ``fatal_storage``, exit status 1). Its callers,
+then and until the crawl has stopped, get :class:`RecordsUnreachable` and need no handling of their
+own: it is a ``CloseSpider`` (a spider callback that asked, the MediaWiki ``lastrevid`` check,
+ends quietly instead of logging a traceback per request) and a ``StoreError`` (the pipelines hand
+their items back). An error that is no storage fault (a bug) still reaches the caller as it is.
+
 Settings read: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER`` (the records store),
 ``HOLOCRON_DB_OUTAGE_LIMIT``.
-Stats written: ``versions/lookups`` (keys asked for), ``versions/queries`` (batched queries run).
+Stats written: ``versions/lookups`` (keys asked for), ``versions/queries`` (batched queries run);
+``storage/fatal`` through the fault handler.
 """
 
 from __future__ import annotations
@@ -39,12 +49,15 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from scrapy import signals
+from scrapy.exceptions import CloseSpider
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
 from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import RETRY_FIRST, RETRY_MAX, OutageWatch, is_server_gone
+from holocron_scrapy.errors import StoreError
+from holocron_scrapy.pipelines.faults import CLOSE_REASON, FaultHandler, describe, is_storage_error
 from holocron_scrapy.records.store import RecordStore, open_record_store
 
 #: ``(source_system, source_name, resource_type, resource_id)``; a resource type of None matches any.
@@ -58,6 +71,20 @@ def parse_utc(value: Any) -> datetime | None:
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+class RecordsUnreachable(CloseSpider, StoreError):
+    """The version lookup gave up on the records database: the crawl is stopping (``fatal_storage``).
+
+    A ``CloseSpider``, so that a spider callback that asked ends quietly; a ``StoreError``, so that
+    a pipeline that asked hands its item back as for any storage fault."""
+
+    def __init__(self, cause: str):
+        super().__init__(CLOSE_REASON)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"the records database cannot be read ({self.cause}); the crawl is stopping"
 
 
 @dataclass(frozen=True)
@@ -141,6 +168,7 @@ class VersionLookup:
         *,
         stats: Any = None,
         outage: OutageWatch | None = None,
+        faults: FaultHandler | None = None,
         url: str = "",
     ):
         self._open_store = open_store
@@ -148,6 +176,9 @@ class VersionLookup:
         self.stats = stats
         #: A server that is gone is waited for: the query is asked again after a pause (None: fail at once).
         self.outage = outage
+        #: Stops the crawl on a storage fault (past the outage limit); None: callers get the raw error.
+        self.faults = faults
+        self._fatal: RecordsUnreachable | None = None  # once it gave up: what every caller gets
         self._pause = RETRY_FIRST
         self.versions = VersionStore(None)
         # Work waiting for the next turn: keys and their waiters, or a function and its waiter.
@@ -169,6 +200,7 @@ class VersionLookup:
                 lambda: open_record_store(url, sqlserver_config=sqlserver),
                 stats=crawler.stats,
                 outage=OutageWatch.of_records(crawler),
+                faults=FaultHandler.of(crawler),
                 url=url,
             )
             crawler.holocron_versions = lookup
@@ -217,6 +249,12 @@ class VersionLookup:
         self._scheduled = False
         if self._busy or not (self._keys or self._calls):
             return
+        if self._fatal is not None:  # the crawl is stopping for a storage fault: no more queries
+            keys, self._keys = self._keys, []
+            calls, self._calls = self._calls, []
+            for _, waiter in [*keys, *calls]:
+                waiter.errback(Failure(self._fatal))
+            return
         self._busy = True
         keys, self._keys = self._keys, []
         calls, self._calls = self._calls, []
@@ -232,6 +270,17 @@ class VersionLookup:
         if self.outage is None or self._closed or not is_server_gone(error):
             return False
         return not self.outage.failed(error)
+
+    def _give_up(self, failure: Failure) -> Failure:
+        """A storage fault stops the crawl (once) and becomes :class:`RecordsUnreachable`; other
+        errors (and any error without a fault handler) are left as they are."""
+        if self.faults is None or not is_storage_error(failure.value):
+            return failure
+        if self._fatal is None:
+            self.faults.stop("Records read", self.url, failure.value)
+            self._fatal = RecordsUnreachable(describe(failure.value))
+            self._fatal.__cause__ = failure.value
+        return Failure(self._fatal)
 
     def _retry(self) -> None:
         self._busy = False
@@ -260,14 +309,17 @@ class VersionLookup:
             held, results = outcome, [outcome for _ in calls]
         else:
             held, results = outcome
-        if isinstance(held, Failure) and self._wait_out(held.value):
-            # The server is gone: ask again after a pause (the calls did not run), with what came meanwhile.
-            self._keys[:0], self._calls[:0] = keys, calls
-            from twisted.internet import reactor
+        if isinstance(held, Failure):
+            if self._wait_out(held.value):
+                # The server is gone: ask again after a pause (the calls did not run), with what came meanwhile.
+                self._keys[:0], self._calls[:0] = keys, calls
+                from twisted.internet import reactor
 
-            reactor.callLater(self._pause, self._retry)
-            self._pause = min(self._pause * 2, RETRY_MAX)
-            return
+                reactor.callLater(self._pause, self._retry)
+                self._pause = min(self._pause * 2, RETRY_MAX)
+                return
+            held = self._give_up(held)  # past the outage limit, or a fault that waiting does not cure
+        results = [self._give_up(r) if isinstance(r, Failure) else r for r in results]
         if not isinstance(held, Failure) and self.outage is not None and any(asked for asked, _ in keys):
             self.outage.succeeded()  # a query ran: the server answered
             self._pause = RETRY_FIRST

@@ -103,7 +103,7 @@ class Workspace:
             timeout=timeout,
         )
 
-    def _rows(self, store: str, sql: str) -> list[dict[str, Any]]:
+    def rows(self, store: str, sql: str) -> list[dict[str, Any]]:
         """The rows of *sql* on the ``records`` or ``state`` store (a SQLite file, or PostgreSQL);
         none while the file or table does not exist yet."""
         url = self.records_url if store == "records" else self.state_url
@@ -125,20 +125,20 @@ class Workspace:
             conn.close()
 
     def records(self) -> list[dict[str, Any]]:
-        return self._rows("records", "SELECT * FROM ingest_records ORDER BY fetched_at_utc")
+        return self.rows("records", "SELECT * FROM ingest_records ORDER BY fetched_at_utc")
 
     def record_count(self) -> int:
         """How many records are stored so far (0 while the store is being created, or busy)."""
         try:
-            return self._rows("records", "SELECT COUNT(*) AS n FROM ingest_records")[0]["n"]
+            return self.rows("records", "SELECT COUNT(*) AS n FROM ingest_records")[0]["n"]
         except (sqlite3.OperationalError, IndexError):
             return 0
 
     def runs(self) -> list[dict[str, Any]]:
-        return self._rows("records", "SELECT * FROM ingest_runs ORDER BY started_at")
+        return self.rows("records", "SELECT * FROM ingest_runs ORDER BY started_at")
 
     def work_items(self) -> list[dict[str, Any]]:
-        return self._rows("state", "SELECT * FROM work_items")
+        return self.rows("state", "SELECT * FROM work_items")
 
     def lake_documents(self) -> list[dict]:
         """Every lake file of a fetched resource (run reports in ``_runs/`` left out)."""
