@@ -1144,6 +1144,8 @@ def _checkpoint_put_sql(dialect: str) -> sa.Insert:
         index_elements=[C.c.source_system, C.c.source_name, C.c.name],
         set_={"value": lite.excluded.value, "updated_at": lite.excluded.updated_at},
     )
+
+
 _ANALYZE = sa.text("ANALYZE work_items")  # PostgreSQL only
 
 

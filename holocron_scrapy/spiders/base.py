@@ -18,9 +18,9 @@ Settings read: ``HOLOCRON_CONFIG``, ``HOLOCRON_CONTACT``, ``HOLOCRON_RUN_ID``, `
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
