@@ -21,7 +21,9 @@ a resumed run 9.2x slower; issue 11). Now:
 * :func:`run_in_frontier` runs the chunks one at a time in the frontier's worker thread
   (:mod:`holocron_scrapy.frontier.executor`), never on the reactor; after each chunk the scheduler is
   told (:meth:`~holocron_scrapy.frontier.scheduler.FrontierScheduler.stored_elsewhere`), so the crawl
-  fetches while the intake goes on.
+  fetches while the intake goes on. While the state database is gone a chunk is tried again (the
+  frontier's outage watch: one log line, ``HOLOCRON_DB_OUTAGE_LIMIT``); a chunk and its checkpoint
+  commit together, so running one again is harmless.
 
 Settings read: ``HOLOCRON_SEED_CHUNK_SIZE`` (seeds per transaction, default 5,000).
 Stats written: ``intake/seeds`` (seeds read in this run), ``intake/enqueued`` (new work items),
@@ -38,9 +40,10 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from holocron_scrapy import defaults
+from holocron_scrapy.db.outage import ride_out
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore
 
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from holocron_scrapy.frontier.scheduler import FrontierScheduler
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seeds per chunk: one transaction of inserts plus the checkpoint.
 CHUNK_SIZE = defaults.SEED_CHUNK_SIZE
@@ -302,13 +306,20 @@ async def run_in_frontier(
                 items.append(item)
         return items
 
+    async def in_worker(fn: Callable[[], T]) -> T:
+        """Run *fn* in the worker thread; while the database is gone, wait and run it again (a chunk and
+        its checkpoint commit together or not at all, so running one again is harmless)."""
+        return await ride_out(
+            lambda: maybe_deferred_to_future(executor.submit(fn)), frontier.outage, spider=frontier.spider
+        )
+
     intake = SeedIntake(seeds, scope.source_system, scope.source_name, to_items, chunk_size=chunk_size)
-    state = await maybe_deferred_to_future(executor.submit(lambda: intake.begin(store)))
+    state = await in_worker(lambda: intake.begin(store))
     intake.log_start(frontier.spider)
     while not state.done:
         if frontier.store is None or getattr(frontier, "_closing", False):
             return None
-        read, inserted = await maybe_deferred_to_future(executor.submit(lambda: intake.step(store)))
+        read, inserted = await in_worker(lambda: intake.step(store))
         _count(stats, read, inserted)
         frontier.stored_elsewhere(inserted, max(read - inserted, 0))
     if stats is not None:

@@ -10,6 +10,9 @@ seeds' hosts), ``max_depth``, ``max_pages``, ``follow`` and ``deny`` (regexes, "
 lists are not used: pass one regex each, combine with ``(a|b)``), ``sitemap`` (a URL, or
 ``robots`` to find sitemaps through robots.txt), ``store_binary``, ``max_body_bytes``.
 
+Seeds (every one checked before the start, in one streamed pass that keeps only their hosts) go
+through the frontier's seed intake (:mod:`holocron_scrapy.frontier.intake`).
+
 Failures follow :mod:`holocron_scrapy.failures`: 404, 410 and other 4xx are stored as ``failed``
 at once; resets, timeouts, lost data, 429 and 5xx are retried (by the retry middleware, then
 the frontier).
