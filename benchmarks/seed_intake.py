@@ -14,7 +14,9 @@ The seeds file holds the lab wiki's articles followed by titles that do not exis
 * **resumed run** (``--repeats`` times): the same command again, to its end (nothing is left to fetch).
   Wall time and peak RSS.
 
-Sizes are interleaved within each repeat; the table gives medians.
+Sizes are interleaved within each repeat; the table gives medians. For "before" figures, run this
+file from a ``git archive`` of a commit without the seed intake: its first run is stopped once the
+state database holds every seed.
 
     python -m benchmarks.seed_intake                                  # 1,000,000 vs 10,000 seeds, 3 repeats
     python -m benchmarks.seed_intake --sizes 100000,10000 --repeats 1 # quick
@@ -52,8 +54,22 @@ def write_seeds(path: Path, size: int, articles: list[str]) -> None:
             out.write(f"Absent seed {i:07}\n")
 
 
-def run(ws: Workspace, seeds: Path, log: Path, *, stop_after_intake: bool, timeout: float = 3600) -> dict[str, Any]:
-    """One crawl process: its wall time, peak RSS (MB), exit status, and when the intake ended."""
+def stored_seeds(ws: Workspace) -> int:
+    try:
+        conn = sqlite3.connect(ws.state_db)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM work_items").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def run(
+    ws: Workspace, seeds: Path, log: Path, *, stop_after_intake: bool, size: int = 0, timeout: float = 3600
+) -> dict[str, Any]:
+    """One crawl process: its wall time, peak RSS (MB), exit status, and when the intake ended (code
+    without the seed intake, for the "before" figures: when the state database holds every seed)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("HOLOCRON_CONFIG", None)
     cmd = ws.command("mediawiki", "source=testwiki", f"seeds=@{seeds}", "max_depth=0", settings=SETTINGS)
@@ -64,14 +80,15 @@ def run(ws: Workspace, seeds: Path, log: Path, *, stop_after_intake: bool, timeo
         if stop_after_intake:
             while proc.poll() is None:
                 text = log.read_text("utf-8", "replace")
-                if "Seed intake: " in text and (" done: " in text or "skipped" in text):
+                ended = "Seed intake: " in text and (" done: " in text or "skipped" in text)
+                if ended or ("Seed intake: " not in text and stored_seeds(ws) >= size > 0):
                     intake_done = time.monotonic() - started
                     proc.send_signal(signal.SIGINT)
                     break
                 if time.monotonic() - started > timeout:
                     proc.kill()
                     raise SystemExit(f"no end of the intake within {timeout} s: {log}")
-                time.sleep(0.05)
+                time.sleep(0.05 if size < 100_000 else 1.0)
         _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
     text = log.read_text("utf-8", "replace")
@@ -121,7 +138,7 @@ def main() -> None:
                 ws.write_config(wiki.api_url)
                 seeds = ws.root / "seeds.txt"
                 write_seeds(seeds, size, articles)
-                first = run(ws, seeds, ws.root / "first.log", stop_after_intake=True)
+                first = run(ws, seeds, ws.root / "first.log", stop_after_intake=True, size=size)
                 first["work_items"] = (
                     sqlite3.connect(ws.state_db).execute("SELECT COUNT(*) FROM work_items").fetchone()[0]
                 )

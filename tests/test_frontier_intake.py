@@ -196,9 +196,12 @@ def checkpoints(ws: Workspace) -> list[dict]:
 
 
 @pytest.mark.mediawiki
-def test_a_seeds_file_crawl_enqueues_each_seed_as_its_start_request_and_a_rerun_skips_the_intake(mediawiki, tmp_path):
+def test_a_seeds_file_crawl_enqueues_each_seed_as_its_start_request_and_a_rerun_skips_the_intake(
+    mediawiki, tmp_path, crawl_database
+):
+    """On SQLite and on PostgreSQL (the frontier and the records in a throw-away database)."""
     articles = sorted(p.title for p in mediawiki.model.articles())[:40]
-    ws = Workspace(tmp_path)
+    ws = Workspace(tmp_path, database=crawl_database)
     ws.write_config(mediawiki.api_url)
     path = seeds_file(tmp_path / "seeds.txt", articles + [articles[0], "Not_a__page"])
     args = ("source=testwiki", f"seeds=@{path}", "max_depth=0")
