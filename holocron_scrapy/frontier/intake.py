@@ -323,8 +323,9 @@ async def run_in_frontier(
         _count(stats, read, inserted)
         frontier.stored_elsewhere(inserted, max(read - inserted, 0))
     if stats is not None:
-        stats.inc_value("intake/skipped", int(state.skipped))
-        stats.inc_value("intake/resumed", int(state.resumed))
+        for name, flag in (("skipped", state.skipped), ("resumed", state.resumed)):
+            if flag:
+                stats.inc_value(f"intake/{name}")
     intake.log_done(frontier.spider)
     return state
 
