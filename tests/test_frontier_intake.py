@@ -293,3 +293,41 @@ def test_kill_9_during_the_intake_then_rerun_enqueues_every_seed_once(mediawiki,
     again = ws.crawl("mediawiki", *args, settings=settings)
     assert again.returncode == 0 and "skipped" in again.stderr
     assert len(ws.work_items()) == KILL_SEEDS and not [i for i in ws.work_items() if i["status"] == PENDING]
+
+
+@pytest.fixture
+def edge_site(tmp_path):
+    from tests.support.static_site import free_port, serve_directory, write_edge_site
+
+    port = free_port()
+    write_edge_site(tmp_path / "site", port)
+    with serve_directory(tmp_path / "site", port) as (base, log):
+        yield base, log
+
+
+def test_the_http_spider_takes_a_seeds_file_in_once_and_checks_every_url_before_the_start(edge_site, tmp_path):
+    from tests.test_spiders_http import http_config
+
+    base, _ = edge_site
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    http_config(ws, "  - {name: site, type: http, delay: 0}\n")
+    pages = ["index.html", "a.html", "b.html?x=1&y=2", "notes.txt", "deep/d1.html"]
+    path = seeds_file(tmp_path / "urls.txt", [f"{base}/{p}" for p in pages] + [f"{base}/b.html?y=2&x=1#same"])
+    first = ws.crawl("http", "source=site", f"seeds=@{path}", "max_depth=0", settings={"HOLOCRON_SEED_CHUNK_SIZE": "2"})
+    assert first.returncode == 0, first.stderr[-3000:]
+    want = {f"{base}/{p}" for p in pages}  # canonical URLs: the last seed is b.html again
+    assert Counter(i["resource_id"] for i in ws.work_items()) == Counter(want)
+    assert {i["depth"] for i in ws.work_items()} == {0}
+    assert {r["resource_id"] for r in ws.records()} == want
+    again = ws.crawl("http", "source=site", f"seeds=@{path}", "max_depth=0")
+    assert again.returncode == 0 and "was taken in by an earlier run (6 seeds); skipped" in again.stderr
+    assert len(ws.work_items()) == len(want)
+
+    bad = seeds_file(tmp_path / "bad.txt", [f"{base}/index.html", "ftp://example.org/x", f"{base}/a.html"])
+    fresh = Workspace(tmp_path / "fresh")
+    fresh.root.mkdir()
+    http_config(fresh, "  - {name: site, type: http, delay: 0}\n")
+    refused = fresh.crawl("http", "source=site", f"seeds=@{bad}")
+    assert refused.returncode == 2 and "expected an http(s) URL, got 'ftp://example.org/x'" in refused.stderr
+    assert not fresh.state_db.exists() and not fresh.lake.exists()
