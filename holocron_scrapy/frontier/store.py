@@ -608,7 +608,7 @@ class SqlWorkItemStore(WorkItemStore):
 
         def work(conn: sa.Connection) -> int:
             inserted = self._insert(conn, ordered, now) if ordered else 0
-            if self.dialect == "mssql":  # no upsert: update, else insert-if-missing under a key-range lock
+            if self.dialect == "mssql":  # no upsert: update under a key-range lock, else insert
                 if not conn.execute(_CHECKPOINT_UPDATE, params).rowcount:
                     conn.execute(_checkpoint_put_sql(self.dialect), params)
             else:
@@ -1107,7 +1107,14 @@ _CHECKPOINT_KEY = (
     C.c.name == _p("cp_name"),
 )
 _CHECKPOINT_GET = sa.select(C.c.value).where(*_CHECKPOINT_KEY)
-_CHECKPOINT_UPDATE = sa.update(C).where(*_CHECKPOINT_KEY).values(value=_p("value"), updated_at=_now())
+# SQL Server's upsert, as the record store's: the range lock makes a second writer of the key wait, so the
+# INSERT that follows an UPDATE that changed no row never races.
+_CHECKPOINT_UPDATE = (
+    sa.update(C)
+    .where(*_CHECKPOINT_KEY)
+    .values(value=_p("value"), updated_at=_now())
+    .with_hint("WITH (UPDLOCK, SERIALIZABLE)", dialect_name="mssql")
+)
 
 
 def _checkpoint_params(key: CheckpointKey) -> dict[str, Any]:
@@ -1117,8 +1124,7 @@ def _checkpoint_params(key: CheckpointKey) -> dict[str, Any]:
 @functools.cache
 def _checkpoint_put_sql(dialect: str) -> sa.Insert:
     """Set a checkpoint: an upsert on SQLite and PostgreSQL (``ON CONFLICT ... DO UPDATE``); on SQL Server
-    the insert that follows an update that found no row (``INSERT ... SELECT ... WHERE NOT EXISTS`` under a
-    key-range lock, as the work items' insert-if-new)."""
+    the ``INSERT`` that follows an ``UPDATE ... WITH (UPDLOCK, SERIALIZABLE)`` that changed no row."""
     values = {
         "source_system": _p("cp_system"),
         "source_name": _p("cp_source"),
@@ -1127,8 +1133,7 @@ def _checkpoint_put_sql(dialect: str) -> sa.Insert:
         "updated_at": _now(),
     }
     if dialect == "mssql":
-        known = sa.select(ONE).select_from(C).where(*_CHECKPOINT_KEY).with_hint(C, "WITH (UPDLOCK, HOLDLOCK)", "mssql")
-        return sa.insert(C).from_select(list(values), sa.select(*values.values()).where(~known.exists()))
+        return sa.insert(C).values(values)
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
