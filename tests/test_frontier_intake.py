@@ -184,6 +184,8 @@ def test_a_different_list_is_a_new_intake(store):
 def checkpoints(ws: Workspace) -> list[dict]:
     import json
 
+    if ws.database is not None:  # PostgreSQL: none while the table does not exist yet
+        return [json.loads(row["value"]) for row in ws._rows("state", "SELECT value FROM frontier_checkpoints")]
     if not ws.state_db.exists():
         return []
     conn = sqlite3.connect(ws.state_db)
@@ -245,10 +247,11 @@ def start(ws: Workspace, args: tuple[str, ...], settings: dict[str, str], log, e
 
 @pytest.mark.mediawiki
 @pytest.mark.slow
-def test_kill_9_during_the_intake_then_rerun_enqueues_every_seed_once(mediawiki, tmp_path):
+def test_kill_9_during_the_intake_then_rerun_enqueues_every_seed_once(mediawiki, tmp_path, crawl_database):
+    """On SQLite and on PostgreSQL (the frontier and the records in a throw-away database)."""
     articles = sorted(p.title for p in mediawiki.model.articles())
     titles = articles + [f"Absent seed {i:05}" for i in range(KILL_SEEDS - len(articles))]
-    ws = Workspace(tmp_path)
+    ws = Workspace(tmp_path, database=crawl_database)
     ws.write_config(mediawiki.api_url)
     path = seeds_file(tmp_path / "seeds.txt", titles)
     args = ("source=testwiki", f"seeds=@{path}", "max_depth=0")
