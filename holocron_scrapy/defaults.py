@@ -26,6 +26,7 @@ FRONTIER_MAX_ATTEMPTS = 3
 FRONTIER_RETRY_BACKOFF = 30.0  # seconds, doubled per attempt
 FRONTIER_FLUSH_INTERVAL = 0.5  # seconds between flushes of buffered enqueues and acks
 FRONTIER_PROGRESS_INTERVAL = 60.0  # seconds between progress lines; 0 disables
+SEED_CHUNK_SIZE = 5000  # seeds the seed intake inserts per transaction, with its checkpoint
 FRONTIER_FILL_BATCHES = True  # hold a half-empty batch while own requests may still add work
 FRONTIER_SOLO_AFTER_LOSSES = 2  # an item whose lease was lost this often is only claimed alone
 FRONTIER_QUARANTINE_AFTER = 3  # an item whose worker died this often while it was alone is failed

@@ -31,6 +31,7 @@ from holocron_scrapy.frontier.store import (
     FAILED,
     IN_PROGRESS,
     PENDING,
+    CheckpointKey,
     FailedItem,
     NewItem,
     Scope,
@@ -666,6 +667,51 @@ def test_write_conflicts_are_retried_a_bounded_number_of_times(postgres_url, mon
         s.close()
 
 
+def test_checkpoint_is_saved_with_its_items_in_one_transaction(store):
+    key = CheckpointKey("mediawiki", "wiki", "seeds/abc")
+    assert store.checkpoint(key) is None
+    assert store.save_checkpoint(key, {"position": 10, "done": False}, [new("A"), new("B")]) == 2
+    assert store.checkpoint(key) == {"position": 10, "done": False}
+    # a second save overwrites the value; known keys are skipped, as in flush
+    assert store.save_checkpoint(key, {"position": 20, "done": True}, [new("B"), new("C")]) == 1
+    assert store.checkpoint(key) == {"position": 20, "done": True}
+    assert store.save_checkpoint(key, {"position": 20, "done": True, "note": "é"}) == 0
+    assert store.checkpoint(key)["note"] == "é"
+    # checkpoints are per source and name
+    assert store.checkpoint(CheckpointKey("mediawiki", "other", "seeds/abc")) is None
+    assert store.checkpoint(CheckpointKey("mediawiki", "wiki", "seeds/def")) is None
+    assert store.counts() == {"wiki": {PENDING: 3, IN_PROGRESS: 0, COMPLETED: 0, FAILED: 0}}
+    # an insert that fails takes the checkpoint with it: neither runs ahead of the other
+    with pytest.raises(sa.exc.DBAPIError):
+        store.save_checkpoint(key, {"position": 30, "done": True}, [new("D"), new("E", status="bogus")])
+    assert store.checkpoint(key)["position"] == 20
+    assert store.get("mediawiki:wiki:page:D") is None
+
+
+def test_postgresql_database_at_0006_gets_the_checkpoints_table(postgres_url):
+    """An existing 0006 database (no frontier_checkpoints, no 0007 row) upgrades when a store opens it."""
+    from holocron_scrapy.db.engine import postgresql_engine
+
+    open_work_item_store(postgres_url).close()
+    engine = postgresql_engine(postgres_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE frontier_checkpoints")
+            conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version = '0007'")
+        s = open_work_item_store(postgres_url)
+        try:
+            key = CheckpointKey("http_scrape", "site", "seeds/1")
+            assert s.save_checkpoint(key, {"done": True}, [new("A")]) == 1
+            assert s.checkpoint(key) == {"done": True}
+        finally:
+            s.close()
+        with engine.connect() as conn:
+            versions = list(conn.exec_driver_sql("SELECT version FROM schema_migrations ORDER BY version").scalars())
+        assert versions[-2:] == ["0006", "0007"]
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_the_store_runs_only_the_statements_it_lists(backend, request, tmp_path):
     """``statements(dialect)`` is what the offline T-SQL check (tests/test_sql_tsql.py) compiles for
@@ -709,6 +755,10 @@ def test_the_store_runs_only_the_statements_it_lists(backend, request, tmp_path)
             for expired_only in (False, True):
                 s.release_leases(who, expired_only=expired_only)
         s.requeue_keys(["mediawiki:wiki:page:A"])
+        key = CheckpointKey("mediawiki", "wiki", "seeds/x")
+        s.checkpoint(key)
+        s.save_checkpoint(key, {"position": 1}, [new("Z")])
+        s.save_checkpoint(key, {"position": 2})
     finally:
         s.close()
     unlisted = [str(c) for c in executed if id(c) not in listed and not isinstance(c, (str, sa.TextClause))]

@@ -196,6 +196,21 @@ def build_metadata(*, schema: str | None = None, names: dict[str, str] | None = 
         mssql_include=["next_attempt_at", "lease_losses"],
     )
 
+    # 0007: named checkpoints of a source's long-running steps, kept beside its work items (the seed
+    # intake's position; later the recent-changes sync and generator listings). ``value`` is JSON.
+    # Nonclustered on SQL Server: the key (up to 1600 bytes) is wider than a clustered key may be (900).
+    table(
+        "frontier_checkpoints",
+        sa.Column("source_system", sa.Unicode(100), nullable=False),
+        sa.Column("source_name", sa.Unicode(100), nullable=False),
+        sa.Column("name", sa.Unicode(200), nullable=False),
+        sa.Column("value", LONG_TEXT, nullable=False),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+        sa.PrimaryKeyConstraint(
+            "source_system", "source_name", "name", name="pk_frontier_checkpoints", mssql_clustered=False
+        ),
+    )
+
     # -- the records -----------------------------------------------------------------------------
     ingest_records = table(
         "ingest_records",
@@ -302,6 +317,7 @@ work_items = metadata.tables["work_items"]
 ingest_records = metadata.tables["ingest_records"]
 ingest_runs = metadata.tables["ingest_runs"]
 seen_resources = metadata.tables["seen_resources"]
+frontier_checkpoints = metadata.tables["frontier_checkpoints"]
 schema_migrations = metadata.tables["schema_migrations"]
 
 

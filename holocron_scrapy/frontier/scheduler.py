@@ -452,6 +452,21 @@ class FrontierScheduler(BaseScheduler):
         if request.meta.get(IDS_META):
             self.owned.append(request)  # continuation or retry of items we lease
             return True
+        resource, key = self._resource_key(request)
+        if not request.dont_filter and self.df.seen_key(key):
+            self.df.log(request, self.spider)
+            self._stat("frontier/filtered")
+            return False
+        item = self.new_item(request, resource, key)
+        if item is None:
+            return False
+        self._new.append(item)
+        self._gen += 1
+        if len(self._new) >= _ENQUEUE_FLUSH_SIZE:
+            self._pump()
+        return True
+
+    def _resource_key(self, request: Request) -> tuple[Resource, str]:
         resource = self.df.request_resource(request)
         if self.scope is not None and resource.source_system == "request":
             # no resource in its meta: the request belongs to this crawl's source
@@ -461,41 +476,48 @@ class FrontierScheduler(BaseScheduler):
         key = resource.dedupe_key
         if request.dont_filter:
             key = f"{key}#{uuid.uuid4().hex}"
-        elif self.df.seen_key(key):
-            self.df.log(request, self.spider)
-            self._stat("frontier/filtered")
-            return False
+        return resource, key
+
+    def new_item(self, request: Request, resource: Resource | None = None, key: str | None = None) -> NewItem | None:
+        """The work item *request* is stored as (None, logged and counted, if it cannot be stored).
+        Pure (no I/O): the seed intake (:mod:`holocron_scrapy.frontier.intake`) calls it in the
+        store's worker thread."""
+        if resource is None or key is None:
+            resource, key = self._resource_key(request)
         try:
             row = request_to_row(request, self.spider)
         except (SerializationError, ValueError) as exc:  # ValueError: Request.to_dict (callback not on the spider)
             logger.error("Cannot store %s in the frontier: %s", request, exc, extra={"spider": self.spider})
             self._stat("frontier/unserializable")
-            return False
+            return None
         depth = request_depth(request)
         priority = request.priority + (-depth if self.order == "bfs" else depth)
         info = request.meta.get("holocron") or {}
         status = request.meta.get(STATUS_META, PENDING)
         if status not in (PENDING, COMPLETED):
             status = PENDING
-        self._new.append(
-            NewItem(
-                dedupe_key=key,
-                source_system=resource.source_system,
-                source_name=resource.source_name,
-                resource_type=resource.resource_type,
-                resource_id=resource.resource_id,
-                priority=priority,
-                depth=depth,
-                run_id=self.run_id,
-                discovered_from=info.get("discovered_from"),
-                status=status,
-                **row,
-            )
+        return NewItem(
+            dedupe_key=key,
+            source_system=resource.source_system,
+            source_name=resource.source_name,
+            resource_type=resource.resource_type,
+            resource_id=resource.resource_id,
+            priority=priority,
+            depth=depth,
+            run_id=self.run_id,
+            discovered_from=info.get("discovered_from"),
+            status=status,
+            **row,
         )
+
+    def stored_elsewhere(self, inserted: int, filtered: int = 0) -> None:
+        """Work items were written to the store outside the buffers (by the seed intake, in the worker
+        thread): count them, forget any "nothing left" answer, and claim."""
+        self._stat("frontier/enqueued", inserted)
+        self._stat("frontier/filtered", filtered)
         self._gen += 1
-        if len(self._new) >= _ENQUEUE_FLUSH_SIZE:
-            self._pump()
-        return True
+        if not self._closing:
+            self._want_claim()
 
     # -- dequeue -----------------------------------------------------------------------
     def next_request(self) -> Request | None:

@@ -20,6 +20,11 @@ at once (the other transaction has gone through); the retries are logged at INFO
   at ``quarantine_after`` of those (it killed its worker that often while it was the only item in
   flight) is failed as quarantined.
 
+Checkpoints (``frontier_checkpoints``, :class:`CheckpointKey`): a source's named JSON values kept
+beside its work items. :meth:`WorkItemStore.save_checkpoint` writes one in the same transaction as a
+chunk of new items, which is what makes the seed intake (:mod:`holocron_scrapy.frontier.intake`)
+exactly-once: a kill leaves either both or neither.
+
 Settings read: none (the scheduler and commands pass the URL and the tuning). Stats written: none
 (the store counts its conflict retries in :attr:`SqlWorkItemStore.conflict_retries`).
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import socket
 import threading
@@ -44,7 +50,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from holocron_scrapy.db.engine import READ_ONLY, db_error_text, describe_engine, is_write_conflict
-from holocron_scrapy.db.schema import LONG_TEXT, UtcDateTime, work_items
+from holocron_scrapy.db.schema import LONG_TEXT, UtcDateTime, frontier_checkpoints, work_items
 from holocron_scrapy.errors import StoreError
 
 logger = logging.getLogger(__name__)
@@ -85,6 +91,16 @@ class Scope:
 
     def __str__(self) -> str:
         return f"{self.source_system}/{self.source_name}"
+
+
+@dataclass(frozen=True)
+class CheckpointKey:
+    """A named checkpoint of a source (a ``frontier_checkpoints`` row): e.g. the seed intake's
+    ``seeds/<digest>``; later slices keep the recent-changes sync and generator listings here."""
+
+    source_system: str
+    source_name: str
+    name: str
 
 
 def quarantine_message(deaths: int) -> str:
@@ -262,6 +278,16 @@ class WorkItemStore(ABC):
     @abstractmethod
     def get(self, dedupe_key: str) -> dict[str, Any] | None:
         """The row with *dedupe_key*, as a dict."""
+
+    @abstractmethod
+    def checkpoint(self, key: CheckpointKey) -> Any:
+        """The JSON value of checkpoint *key*, decoded, or None when there is none."""
+
+    @abstractmethod
+    def save_checkpoint(self, key: CheckpointKey, value: Any, new: list[NewItem] | None = None) -> int:
+        """In one transaction: insert *new* items (skipping known keys) and set checkpoint *key* to
+        *value* (JSON), so that a checkpoint never runs ahead of (or behind) the work it records.
+        Returns the number of items inserted."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -569,6 +595,30 @@ class SqlWorkItemStore(WorkItemStore):
         with self._begin(read=True) as conn:
             row = conn.execute(_GET, {"b_key": dedupe_key}).mappings().first()
         return None if row is None else dict(row)
+
+    def checkpoint(self, key: CheckpointKey) -> Any:
+        with self._begin(read=True) as conn:
+            text = conn.execute(_CHECKPOINT_GET, _checkpoint_params(key)).scalar()
+        return None if text is None else json.loads(text)
+
+    def save_checkpoint(self, key: CheckpointKey, value: Any, new: list[NewItem] | None = None) -> int:
+        now = utcnow()
+        ordered = sorted(new or (), key=lambda n: n.dedupe_key)
+        params = {**_checkpoint_params(key), "b_value": json.dumps(value, separators=(",", ":")), "b_now": now}
+
+        def work(conn: sa.Connection) -> int:
+            inserted = self._insert(conn, ordered, now) if ordered else 0
+            if self.dialect == "mssql":  # no upsert: update under a key-range lock, else insert
+                if not conn.execute(_CHECKPOINT_UPDATE, params).rowcount:
+                    conn.execute(_checkpoint_put_sql(self.dialect), params)
+            else:
+                conn.execute(_checkpoint_put_sql(self.dialect), params)
+            return inserted
+
+        inserted = self._write(work)
+        if inserted and self.dialect == "postgresql":
+            self._note_inserts(inserted)
+        return inserted
 
     def close(self) -> None:
         with self._lock:
@@ -1050,6 +1100,57 @@ _LEASE_SUMMARY = (
     .order_by(W.c.lease_owner)
 )
 _GET = sa.select(W).where(W.c.dedupe_key == _p("key"))
+C = frontier_checkpoints
+_CHECKPOINT_KEY = (
+    C.c.source_system == _p("cp_system"),
+    C.c.source_name == _p("cp_source"),
+    C.c.name == _p("cp_name"),
+)
+_CHECKPOINT_GET = sa.select(C.c.value).where(*_CHECKPOINT_KEY)
+# SQL Server's upsert, as the record store's: the range lock makes a second writer of the key wait, so the
+# INSERT that follows an UPDATE that changed no row never races.
+_CHECKPOINT_UPDATE = (
+    sa.update(C)
+    .where(*_CHECKPOINT_KEY)
+    .values(value=_p("value"), updated_at=_now())
+    .with_hint("WITH (UPDLOCK, SERIALIZABLE)", dialect_name="mssql")
+)
+
+
+def _checkpoint_params(key: CheckpointKey) -> dict[str, Any]:
+    return {"b_cp_system": key.source_system, "b_cp_source": key.source_name, "b_cp_name": key.name}
+
+
+@functools.cache
+def _checkpoint_put_sql(dialect: str) -> sa.Insert:
+    """Set a checkpoint: an upsert on SQLite and PostgreSQL (``ON CONFLICT ... DO UPDATE``); on SQL Server
+    the ``INSERT`` that follows an ``UPDATE ... WITH (UPDLOCK, SERIALIZABLE)`` that changed no row."""
+    values = {
+        "source_system": _p("cp_system"),
+        "source_name": _p("cp_source"),
+        "name": _p("cp_name"),
+        "value": _p("value"),
+        "updated_at": _now(),
+    }
+    if dialect == "mssql":
+        return sa.insert(C).values(values)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        pg = pg_insert(C).values(values)
+        return pg.on_conflict_do_update(
+            index_elements=[C.c.source_system, C.c.source_name, C.c.name],
+            set_={"value": pg.excluded.value, "updated_at": pg.excluded.updated_at},
+        )
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    lite = sqlite_insert(C).values(values)
+    return lite.on_conflict_do_update(
+        index_elements=[C.c.source_system, C.c.source_name, C.c.name],
+        set_={"value": lite.excluded.value, "updated_at": lite.excluded.updated_at},
+    )
+
+
 _ANALYZE = sa.text("ANALYZE work_items")  # PostgreSQL only
 
 
@@ -1071,7 +1172,11 @@ def statements(dialect: str) -> dict[str, sa.Executable]:
         "failure_reasons": _failure_reasons_sql(dialect),
         "lease_summary": _LEASE_SUMMARY,
         "get": _GET,
+        "checkpoint_get": _CHECKPOINT_GET,
+        "checkpoint_put": _checkpoint_put_sql(dialect),
     }
+    if dialect == "mssql":
+        found["checkpoint_update"] = _CHECKPOINT_UPDATE
     if dialect == "postgresql":
         found["analyze"] = _ANALYZE
     for scoped in (False, True):

@@ -7,24 +7,30 @@ accepts, and afterwards every ``HOLOCRON_*`` setting is validated
 (:mod:`holocron_scrapy.settings_check`); secret masking is installed for the crawl
 (:mod:`holocron_scrapy.secrets`).
 
-Settings read: ``HOLOCRON_CONFIG``, ``HOLOCRON_CONTACT``, ``HOLOCRON_RUN_ID`` (and all ``HOLOCRON_*``,
-checked).
+Seeds (``-a seeds``, a source's ``seeds``) are a :class:`~holocron_scrapy.frontier.intake.SeedList`;
+:meth:`HolocronSpider.seed_requests` hands them to the frontier's seed intake (streamed, exactly once,
+checkpointed) and each spider says what one seed's request is (``seed_request``).
+
+Settings read: ``HOLOCRON_CONFIG``, ``HOLOCRON_CONTACT``, ``HOLOCRON_RUN_ID``, ``HOLOCRON_SEED_CHUNK_SIZE``
+(and all ``HOLOCRON_*``, checked).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from scrapy import Spider
+from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 
 from holocron_scrapy import __version__, defaults, secrets
 from holocron_scrapy.config import Config, Source, load_config, parse_duration
 from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.frontier.intake import SeedList, run_in_frontier
 from holocron_scrapy.settings_check import check_arguments, check_settings
 
 #: Spider arguments every holocron spider accepts (names starting with ``_``, as Scrapyd's ``_job``, pass too).
@@ -35,25 +41,13 @@ def new_run_id() -> str:
     return f"run_{datetime.now(timezone.utc):%Y%m%d_%H%M%S}_{uuid.uuid4().hex[:6]}"
 
 
-def parse_seeds(value: str | None, *, key: str = "seeds") -> list[str]:
-    """``"A|B|C"`` or ``@path`` (one seed per line; blank lines and ``#`` comments skipped)."""
+def parse_seeds(value: str | None, *, key: str = "seeds") -> SeedList | None:
+    """``"A|B|C"`` or ``@path`` (one seed per line; blank lines and ``#`` comments skipped), as a
+    :class:`~holocron_scrapy.frontier.intake.SeedList`: a file is checked and digested here, and
+    streamed by the seed intake, never held whole. None when *value* is None."""
     if value is None:
-        return []
-    value = value.strip()
-    if value.startswith("@"):
-        path = Path(value[1:]).expanduser()
-        try:
-            lines = path.read_text("utf-8").splitlines()
-        except FileNotFoundError:
-            raise ConfigError(f"seeds file {str(path)!r} does not exist", key=key) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read seeds file {str(path)!r}: {exc}", key=key) from exc
-        seeds = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    else:
-        seeds = [part.strip() for part in value.split("|") if part.strip()]
-    if not seeds:
-        raise ConfigError("no seeds given (use -a seeds='A|B' or -a seeds=@file)", key=key)
-    return seeds
+        return None
+    return SeedList.parse(value, key=key)
 
 
 def parse_int(value: Any, *, key: str, low: int | None = None, high: int | None = None) -> int:
@@ -100,6 +94,7 @@ class HolocronSpider(Spider):
     run_id: str
     config: Config
     source: Source
+    frontier_hold = False  # read by the frontier: more work is about to be queued (batching spiders)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> HolocronSpider:
@@ -157,6 +152,33 @@ class HolocronSpider(Spider):
     @classmethod
     def source_system_name(cls) -> str:
         return cls.source_type
+
+    # -- seeds -------------------------------------------------------------------------
+    def seed_request(self, seed: str) -> Request | None:
+        """The start request of one seed (None: the seed is dropped). Pure: the seed intake calls it
+        in the frontier's worker thread."""
+        raise NotImplementedError
+
+    async def seed_requests(self, seeds: SeedList) -> AsyncIterator[Request]:
+        """Hand the seeds over. With the frontier scheduler they go through the seed intake
+        (:mod:`holocron_scrapy.frontier.intake`: streamed into ``work_items`` in chunks, off the reactor,
+        checkpointed, skipped when an earlier run took the same list in) and nothing is yielded; with
+        another scheduler each seed's request is yielded. ``frontier_hold`` is set meanwhile, so that
+        the frontier holds half-empty batches until the last seed is in."""
+        frontier = getattr(self.crawler, "holocron_frontier", None)
+        if frontier is None or frontier.store is None:
+            for seed in seeds:
+                request = self.seed_request(seed)
+                if request is not None:
+                    yield request
+            return
+        self.frontier_hold = True
+        try:
+            chunk = self.crawler.settings.getint("HOLOCRON_SEED_CHUNK_SIZE", defaults.SEED_CHUNK_SIZE)
+            await run_in_frontier(frontier, seeds, self.seed_request, chunk_size=chunk, stats=self.crawler.stats)
+        finally:
+            self.frontier_hold = False
+        frontier.stored_elsewhere(0)  # claim now: a half-empty last batch is no longer held
 
     @classmethod
     def accepted_arguments(cls) -> tuple[str, ...]:

@@ -10,6 +10,9 @@ seeds' hosts), ``max_depth``, ``max_pages``, ``follow`` and ``deny`` (regexes, "
 lists are not used: pass one regex each, combine with ``(a|b)``), ``sitemap`` (a URL, or
 ``robots`` to find sitemaps through robots.txt), ``store_binary``, ``max_body_bytes``.
 
+Seeds (every one checked before the start, in one streamed pass that keeps only their hosts) go
+through the frontier's seed intake (:mod:`holocron_scrapy.frontier.intake`).
+
 Failures follow :mod:`holocron_scrapy.failures`: 404, 410 and other 4xx are stored as ``failed``
 at once; resets, timeouts, lost data, 429 and 5xx are retried (by the retry middleware, then
 the frontier).
@@ -34,6 +37,7 @@ from twisted.python.failure import Failure
 from holocron_scrapy.config import HTTP_CONFIG_ONLY_KEYS, HTTP_SOURCE_KEYS, Config, Source
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception
+from holocron_scrapy.frontier.intake import SeedList
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import ATTEMPT_META, IDS_META, STATUS_META, WORK_ITEM_META
 from holocron_scrapy.items import FAILED, OK, IngestItem
@@ -52,7 +56,8 @@ DEFAULT_HEADERS = ("Content-Type", "Content-Length", "Content-Language", "Last-M
 @dataclass(frozen=True)
 class HttpOptions:
     source_name: str
-    seeds: tuple[str, ...]
+    seeds: SeedList  # streamed into the frontier by the seed intake
+    seed_origins: tuple[str, ...]  # scheme://host[:port]/ of the seeds, each once
     allowed_domains: tuple[str, ...]
     max_depth: int
     max_pages: int
@@ -64,6 +69,11 @@ class HttpOptions:
     response_headers: tuple[str, ...]
     auth: SourceAuth | None
     deltafetch: bool
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]/`` of *url*."""
+    return "/".join(canonical_url(url).split("/", 3)[:3]) + "/"
 
 
 def _regexes(value: Any, key: str) -> tuple[str, ...]:
@@ -79,11 +89,20 @@ def _regexes(value: Any, key: str) -> tuple[str, ...]:
 def http_options(source: Source, kwargs: dict[str, Any]) -> HttpOptions:
     """Merge the source's config with ``-a`` arguments, validating every value."""
     opts = source.options
-    seeds = parse_seeds(kwargs["seeds"]) if "seeds" in kwargs else list(source.seeds)
-    if not seeds:
+    if "seeds" in kwargs:
+        seeds = parse_seeds(kwargs["seeds"])
+    elif source.seeds:
+        seeds = SeedList.of(source.seeds)
+    else:
         raise ConfigError(f"no seeds: pass -a seeds=URL or set seeds on source {source.name!r}", key="seeds")
-    seeds = [validate_seed_url(s) for s in seeds]
-    domains = kwargs.get("allowed_domains") or opts.get("allowed_domains") or [host_of(s) for s in seeds]
+    # One streamed pass: every seed is checked before the start; only their hosts and origins are kept.
+    hosts: dict[str, None] = {}
+    origins: dict[str, None] = {}
+    for seed in seeds:
+        url = validate_seed_url(seed)
+        hosts[host_of(url)] = None
+        origins[origin_of(url)] = None
+    domains = kwargs.get("allowed_domains") or opts.get("allowed_domains") or list(hosts)
     if isinstance(domains, str):
         domains = [d for d in domains.replace(",", "|").split("|") if d.strip()]
     sitemap = kwargs.get("sitemap") or opts.get("sitemap")
@@ -91,7 +110,8 @@ def http_options(source: Source, kwargs: dict[str, Any]) -> HttpOptions:
         validate_seed_url(sitemap, key="sitemap")
     return HttpOptions(
         source_name=source.name,
-        seeds=tuple(dict.fromkeys(seeds)),
+        seeds=seeds,
+        seed_origins=tuple(origins),
         allowed_domains=tuple(dict.fromkeys(host_of(d) for d in domains)),
         max_depth=parse_int(kwargs.get("max_depth", opts.get("max_depth", DEFAULT_MAX_DEPTH)), key="max_depth", low=0),
         max_pages=parse_int(kwargs.get("max_pages", opts.get("max_pages", 0)), key="max_pages", low=0),
@@ -103,7 +123,7 @@ def http_options(source: Source, kwargs: dict[str, Any]) -> HttpOptions:
             kwargs.get("max_body_bytes", opts.get("max_body_bytes", DEFAULT_MAX_BODY)), key="max_body_bytes", low=1
         ),
         response_headers=tuple(opts.get("response_headers") or DEFAULT_HEADERS),
-        auth=parse_auth(opts.get("auth"), host_of(seeds[0])),
+        auth=parse_auth(opts.get("auth"), host_of(seeds.first)),
         deltafetch=parse_bool(kwargs.get("deltafetch", opts.get("deltafetch", False)), key="deltafetch"),
     )
 
@@ -127,10 +147,10 @@ class HttpSpider(HolocronSpider):
         name = kwargs.get("source")
         if name:
             return super().select_source(config, kwargs)
-        seeds = parse_seeds(kwargs.get("seeds")) if kwargs.get("seeds") is not None else []
-        if not seeds:
+        seeds = parse_seeds(kwargs.get("seeds"))
+        if seeds is None:
             raise ConfigError("no seeds given (use -a seeds=URL, -a seeds=@file, or -a source=NAME)", key="seeds")
-        return Source(name=host_of(validate_seed_url(seeds[0])) or "web", type="http")  # ad-hoc site
+        return Source(name=host_of(validate_seed_url(seeds.first)) or "web", type="http")  # ad-hoc site
 
     @classmethod
     def configure(cls, config: Config, source: Source, kwargs: dict[str, Any]) -> tuple[HttpOptions, dict[str, Any]]:
@@ -154,7 +174,7 @@ class HttpSpider(HolocronSpider):
 
     @classmethod
     def target_urls(cls, options: HttpOptions) -> list[str]:
-        return list(options.seeds)
+        return list(options.seed_origins)
 
     @property
     def allowed_domains(self) -> list[str]:  # read by Scrapy's OffsiteMiddleware
@@ -167,18 +187,16 @@ class HttpSpider(HolocronSpider):
     # -- requests ------------------------------------------------------------------------
     async def start(self) -> AsyncIterator[Request]:
         self._set_up()
-        for url in self.options.seeds:
-            yield self.page_request(url, depth=0)
+        async for request in self.seed_requests(self.options.seeds):
+            yield request
         if self.options.sitemap == "robots":
-            for host in dict.fromkeys(self._origin(u) for u in self.options.seeds):
+            for host in self.options.seed_origins:
                 yield self.aux_request(urljoin(host, "/robots.txt"), "robots", self.parse_robots)
         elif self.options.sitemap:
             yield self.aux_request(self.options.sitemap, "sitemap", self.parse_sitemap)
 
-    @staticmethod
-    def _origin(url: str) -> str:
-        """``scheme://host[:port]/`` of *url*."""
-        return "/".join(canonical_url(url).split("/", 3)[:3]) + "/"
+    def seed_request(self, seed: str) -> Request | None:
+        return self.page_request(validate_seed_url(seed), depth=0)
 
     def page_request(self, url: str, *, depth: int, discovered_from: str | None = None, known: bool = False) -> Request:
         meta = {

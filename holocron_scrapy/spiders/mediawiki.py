@@ -25,6 +25,9 @@ each ``lastrevid`` with the stored revision through the crawler's version lookup
 (:mod:`holocron_scrapy.records.versions`: one batched query, off the reactor) and fetches content
 only for what changed.
 
+Seeds go through the frontier's seed intake (:mod:`holocron_scrapy.frontier.intake`): streamed in
+chunks, each title normalised by :meth:`MediaWikiSpider.seed_request`, taken in once per seed list.
+
 Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``api_url``, ``max_depth``,
 ``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50; 1-500 with a
 bot login).
@@ -51,6 +54,7 @@ from holocron_scrapy import defaults
 from holocron_scrapy.config import Config, Source, batch_size_problem
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body
+from holocron_scrapy.frontier.intake import SeedList
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import (
     ATTEMPT_META,
@@ -95,7 +99,7 @@ _DISCOVER = {"links": (True, False), "categories": (False, True), "both": (True,
 class MediaWikiOptions:
     source_name: str
     api_url: str
-    seeds: tuple[str, ...]
+    seeds: SeedList  # normalised per title by the seed intake (MediaWikiSpider.seed_request)
     max_depth: int
     follow_links: bool
     follow_categories: bool
@@ -116,8 +120,11 @@ def parse_namespaces(value: str, *, key: str = "namespaces") -> tuple[int, ...]:
 
 def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOptions:
     """Merge the source's config with ``-a`` arguments, validating every value."""
-    seeds = parse_seeds(kwargs["seeds"]) if "seeds" in kwargs else list(source.seeds)
-    if not seeds:
+    if "seeds" in kwargs:
+        seeds = parse_seeds(kwargs["seeds"])
+    elif source.seeds:
+        seeds = SeedList.of(source.seeds)
+    else:
         raise ConfigError(f"no seeds: pass -a seeds='A|B' or set seeds on source {source.name!r}", key="seeds")
     api_url = kwargs.get("api_url") or source.api_url
     parts = urlsplit(api_url or "")
@@ -134,7 +141,7 @@ def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOption
     return MediaWikiOptions(
         source_name=source.name,
         api_url=api_url,
-        seeds=tuple(dict.fromkeys(api.normalize_title(s) for s in seeds if api.normalize_title(s))),
+        seeds=seeds,
         max_depth=parse_int(kwargs.get("max_depth", source.discovery.max_depth), key="max_depth", low=0),
         follow_links=links,
         follow_categories=categories,
@@ -161,7 +168,6 @@ class MediaWikiSpider(HolocronSpider):
     source_type = "mediawiki"
     arguments = ("api_url", "max_depth", "discover", "namespaces", "batch_size")
     options: MediaWikiOptions
-    frontier_hold = False  # read by the frontier: more work is about to be queued
     custom_settings = {
         "ROBOTSTXT_OBEY": False,  # an API client, as pywikibot; etiquette via maxlag
         # The bot login's cookie jar on the source's API requests; a re-login when the session is gone.
@@ -194,12 +200,12 @@ class MediaWikiSpider(HolocronSpider):
     async def start(self) -> AsyncIterator[Request]:
         await self.probe_api()
         await self.bot_login()
-        # Hold the frontier's half-empty batches until the last seed is queued.
-        last = len(self.options.seeds) - 1
-        for index, title in enumerate(self.options.seeds):
-            self.frontier_hold = index < last
-            yield self.title_request(title, depth=0)
-        self.frontier_hold = False
+        async for request in self.seed_requests(self.options.seeds):
+            yield request
+
+    def seed_request(self, seed: str) -> Request | None:
+        title = api.normalize_title(seed)
+        return self.title_request(title, depth=0) if title else None
 
     async def probe_api(self) -> None:
         """One ``meta=siteinfo`` request (through the downloader middlewares, so transient
