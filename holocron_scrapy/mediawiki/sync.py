@@ -68,8 +68,9 @@ from twisted.internet import threads
 
 from holocron_scrapy.frontier.keys import make_dedupe_key
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore, open_work_item_store
-from holocron_scrapy.items import DELETED, IngestItem
+from holocron_scrapy.items import DELETED, IngestItem, payload_hash
 from holocron_scrapy.mediawiki import api, changes
+from holocron_scrapy.mediawiki.changes import _CONTENT_LOGS as CONTENT_LOGS  # the classifier's own list
 from holocron_scrapy.mediawiki.changes import Change, ChangeSet, SyncPlan
 from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.parse import MalformedResponse
@@ -146,8 +147,9 @@ class FetchPlan:
 
 def newest_revisions(window: Iterable[Change]) -> tuple[dict[str, int], set[str]]:
     """``{title: newest revision id}`` of the window's edits, creations and moves (a move's entry
-    carries the null revision it made on the page, under its new title), and the titles another log
-    entry touched (restores, merges, imports, deletions: no revision id says whether we hold the result)."""
+    carries the null revision it made on the page, under its new title), and the titles a log entry
+    that changes content without a revision of its own touched (restores, merges, imports, revision
+    deletions: no revision id says whether we hold the result)."""
     newest: dict[str, int] = {}
     logged: set[str] = set()
     for change in window:
@@ -155,7 +157,7 @@ def newest_revisions(window: Iterable[Change]) -> tuple[dict[str, int], set[str]
         if (change.type in _CONTENT_TYPES or moved) and change.revid:
             title = change.target if moved and change.target else change.title
             newest[title] = max(newest.get(title, 0), change.revid)
-        elif change.type == "log" and not moved:
+        elif change.type == "log" and (change.logtype, change.logaction) in CONTENT_LOGS:
             logged.add(change.title)
             if change.target:
                 logged.add(change.target)
@@ -331,6 +333,11 @@ class ChangesSync:
         versions = await VersionLookup.of(self.crawler).held([self.resource_key(t) for t in candidates])
         held = {key[3]: version.revision_id for key, version in versions.items()}
         work = plan_fetch(change_set, window, held, follow=follow)
+        for title, deletion in list(work.deleted):  # its deleted record is stored already (a rerun, the margin)
+            version = versions.get(self.resource_key(title))
+            if version is not None and version.hash_sha256 == payload_hash(deleted_payload(title, deletion)):
+                work.deleted.remove((title, deletion))
+                work.already_stored.append(title)
         inserted, requeued = await self.in_worker(lambda store: self.requeue(store, work))
         self.count(change_set, work, requeued)
         logger.info(

@@ -190,6 +190,7 @@ class MediaWikiSpider(HolocronSpider):
         "DOWNLOADER_MIDDLEWARES": {"holocron_scrapy.mediawiki.auth.BotLoginMiddleware": 560},
     }
     mw_session: BotSession | None = None  # read by BotLoginMiddleware
+    changes_sync: Any = None  # the sync of a recrawl=changes run (holocron_scrapy.mediawiki.sync.ChangesSync)
 
     @classmethod
     def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:
@@ -222,7 +223,8 @@ class MediaWikiSpider(HolocronSpider):
         if self.options.recrawl == "changes":  # the daily sync: requeue what changed (mediawiki/sync.py)
             from holocron_scrapy.mediawiki.sync import ChangesSync
 
-            async for item in ChangesSync(self).run():
+            self.changes_sync = ChangesSync(self)  # kept: it advances the checkpoint at spider_closed
+            async for item in self.changes_sync.run():
                 yield item
         async for request in self.seed_requests(self.options.seeds):
             yield request
