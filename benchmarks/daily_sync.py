@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if len(stored) < args.edits:
                 raise SystemExit(f"only {len(stored)} pages stored; use a larger --depth")
-            edited = stored[:: max(len(stored) // args.edits, 1)][: args.edits]
+            edited = stored[:: max(len(stored) // max(args.edits, 1), 1)][: args.edits]
             scenario = rec.Scenario(install, server.api_url)
             for i, title in enumerate(edited):
                 scenario.edit(title, f"'''{title}''' was edited by the daily sync benchmark ({i}).\n")
