@@ -130,9 +130,12 @@ def report_of(ws: Workspace, run_id: str) -> dict[str, Any]:
 
 
 def checkpoint_of(ws: Workspace) -> dict[str, Any] | None:
-    with sqlite3.connect(ws.state_db) as conn:
-        row = conn.execute("SELECT value FROM frontier_checkpoints WHERE name = 'sync/recentchanges'").fetchone()
-    return None if row is None else json.loads(row[0])
+    """The sync checkpoint in the workspace's state store (SQLite file or PostgreSQL)."""
+    rows = ws._rows("state", "SELECT value FROM frontier_checkpoints WHERE name = 'sync/recentchanges'")
+    if not rows:
+        return None
+    value = rows[0]["value"]
+    return value if isinstance(value, dict) else json.loads(value)
 
 
 class Lab:
@@ -186,8 +189,9 @@ def request_bound(report: dict[str, Any], titles: int) -> int:
 
 
 @pytest.mark.mediawiki
-def test_sync_fetches_exactly_what_changed(fresh_mediawiki, tmp_path) -> None:
-    lab = Lab(fresh_mediawiki, Workspace(tmp_path))
+def test_sync_fetches_exactly_what_changed(fresh_mediawiki, tmp_path, crawl_database) -> None:
+    """On SQLite files, and with the frontier (the checkpoint) and the records on the live PostgreSQL."""
+    lab = Lab(fresh_mediawiki, Workspace(tmp_path, database=crawl_database))
     ws = lab.ws
     before = checkpoint_of(ws)
     sync = ws.crawl("mediawiki", *sync_args())
