@@ -23,10 +23,10 @@ every run; ``list=recentchanges`` says what changed in ``⌈changes/500⌉`` req
    * pages the crawl stored (a version held in ``seen_resources``) that were edited, restored,
      imported, merged: refetched, unless the revision held is already the newest of the window
      (the margin's overlap with the last run, and a rerun after a kill, deduplicated);
-   * pages created in the window, when the crawl follows links or categories: the window is read
-     in the crawled namespaces only, and a page created there is one the crawl's rules reach (the
-     one request that would tell which crawled page links it would cost more than fetching it).
-     They are enqueued at ``max_depth``: stored, their own links not followed;
+   * pages created in the window, when the crawl follows links or categories (``max_depth`` > 0):
+     the window is read in the crawled namespaces only, and a page created there is one the crawl's
+     rules reach (the request that would tell which crawled page links it would cost more than
+     fetching it). They are enqueued at ``max_depth``: stored, their own links not followed;
    * moved pages: the new title is fetched (at the old item's depth) and the old title with it, so
      that the old title's record follows the redirect rules (it resolves to the new title, one
      record; without a redirect it is ``missing``);
@@ -326,7 +326,8 @@ class ChangesSync:
         logger.info("Sync of %s: %s", self.options.source_name, plan.message, extra={"spider": self.spider})
         window, url = await self.read_window(plan.start, plan.end)
         change_set = changes.classify(window)
-        follow = self.options.follow_links or self.options.follow_categories
+        # new pages are reached when the crawl discovers anything at all (a seeds-only crawl does not)
+        follow = (self.options.follow_links or self.options.follow_categories) and self.options.max_depth > 0
         candidates = {*change_set.refetch, *change_set.created, *change_set.deleted, *change_set.moved}
         from holocron_scrapy.records.versions import VersionLookup
 
