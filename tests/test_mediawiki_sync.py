@@ -272,3 +272,23 @@ def test_a_stale_checkpoint_falls_back_to_the_sweep(fresh_mediawiki, tmp_path) -
     stored = {r["resource_id"] for r in ws.records() if r["run_id"] == run["run_id"] and r["outcome"] == "ok"}
     assert set(lab.edited) <= stored and lab.moved_to in stored
     assert checkpoint_of(ws)["run_start"] > stale["run_start"]  # type: ignore[index]
+
+
+@pytest.mark.mediawiki
+def test_a_listing_that_cannot_be_read_stops_the_sync_and_keeps_the_checkpoint(fresh_mediawiki, tmp_path) -> None:
+    lab = Lab(fresh_mediawiki, Workspace(tmp_path))
+    ws = lab.ws
+    before = checkpoint_of(ws)
+    fresh_mediawiki.set_lag(60)  # every request with maxlag gets the retryable maxlag error
+    try:
+        lagged = ws.crawl("mediawiki", *sync_args())
+    finally:
+        fresh_mediawiki.set_lag(None)
+    assert lagged.returncode == 1, lagged.stderr[-3000:]
+    assert "failed" in lagged.stderr and "the checkpoint stays where it was" in lagged.stderr
+    report = report_of(ws, ws.runs()[-1]["run_id"])
+    assert report["finish_reason"] == "fatal_sync" and report["status"] == "failed"
+    assert checkpoint_of(ws) == before
+    again = ws.crawl("mediawiki", *sync_args())
+    assert again.returncode == 0, again.stderr[-3000:]
+    lab.check([ws.runs()[-1]["run_id"]])

@@ -59,7 +59,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from scrapy import Request, signals
 from scrapy.exceptions import CloseSpider
@@ -282,7 +282,7 @@ class ChangesSync:
         except Exception as exc:  # noqa: BLE001 - any failure of the listing stops the sync
             self.fail(what, exc)
 
-    def fail(self, what: str, exc: BaseException) -> None:
+    def fail(self, what: str, exc: BaseException) -> NoReturn:
         logger.error(
             "Sync of %s: %s failed (%s); stopping, the checkpoint stays where it was.",
             self.options.source_name,
@@ -307,7 +307,6 @@ class ChangesSync:
             oldest, now = changes.parse_oldest_change(body)
         except (ApiError, MalformedResponse) as exc:
             self.fail("the oldest-change request", exc)
-            return
         run_start = now or datetime.now(timezone.utc).replace(microsecond=0)
         rc_max_age = stored.rc_max_age if stored else None
         plan = changes.plan_sync(
@@ -397,7 +396,6 @@ class ChangesSync:
                 page = changes.parse_changes(body)
             except (ApiError, MalformedResponse) as exc:
                 self.fail("the recent-changes listing", exc)
-                raise  # not reached: fail() raises
             window.extend(page.changes)
             if page.continuation is None:
                 return window, first_url
