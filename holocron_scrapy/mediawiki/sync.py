@@ -66,6 +66,8 @@ from scrapy.exceptions import CloseSpider
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import threads
 
+from holocron_scrapy.config import Source, parse_recrawl_mode
+from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.keys import make_dedupe_key
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore, open_work_item_store
 from holocron_scrapy.items import DELETED, IngestItem, payload_hash
@@ -89,6 +91,15 @@ SYNC_CLOSE_REASON = "fatal_sync"
 #: The only finish reason that advances the checkpoint.
 COMPLETED_REASON = "finished"
 _CONTENT_TYPES = (None, "edit", "new")
+
+
+def recrawl_mode(source: Source, kwargs: dict[str, Any]) -> str | None:
+    """``-a recrawl`` else the source's ``recrawl`` (an ``-a recrawl_after`` alone asks for the sweep)."""
+    if "recrawl" in kwargs:
+        if "recrawl_after" in kwargs:
+            raise ConfigError("recrawl=changes and recrawl_after are two ways to re-crawl: pass one", key="recrawl")
+        return parse_recrawl_mode(kwargs["recrawl"])
+    return None if "recrawl_after" in kwargs else source.recrawl
 
 
 # -- the checkpoint (pure) ------------------------------------------------------------------------
@@ -500,4 +511,5 @@ __all__ = [
     "mode_text",
     "newest_revisions",
     "plan_fetch",
+    "recrawl_mode",
 ]

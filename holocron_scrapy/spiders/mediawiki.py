@@ -55,7 +55,7 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
 from holocron_scrapy import defaults
-from holocron_scrapy.config import Config, Source, batch_size_problem, parse_recrawl_mode
+from holocron_scrapy.config import Config, Source, batch_size_problem
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body
 from holocron_scrapy.frontier.intake import SeedList
@@ -91,6 +91,7 @@ from holocron_scrapy.mediawiki.parse import (
     page_links,
     resolve,
 )
+from holocron_scrapy.mediawiki.sync import recrawl_mode
 from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META, PROBE_META
 from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds, response_header
 
@@ -158,15 +159,6 @@ def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOption
         login=login,
         batch_size_set="batch_size" in kwargs or source.batch_size_set,
     )
-
-
-def recrawl_mode(source: Source, kwargs: dict[str, Any]) -> str | None:
-    """``-a recrawl`` else the source's ``recrawl`` (an ``-a recrawl_after`` alone asks for the sweep)."""
-    if "recrawl" in kwargs:
-        if "recrawl_after" in kwargs:
-            raise ConfigError("recrawl=changes and recrawl_after are two ways to re-crawl: pass one", key="recrawl")
-        return parse_recrawl_mode(kwargs["recrawl"])
-    return None if "recrawl_after" in kwargs else source.recrawl
 
 
 def batch_size(value: Any, login: BotCredentials | None) -> int:
