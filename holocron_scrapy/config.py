@@ -65,6 +65,8 @@ class Source:
     batch_size: int = defaults.MEDIAWIKI_BATCH_SIZE
     maxlag: int = defaults.MEDIAWIKI_MAXLAG
     recrawl_after: float | None = None
+    #: ``recrawl: changes``: sync from the wiki's recent changes (mediawiki sources; see mediawiki/sync.py).
+    recrawl: str | None = None
     discovery: Discovery = field(default_factory=Discovery)
     seeds: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
@@ -250,6 +252,7 @@ class _Reader:
             "batch_size",
             "maxlag",
             "recrawl_after",
+            "recrawl",
             "discovery",
             "seeds",
         }
@@ -282,6 +285,9 @@ class _Reader:
         if not isinstance(seeds, list):
             raise self.fail(f"{key}.seeds", "expected a list of strings")
         recrawl = raw.get("recrawl_after")
+        recrawl_mode = self.recrawl_mode(raw.get("recrawl"), f"{key}.recrawl", kind)
+        if recrawl_mode is not None and recrawl is not None:
+            raise self.fail(f"{key}.recrawl", "recrawl: changes and recrawl_after are two ways to re-crawl: set one")
         auth = self.bot_auth(raw.get("auth"), f"{key}.auth") if kind == "mediawiki" and "auth" in raw else None
         if kind == "http" and isinstance(raw.get("auth"), dict) and raw["auth"].get("type") == BOTPASSWORD:
             raise self.fail(f"{key}.auth.type", f"{BOTPASSWORD} is for mediawiki sources (http: basic, bearer, header)")
@@ -301,10 +307,20 @@ class _Reader:
             recrawl_after=None
             if recrawl is None
             else parse_duration(recrawl, key=f"{key}.recrawl_after", source=self.label),
+            recrawl=recrawl_mode,
             discovery=discovery,
             seeds=tuple(self.string(s, f"{key}.seeds", optional=False) for s in seeds),
             options={k: raw[k] for k in HTTP_SOURCE_KEYS if k in raw and not (k == "auth" and kind == "mediawiki")},
         )
+
+    def recrawl_mode(self, value: Any, key: str, kind: str) -> str | None:
+        """``recrawl: changes`` (a mediawiki source's daily sync from recent changes), or None."""
+        if value is None:
+            return None
+        try:
+            return parse_recrawl_mode(value, key=key, source_type=kind)
+        except ConfigError as exc:
+            raise self.fail(key, exc.problem) from None
 
     def bot_auth(self, value: Any, key: str) -> BotPasswordAuth:
         try:
@@ -318,6 +334,24 @@ class _Reader:
         if auth is None and size > defaults.MEDIAWIKI_MAX_BATCH_SIZE:
             raise self.fail(key, batch_size_problem(size))
         return self.integer(size, key, low=1, high=defaults.MEDIAWIKI_MAX_BOT_BATCH_SIZE)
+
+
+#: The re-crawl modes besides ``recrawl_after`` (the full ``lastrevid`` sweep): ``changes``.
+RECRAWL_MODES = ("changes",)
+
+
+def parse_recrawl_mode(value: Any, *, key: str = "recrawl", source_type: str = "mediawiki") -> str:
+    """``recrawl`` (source key or ``-a recrawl``): ``changes``, for mediawiki sources only."""
+    mode = str(value).strip().lower()
+    if mode not in RECRAWL_MODES:
+        raise ConfigError(
+            f"expected {' or '.join(RECRAWL_MODES)} (a sync from recent changes; recrawl_after is the full sweep),"
+            f" got {value!r}",
+            key=key,
+        )
+    if source_type != "mediawiki":
+        raise ConfigError(f"recrawl: {mode} reads a wiki's recent changes: for mediawiki sources only", key=key)
+    return mode
 
 
 def batch_size_problem(size: int) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 
 #: Outcomes of a fetch, stored in ``ingest_records.outcome``.
 OK, MISSING, INVALID, SPECIAL, REDIRECT_LOOP, FAILED = "ok", "missing", "invalid", "special", "redirect_loop", "failed"
+#: A page the wiki deleted since it was stored (the MediaWiki sync from recent changes: mediawiki/sync.py).
+DELETED = "deleted"
 #: Item fields that are bookkeeping, never written to the lake or the records table.
 INTERNAL_FIELDS = frozenset({"work_item_ids", "retryable"})
 

@@ -185,6 +185,7 @@ CHECKS: dict[str, Check] = {
     "HOLOCRON_MEDIAWIKI_RETRYABLE_ERRORS": any_value,
     "HOLOCRON_RECRAWL_AFTER": duration,
     "HOLOCRON_FULL_REFRESH": boolean,
+    "HOLOCRON_SYNC_MARGIN": number(0),
     "HOLOCRON_NOTIFY_WEBHOOK": http_url,
     "HOLOCRON_NOTIFY_TIMEOUT": number(0, strict=True),
     "HOLOCRON_SHUTDOWN_TIMEOUT": number(0, strict=True),

@@ -106,6 +106,15 @@ def test_a_page_limit_is_a_normal_end():
     assert summarize({"start_time": start, "records/written/ok": 5}, reason="shutdown")["status"] == "partial"
 
 
+def test_a_sync_run_says_what_it_did_and_counts_deleted_pages():
+    stats = {"sync/mode": "sweep (first run)", "mediawiki/pages/deleted": 2, "records/written/ok": 3}
+    summary = summarize(stats, "finished")
+    assert summary["sync"] == "sweep (first run)" and summary["pages_deleted"] == 2
+    assert summary["pages_missing"] == 0 and summary["status"] == "completed"
+    plain = summarize({"records/written/ok": 1}, "finished")
+    assert plain["sync"] is None and plain["pages_deleted"] == 0
+
+
 def test_webhook_comes_from_the_setting_or_else_the_environment(monkeypatch):
     from scrapy.utils.test import get_crawler
 

@@ -10,7 +10,11 @@ close reason, or failures or errors and not one page stored or found unchanged b
 cannot start (bad config, arguments or settings) exits 2 before the spider opens and leaves no
 summary.
 
-Stats read: ``records/written/<outcome>``, ``recrawl/unchanged``, ``recrawl/changed``,
+A MediaWiki sync run (``recrawl=changes``, :mod:`holocron_scrapy.mediawiki.sync`) says in ``sync`` what
+it did (``changes``, ``sweep (first run)``, ``sweep (stale checkpoint)``; None for other runs) and counts
+``pages_deleted`` (records with outcome ``deleted``); both are in the report, not in ``ingest_runs`` columns.
+
+Stats read: ``records/written/<outcome>``, ``recrawl/unchanged``, ``recrawl/changed``, ``sync/mode``,
 ``<system>/pages/<outcome>``, ``frontier/failed``, ``frontier/retried``, ``robotstxt/forbidden``,
 ``retry/count``, ``downloader/request_count``, ``spider_exceptions/*``, ``log_count/ERROR``.
 
@@ -129,6 +133,8 @@ def build_summary(
         "requests": int(stats.get("downloader/request_count", 0)),
         "finish_reason": reason,
         "pages_changed": int(stats.get("recrawl/changed", 0)),
+        "pages_deleted": outcome_count(stats, "deleted"),
+        "sync": stats.get("sync/mode"),
         "errors": error_counts,
         "summary": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in sorted(stats.items())},
     }

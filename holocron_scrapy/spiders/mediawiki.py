@@ -28,9 +28,13 @@ only for what changed.
 Seeds go through the frontier's seed intake (:mod:`holocron_scrapy.frontier.intake`): streamed in
 chunks, each title normalised by :meth:`MediaWikiSpider.seed_request`, taken in once per seed list.
 
+``-a recrawl=changes`` (or the source key ``recrawl: changes``) makes the run a sync from the wiki's
+recent changes (:mod:`holocron_scrapy.mediawiki.sync`, one hook in :meth:`MediaWikiSpider.start`): only
+what changed since the last completed sync is fetched; a first run or a stale checkpoint sweeps.
+
 Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``api_url``, ``max_depth``,
 ``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50; 1-500 with a
-bot login).
+bot login), ``recrawl`` (changes).
 
 Stats: ``mediawiki/pages/<outcome>``, ``mediawiki/api_error/<code>``, ``mediawiki/continuations``,
 ``mediawiki/bisections``, ``mediawiki/probe/<ok|failed>``; ``mediawiki/login/*`` (see the auth module).
@@ -87,6 +91,7 @@ from holocron_scrapy.mediawiki.parse import (
     page_links,
     resolve,
 )
+from holocron_scrapy.mediawiki.sync import recrawl_mode
 from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META, PROBE_META
 from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds, response_header
 
@@ -109,6 +114,8 @@ class MediaWikiOptions:
     #: The bot login (None: anonymous) and whether batch_size was set (else the account's bound).
     login: BotCredentials | None = None
     batch_size_set: bool = True
+    #: ``changes``: a sync from recent changes (holocron_scrapy.mediawiki.sync); None: a crawl.
+    recrawl: str | None = None
 
 
 def parse_namespaces(value: str, *, key: str = "namespaces") -> tuple[int, ...]:
@@ -139,6 +146,7 @@ def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOption
         links, categories = source.discovery.links, source.discovery.categories
     login = credentials(source.auth) if source.auth is not None else None
     return MediaWikiOptions(
+        recrawl=recrawl_mode(source, kwargs),
         source_name=source.name,
         api_url=api_url,
         seeds=seeds,
@@ -166,7 +174,7 @@ class MediaWikiSpider(HolocronSpider):
 
     name = "mediawiki"
     source_type = "mediawiki"
-    arguments = ("api_url", "max_depth", "discover", "namespaces", "batch_size")
+    arguments = ("api_url", "max_depth", "discover", "namespaces", "batch_size", "recrawl")
     options: MediaWikiOptions
     custom_settings = {
         "ROBOTSTXT_OBEY": False,  # an API client, as pywikibot; etiquette via maxlag
@@ -174,6 +182,7 @@ class MediaWikiSpider(HolocronSpider):
         "DOWNLOADER_MIDDLEWARES": {"holocron_scrapy.mediawiki.auth.BotLoginMiddleware": 560},
     }
     mw_session: BotSession | None = None  # read by BotLoginMiddleware
+    changes_sync: Any = None  # the sync of a recrawl=changes run (holocron_scrapy.mediawiki.sync.ChangesSync)
 
     @classmethod
     def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:
@@ -190,16 +199,25 @@ class MediaWikiSpider(HolocronSpider):
         # A bot's batch size is known only after login: claim as many as it may use.
         bot_default = options.login is not None and not options.batch_size_set
         claim = defaults.MEDIAWIKI_MAX_BOT_BATCH_SIZE if bot_default else options.batch_size
-        return options, {"CONCURRENT_REQUESTS": source.concurrency, "HOLOCRON_FRONTIER_CLAIM_SIZE": claim}
+        updates: dict[str, Any] = {"CONCURRENT_REQUESTS": source.concurrency, "HOLOCRON_FRONTIER_CLAIM_SIZE": claim}
+        if options.recrawl == "changes":
+            updates["HOLOCRON_RECRAWL_AFTER"] = None  # the sync decides: what changed, or the sweep
+        return options, updates
 
     @classmethod
     def target_urls(cls, options: MediaWikiOptions) -> list[str]:
         return [options.api_url]
 
     # -- requests ------------------------------------------------------------------------
-    async def start(self) -> AsyncIterator[Request]:
+    async def start(self) -> AsyncIterator[Any]:
         await self.probe_api()
         await self.bot_login()
+        if self.options.recrawl == "changes":  # the daily sync: requeue what changed (mediawiki/sync.py)
+            from holocron_scrapy.mediawiki.sync import ChangesSync
+
+            self.changes_sync = ChangesSync(self)  # kept: it advances the checkpoint at spider_closed
+            async for item in self.changes_sync.run():
+                yield item
         async for request in self.seed_requests(self.options.seeds):
             yield request
 
