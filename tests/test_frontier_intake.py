@@ -185,7 +185,7 @@ def checkpoints(ws: Workspace) -> list[dict]:
     import json
 
     if ws.database is not None:  # PostgreSQL: none while the table does not exist yet
-        return [json.loads(row["value"]) for row in ws._rows("state", "SELECT value FROM frontier_checkpoints")]
+        return [json.loads(row["value"]) for row in ws.rows("state", "SELECT value FROM frontier_checkpoints")]
     if not ws.state_db.exists():
         return []
     conn = sqlite3.connect(ws.state_db)

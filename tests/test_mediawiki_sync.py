@@ -144,7 +144,7 @@ def report_of(ws: Workspace, run_id: str) -> dict[str, Any]:
 
 def checkpoint_of(ws: Workspace) -> dict[str, Any] | None:
     """The sync checkpoint in the workspace's state store (SQLite file or PostgreSQL)."""
-    rows = ws._rows("state", "SELECT value FROM frontier_checkpoints WHERE name = 'sync/recentchanges'")
+    rows = ws.rows("state", "SELECT value FROM frontier_checkpoints WHERE name = 'sync/recentchanges'")
     if not rows:
         return None
     value = rows[0]["value"]
