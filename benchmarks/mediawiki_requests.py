@@ -6,6 +6,12 @@ per request, so no crawl can use fewer than
 
     python -m benchmarks.mediawiki_requests [--seeds "Hub Alpha|Ωmega Station"] [--max-depth 4]
     python -m benchmarks.mediawiki_requests --batch-sizes 50 --recrawl 30
+    python -m benchmarks.mediawiki_requests --batch-sizes 50 --bot
+
+``--bot`` adds a crawl logged in as a bot with ``apihighlimits`` (``createAndPromote.php --bot`` and
+``createBotPassword.php --grants basic,highvolume``; batches of 500), against the high-limit bound
+``max(Σ depth levels ⌈pages at the level/500⌉, ⌈links/5000⌉, ⌈categories/5000⌉)`` (a breadth-first
+crawl cannot merge two levels into one request); its requests count the login's 3 round trips too.
 
 ``--recrawl N`` then edits N stored pages (``maintenance/edit.php``) and runs the same crawl again
 with ``recrawl_after=0s``: the incremental re-crawl's requests, pages fetched in full and records
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sqlite3
 import tempfile
 import time
@@ -29,18 +36,34 @@ from tests.support import mediawiki_server as ms
 from tests.support import wikigen
 from tests.support.crawl import Workspace
 
+BOT_ENV = "HOLOCRON_BENCH_BOT_PASSWORD"
 
-def measure(api_url: str, seeds: str, max_depth: int, batch_size: int, workdir: Path) -> dict:
+
+def measure(
+    api_url: str, seeds: str, max_depth: int, batch_size: int | None, workdir: Path, bot: ms.BotLogin | None = None
+) -> dict:
     workdir.mkdir(parents=True)
     ws = Workspace(workdir)
-    ws.write_config(api_url)
+    source = "testwiki"
+    if bot is None:
+        ws.write_config(api_url)
+    else:
+        source = "botwiki"
+        os.environ[BOT_ENV] = bot.password
+        ws.write_config(
+            api_url,
+            extra_source=(
+                f"  - name: botwiki\n    type: mediawiki\n    api_url: {api_url}\n    delay: 0\n    concurrency: 3\n"
+                f"    auth: {{type: botpassword, username: '{bot.username}', password_env: {BOT_ENV}}}\n"
+            ),
+        )
     started = time.monotonic()
     proc = ws.crawl(
         "mediawiki",
-        "source=testwiki",
+        f"source={source}",
         f"seeds={seeds}",
         f"max_depth={max_depth}",
-        f"batch_size={batch_size}",
+        *([f"batch_size={batch_size}"] if batch_size else []),
         settings={"LOG_LEVEL": "WARNING", "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": "0"},
         timeout=1800,
     )
@@ -55,14 +78,20 @@ def measure(api_url: str, seeds: str, max_depth: int, batch_size: int, workdir: 
         categories += len(page.get("categories", []))
     stored = conn.execute("SELECT COUNT(*) FROM ingest_records").fetchone()[0]
     run = conn.execute("SELECT requests, duration_s, summary FROM ingest_runs").fetchone()
-    titles = (
-        sqlite3.connect(ws.state_db)
-        .execute("SELECT COUNT(*) FROM work_items WHERE status = 'completed' AND attempt > 0")
-        .fetchone()[0]
+    levels = dict(
+        sqlite3.connect(ws.state_db).execute(
+            "SELECT depth, COUNT(*) FROM work_items WHERE status = 'completed' AND attempt > 0 GROUP BY depth"
+        )
     )
-    bound = max(math.ceil(links / 500), math.ceil(categories / 500), math.ceil(titles / 50))
+    titles = sum(levels.values())
+    if bot is None:
+        bound = max(math.ceil(links / 500), math.ceil(categories / 500), math.ceil(titles / 50))
+    else:
+        bound = max(
+            sum(math.ceil(n / 500) for n in levels.values()), math.ceil(links / 5000), math.ceil(categories / 5000)
+        )
     return {
-        "batch_size": batch_size,
+        "batch_size": f"bot {batch_size or 500}" if bot else batch_size,
         "titles": titles,
         "stored": stored,
         "links": links,
@@ -123,6 +152,7 @@ def main() -> None:
     parser.add_argument("--max-depth", type=int, default=4)
     parser.add_argument("--batch-sizes", default="50,1")
     parser.add_argument("--recrawl", type=int, default=0, help="edit N pages, then re-crawl incrementally")
+    parser.add_argument("--bot", action="store_true", help="also crawl as a bot with apihighlimits (batches of 500)")
     args = parser.parse_args()
     reason = ms.unavailable_reason()
     if reason:
@@ -131,11 +161,14 @@ def main() -> None:
         model = wikigen.build_model()
         dump = model.write_dump(Path(tmp) / "dump.xml")
         install = ms.build_wiki(Path(tmp) / "wiki", dump)
+        bot = ms.create_bot(install, "HolocronBenchBot") if args.bot else None
         with ms.serve(install) as wiki:
             rows = [
                 measure(wiki.api_url, args.seeds, args.max_depth, int(b), Path(tmp) / f"crawl-{b}")
                 for b in args.batch_sizes.split(",")
             ]
+            if bot is not None:
+                rows.append(measure(wiki.api_url, args.seeds, args.max_depth, None, Path(tmp) / "crawl-bot", bot))
             again = None
             if args.recrawl:
                 first = Path(tmp) / f"crawl-{rows[0]['batch_size']}"

@@ -19,6 +19,8 @@ import yaml
 
 from holocron_scrapy import defaults
 from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.mediawiki.auth import AUTH_TYPE as BOTPASSWORD
+from holocron_scrapy.mediawiki.auth import BotPasswordAuth, parse_auth_config
 
 SOURCE_TYPES = ("mediawiki", "http")
 #: Keys only ``http`` sources have; all but :data:`HTTP_CONFIG_ONLY_KEYS` are also ``-a`` arguments.
@@ -66,6 +68,10 @@ class Source:
     discovery: Discovery = field(default_factory=Discovery)
     seeds: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    #: ``batch_size`` was set in the config (not the default): a bot keeps it, else uses its bound.
+    batch_size_set: bool = False
+    #: A mediawiki source's bot login (``auth: {type: botpassword, ...}``), validated.
+    auth: BotPasswordAuth | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,9 @@ class _Reader:
         if not isinstance(seeds, list):
             raise self.fail(f"{key}.seeds", "expected a list of strings")
         recrawl = raw.get("recrawl_after")
+        auth = self.bot_auth(raw.get("auth"), f"{key}.auth") if kind == "mediawiki" and "auth" in raw else None
+        if kind == "http" and isinstance(raw.get("auth"), dict) and raw["auth"].get("type") == BOTPASSWORD:
+            raise self.fail(f"{key}.auth.type", f"{BOTPASSWORD} is for mediawiki sources (http: basic, bearer, header)")
         return Source(
             name=name,
             type=kind,
@@ -285,20 +294,39 @@ class _Reader:
                 raw.get("concurrency", defaults.CONCURRENCY_PER_HOST), f"{key}.concurrency", low=1, high=64
             ),
             delay=self.number(raw.get("delay", defaults.DOWNLOAD_DELAY), f"{key}.delay"),
-            batch_size=self.integer(
-                raw.get("batch_size", defaults.MEDIAWIKI_BATCH_SIZE),
-                f"{key}.batch_size",
-                low=1,
-                high=defaults.MEDIAWIKI_MAX_BATCH_SIZE,
-            ),
+            batch_size=self.batch_size(raw.get("batch_size", defaults.MEDIAWIKI_BATCH_SIZE), f"{key}.batch_size", auth),
+            batch_size_set="batch_size" in raw,
+            auth=auth,
             maxlag=self.integer(raw.get("maxlag", defaults.MEDIAWIKI_MAXLAG), f"{key}.maxlag", low=0),
             recrawl_after=None
             if recrawl is None
             else parse_duration(recrawl, key=f"{key}.recrawl_after", source=self.label),
             discovery=discovery,
             seeds=tuple(self.string(s, f"{key}.seeds", optional=False) for s in seeds),
-            options={k: raw[k] for k in HTTP_SOURCE_KEYS if k in raw},
+            options={k: raw[k] for k in HTTP_SOURCE_KEYS if k in raw and not (k == "auth" and kind == "mediawiki")},
         )
+
+    def bot_auth(self, value: Any, key: str) -> BotPasswordAuth:
+        try:
+            return parse_auth_config(value, key)
+        except ConfigError as exc:
+            raise self.fail(exc.key or key, exc.problem) from None
+
+    def batch_size(self, value: Any, key: str, auth: BotPasswordAuth | None) -> int:
+        """Titles per request: up to 50, or up to 500 with a bot login (its rights are checked at login)."""
+        size = self.integer(value, key, low=1)
+        if auth is None and size > defaults.MEDIAWIKI_MAX_BATCH_SIZE:
+            raise self.fail(key, batch_size_problem(size))
+        return self.integer(size, key, low=1, high=defaults.MEDIAWIKI_MAX_BOT_BATCH_SIZE)
+
+
+def batch_size_problem(size: int) -> str:
+    """Why a ``batch_size`` above 50 is refused for a client without a bot login."""
+    low, high = 1, defaults.MEDIAWIKI_MAX_BATCH_SIZE
+    return (
+        f"must be between {low} and {high}, got {size}: batch_size {size} needs a bot account with apihighlimits;"
+        f" add auth: {{type: {BOTPASSWORD}, username: Name@app, password_env: VAR}} to the source"
+    )
 
 
 _SQLSERVER_KEYS = {

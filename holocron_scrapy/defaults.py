@@ -48,6 +48,7 @@ CONTACT_REQUIRED_HOST_SUFFIXES = ("wikipedia.org", "wikimedia.org", "wikidata.or
 # MediaWiki -------------------------------------------------------------------
 MEDIAWIKI_BATCH_SIZE = 50
 MEDIAWIKI_MAX_BATCH_SIZE = 50  # the limit for clients without apihighlimits
+MEDIAWIKI_MAX_BOT_BATCH_SIZE = 500  # with apihighlimits (a bot's BotPassword with the highvolume grant)
 MEDIAWIKI_MAXLAG = 5
 MEDIAWIKI_MAX_DEPTH = 1
 MEDIAWIKI_NAMESPACES = (0,)

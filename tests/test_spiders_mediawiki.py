@@ -165,3 +165,151 @@ def test_wikimedia_without_contact_refuses_to_start(tmp_path):
     assert proc.returncode != 0
     assert "Wikimedia sites require a contact" in proc.stderr
     assert not ws.lake.exists()
+
+
+# -- bot login (issue 11, part 4) ----------------------------------------------------------------
+BOT_ENV = "HOLOCRON_TEST_BOT_PASSWORD"
+BOT_SEEDS = "seeds=Hub Alpha|Ωmega Station"
+
+
+def bot_workspace(tmp_path, wiki, username: str, *, extra: str = "") -> Workspace:
+    ws = Workspace(tmp_path)
+    ws.write_config(
+        wiki.api_url,
+        extra_source=(
+            f"  - name: botwiki\n    type: mediawiki\n    api_url: {wiki.api_url}\n    delay: 0\n    concurrency: 3\n"
+            f"    auth: {{type: botpassword, username: '{username}', password_env: {BOT_ENV}}}\n{extra}"
+        ),
+    )
+    return ws
+
+
+def high_limit_bound(ws: Workspace) -> tuple[int, dict]:
+    """``max(Σ levels ⌈pages at level/500⌉, ⌈links/5000⌉, ⌈categories/5000⌉)`` of what was stored."""
+    levels = Counter(i["depth"] for i in ws.work_items() if i["status"] == "completed" and i["attempt"] > 0)
+    links = categories = 0
+    for record in ws.records():
+        if record["outcome"] == "ok":
+            page = json.loads(record["payload"])
+            links += len(page.get("links", []))
+            categories += len(page.get("categories", []))
+    bound = max(sum(-(-n // 500) for n in levels.values()), -(-links // 5000), -(-categories // 5000))
+    return bound, {"levels": dict(levels), "links": links, "categories": categories}
+
+
+def secret_leaks(ws: Workspace, output: str, secret_values: list[str]) -> list[str]:
+    """Where any of *secret_values* appears: the crawl's output, lake files, records, work items."""
+    places = {"output": output}
+    for path in ws.lake.rglob("*"):
+        if path.is_file():
+            places[str(path)] = path.read_text("utf-8", errors="replace")
+    places["records"] = json.dumps(ws.records(), default=str) + json.dumps(ws.runs(), default=str)
+    places["work_items"] = json.dumps(ws.work_items(), default=str)
+    for db in (ws.records_db, ws.state_db):
+        for path in db.parent.glob(db.name + "*"):  # the files themselves, -wal included
+            places[str(path)] = path.read_bytes().decode("latin-1")
+    return [f"{value[:4]}… in {where}" for value in secret_values for where, text in places.items() if value in text]
+
+
+def test_bot_crawl_uses_the_high_limits(bot_mediawiki, tmp_path, monkeypatch):
+    """A bot with apihighlimits: every page stored with complete links, in at most 1.5x the
+    high-limit bound plus the login round trips; no password or session cookie stored or logged."""
+    monkeypatch.setenv(BOT_ENV, bot_mediawiki.bot.password)
+    ws = bot_workspace(tmp_path, bot_mediawiki, bot_mediawiki.bot.username)
+    proc = ws.crawl("mediawiki", "source=botwiki", BOT_SEEDS, "max_depth=4", settings={"LOG_LEVEL": "DEBUG"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_against_oracle(ws, bot_mediawiki.model, ["Hub Alpha", "Ωmega Station"], 4)
+    assert "Logged in as HolocronBot: 500 titles per request" in proc.stderr
+    (run,) = ws.runs()
+    stats = json.loads(run["summary"])
+    assert stats["mediawiki/login/ok"] == 1 and stats["mediawiki/login/high_limits"] == 1
+    bound, figures = high_limit_bound(ws)
+    login_round_trips = 3  # login token, action=login, meta=userinfo
+    content = run["requests"] - 1 - login_round_trips  # the API probe, the login
+    print(f"bot crawl: {run['requests']} requests, {content} for content, bound {bound} ({figures})")
+    assert content <= 1.5 * bound, (content, bound, figures)
+    assert stats["downloader/request_method_count/POST"] == 1  # the password travels only in action=login's body
+    sessions = bot_mediawiki.session_ids()
+    assert sessions
+    assert not secret_leaks(ws, proc.stdout + proc.stderr, [bot_mediawiki.bot.password, *sessions])
+
+
+def test_bot_wrong_password_stops_before_any_content_request(bot_mediawiki, tmp_path, monkeypatch):
+    wrong = "0" * 16 + "wrongpasswordabc"
+    monkeypatch.setenv(BOT_ENV, wrong)
+    ws = bot_workspace(tmp_path, bot_mediawiki, bot_mediawiki.bot.username)
+    proc = ws.crawl("mediawiki", "source=botwiki", BOT_SEEDS, "max_depth=1", settings={"LOG_LEVEL": "DEBUG"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Bot login failed: login as HolocronBot@holocron failed: Failed: Incorrect username or password" in (
+        proc.stderr
+    )
+    assert wrong not in proc.stdout + proc.stderr
+    (run,) = ws.runs()
+    stats = json.loads(run["summary"])
+    assert run["status"] == "failed" and run["finish_reason"] == "fatal_login"
+    assert run["requests"] == 3 and stats["mediawiki/login/failed"] == 1  # probe, login token, action=login
+    assert not ws.records() and not ws.lake_documents()
+    assert not [i for i in ws.work_items() if i["status"] != "pending"]
+    assert not secret_leaks(ws, proc.stdout + proc.stderr, [wrong])
+
+
+def test_bot_without_apihighlimits_stays_at_50(bot_mediawiki, tmp_path, monkeypatch):
+    monkeypatch.setenv(BOT_ENV, bot_mediawiki.slow_bot.password)
+    ws = bot_workspace(tmp_path, bot_mediawiki, bot_mediawiki.slow_bot.username)
+    titles = sorted(t for t, p in bot_mediawiki.model.pages.items() if p.ns == 0 and p.redirect is None)[:120]
+    proc = ws.crawl("mediawiki", "source=botwiki", "seeds=" + "|".join(titles), "max_depth=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("lacks apihighlimits") == 1
+    assert "Account HolocronSlowBot@holocron lacks apihighlimits" in proc.stderr
+    assert sorted(stored_keys(ws.records())) == titles
+    assert ws.runs()[0]["requests"] == 1 + 3 + 3  # the API probe, the login, 120 titles in batches of 50
+
+
+def test_bot_batch_size_above_what_the_account_may_use_stops(bot_mediawiki, tmp_path, monkeypatch):
+    monkeypatch.setenv(BOT_ENV, bot_mediawiki.slow_bot.password)
+    ws = bot_workspace(tmp_path, bot_mediawiki, bot_mediawiki.slow_bot.username, extra="    batch_size: 200\n")
+    proc = ws.crawl("mediawiki", "source=botwiki", BOT_SEEDS, "max_depth=0")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (
+        "batch_size: batch_size 200 needs a bot account with apihighlimits; HolocronSlowBot@holocron lacks it"
+        in proc.stderr
+    )
+    (run,) = ws.runs()
+    assert run["finish_reason"] == "fatal_batch_size" and not ws.records()
+
+
+def test_bot_logs_in_again_when_the_session_ends(bot_mediawiki, tmp_path, monkeypatch):
+    """The wiki forgets every session mid-crawl: the next answer is assertuserfailed, the spider
+    logs in once more and sends the request again; nothing is lost or fails."""
+    import threading
+    import time
+
+    monkeypatch.setenv(BOT_ENV, bot_mediawiki.bot.password)
+    ws = bot_workspace(tmp_path, bot_mediawiki, bot_mediawiki.bot.username, extra="    batch_size: 5\n")
+    ended: list[int] = []
+    done = threading.Event()
+
+    def end_sessions_midway() -> None:
+        while not done.is_set():
+            if ws.record_count() >= 20:
+                ended.append(bot_mediawiki.end_sessions())
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=end_sessions_midway)
+    watcher.start()
+    try:
+        proc = ws.crawl("mediawiki", "source=botwiki", BOT_SEEDS, "max_depth=1", settings={"LOG_LEVEL": "DEBUG"})
+    finally:
+        done.set()
+        watcher.join()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ended and ended[0] >= 1
+    check_against_oracle(ws, bot_mediawiki.model, ["Hub Alpha", "Ωmega Station"], 1)
+    (run,) = ws.runs()
+    stats = json.loads(run["summary"])
+    assert (
+        stats["mediawiki/login/relogins"] >= 1 and stats["mediawiki/login/ok"] == 1 + stats["mediawiki/login/relogins"]
+    )
+    assert run["pages_failed"] == 0
+    assert not secret_leaks(ws, proc.stdout + proc.stderr, [bot_mediawiki.bot.password, *bot_mediawiki.session_ids()])

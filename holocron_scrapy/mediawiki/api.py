@@ -26,10 +26,12 @@ def query_params(
     namespaces: Iterable[int] = defaults.MEDIAWIKI_NAMESPACES,
     maxlag: int | None = defaults.MEDIAWIKI_MAXLAG,
     continuation: dict[str, str] | None = None,
+    assert_user: bool = False,
 ) -> dict[str, str]:
     """Parameters of one ``action=query`` fetching content, links and categories of *titles*.
 
-    ``continuation`` is the API's last ``continue`` object, sent back whole.
+    ``continuation`` is the API's last ``continue`` object, sent back whole. ``assert_user``
+    (a bot login): ``assert=user``, so an answer never comes silently from a lost session.
     """
     params = {
         "action": "query",
@@ -47,13 +49,17 @@ def query_params(
     }
     if maxlag is not None:
         params["maxlag"] = str(maxlag)
+    if assert_user:
+        params["assert"] = "user"
     if continuation:
         params.update({str(k): str(v) for k, v in continuation.items()})
     return params
 
 
-def info_params(titles: Iterable[str], *, maxlag: int | None = defaults.MEDIAWIKI_MAXLAG) -> dict[str, str]:
-    """Parameters of a cheap ``prop=info`` request (``lastrevid`` of up to 50 titles)."""
+def info_params(
+    titles: Iterable[str], *, maxlag: int | None = defaults.MEDIAWIKI_MAXLAG, assert_user: bool = False
+) -> dict[str, str]:
+    """Parameters of a cheap ``prop=info`` request (``lastrevid`` of a batch of titles)."""
     params = {
         "action": "query",
         "format": "json",
@@ -64,6 +70,8 @@ def info_params(titles: Iterable[str], *, maxlag: int | None = defaults.MEDIAWIK
     }
     if maxlag is not None:
         params["maxlag"] = str(maxlag)
+    if assert_user:
+        params["assert"] = "user"
     return params
 
 

@@ -9,6 +9,12 @@ Before the first batch, one ``action=query&meta=siteinfo`` request probes ``api_
 is not a MediaWiki API (a refused connection, an unknown host, a 404, an HTML page) one error
 line says why and the spider closes with reason ``fatal_api_probe``.
 
+A source with ``auth: {type: botpassword, ...}`` then logs in (:mod:`holocron_scrapy.mediawiki.auth`)
+before any content request, and its rights set the batch size: up to 500 titles with
+``apihighlimits`` (default 500 unless ``batch_size`` is lower), else 50 (logged once). A failed
+login closes the spider with ``fatal_login``; a configured ``batch_size`` the account may not use
+with ``fatal_batch_size``. Content requests then carry ``assert=user``.
+
 Failures follow :mod:`holocron_scrapy.failures`: an answer that is not a JSON object is transient
 (the retry middleware retries it; then the frontier), a permanent API error on a batch that one
 title may have caused (or an HTTP 414, URI too long) splits the batch in halves until the bad
@@ -23,17 +29,18 @@ Seeds go through the frontier's seed intake (:mod:`holocron_scrapy.frontier.inta
 chunks, each title normalised by :meth:`MediaWikiSpider.seed_request`, taken in once per seed list.
 
 Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``api_url``, ``max_depth``,
-``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50).
+``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50; 1-500 with a
+bot login).
 
 Stats: ``mediawiki/pages/<outcome>``, ``mediawiki/api_error/<code>``, ``mediawiki/continuations``,
-``mediawiki/bisections``, ``mediawiki/probe/<ok|failed>``.
+``mediawiki/bisections``, ``mediawiki/probe/<ok|failed>``; ``mediawiki/login/*`` (see the auth module).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,7 +51,7 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
 from holocron_scrapy import defaults
-from holocron_scrapy.config import Config, Source
+from holocron_scrapy.config import Config, Source, batch_size_problem
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body
 from holocron_scrapy.frontier.intake import SeedList
@@ -60,6 +67,16 @@ from holocron_scrapy.frontier.scheduler import (
 )
 from holocron_scrapy.items import FAILED, OK, IngestItem
 from holocron_scrapy.mediawiki import api
+from holocron_scrapy.mediawiki.auth import (
+    ASSERT_FAILURES,
+    BATCH_SIZE_CLOSE_REASON,
+    LOGIN_CLOSE_REASON,
+    BotCredentials,
+    BotSession,
+    LoginError,
+    credentials,
+    effective_batch_size,
+)
 from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.parse import (
     Accumulator,
@@ -89,6 +106,9 @@ class MediaWikiOptions:
     namespaces: tuple[int, ...]
     batch_size: int
     maxlag: int
+    #: The bot login (None: anonymous) and whether batch_size was set (else the account's bound).
+    login: BotCredentials | None = None
+    batch_size_set: bool = True
 
 
 def parse_namespaces(value: str, *, key: str = "namespaces") -> tuple[int, ...]:
@@ -117,6 +137,7 @@ def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOption
         links, categories = _DISCOVER[choice]
     else:
         links, categories = source.discovery.links, source.discovery.categories
+    login = credentials(source.auth) if source.auth is not None else None
     return MediaWikiOptions(
         source_name=source.name,
         api_url=api_url,
@@ -125,11 +146,19 @@ def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOption
         follow_links=links,
         follow_categories=categories,
         namespaces=parse_namespaces(kwargs["namespaces"]) if "namespaces" in kwargs else source.discovery.namespaces,
-        batch_size=parse_int(
-            kwargs.get("batch_size", source.batch_size), key="batch_size", low=1, high=defaults.MEDIAWIKI_MAX_BATCH_SIZE
-        ),
+        batch_size=batch_size(kwargs.get("batch_size", source.batch_size), login),
         maxlag=source.maxlag,
+        login=login,
+        batch_size_set="batch_size" in kwargs or source.batch_size_set,
     )
+
+
+def batch_size(value: Any, login: BotCredentials | None) -> int:
+    """Titles per request: 1-50, or 1-500 with a bot login (whose rights are checked at login)."""
+    size = parse_int(value, key="batch_size", low=1)
+    if login is None and size > defaults.MEDIAWIKI_MAX_BATCH_SIZE:
+        raise ConfigError(batch_size_problem(size), key="batch_size")
+    return parse_int(size, key="batch_size", low=1, high=defaults.MEDIAWIKI_MAX_BOT_BATCH_SIZE)
 
 
 class MediaWikiSpider(HolocronSpider):
@@ -139,7 +168,12 @@ class MediaWikiSpider(HolocronSpider):
     source_type = "mediawiki"
     arguments = ("api_url", "max_depth", "discover", "namespaces", "batch_size")
     options: MediaWikiOptions
-    custom_settings = {"ROBOTSTXT_OBEY": False}  # an API client, as pywikibot; etiquette via maxlag
+    custom_settings = {
+        "ROBOTSTXT_OBEY": False,  # an API client, as pywikibot; etiquette via maxlag
+        # The bot login's cookie jar on the source's API requests; a re-login when the session is gone.
+        "DOWNLOADER_MIDDLEWARES": {"holocron_scrapy.mediawiki.auth.BotLoginMiddleware": 560},
+    }
+    mw_session: BotSession | None = None  # read by BotLoginMiddleware
 
     @classmethod
     def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:
@@ -153,7 +187,10 @@ class MediaWikiSpider(HolocronSpider):
         cls, config: Config, source: Source, kwargs: dict[str, Any]
     ) -> tuple[MediaWikiOptions, dict[str, Any]]:
         options = mediawiki_options(source, kwargs)
-        return options, {"CONCURRENT_REQUESTS": source.concurrency, "HOLOCRON_FRONTIER_CLAIM_SIZE": options.batch_size}
+        # A bot's batch size is known only after login: claim as many as it may use.
+        bot_default = options.login is not None and not options.batch_size_set
+        claim = defaults.MEDIAWIKI_MAX_BOT_BATCH_SIZE if bot_default else options.batch_size
+        return options, {"CONCURRENT_REQUESTS": source.concurrency, "HOLOCRON_FRONTIER_CLAIM_SIZE": claim}
 
     @classmethod
     def target_urls(cls, options: MediaWikiOptions) -> list[str]:
@@ -162,6 +199,7 @@ class MediaWikiSpider(HolocronSpider):
     # -- requests ------------------------------------------------------------------------
     async def start(self) -> AsyncIterator[Request]:
         await self.probe_api()
+        await self.bot_login()
         async for request in self.seed_requests(self.options.seeds):
             yield request
 
@@ -202,6 +240,36 @@ class MediaWikiSpider(HolocronSpider):
             self.options.source_name,
         )
         raise CloseSpider("fatal_api_probe")
+
+    async def bot_login(self) -> None:
+        """Log in with the source's BotPassword (if any) before any content request, and set the
+        batch size to what the account may use. A failed login, or a ``batch_size`` the account
+        may not use, stops the crawl (``fatal_login``, ``fatal_batch_size``: exit status 1)."""
+        login = self.options.login
+        if login is None:
+            return
+        self.mw_session = BotSession(
+            self.crawler, login, source_name=self.options.source_name, api_url=self.options.api_url
+        )
+        try:
+            account = await self.mw_session.login()
+        except LoginError as exc:
+            self.logger.error("Bot login failed: %s. Check auth (source %r); stopping.", exc, self.options.source_name)
+            raise CloseSpider(LOGIN_CLOSE_REASON) from None
+        configured = self.options.batch_size if self.options.batch_size_set else None
+        try:
+            size = effective_batch_size(configured, account.high_limits, login.username)
+        except ConfigError as exc:
+            self.logger.error("%s; stopping.", exc)
+            raise CloseSpider(BATCH_SIZE_CLOSE_REASON) from None
+        if not account.high_limits:
+            self.logger.warning(
+                "Account %s lacks apihighlimits (BotPassword grant 'highvolume'): batches stay at %d titles",
+                login.username,
+                size,
+            )
+        self.logger.info("Logged in as %s: %d titles per request", account.name, size)
+        self.options = replace(self.options, batch_size=size)
 
     def title_request(
         self, title: str, *, depth: int, discovered_from: str | None = None, known: bool = False
@@ -281,7 +349,9 @@ class MediaWikiSpider(HolocronSpider):
         return stored
 
     def _info_request(self, titles: list[dict[str, Any]]) -> Request:
-        params = api.info_params(sorted(t["title"] for t in titles), maxlag=self.options.maxlag)
+        params = api.info_params(
+            sorted(t["title"] for t in titles), maxlag=self.options.maxlag, assert_user=self.mw_session is not None
+        )
         return Request(
             api.api_url(self.options.api_url, params),
             callback=self.parse_info,
@@ -331,6 +401,7 @@ class MediaWikiSpider(HolocronSpider):
             namespaces=self.options.namespaces,
             maxlag=self.options.maxlag,
             continuation=continuation,
+            assert_user=self.mw_session is not None,
         )
         url = api.api_url(self.options.api_url, params)
         first_url = first_url or url
@@ -368,6 +439,9 @@ class MediaWikiSpider(HolocronSpider):
             continuation = merge_query(acc, body)
         except ApiError as exc:
             self.crawler.stats.inc_value(f"mediawiki/api_error/{exc.code}")
+            if exc.code in ASSERT_FAILURES:  # the session was lost again after a new login: later
+                yield from self.failure_items(titles, response, str(exc), retryable=True, payload=body)
+                return
             if len(titles) > 1 and could_be_one_title(exc.code, exc.info, retryable=exc.retryable):
                 yield from self.bisect(titles, exc)
                 return

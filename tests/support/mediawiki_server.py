@@ -623,6 +623,145 @@ def edit_page(
     return EditResult(title, before[0], revid)
 
 
+# --------------------------------------------------------------------------- bots
+
+#: The characters MediaWiki accepts in a BotPassword (BotPassword::canonicalizeLoginData: [0-9a-w]{32}).
+BOT_PASSWORD_CHARS = "0123456789abcdefghijklmnopqrstuvw"
+
+
+@dataclass(frozen=True)
+class BotLogin:
+    """A bot account's BotPassword: log in with ``username`` (``Name@appid``) and ``password``."""
+
+    username: str
+    password: str = field(repr=False)
+    grants: tuple[str, ...] = ()
+
+
+def create_bot(
+    install: WikiInstall,
+    name: str,
+    *,
+    appid: str = "holocron",
+    grants: tuple[str, ...] = ("basic", "highvolume"),
+    password: str | None = None,
+) -> BotLogin:
+    """Create the account *name* in the ``bot`` group (``createAndPromote.php --bot``; kept if it
+    exists) and a BotPassword *appid* with *grants* (``createBotPassword.php``); the password is
+    32 random characters of [0-9a-w] unless given."""
+    import secrets as _secrets
+
+    password = password or "".join(_secrets.choice(BOT_PASSWORD_CHARS) for _ in range(32))
+    account_password = "Holocron-" + "".join(_secrets.choice(BOT_PASSWORD_CHARS) for _ in range(20))
+    install.run_maintenance("createAndPromote", "--bot", "--force", name, account_password)
+    out = install.run_maintenance("createBotPassword", "--appid", appid, "--grants", ",".join(grants), name, password)
+    if "Success" not in out:
+        raise MediaWikiError(f"createBotPassword.php did not create {name}@{appid}:\n{_tail(out)}")
+    return BotLogin(f"{name}@{appid}", password, tuple(grants))
+
+
+def _session_stores(install: WikiInstall) -> list[Path]:
+    """The SQLite files with an object cache table (``$wgSessionCacheType = CACHE_DB``: the sessions
+    are in ``wikicache.sqlite``; the main database has an empty one too)."""
+    import sqlite3
+
+    stores = []
+    for path in sorted(install.db_dir.glob("*.sqlite")):
+        conn = sqlite3.connect(path)
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='objectcache'").fetchone():
+                stores.append(path)
+        finally:
+            conn.close()
+    if not stores:
+        raise MediaWikiError(f"no objectcache table under {install.db_dir}")
+    return stores
+
+
+def session_ids(install: WikiInstall) -> list[str]:
+    """The ids of every session the wiki holds (the values of its session cookies)."""
+    import sqlite3
+
+    ids = []
+    for path in _session_stores(install):
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            rows = conn.execute("SELECT keyname FROM objectcache WHERE keyname LIKE ?", (f"{DB_NAME}:MWSession:%",))
+            ids += [key.rsplit(":", 1)[1] for (key,) in rows]
+        finally:
+            conn.close()
+    return ids
+
+
+def end_sessions(install: WikiInstall) -> int:
+    """Forget every session (as an expired session store would): the next request with an old
+    session cookie is anonymous. Returns how many were dropped."""
+    import sqlite3
+
+    dropped = 0
+    for path in _session_stores(install):
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            with conn:
+                cur = conn.execute("DELETE FROM objectcache WHERE keyname LIKE ?", (f"{DB_NAME}:MWSession:%",))
+            dropped += cur.rowcount
+        finally:
+            conn.close()
+    return dropped
+
+
+def record_auth_fixtures(api_url: str, bot: BotLogin, slow_bot: BotLogin, out_dir: Path) -> list[Path]:
+    """Record the answers of a bot login (``tests/fixtures/mediawiki_auth``): the login token, a
+    successful and a failed ``action=login``, ``meta=userinfo&uiprop=rights`` with and without
+    ``apihighlimits``, and ``assertuserfailed``. The headers of the successful login are kept
+    (``login_success.headers.json``: its ``Set-Cookie``)."""
+    import http.cookiejar
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = {"format": "json", "formatversion": "2"}
+
+    def opener() -> urllib.request.OpenerDirector:
+        return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def call(client: urllib.request.OpenerDirector, params: dict[str, str], post: bool = False) -> ApiResponse:
+        data = urllib.parse.urlencode({**params, **base}).encode()
+        request = urllib.request.Request(
+            api_url if post else f"{api_url}?{data.decode()}",
+            data=data if post else None,
+            headers={"User-Agent": "holocron-test-harness/1"},
+        )
+        with client.open(request, timeout=60) as resp:
+            return ApiResponse(resp.status, dict(resp.headers.items()), resp.read())
+
+    def login(client: urllib.request.OpenerDirector, who: BotLogin, password: str) -> tuple[ApiResponse, ApiResponse]:
+        token = call(client, {"action": "query", "meta": "tokens", "type": "login"})
+        lgtoken = token.json()["query"]["tokens"]["logintoken"]
+        form = {"action": "login", "lgname": who.username, "lgpassword": password, "lgtoken": lgtoken}
+        return token, call(client, form, post=True)
+
+    rights = {"action": "query", "meta": "userinfo", "uiprop": "rights", "assert": "user"}
+    answers: dict[str, ApiResponse] = {}
+    client = opener()
+    answers["login_token"], answers["login_success"] = login(client, bot, bot.password)
+    answers["userinfo_highlimits"] = call(client, rights)
+    client = opener()
+    login(client, slow_bot, slow_bot.password)
+    answers["userinfo_no_highlimits"] = call(client, rights)
+    _, answers["login_wrong_password"] = login(opener(), bot, "0" * 32)
+    answers["assertuserfailed"] = call(
+        opener(), {"action": "query", "prop": "info", "titles": "Main Page", "assert": "user"}
+    )
+    written = []
+    for name, resp in answers.items():
+        path = out_dir / f"{name}.json"
+        _write_recording(path, resp.json())
+        written.append(path)
+    hpath = out_dir / "login_success.headers.json"
+    _write_recording(hpath, {"status": answers["login_success"].status, "headers": answers["login_success"].headers})
+    return [*written, hpath]
+
+
 # --------------------------------------------------------------------------- fixtures
 
 QUERY_PARAMS: dict[str, str] = {
