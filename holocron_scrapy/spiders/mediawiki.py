@@ -210,8 +210,8 @@ class MediaWikiSpider(HolocronSpider):
     options: MediaWikiOptions
     custom_settings = {
         "ROBOTSTXT_OBEY": False,  # an API client, as pywikibot; etiquette via maxlag
-        # The bot login's cookie jar on the source's API requests; a re-login when the session is gone.
-        "DOWNLOADER_MIDDLEWARES": {"holocron_scrapy.mediawiki.auth.BotLoginMiddleware": 560},
+        # The bot login's BotLoginMiddleware is in the project's DOWNLOADER_MIDDLEWARES (settings.py): a
+        # dict here would replace that one whole, and with it the polite retry middleware (maxlag).
     }
     mw_session: BotSession | None = None  # read by BotLoginMiddleware
 

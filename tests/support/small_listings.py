@@ -3,7 +3,8 @@ entries (default 20) instead of the account's 500, so that a listing of the lab 
 requests and a test can kill the crawl in the middle of it. Everything else (the real MediaWiki, the
 continuation, the checkpoint) is the product's own.
 
-Enable with ``-s DOWNLOADER_MIDDLEWARES={"tests.support.small_listings.SmallListingMiddleware": 50}``.
+Enable with ``-s DOWNLOADER_MIDDLEWARES=<JSON>``: the project's ``DOWNLOADER_MIDDLEWARES`` plus
+``"tests.support.small_listings.SmallListingMiddleware": 50`` (a ``-s`` dict replaces the project's whole).
 """
 
 from __future__ import annotations
