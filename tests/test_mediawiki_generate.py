@@ -251,6 +251,7 @@ def test_the_mediawiki_spiders_keep_the_polite_retry_middleware_and_the_bot_logi
         assert "holocron_scrapy.middlewares.retry.PoliteRetryMiddleware" in enabled
         assert "holocron_scrapy.mediawiki.auth.BotLoginMiddleware" in enabled
         assert "scrapy.downloadermiddlewares.retry.RetryMiddleware" not in enabled
+        assert settings.getint("URLLENGTH_LIMIT") == 0  # a 500-title continuation is not dropped
 
 
 # -- the real MediaWiki ---------------------------------------------------------------------------
@@ -306,6 +307,36 @@ def test_allpages_stores_every_article_once_within_the_request_bound(mediawiki, 
     assert "was listed completely by an earlier run" in again.stderr
     assert ws.runs()[-1]["requests"] == 1  # the API probe only: nothing listed, nothing fetched
     assert len(ws.records()) == len(records)
+
+
+BOT_ENV = "HOLOCRON_TEST_BOT_PASSWORD"
+
+
+@pytest.mark.mediawiki
+def test_allpages_as_a_bot_lists_5000_per_request_within_the_high_limit_bound(bot_mediawiki, tmp_path, monkeypatch):
+    """With apihighlimits the listing asks for 5,000 titles and content goes 500 per request: within
+    1.5x ``ceil(P/5000) + ceil(P/500)``, plus the API probe and the login's 3 round trips."""
+    monkeypatch.setenv(BOT_ENV, bot_mediawiki.bot.password)
+    articles = {p.title for p in bot_mediawiki.model.articles()}
+    pages = len(articles)
+    ws = Workspace(tmp_path)
+    ws.write_config(
+        bot_mediawiki.api_url,
+        extra_source=(
+            f"  - name: botwiki\n    type: mediawiki\n    api_url: {bot_mediawiki.api_url}\n    delay: 0\n"
+            f"    auth: {{type: botpassword, username: '{bot_mediawiki.bot.username}', password_env: {BOT_ENV}}}\n"
+        ),
+    )
+    done = ws.crawl("mediawiki", "source=botwiki", "generator=allpages", settings={"LOG_LEVEL": "DEBUG"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Counter(r["resource_id"] for r in ws.records()) == Counter(articles)
+    assert "aplimit=5000" in done.stderr and "assert=user" in done.stderr  # the listing request, logged at DEBUG
+    stats = stats_of(ws)
+    assert stats["mediawiki/login/high_limits"] == 1 and stats["generator/requests"] == math.ceil(pages / 5000)
+    bound = math.ceil(pages / 5000) + math.ceil(pages / 500)
+    requests = ws.runs()[-1]["requests"]
+    print(f"allpages as a bot: P={pages}: {requests} requests (1 probe, 3 login), bound {bound}")
+    assert requests - 1 - 3 <= 1.5 * bound, (requests, bound)
 
 
 @pytest.mark.mediawiki

@@ -212,6 +212,10 @@ class MediaWikiSpider(HolocronSpider):
         "ROBOTSTXT_OBEY": False,  # an API client, as pywikibot; etiquette via maxlag
         # The bot login's BotLoginMiddleware is in the project's DOWNLOADER_MIDDLEWARES (settings.py): a
         # dict here would replace that one whole, and with it the polite retry middleware (maxlag).
+        # No URL length cap on our own requests: a continuation of 500 titles (a bot) is far longer than
+        # Scrapy's 2,083 characters, and UrlLengthMiddleware dropped it, after which the batch's items were
+        # acknowledged without records. A server that refuses a long URL answers 414: the batch is halved.
+        "URLLENGTH_LIMIT": 0,
     }
     mw_session: BotSession | None = None  # read by BotLoginMiddleware
 
