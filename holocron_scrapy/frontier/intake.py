@@ -24,6 +24,9 @@ a resumed run 9.2x slower; issue 11). Now:
   fetches while the intake goes on. While the state database is gone a chunk is tried again (the
   frontier's outage watch: one log line, ``HOLOCRON_DB_OUTAGE_LIMIT``); a chunk and its checkpoint
   commit together, so running one again is harmless.
+* :func:`work_items` (a chunk of seeds to their work items) and :func:`in_worker` (run a store call in
+  the frontier's worker thread, riding out an outage) are shared with the generator listings
+  (:mod:`holocron_scrapy.mediawiki.generate`), so a listed title becomes exactly a seed's work item.
 
 Settings read: ``HOLOCRON_SEED_CHUNK_SIZE`` (seeds per transaction, default 5,000).
 Stats written: ``intake/seeds`` (seeds read in this run), ``intake/enqueued`` (new work items),
