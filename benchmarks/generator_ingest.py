@@ -60,6 +60,10 @@ def measure(api_url: str, workdir: Path, bot: ms.BotLogin | None = None) -> dict
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     conn = sqlite3.connect(ws.records_db)
+    links = sum(
+        len(json.loads(payload).get("links", []))
+        for (payload,) in conn.execute("SELECT payload FROM ingest_records WHERE outcome = 'ok'")
+    )
     stored = conn.execute("SELECT COUNT(DISTINCT resource_id) FROM ingest_records WHERE outcome = 'ok'").fetchone()[0]
     requests, seconds, summary = conn.execute("SELECT requests, duration_s, summary FROM ingest_runs").fetchone()
     stats = json.loads(summary)
@@ -74,6 +78,9 @@ def measure(api_url: str, workdir: Path, bot: ms.BotLogin | None = None) -> dict
         "requests": requests,
         "listing": stats["generator/requests"],
         "continuations": stats.get("mediawiki/continuations", 0),
+        "links": links,
+        # with links: the content requests cannot be fewer than ceil(links / link limit) either
+        "link_bound": math.ceil(pages / listing) + max(math.ceil(pages / batch), math.ceil(links / listing)),
         "overhead": overhead,
         "bound": bound,
         "ratio": (requests - overhead) / bound,
@@ -99,12 +106,13 @@ def main() -> None:
             rows = [measure(wiki.api_url, Path(tmp) / "anonymous")]
             if bot is not None:
                 rows.append(measure(wiki.api_url, Path(tmp) / "bot", bot))
-    header = ("crawl", "pages", "stored", "requests", "listing", "continuations", "bound", "ratio", "MB", "s")
+    header = ("crawl", "pages", "stored", "links", "requests", "listing", "continuations", "bound", "ratio", "MB", "s")
     print(" | ".join(header))
     for r in rows:
         print(
-            f"{r['crawl']} | {r['pages']} | {r['stored']} | {r['requests']} (incl. {r['overhead']} probe/login)"
-            f" | {r['listing']} | {r['continuations']} | {r['bound']} | {r['ratio']:.2f}"
+            f"{r['crawl']} | {r['pages']} | {r['stored']} | {r['links']}"
+            f" | {r['requests']} (incl. {r['overhead']} probe/login)"
+            f" | {r['listing']} | {r['continuations']} | {r['bound']} (with links {r['link_bound']}) | {r['ratio']:.2f}"
             f" | {r['response_bytes'] / 1e6:.2f} | {r['crawl_s']:.1f}"
         )
 
