@@ -364,6 +364,14 @@ def test_categorymembers_with_a_depth_stores_exactly_the_category_tree(mediawiki
     direct = {t for t in model.category_members(root) if wikigen.namespace_of(t) == 0}
     assert {r["resource_id"] for r in shallow.records()} == direct
 
+    # a category that does not exist lists nothing, says so, and the crawl ends cleanly
+    empty = Workspace(tmp_path / "empty")
+    empty.root.mkdir()
+    empty.write_config(mediawiki.api_url)
+    done = empty.crawl("mediawiki", "source=testwiki", "generator=categorymembers:Category:No such category")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "listed no titles: check the category" in done.stderr and not empty.records()
+
 
 def start(ws: Workspace, args: tuple[str, ...], settings: dict[str, str], log) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "SMALL_LISTING_LIMIT": "10", "SLOW_STORE_SECONDS": "0.02"}

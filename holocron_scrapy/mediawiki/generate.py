@@ -226,10 +226,10 @@ async def generator_requests(spider: MediaWikiSpider, spec: GeneratorSpec) -> As
 async def run_in_frontier(spider: MediaWikiSpider, spec: GeneratorSpec) -> GeneratorState | None:
     """Walk *spec*'s listing into the crawl's frontier, one answer (and one transaction) at a time.
     Returns the final state, or None when the frontier closed first (the checkpoint keeps the place)."""
-    frontier = spider.crawler.holocron_frontier  # type: ignore[attr-defined]
-    store, scope, stats = frontier.store, frontier.scope, spider.crawler.stats
-    if store is None:
+    frontier = getattr(spider.crawler, "holocron_frontier", None)
+    if frontier is None or frontier.store is None:
         return None
+    store, scope, stats = frontier.store, frontier.scope, spider.crawler.stats
     if scope is None:
         raise ConfigError("a generator needs the crawl's source (HOLOCRON_SOURCE_SYSTEM, HOLOCRON_SOURCE_NAME)")
     intake = GeneratorIntake(spec, scope.source_system, scope.source_name, work_items(frontier, spider.seed_request))
@@ -269,6 +269,12 @@ async def run_in_frontier(spider: MediaWikiSpider, spec: GeneratorSpec) -> Gener
         frontier.stored_elsewhere(inserted, len(page.titles) - inserted)
     stats.inc_value("generator/skipped", int(state.skipped))
     stats.inc_value("generator/resumed", int(state.resumed))
+    if state.done and state.walk.titles == 0:
+        spider.logger.warning(
+            "Generator %s listed no titles: check the %s",
+            what,
+            "category" if spec.category else "prefix and namespaces",
+        )
     if not state.skipped and state.failed is None:
         spider.logger.info(
             "Generator %s done: %d titles listed in %d requests in this run (%d in all), %d new work items",
