@@ -309,6 +309,18 @@ def test_allpages_stores_every_article_once_within_the_request_bound(mediawiki, 
     assert len(ws.records()) == len(records)
 
 
+@pytest.mark.mediawiki
+def test_prefix_stores_exactly_the_articles_with_that_prefix(mediawiki, tmp_path):
+    expected = {p.title for p in mediawiki.model.articles() if p.title.startswith("Battle")}
+    assert len(expected) > 20
+    ws = Workspace(tmp_path)
+    ws.write_config(mediawiki.api_url)
+    done = ws.crawl("mediawiki", "source=testwiki", "generator=prefix:Battle", "namespaces=0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Counter(r["resource_id"] for r in ws.records()) == Counter(expected)
+    assert "Generator prefix:Battle in namespace 0 done" in done.stderr
+
+
 BOT_ENV = "HOLOCRON_TEST_BOT_PASSWORD"
 
 
