@@ -21,6 +21,7 @@ from holocron_scrapy import defaults
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.mediawiki.auth import AUTH_TYPE as BOTPASSWORD
 from holocron_scrapy.mediawiki.auth import BotPasswordAuth, parse_auth_config
+from holocron_scrapy.mediawiki.listings import parse_generator
 
 SOURCE_TYPES = ("mediawiki", "http")
 #: Keys only ``http`` sources have; all but :data:`HTTP_CONFIG_ONLY_KEYS` are also ``-a`` arguments.
@@ -69,6 +70,8 @@ class Source:
     recrawl: str | None = None
     discovery: Discovery = field(default_factory=Discovery)
     seeds: tuple[str, ...] = ()
+    #: A mediawiki source's ``generator`` spec (``allpages``, ``prefix:X``, ``categorymembers:Category:X``), checked.
+    generator: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     #: ``batch_size`` was set in the config (not the default): a bot keeps it, else uses its bound.
     batch_size_set: bool = False
@@ -255,6 +258,7 @@ class _Reader:
             "recrawl",
             "discovery",
             "seeds",
+            "generator",
         }
         raw = self.mapping(raw, key, common | HTTP_SOURCE_KEYS)
         name = self.string(raw.get("name"), f"{key}.name", optional=False)
@@ -284,6 +288,7 @@ class _Reader:
         seeds = raw.get("seeds") or []
         if not isinstance(seeds, list):
             raise self.fail(f"{key}.seeds", "expected a list of strings")
+        generator = self.generator(raw, key, kind, discovery)
         recrawl = raw.get("recrawl_after")
         recrawl_mode = self.recrawl_mode(raw.get("recrawl"), f"{key}.recrawl", kind)
         if recrawl_mode is not None and recrawl is not None:
@@ -310,6 +315,7 @@ class _Reader:
             recrawl=recrawl_mode,
             discovery=discovery,
             seeds=tuple(self.string(s, f"{key}.seeds", optional=False) for s in seeds),
+            generator=generator,
             options={k: raw[k] for k in HTTP_SOURCE_KEYS if k in raw and not (k == "auth" and kind == "mediawiki")},
         )
 
@@ -321,6 +327,23 @@ class _Reader:
             return parse_recrawl_mode(value, key=key, source_type=kind)
         except ConfigError as exc:
             raise self.fail(key, exc.problem) from None
+
+    def generator(self, raw: dict[str, Any], key: str, kind: str, discovery: Discovery) -> str | None:
+        """A mediawiki source's ``generator`` (checked by the spec parser with the source's namespaces and
+        depth); a source seeds a crawl with ``seeds`` or a ``generator``, not both."""
+        if "generator" not in raw:
+            return None
+        if kind != "mediawiki":
+            raise self.fail(f"{key}.generator", "generators list MediaWiki pages: only mediawiki sources have one")
+        if raw.get("seeds"):
+            raise self.fail(f"{key}.generator", "give seeds or a generator, not both")
+        value = self.string(raw.get("generator"), f"{key}.generator", optional=False)
+        assert value is not None
+        try:
+            parse_generator(value, namespaces=discovery.namespaces, max_depth=discovery.max_depth)
+        except ConfigError as exc:
+            raise self.fail(f"{key}.generator", exc.problem) from None
+        return value
 
     def bot_auth(self, value: Any, key: str) -> BotPasswordAuth:
         try:

@@ -27,6 +27,9 @@ SPIDER_MIDDLEWARES = {
 DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "holocron_scrapy.middlewares.retry.PoliteRetryMiddleware": 550,
+    # A MediaWiki bot login's session cookie and re-login (does nothing for spiders without one). Here, not
+    # in the spider's custom_settings: a dict there replaces this one whole (the retry middleware with it).
+    "holocron_scrapy.mediawiki.auth.BotLoginMiddleware": 560,
     "holocron_scrapy.web.auth.SourceAuthMiddleware": 580,
     "holocron_scrapy.middlewares.conditional.ConditionalRequestMiddleware": 585,
 }

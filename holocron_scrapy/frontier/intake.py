@@ -24,6 +24,9 @@ a resumed run 9.2x slower; issue 11). Now:
   fetches while the intake goes on. While the state database is gone a chunk is tried again (the
   frontier's outage watch: one log line, ``HOLOCRON_DB_OUTAGE_LIMIT``); a chunk and its checkpoint
   commit together, so running one again is harmless.
+* :func:`work_items` (a chunk of seeds to their work items) and :func:`in_worker` (run a store call in
+  the frontier's worker thread, riding out an outage) are shared with the generator listings
+  (:mod:`holocron_scrapy.mediawiki.generate`), so a listed title becomes exactly a seed's work item.
 
 Settings read: ``HOLOCRON_SEED_CHUNK_SIZE`` (seeds per transaction, default 5,000).
 Stats written: ``intake/seeds`` (seeds read in this run), ``intake/enqueued`` (new work items),
@@ -276,24 +279,12 @@ class SeedIntake:
         )
 
 
-async def run_in_frontier(
-    frontier: FrontierScheduler,
-    seeds: SeedList,
-    seed_request: Callable[[str], Request | None],
-    *,
-    chunk_size: int = CHUNK_SIZE,
-    stats: Any = None,
-) -> IntakeState | None:
-    """Take *seeds* into the crawl's frontier, chunk by chunk in its worker thread; *seed_request* is the
-    spider's (a seed's start request, or None to drop the seed). Returns the final state, or None when
-    the frontier closed first (what was taken in is checkpointed: the next run goes on from there)."""
-    from scrapy.utils.defer import maybe_deferred_to_future
-
-    store, executor, scope = frontier.store, frontier.executor, frontier.scope
-    if store is None or executor is None:
-        return None
-    if scope is None:
-        raise ConfigError("the seed intake needs the crawl's source (HOLOCRON_SOURCE_SYSTEM, HOLOCRON_SOURCE_NAME)")
+def work_items(
+    frontier: FrontierScheduler, seed_request: Callable[[str], Request | None]
+) -> Callable[[list[str]], list[NewItem]]:
+    """The work items of a chunk of seeds: each seed's start request (*seed_request*, the spider's; None
+    drops the seed) as the scheduler would store it. Pure: it runs in the frontier's worker thread. Seed
+    lists and generator listings (:mod:`holocron_scrapy.mediawiki.generate`) build their items here."""
 
     def to_items(chunk: list[str]) -> list[NewItem]:
         items = []
@@ -306,20 +297,48 @@ async def run_in_frontier(
                 items.append(item)
         return items
 
-    async def in_worker(fn: Callable[[], T]) -> T:
-        """Run *fn* in the worker thread; while the database is gone, wait and run it again (a chunk and
-        its checkpoint commit together or not at all, so running one again is harmless)."""
-        return await ride_out(
-            lambda: maybe_deferred_to_future(executor.submit(fn)), frontier.outage, spider=frontier.spider
-        )
+    return to_items
 
+
+async def in_worker(frontier: FrontierScheduler, fn: Callable[[], T]) -> T:
+    """Run *fn* in the frontier's worker thread, never on the reactor; while the database is gone, wait
+    and run it again (a chunk and its checkpoint commit together or not at all, so running one again is
+    harmless)."""
+    from scrapy.utils.defer import maybe_deferred_to_future
+
+    executor = frontier.executor
+    if executor is None:
+        raise RuntimeError("the frontier is closed")
+    return await ride_out(
+        lambda: maybe_deferred_to_future(executor.submit(fn)), frontier.outage, spider=frontier.spider
+    )
+
+
+async def run_in_frontier(
+    frontier: FrontierScheduler,
+    seeds: SeedList,
+    seed_request: Callable[[str], Request | None],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    stats: Any = None,
+) -> IntakeState | None:
+    """Take *seeds* into the crawl's frontier, chunk by chunk in its worker thread; *seed_request* is the
+    spider's (a seed's start request, or None to drop the seed). Returns the final state, or None when
+    the frontier closed first (what was taken in is checkpointed: the next run goes on from there)."""
+    store, executor, scope = frontier.store, frontier.executor, frontier.scope
+    if store is None or executor is None:
+        return None
+    if scope is None:
+        raise ConfigError("the seed intake needs the crawl's source (HOLOCRON_SOURCE_SYSTEM, HOLOCRON_SOURCE_NAME)")
+
+    to_items = work_items(frontier, seed_request)
     intake = SeedIntake(seeds, scope.source_system, scope.source_name, to_items, chunk_size=chunk_size)
-    state = await in_worker(lambda: intake.begin(store))
+    state = await in_worker(frontier, lambda: intake.begin(store))
     intake.log_start(frontier.spider)
     while not state.done:
         if frontier.store is None or getattr(frontier, "_closing", False):
             return None
-        read, inserted = await in_worker(lambda: intake.step(store))
+        read, inserted = await in_worker(frontier, lambda: intake.step(store))
         _count(stats, read, inserted)
         frontier.stored_elsewhere(inserted, max(read - inserted, 0))
     if stats is not None:

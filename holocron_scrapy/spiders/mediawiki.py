@@ -27,12 +27,16 @@ only for what changed.
 
 Seeds go through the frontier's seed intake (:mod:`holocron_scrapy.frontier.intake`): streamed in
 chunks, each title normalised by :meth:`MediaWikiSpider.seed_request`, taken in once per seed list.
+Instead of seeds, a generator (``-a generator=allpages``, ``prefix:X``, ``categorymembers:Category:X``,
+or the source's ``generator``) lists the titles (:mod:`holocron_scrapy.mediawiki.generate`: streamed
+into the frontier, checkpointed per answer); such a crawl follows no links, and ``max_depth`` is the
+depth of subcategories.
 
 ``-a recrawl=changes`` (or the source key ``recrawl: changes``) makes the run a sync from the wiki's
 recent changes (:mod:`holocron_scrapy.mediawiki.sync`, one hook in :meth:`MediaWikiSpider.start`): only
 what changed since the last completed sync is fetched; a first run or a stale checkpoint sweeps.
 
-Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``api_url``, ``max_depth``,
+Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``generator``, ``api_url``, ``max_depth``,
 ``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50; 1-500 with a
 bot login), ``recrawl`` (changes).
 
@@ -82,6 +86,8 @@ from holocron_scrapy.mediawiki.auth import (
     effective_batch_size,
 )
 from holocron_scrapy.mediawiki.errors import ApiError
+from holocron_scrapy.mediawiki.generate import generator_requests
+from holocron_scrapy.mediawiki.listings import GeneratorSpec, parse_generator
 from holocron_scrapy.mediawiki.parse import (
     Accumulator,
     MalformedResponse,
@@ -104,7 +110,7 @@ _DISCOVER = {"links": (True, False), "categories": (False, True), "both": (True,
 class MediaWikiOptions:
     source_name: str
     api_url: str
-    seeds: SeedList  # normalised per title by the seed intake (MediaWikiSpider.seed_request)
+    seeds: SeedList | None  # normalised per title by the seed intake (MediaWikiSpider.seed_request)
     max_depth: int
     follow_links: bool
     follow_categories: bool
@@ -116,6 +122,8 @@ class MediaWikiOptions:
     batch_size_set: bool = True
     #: ``changes``: a sync from recent changes (holocron_scrapy.mediawiki.sync); None: a crawl.
     recrawl: str | None = None
+    #: A generator seeds the crawl instead of seeds (mediawiki/generate.py); then no link is followed.
+    generator: GeneratorSpec | None = None
 
 
 def parse_namespaces(value: str, *, key: str = "namespaces") -> tuple[int, ...]:
@@ -127,12 +135,7 @@ def parse_namespaces(value: str, *, key: str = "namespaces") -> tuple[int, ...]:
 
 def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOptions:
     """Merge the source's config with ``-a`` arguments, validating every value."""
-    if "seeds" in kwargs:
-        seeds = parse_seeds(kwargs["seeds"])
-    elif source.seeds:
-        seeds = SeedList.of(source.seeds)
-    else:
-        raise ConfigError(f"no seeds: pass -a seeds='A|B' or set seeds on source {source.name!r}", key="seeds")
+    seeds, generator_value = seeding(source, kwargs)
     api_url = kwargs.get("api_url") or source.api_url
     parts = urlsplit(api_url or "")
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -145,19 +148,56 @@ def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOption
     else:
         links, categories = source.discovery.links, source.discovery.categories
     login = credentials(source.auth) if source.auth is not None else None
+    max_depth = parse_int(kwargs.get("max_depth", source.discovery.max_depth), key="max_depth", low=0)
+    namespaces = parse_namespaces(kwargs["namespaces"]) if "namespaces" in kwargs else source.discovery.namespaces
+    generator = None
+    if generator_value is not None:
+        # A generator crawl stores exactly the listed pages: max_depth is the depth of subcategories.
+        generator = parse_generator(generator_value, namespaces=namespaces, max_depth=max_depth)
+        if "discover" in kwargs and (links or categories):
+            raise ConfigError(
+                "a generator crawl follows no links (it stores the listed pages; max_depth is the depth of"
+                f" subcategories): drop -a discover={kwargs['discover']}",
+                key="discover",
+            )
+        links = categories = False
     return MediaWikiOptions(
         recrawl=recrawl_mode(source, kwargs),
         source_name=source.name,
         api_url=api_url,
         seeds=seeds,
-        max_depth=parse_int(kwargs.get("max_depth", source.discovery.max_depth), key="max_depth", low=0),
+        max_depth=0 if generator is not None else max_depth,
         follow_links=links,
         follow_categories=categories,
-        namespaces=parse_namespaces(kwargs["namespaces"]) if "namespaces" in kwargs else source.discovery.namespaces,
+        namespaces=namespaces,
         batch_size=batch_size(kwargs.get("batch_size", source.batch_size), login),
         maxlag=source.maxlag,
         login=login,
         batch_size_set="batch_size" in kwargs or source.batch_size_set,
+        generator=generator,
+    )
+
+
+def seeding(source: Source, kwargs: dict[str, Any]) -> tuple[SeedList | None, str | None]:
+    """The crawl's seeds or its generator (exactly one): ``-a seeds`` / ``-a generator`` replace the
+    source's ``seeds`` and ``generator`` keys (the config refuses a source with both)."""
+    if "seeds" in kwargs and "generator" in kwargs:
+        raise ConfigError(
+            "give seeds or a generator, not both (a generator crawl stores the listed pages and follows no links)",
+            key="generator",
+        )
+    if "generator" in kwargs:
+        return None, str(kwargs["generator"])
+    if "seeds" in kwargs:
+        return parse_seeds(kwargs["seeds"]), None
+    if source.generator is not None:
+        return None, source.generator
+    if source.seeds:
+        return SeedList.of(source.seeds), None
+    raise ConfigError(
+        f"no seeds: pass -a seeds='A|B', -a seeds=@file or -a generator=allpages, or set seeds or generator on"
+        f" source {source.name!r}",
+        key="seeds",
     )
 
 
@@ -174,12 +214,16 @@ class MediaWikiSpider(HolocronSpider):
 
     name = "mediawiki"
     source_type = "mediawiki"
-    arguments = ("api_url", "max_depth", "discover", "namespaces", "batch_size", "recrawl")
+    arguments = ("api_url", "max_depth", "discover", "namespaces", "batch_size", "recrawl", "generator")
     options: MediaWikiOptions
     custom_settings = {
         "ROBOTSTXT_OBEY": False,  # an API client, as pywikibot; etiquette via maxlag
-        # The bot login's cookie jar on the source's API requests; a re-login when the session is gone.
-        "DOWNLOADER_MIDDLEWARES": {"holocron_scrapy.mediawiki.auth.BotLoginMiddleware": 560},
+        # The bot login's BotLoginMiddleware is in the project's DOWNLOADER_MIDDLEWARES (settings.py): a
+        # dict here would replace that one whole, and with it the polite retry middleware (maxlag).
+        # No URL length cap on our own requests: a continuation of 500 titles (a bot) is far longer than
+        # Scrapy's 2,083 characters, and UrlLengthMiddleware dropped it, after which the batch's items were
+        # acknowledged without records. A server that refuses a long URL answers 414: the batch is halved.
+        "URLLENGTH_LIMIT": 0,
     }
     mw_session: BotSession | None = None  # read by BotLoginMiddleware
     changes_sync: Any = None  # the sync of a recrawl=changes run (holocron_scrapy.mediawiki.sync.ChangesSync)
@@ -218,6 +262,11 @@ class MediaWikiSpider(HolocronSpider):
             self.changes_sync = ChangesSync(self)  # kept: it advances the checkpoint at spider_closed
             async for item in self.changes_sync.run():
                 yield item
+        if self.options.generator is not None:  # generators as seeds: holocron_scrapy/mediawiki/generate.py
+            async for request in generator_requests(self, self.options.generator):
+                yield request
+            return
+        assert self.options.seeds is not None
         async for request in self.seed_requests(self.options.seeds):
             yield request
 
