@@ -11,8 +11,10 @@ The handler receives the tasks of a batch and returns one result per task, in or
 that is an exception fails that task's Deferred only. An exception raised by the handler itself
 fails the whole batch.
 
-The thread is a daemon (a call stuck in the kernel must not keep a stopped crawl alive).
-:meth:`BatchWorker.close` lets it finish what was submitted, then stop.
+The threads are daemons (a call stuck in the kernel must not keep a stopped crawl alive).
+:meth:`BatchWorker.close` lets them finish what was submitted, then stop. With several threads,
+each takes its own batches from the one queue: a thread waiting for the GIL after each system
+call (the reactor thread holds it most of the time) does not hold up every other task.
 
 Settings read: none. Stats written: none.
 """
@@ -39,13 +41,18 @@ class BatchWorker(Generic[A, R]):
         handler: Callable[[Sequence[A]], Sequence[R | BaseException]],
         *,
         name: str,
+        threads: int = 1,
         max_batch: int = MAX_BATCH,
     ):
         self.handler = handler
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[A, defer.Deferred[R]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{n}" if threads > 1 else name, daemon=True)
+            for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, task: A) -> defer.Deferred[R]:
         """Run *task* in the worker thread; the Deferred fires on the reactor thread."""
@@ -54,10 +61,13 @@ class BatchWorker(Generic[A, R]):
         return d
 
     def close(self, wait: float | None = None) -> None:
-        """Stop the thread once the tasks already submitted are done (*wait*: seconds to wait for it)."""
-        self._queue.put(None)
-        if wait is not None and threading.current_thread() is not self._thread:
-            self._thread.join(wait)
+        """Stop the threads once the tasks already submitted are done (*wait*: seconds to wait for each)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait is not None:
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join(wait)
 
     def _run(self) -> None:
         from twisted.internet import reactor

@@ -3,6 +3,13 @@
 URL, method, headers and body go to their own columns; everything else
 (callback and errback names, meta, cb_kwargs, priority, flags, ...) goes to the
 ``metadata`` JSON, tagged with a format version.
+
+The dict is Scrapy's ``Request.to_dict`` format (read back with ``request_from_dict``), made by
+:func:`request_dict`: ``to_dict`` finds a callback's name with ``inspect.getmembers`` over the
+whole spider (every attribute and property, twice a request: 0.45 ms, measured as three quarters
+of the seed intake's time per seed and a large part of the frontier's per-link cost). A bound
+method of the spider names itself; the name is checked against the spider's class once per
+function, and anything else still goes through ``to_dict``'s own lookup.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import json
 from typing import Any
 
 from scrapy import Request, Spider
+from scrapy.http.request import _find_method
 from scrapy.utils.request import request_from_dict
 
 FORMAT_VERSION = 1
@@ -57,10 +65,46 @@ def dumps(value: Any, path: str = "value") -> str:
     return json.dumps(_encode(value, path), ensure_ascii=False, separators=(",", ":"))
 
 
+#: (spider class, function) -> the name under which the class holds that function.
+_METHOD_NAMES: dict[tuple[type, Any], str] = {}
+
+
+def _method_name(spider: Spider | None, func: Any) -> Any:
+    """The spider method name of callback or errback *func* (a name or None stays as it is)."""
+    if not callable(func):
+        return func
+    function = getattr(func, "__func__", None)
+    if spider is not None and function is not None and getattr(func, "__self__", None) is spider:
+        key = (type(spider), function)
+        name = _METHOD_NAMES.get(key)
+        if name is None:
+            name = function.__name__
+            if getattr(getattr(spider, name, None), "__func__", None) is not function:
+                name = _find_method(spider, func)  # held under another name: Scrapy's own search
+            _METHOD_NAMES[key] = name
+        return name
+    return _find_method(spider, func)  # raises ValueError: not a method of the spider
+
+
+def request_dict(request: Request, spider: Spider | None = None) -> dict[str, Any]:
+    """``request.to_dict(spider=spider)``, without searching the spider for each callback's name."""
+    data: dict[str, Any] = {
+        "url": request.url,
+        "callback": _method_name(spider, request.callback),
+        "errback": _method_name(spider, request.errback),
+        "headers": dict(request.headers),
+    }
+    for attr in request.attributes:
+        data.setdefault(attr, getattr(request, attr))
+    if type(request) is not Request:
+        data["_class"] = f"{type(request).__module__}.{type(request).__name__}"
+    return data
+
+
 def request_to_row(request: Request, spider: Spider | None = None) -> dict[str, Any]:
     """Split *request* into ``request_uri``, ``request_method``, ``request_headers``,
     ``request_body`` and ``metadata`` column values."""
-    data = request.to_dict(spider=spider)
+    data = request_dict(request, spider)
     data["meta"] = {k: v for k, v in data.get("meta", {}).items() if k not in TRANSIENT_META}
     url = data.pop("url")
     method = data.pop("method")

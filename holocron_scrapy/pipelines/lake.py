@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
-import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +97,49 @@ def lake_document(item: Any) -> dict[str, Any]:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # ".part", not ".json": a temp file left by a kill -9 mid-write is never taken for a lake file
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    """Put *data* at *path* durably and atomically (temp file, fsync, rename)."""
+    place_file(path, *stage_file(path, data))
+
+
+_TEMP_IDS = itertools.count()
+
+
+def stage_file(path: Path, data: bytes, directories: set[Path] | None = None) -> tuple[str, int]:
+    """Write *data* to a new temp file beside *path* (its directory made if needed, unless it is in
+    *directories*, the ones made already); the temp path and its open descriptor, for :func:`place_file`."""
+    directory = path.parent
+    if directories is None or directory not in directories:
+        directory.mkdir(parents=True, exist_ok=True)
+        if directories is not None:
+            directories.add(directory)
+    for _ in range(100):  # a name left by an earlier process with this pid is skipped
+        # ".part", not ".json": a temp file left by a kill -9 mid-write is never taken for a lake file
+        tmp = str(directory / f".tmp-{os.getpid()}-{next(_TEMP_IDS)}.part")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temp file name", str(directory))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp, fd
+
+
+def place_file(path: Path, tmp: str, fd: int) -> None:
+    """Make the temp file of :func:`stage_file` durable (fsync) and move it to *path* (closes *fd*)."""
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -200,6 +235,8 @@ def remove_own_lake_file(lake_dir: Path, relative: str, ingest_id: str) -> bool:
 
 
 WRITTEN, SAME, REPLACED, KEPT, RESTORED = "written", "same", "replaced", "kept", "restored"
+#: Writer threads: each waits for the GIL after every system call, so a few keep the writes flowing.
+WRITER_THREADS = 4
 #: A write for the writer thread: the file, the item, the owner of a file in the way, and whether it was asked.
 WriteTask = tuple[Path, Any, dict[str, Any] | None, bool]
 
@@ -242,7 +279,7 @@ class JsonLakePipeline:
     def _submit(self, task: WriteTask) -> Any:
         """Write in the lake's writer thread (its files are written and fsynced there, in batches)."""
         if self._writer is None:
-            self._writer = BatchWorker(self._write_batch, name="holocron-lake")
+            self._writer = BatchWorker(self._write_batch, name="holocron-lake", threads=WRITER_THREADS)
         return maybe_deferred_to_future(self._writer.submit(task))
 
     async def process_item(self, item: Any) -> Any:
@@ -294,19 +331,34 @@ class JsonLakePipeline:
         return await self.versions.call(find)
 
     def _write_batch(self, tasks: Sequence[WriteTask]) -> list[tuple[str | None, int] | BaseException]:
-        """Write a batch of documents (in the writer thread), then fsync each directory that got a new
-        name once, so that the renames are as durable as the files' contents."""
+        """Write a batch of documents (in a writer thread) in three steps: every temp file written,
+        then each fsynced and renamed into place, then each directory that got a new name fsynced
+        once (the renames are as durable as the contents). One journal commit then covers most of
+        the batch, and the thread needs the GIL back after fewer system calls."""
         results: list[tuple[str | None, int] | BaseException] = []
-        renamed: dict[Path, list[int]] = {}
+        staged: list[tuple[int, Path, str, int]] = []  # (task, final path, temp path, open fd)
+        directories: set[Path] = set()
+        try:
+            self._check_lake_dir()
+        except OSError as exc:
+            return [exc] * len(tasks)
         for index, (path, item, owner, decided) in enumerate(tasks):
+
+            def stage(target: Path, data: bytes, index: int = index) -> None:
+                staged.append((index, target, *stage_file(target, data, directories)))
+
             try:
-                result = self._write(path, item, owner, decided=decided)
+                results.append(self._write(path, item, owner, decided=decided, write=stage))
             except Exception as exc:  # noqa: BLE001 - this item's failure, handed to its caller
                 results.append(exc)
+        renamed: dict[Path, list[int]] = {}
+        for index, path, tmp, fd in staged:
+            try:
+                place_file(path, tmp, fd)
+            except OSError as exc:
+                results[index] = exc
                 continue
-            results.append(result)
-            if result[0] in (WRITTEN, REPLACED):
-                renamed.setdefault(path.parent, []).append(index)
+            renamed.setdefault(path.parent, []).append(index)
         for directory, indexes in renamed.items():
             try:
                 sync_directory(directory)
@@ -315,15 +367,28 @@ class JsonLakePipeline:
                     results[index] = exc
         return results
 
+    def _check_lake_dir(self) -> None:
+        if not self.lake_dir.is_dir():  # deleted mid-run: recreating it would hide the loss
+            raise FileNotFoundError(errno.ENOENT, "the lake directory is gone", str(self.lake_dir))
+
     def _write(
-        self, path: Path, item: Any, owner: dict[str, Any] | None = None, *, decided: bool = False
+        self,
+        path: Path,
+        item: Any,
+        owner: dict[str, Any] | None = None,
+        *,
+        decided: bool = False,
+        write: Callable[[Path, bytes], None] | None = None,
     ) -> tuple[str | None, int]:
         """Write *item*'s document at *path* unless a stored record owns the file (module docstring).
         Not *decided* yet, a file already there that is not this item's returns ``(None, 0)``: the
         caller asks for its *owner* (None: no record owns it) and calls again, *decided*. Returns
-        the outcome and the bytes written. Blocking: run it in a worker thread."""
-        if not self.lake_dir.is_dir():  # deleted mid-run: recreating it would hide the loss
-            raise FileNotFoundError(errno.ENOENT, "the lake directory is gone", str(self.lake_dir))
+        the outcome and the bytes written. *write* puts the bytes at the path (a batch stages them
+        and finishes the writes together; default :func:`write_atomically`, after checking that the
+        lake directory is there). Blocking: run it in a worker thread."""
+        if write is None:
+            self._check_lake_dir()
+            write = write_atomically
         ingest_id = ItemAdapter(item)["ingest_id"]
         if not decided:
             found = read_document(path)
@@ -334,11 +399,11 @@ class JsonLakePipeline:
                     return SAME, 0
                 return None, 0
             data = encode_document(lake_document(item))
-            write_atomically(path, data)
+            write(path, data)
             return WRITTEN, len(data)
         if owner is None:  # no record owns the file in the way: an orphan, replaced by this item's
             data = encode_document(lake_document(item))
-            write_atomically(path, data)
+            write(path, data)
             return REPLACED, len(data)
         if owner.get("hash_sha256") == ItemAdapter(item)["hash_sha256"] and restore_lake_file(
             self.lake_dir, item, owner
