@@ -189,6 +189,7 @@ CHECKS: dict[str, Check] = {
     "HOLOCRON_NOTIFY_WEBHOOK": http_url,
     "HOLOCRON_NOTIFY_TIMEOUT": number(0, strict=True),
     "HOLOCRON_SHUTDOWN_TIMEOUT": number(0, strict=True),
+    "HOLOCRON_GC_FREEZE": boolean,
     "HOLOCRON_SOURCE_NAME": any_value,
     "HOLOCRON_SOURCE_SYSTEM": any_value,
 }
