@@ -21,6 +21,9 @@ DUPEFILTER_CLASS = "holocron_scrapy.frontier.dupefilter.FrontierDupeFilter"
 SPIDER_MIDDLEWARES = {
     # Last to see the callback output (closest to the engine): acks what nothing took.
     "holocron_scrapy.frontier.acks.FrontierAckMiddleware": 10,
+    # Next to the callback: notes the work item ids each request carries, so that the ack middleware
+    # fails (not acks) the ids of a request dropped in between (DepthMiddleware, UrlLengthMiddleware).
+    "holocron_scrapy.frontier.acks.FrontierHandOffMiddleware": 990,
     # Opt-in per source (DELTAFETCH_ENABLED); scrapy-deltafetch fixed for async output.
     "holocron_scrapy.middlewares.deltafetch.AsyncDeltaFetch": 100,
 }

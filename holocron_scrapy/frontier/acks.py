@@ -9,10 +9,17 @@ and failed if the callback raised. When the callback output ends, the frontier a
 the ids not handed on to another request were fetched and parsed (``frontier.fetched``: an item
 claimed alone is no longer at risk of being the one that kills its worker). The frontier is
 found at ``crawler.holocron_frontier``.
+
+A spider middleware between the callback and this one may drop a request that carries ids
+(Scrapy's ``DepthMiddleware`` past ``DEPTH_LIMIT``, ``UrlLengthMiddleware``, a user's filter): its
+ids would then look untaken and be acked with no record. :class:`FrontierHandOffMiddleware`, next
+to the callback, notes the ids each request was handed; the ids of a request that never reached
+this middleware are failed as retryable (``frontier/dropped_requests``) instead of acked.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -40,11 +47,48 @@ def taken_ids(output: Any) -> set[int]:
     return set(item_ids(output))
 
 
+#: response -> the ids its callback handed to requests, noted next to the callback.
+_HANDED: weakref.WeakKeyDictionary[Response, set[int]] = weakref.WeakKeyDictionary()
+DROPPED = "a spider middleware dropped the request that carried it"
+
+
+class FrontierHandOffMiddleware:
+    """Spider middleware next to the callback: notes the ids each output request carries."""
+
+    @staticmethod
+    def _note(response: Response, output: Any) -> None:
+        if isinstance(output, Request) and output.meta.get(IDS_META):
+            _HANDED.setdefault(response, set()).update(output.meta[IDS_META])
+
+    def process_spider_output(
+        self, response: Response, result: Iterable[Any], spider: Spider | None = None
+    ) -> Iterable[Any]:
+        for output in result:
+            self._note(response, output)
+            yield output
+
+    async def process_spider_output_async(
+        self, response: Response, result: AsyncIterator[Any], spider: Spider | None = None
+    ) -> AsyncIterator[Any]:
+        async for output in result:
+            self._note(response, output)
+            yield output
+
+
 class FrontierAckMiddleware:
     """Spider middleware that acks or fails the ids left over when a callback finishes."""
 
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
+
+    def _settle(self, frontier: Any, response: Response, remaining: set[int], seen: set[int]) -> None:
+        """Fail the ids of requests dropped on the way here, ack the rest of *remaining*."""
+        dropped = (_HANDED.pop(response, None) or set()) - seen
+        if dropped:
+            frontier.fail(sorted(dropped), DROPPED, retryable=True)
+            if self.crawler.stats is not None:
+                self.crawler.stats.inc_value("frontier/dropped_requests")
+        frontier.ack(sorted(remaining - dropped))
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FrontierAckMiddleware:
@@ -80,8 +124,8 @@ class FrontierAckMiddleware:
             frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
             raise
         finally:
-            self._fetched(frontier, ids, handed_on)
-        frontier.ack(sorted(remaining))
+            self._fetched(frontier, ids, handed_on | (_HANDED.get(response) or set()))
+        self._settle(frontier, response, remaining, handed_on)
 
     async def process_spider_output_async(
         self, response: Response, result: AsyncIterator[Any], spider: Spider | None = None
@@ -103,5 +147,5 @@ class FrontierAckMiddleware:
             frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
             raise
         finally:
-            self._fetched(frontier, ids, handed_on)
-        frontier.ack(sorted(remaining))
+            self._fetched(frontier, ids, handed_on | (_HANDED.get(response) or set()))
+        self._settle(frontier, response, remaining, handed_on)

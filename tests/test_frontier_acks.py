@@ -1,0 +1,94 @@
+"""holocron_scrapy.frontier.acks: what is acked, failed or handed on when a callback's output ends."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from scrapy import Request
+from scrapy.http import HtmlResponse
+from scrapy.utils.test import get_crawler
+
+from holocron_scrapy.frontier.acks import (
+    DROPPED,
+    IDS_META,
+    FrontierAckMiddleware,
+    FrontierHandOffMiddleware,
+)
+from holocron_scrapy.items import IngestItem
+
+
+class Frontier:
+    def __init__(self):
+        self.acked: list[int] = []
+        self.failed: list[tuple[list[int], str, bool]] = []
+        self.fetched_ids: list[int] = []
+
+    def ack(self, seqs):
+        self.acked += seqs
+
+    def fail(self, seqs, error, *, retryable=True):
+        self.failed.append((list(seqs), error, retryable))
+
+    def fetched(self, seqs):
+        self.fetched_ids += seqs
+
+
+def setup():
+    crawler = get_crawler(settings_dict={})
+    crawler.holocron_frontier = Frontier()
+    request = Request("https://w/api.php?batch", meta={IDS_META: [1, 2, 3]})
+    response = HtmlResponse(request.url, body=b"<html></html>", request=request)
+    continuation = Request("https://w/api.php?continue", meta={IDS_META: [2]})
+    item = IngestItem("mediawiki", "w", "page", "Three", request.url, {"x": 1}, work_item_ids=[3])
+    return crawler, response, [continuation, item]
+
+
+def drop_requests(outputs):
+    return [o for o in outputs if not isinstance(o, Request)]
+
+
+@pytest.mark.parametrize("dropped", [False, True])
+def test_a_request_dropped_between_the_callback_and_the_ack_fails_its_ids(dropped):
+    crawler, response, outputs = setup()
+    handoff, acks = FrontierHandOffMiddleware(), FrontierAckMiddleware(crawler)
+    noted = list(handoff.process_spider_output(response, outputs))
+    passed = drop_requests(noted) if dropped else noted
+    assert list(acks.process_spider_output(response, passed)) == passed
+    frontier = crawler.holocron_frontier
+    assert frontier.acked == [1]  # 3 belongs to the item (acked when it is stored), 2 to the request
+    if dropped:
+        assert frontier.failed == [([2], DROPPED, True)]  # not acked: it has no record
+        assert crawler.stats.get_value("frontier/dropped_requests") == 1
+        assert 2 not in frontier.fetched_ids
+    else:
+        assert frontier.failed == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_async_output_is_settled_the_same_way():
+    crawler, response, outputs = setup()
+    handoff, acks = FrontierHandOffMiddleware(), FrontierAckMiddleware(crawler)
+
+    async def callback():
+        for output in outputs:
+            yield output
+
+    async def dropper(result):
+        async for output in result:
+            if not isinstance(output, Request):
+                yield output
+
+    out = [o async for o in acks.process_spider_output_async(
+        response, dropper(handoff.process_spider_output_async(response, callback()))
+    )]  # fmt: skip
+    assert out == outputs[1:]
+    assert crawler.holocron_frontier.acked == [1]
+    assert crawler.holocron_frontier.failed == [([2], DROPPED, True)]
+
+
+def test_the_project_puts_the_hand_off_next_to_the_callback():
+    from scrapy.utils.project import get_project_settings
+
+    middlewares = get_project_settings().getdict("SPIDER_MIDDLEWARES")
+    assert middlewares["holocron_scrapy.frontier.acks.FrontierHandOffMiddleware"] > 900  # above DepthMiddleware
+    assert middlewares["holocron_scrapy.frontier.acks.FrontierAckMiddleware"] < 50  # below HttpErrorMiddleware
