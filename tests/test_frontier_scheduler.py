@@ -102,6 +102,20 @@ def test_batches_are_merged_by_the_spider(tmp_path):
     s.close("finished")
 
 
+class ResizedBatchSpider(BatchSpider):
+    name = "resized"
+    frontier_batch_size = 3  # what it may send today (e.g. a bot login gained apihighlimits)
+
+
+def test_the_spiders_current_batch_size_wins_over_the_stored_one(tmp_path):
+    _, s = make(tmp_path, ResizedBatchSpider, HOLOCRON_FRONTIER_FILL_BATCHES=False)
+    for title in "ABCD":
+        s.enqueue_request(page(title, batch=True))  # stored with batches of 2
+    got = drain(s)
+    assert [r.meta["titles"] for r in got] == [["A", "B", "C"], ["D"]]
+    s.close("finished")
+
+
 def test_item_signals_ack_and_fail(tmp_path):
     crawler, s = make(tmp_path)
     s.enqueue_request(page("A"))

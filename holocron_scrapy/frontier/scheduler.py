@@ -594,8 +594,11 @@ class FrontierScheduler(BaseScheduler):
                 batches.setdefault(batch_key, []).append(request)
             else:
                 singles.append(request)
+        current = getattr(self.spider, "frontier_batch_size", None)  # what the spider may send now
         for group in batches.values():
-            size = max(1, int(group[0].meta.get(BATCH_SIZE_META) or len(group)))
+            # The spider's current size wins over the one stored with the rows: a run resumed under other
+            # account rights (a bot login gained or lost) batches by what it may use today.
+            size = max(1, int(current or group[0].meta.get(BATCH_SIZE_META) or len(group)))
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
                 merged = self.spider.build_batch_request(chunk)  # type: ignore[union-attr]

@@ -270,6 +270,12 @@ class MediaWikiSpider(HolocronSpider):
         async for request in self.seed_requests(self.options.seeds):
             yield request
 
+    @property
+    def frontier_batch_size(self) -> int:
+        """Titles per content request now (read by the frontier when it merges claimed titles into
+        batches: a run resumed after a bot login gained or lost ``apihighlimits`` uses today's size)."""
+        return self.options.batch_size
+
     def seed_request(self, seed: str) -> Request | None:
         title = api.normalize_title(seed)
         return self.title_request(title, depth=0) if title else None
