@@ -62,6 +62,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no-records": {"ITEM_PIPELINES": {"holocron_scrapy.pipelines.records.IngestRecordsPipeline": None}},
     "no-changes": {"ITEM_PIPELINES": {"holocron_scrapy.pipelines.changes.ChangeFilterPipeline": None}},
     "no-gc-freeze": {"HOLOCRON_GC_FREEZE": False},
+    "bare-gc-freeze": {},  # not of the full stack: bare Scrapy with the same gc.freeze() (see crawl_settings)
 }
 
 
@@ -109,7 +110,7 @@ def crawl_settings(config: str, config_file: Path) -> dict[str, Any]:
         "TELNETCONSOLE_ENABLED": False,
         "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": 0,
     }
-    if config == "bare":
+    if config in ("bare", "bare-gc-freeze"):
         settings.update(
             SCHEDULER="scrapy.core.scheduler.Scheduler",
             DUPEFILTER_CLASS="scrapy.dupefilters.RFPDupeFilter",
@@ -117,6 +118,11 @@ def crawl_settings(config: str, config_file: Path) -> dict[str, Any]:
             SPIDER_MIDDLEWARES={"holocron_scrapy.frontier.acks.FrontierAckMiddleware": None},
             EXTENSIONS={"holocron_scrapy.extensions.runs.RunSummary": None},
         )
+        if config == "bare-gc-freeze":  # bare Scrapy given the same gc.freeze() as the full stack
+            settings["EXTENSIONS"] = {
+                "holocron_scrapy.extensions.runs.RunSummary": None,
+                "holocron_scrapy.extensions.collector.FreezeStartupObjects": 520,
+            }
     elif config in ABLATIONS:
         settings.update(_ablated(config))
     elif config != "full":
