@@ -19,46 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sqlite3
 import tempfile
-import time
 from pathlib import Path
 
+from benchmarks.mediawiki_requests import crawl_lab
 from tests.support import mediawiki_server as ms
 from tests.support import wikigen
-from tests.support.crawl import Workspace
-
-BOT_ENV = "HOLOCRON_BENCH_BOT_PASSWORD"
 
 
 def measure(api_url: str, workdir: Path, bot: ms.BotLogin | None = None) -> dict:
-    workdir.mkdir(parents=True)
-    ws = Workspace(workdir)
-    source = "testwiki"
-    if bot is None:
-        ws.write_config(api_url)
-    else:
-        source = "botwiki"
-        os.environ[BOT_ENV] = bot.password
-        ws.write_config(
-            api_url,
-            extra_source=(
-                f"  - name: botwiki\n    type: mediawiki\n    api_url: {api_url}\n    delay: 0\n    concurrency: 3\n"
-                f"    auth: {{type: botpassword, username: '{bot.username}', password_env: {BOT_ENV}}}\n"
-            ),
-        )
-    started = time.monotonic()
-    proc = ws.crawl(
-        "mediawiki",
-        f"source={source}",
-        "generator=allpages",
-        settings={"LOG_LEVEL": "WARNING", "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": "0"},
-        timeout=1800,
-    )
-    wall = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
+    ws, wall = crawl_lab(api_url, workdir, bot, "generator=allpages")
     conn = sqlite3.connect(ws.records_db)
     links = sum(
         len(json.loads(payload).get("links", []))

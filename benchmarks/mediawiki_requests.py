@@ -39,9 +39,9 @@ from tests.support.crawl import Workspace
 BOT_ENV = "HOLOCRON_BENCH_BOT_PASSWORD"
 
 
-def measure(
-    api_url: str, seeds: str, max_depth: int, batch_size: int | None, workdir: Path, bot: ms.BotLogin | None = None
-) -> dict:
+def crawl_lab(api_url: str, workdir: Path, bot: ms.BotLogin | None, *arguments: str) -> tuple[Workspace, float]:
+    """One ``scrapy crawl mediawiki`` of the lab wiki in *workdir* (as *bot* if given): the workspace
+    and the wall time; exits with the crawl's error output if it failed."""
     workdir.mkdir(parents=True)
     ws = Workspace(workdir)
     source = "testwiki"
@@ -61,15 +61,21 @@ def measure(
     proc = ws.crawl(
         "mediawiki",
         f"source={source}",
-        f"seeds={seeds}",
-        f"max_depth={max_depth}",
-        *([f"batch_size={batch_size}"] if batch_size else []),
+        *arguments,
         settings={"LOG_LEVEL": "WARNING", "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": "0"},
         timeout=1800,
     )
     wall = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
+    return ws, wall
+
+
+def measure(
+    api_url: str, seeds: str, max_depth: int, batch_size: int | None, workdir: Path, bot: ms.BotLogin | None = None
+) -> dict:
+    arguments = [f"seeds={seeds}", f"max_depth={max_depth}", *([f"batch_size={batch_size}"] if batch_size else [])]
+    ws, wall = crawl_lab(api_url, workdir, bot, *arguments)
     conn = sqlite3.connect(ws.records_db)
     links = categories = 0
     for (payload,) in conn.execute("SELECT payload FROM ingest_records WHERE outcome = 'ok'"):

@@ -17,7 +17,12 @@ from scrapy.http import Response
 
 from tests.support import cassettes
 
-pytest_plugins = ["tests.support.mediawiki_fixture", "tests.support.sqlserver", "tests.support.postgres"]
+pytest_plugins = [
+    "tests.support.mediawiki_fixture",
+    "tests.support.sqlserver",
+    "tests.support.postgres",
+    "tests.support.frontier_items",
+]
 
 
 @pytest.fixture

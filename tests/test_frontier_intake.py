@@ -24,30 +24,18 @@ import pytest
 
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.intake import CHECKPOINT_PREFIX, SeedIntake, SeedList
-from holocron_scrapy.frontier.store import PENDING, CheckpointKey, NewItem, open_work_item_store
+from holocron_scrapy.frontier.store import PENDING, CheckpointKey, NewItem
 from tests.support.crawl import REPO, Workspace
+from tests.support.frontier_items import title_items
 
 
-def items_of(chunk: list[str]) -> list[NewItem]:
-    return [
-        NewItem(
-            dedupe_key=f"mediawiki:wiki:page:{title}",
-            source_system="mediawiki",
-            source_name="wiki",
-            resource_type="page",
-            resource_id=title,
-            request_uri=f"http://w/api.php?titles={title}",
-        )
-        for title in chunk
-    ]
+def items_of(titles: list[str]) -> list[NewItem]:
+    return title_items(titles)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else f"sqlite:///{tmp_path / 's.db'}"
-    s = open_work_item_store(url)
-    yield s
-    s.close()
+@pytest.fixture
+def store(any_work_item_store):
+    return any_work_item_store
 
 
 def seeds_file(path: Path, titles: list[str], *, noise: bool = True) -> Path:

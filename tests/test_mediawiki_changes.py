@@ -12,9 +12,6 @@ import json
 import random
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from functools import cache
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,27 +20,9 @@ from holocron_scrapy.mediawiki.changes import Change, ChangeSet, classify, parse
 from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.parse import MalformedResponse
 from tests.support import record_listings as rec
+from tests.support.listing_fixtures import body, chain, manifest, raw
 
-FIXTURES = Path(__file__).parent / "fixtures" / "mediawiki" / "listings"
 UTC = timezone.utc
-
-
-def raw(name: str) -> bytes:
-    return (FIXTURES / f"{name}.json").read_bytes()
-
-
-def body(name: str) -> Any:
-    return json.loads(raw(name))
-
-
-@cache
-def manifest() -> dict[str, Any]:
-    return json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8"))
-
-
-def chain(name: str) -> list[str]:
-    stems = (p.stem for p in FIXTURES.glob(f"{name}_*.json"))
-    return sorted((s for s in stems if s.rsplit("_", 1)[1].isdigit()), key=lambda s: int(s.rsplit("_", 1)[1]))
 
 
 def window() -> tuple[Change, ...]:

@@ -21,7 +21,6 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,41 +28,27 @@ import pytest
 from holocron_scrapy import settings as project_settings
 from holocron_scrapy.config import parse_config
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.frontier.store import NewItem, open_work_item_store
+from holocron_scrapy.frontier.store import NewItem
 from holocron_scrapy.mediawiki.generate import CHECKPOINT_PREFIX, GeneratorIntake, fed, spec_digest
 from holocron_scrapy.mediawiki.listings import ListingWalk, parse_generator
 from holocron_scrapy.spiders.mediawiki import mediawiki_options
-from tests.support import wikigen
+from tests.support import listing_fixtures, wikigen
 from tests.support.crawl import REPO, Workspace
 from tests.support.fault_proxy import FaultProxy
-
-LISTINGS = Path(__file__).parent / "fixtures" / "mediawiki" / "listings"
+from tests.support.frontier_items import title_items
 
 
 def recorded(name: str) -> Any:
-    return json.loads((LISTINGS / name).read_text("utf-8"))
+    return listing_fixtures.body(name.removesuffix(".json"))
 
 
 def items_of(titles: list[str]) -> list[NewItem]:
-    return [
-        NewItem(
-            dedupe_key=f"mediawiki:wiki:page:{title}",
-            source_system="mediawiki",
-            source_name="wiki",
-            resource_type="page",
-            resource_id=title,
-            request_uri=f"http://w/api.php?titles={title}",
-        )
-        for title in titles
-    ]
+    return title_items(titles)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else f"sqlite:///{tmp_path / 's.db'}"
-    s = open_work_item_store(url)
-    yield s
-    s.close()
+@pytest.fixture
+def store(any_work_item_store):
+    return any_work_item_store
 
 
 def resource_ids(store) -> Counter[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,30 +27,9 @@ from holocron_scrapy.mediawiki.listings import (
 from holocron_scrapy.mediawiki.parse import MalformedResponse
 from tests.support import record_listings as rec
 from tests.support import wikigen
+from tests.support.listing_fixtures import body, chain, manifest, raw
 
-FIXTURES = Path(__file__).parent / "fixtures" / "mediawiki" / "listings"
 NS = rec.NAMESPACES
-
-
-def raw(name: str) -> bytes:
-    return (FIXTURES / f"{name}.json").read_bytes()
-
-
-def body(name: str) -> Any:
-    return json.loads(raw(name))
-
-
-@cache
-def manifest() -> dict[str, Any]:
-    return json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8"))
-
-
-def chain(name: str) -> list[str]:
-    """The recorded parts ``<name>_1``, ``<name>_2``, ... in order."""
-    stems = (p.stem for p in FIXTURES.glob(f"{name}_*.json"))
-    parts = sorted((s for s in stems if s.rsplit("_", 1)[1].isdigit()), key=lambda s: int(s.rsplit("_", 1)[1]))
-    assert parts, f"no recording {name}_N"
-    return parts
 
 
 @cache
