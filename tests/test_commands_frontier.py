@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 
-from holocron_scrapy.frontier.store import FailedItem, NewItem, open_work_item_store
+from holocron_scrapy.frontier.store import STATUSES, FailedItem, NewItem, open_work_item_store, utcnow
 from tests.support.crawl import REPO
 
 
@@ -42,10 +45,15 @@ def dead_pid() -> int:
     return proc.pid
 
 
+def counts(report: dict) -> dict:
+    """``{source: {status: items}}`` of a ``stats --json`` report."""
+    return {name: {s: entry[s] for s in STATUSES} for name, entry in report["sources"].items()}
+
+
 def test_stats_json_and_table(tmp_path):
     url = seeded(tmp_path)
     report = json.loads(frontier("stats", "--json", "--url", url).stdout)
-    assert report["sources"] == {"wiki": {"pending": 1, "in_progress": 1, "completed": 1, "failed": 1}}
+    assert counts(report) == {"wiki": {"pending": 1, "in_progress": 1, "completed": 1, "failed": 1}}
     assert report["failure_reasons"] == [["HTTP 404", 1]]
     assert report["oldest_lease"]["dedupe_key"] == "k:C"
     table = frontier("stats", "--url", url).stdout
@@ -129,12 +137,205 @@ def test_commands_on_postgresql(postgres_url, tmp_path):
     config.write_text(f"state:\n  url: {postgres_url.replace('postgresql+psycopg', 'postgresql')}\n", "utf-8")
     by_config = ("-s", f"HOLOCRON_CONFIG={config}")
     report = json.loads(frontier("stats", "--json", *by_config).stdout)
-    assert report["sources"] == {"wiki": {"pending": 1, "in_progress": 1, "completed": 1, "failed": 1}}
+    assert counts(report) == {"wiki": {"pending": 1, "in_progress": 1, "completed": 1, "failed": 1}}
     assert report["failure_reasons"] == [["HTTP 404", 1]]
     assert "1 failed items back to pending" in frontier("retry-failed", "--source", "wiki", *by_config).stdout
     assert "1 leased items back to pending" in frontier("release-leases", "--url", postgres_url).stdout
     assert "1 completed items" in frontier("recrawl", "--source", "wiki", "--url", postgres_url).stdout
     report = json.loads(frontier("stats", "--json", "--url", postgres_url).stdout)
-    assert report["sources"] == {"wiki": {"pending": 4, "in_progress": 0, "completed": 0, "failed": 0}}
+    assert counts(report) == {"wiki": {"pending": 4, "in_progress": 0, "completed": 0, "failed": 0}}
     unknown = frontier("stats", "--source", "nope", "--url", postgres_url)
     assert unknown.returncode == 1 and "unknown source 'nope'" in unknown.stderr
+
+
+# -- the fleet view: stats per source and host, workers, blocks; watch --------------------------------
+# (key, source, URI, status, attempt, updated minutes ago, lease owner, lease expires in seconds)
+FLEET = [
+    *[(f"w{i}", "wiki", f"http://wiki.test/w/api.php?titles=W{i}", "completed", 1, 1, None, None) for i in range(4)],
+    ("w4", "wiki", "http://wiki.test/w/api.php?titles=W4", "completed", 1, 10, None, None),  # before the window
+    ("w5", "wiki", "http://wiki.test/w/api.php?titles=W5", "failed", 3, 2, None, None),
+    *[
+        (f"w{i}", "wiki", f"http://wiki.test/w/api.php?titles=W{i}", "in_progress", 1, 0.5, "hostA:111:aaaa", 590)
+        for i in (6, 7)
+    ],
+    *[(f"w{i}", "wiki", f"http://wiki.test/w/api.php?titles=W{i}", "pending", 0, 0, None, None) for i in (8, 9)],
+    *[(f"p{i}", "site", f"http://a.test:8080/p{i}", "completed", 1, 1, None, None) for i in (0, 1)],
+    ("p2", "site", "http://a.test:8080/p2", "pending", 1, 1, None, None),  # failed once, in its retry backoff
+    ("p3", "site", "http://a.test:8080/p3", "in_progress", 1, 12, "hostB:222:bbbb", -60),  # its worker is gone
+    *[(f"p{i}", "site", f"http://a.test:8080/p{i}", "pending", 0, 0, None, None) for i in (4, 5)],
+    ("q0", "site", "https://user@B.test/q?x=0", "completed", 0, 0, None, None),  # a redirect target: no request
+    ("q1", "site", "https://user@B.test/q?x=1", "completed", 1, 3, None, None),
+    *[(f"q{i}", "site", f"https://user@B.test/q?x={i}", "pending", 0, 0, None, None) for i in (2, 3)],
+]
+
+
+def prepare_fleet(url: str, *, blocked: bool) -> datetime:
+    """A frontier in the state of :data:`FLEET` (times relative to now, which is returned); with
+    *blocked*, a host politeness table holding one active and one expired block."""
+    import sqlalchemy as sa
+
+    from holocron_scrapy.db.schema import UtcDateTime, work_items
+
+    store = open_work_item_store(url)
+    store.flush([NewItem(k, "test", src, "page", k, uri) for k, src, uri, *_ in FLEET], [], [])
+    now = utcnow()
+    with store.engine.begin() as conn:
+        for key, _src, _uri, status, attempt, ago, owner, expires in FLEET:
+            conn.execute(
+                sa.update(work_items)
+                .where(work_items.c.dedupe_key == key)
+                .values(
+                    status=status,
+                    attempt=attempt,
+                    updated_at=now - timedelta(minutes=ago),
+                    lease_owner=owner,
+                    lease_expires_at=None if expires is None else now + timedelta(seconds=expires),
+                )
+            )
+        if blocked:
+            table = sa.Table(
+                "host_politeness",
+                sa.MetaData(),
+                sa.Column("politeness_key", sa.Unicode(200), primary_key=True),
+                sa.Column("blocked_until", UtcDateTime()),
+                sa.Column("block_reason", sa.UnicodeText()),
+            )
+            table.create(conn)
+            conn.execute(
+                sa.insert(table),
+                [
+                    {
+                        "politeness_key": "wiki.test",
+                        "blocked_until": now + timedelta(seconds=120),
+                        "block_reason": "429",
+                    },
+                    {"politeness_key": "a.test:8080", "blocked_until": now - timedelta(seconds=5), "block_reason": "x"},
+                ],
+            )
+    store.close()
+    return now
+
+
+def expected_fleet(now: datetime) -> dict:
+    renewed = now + timedelta(seconds=590) - timedelta(seconds=600)  # hostA's lease, renewed 10 s ago
+    gone = now - timedelta(seconds=60) - timedelta(seconds=600)  # hostB's last renewal (after its claim)
+    return {
+        "window_seconds": 300.0,
+        "sources": {
+            "site": {
+                "pending": 5,
+                "in_progress": 1,
+                "completed": 4,
+                "failed": 0,
+                "hosts": {
+                    "a.test:8080": {
+                        "pending": 3,
+                        "in_progress": 1,
+                        "completed": 2,
+                        "failed": 0,
+                        "requests_per_minute": 0.6,
+                    },
+                    "b.test": {"pending": 2, "in_progress": 0, "completed": 2, "failed": 0, "requests_per_minute": 0.2},
+                },
+                "requests_per_minute": 0.8,
+                "eta_seconds": 450.0,
+            },
+            "wiki": {
+                "pending": 2,
+                "in_progress": 2,
+                "completed": 5,
+                "failed": 1,
+                "hosts": {
+                    "wiki.test": {
+                        "pending": 2,
+                        "in_progress": 2,
+                        "completed": 5,
+                        "failed": 1,
+                        "requests_per_minute": 1.0,
+                    }
+                },
+                "requests_per_minute": 1.0,
+                "eta_seconds": 240.0,
+            },
+        },
+        "workers": [
+            {
+                "owner": "hostA:111:aaaa",
+                "host": "hostA",
+                "pid": 111,
+                "items": 2,
+                "live_leases": 2,
+                "last_seen": renewed.isoformat(),
+            },
+            {
+                "owner": "hostB:222:bbbb",
+                "host": "hostB",
+                "pid": 222,
+                "items": 1,
+                "live_leases": 0,
+                "last_seen": gone.isoformat(),
+            },
+        ],
+    }
+
+
+def check_fleet_json(url: str, blocked: bool) -> None:
+    now = prepare_fleet(url, blocked=blocked)
+    done = frontier("stats", "--json", "--url", url, "-s", "HOLOCRON_FRONTIER_LEASE_SECONDS=600")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    taken = datetime.fromisoformat(report.pop("generated_at"))
+    assert now <= taken < now + timedelta(seconds=60)
+    for worker in report["workers"]:  # seconds since last seen: depends on when the command ran
+        ago = worker.pop("seen_seconds_ago")
+        assert abs(ago - (taken - datetime.fromisoformat(worker["last_seen"])).total_seconds()) < 0.2
+    blocks = report.pop("blocks")
+    if blocked:  # the active block only, its time left counted from when the command ran
+        assert [(b["key"], b["reason"]) for b in blocks] == [("wiki.test", "429")]
+        assert blocks[0]["blocked_until"] == (now + timedelta(seconds=120)).isoformat()
+        assert 60 < blocks[0]["remaining_seconds"] <= 120
+    else:
+        assert blocks == []
+    assert report.pop("oldest_lease")["lease_owner"] == "hostB:222:bbbb"
+    assert report.pop("failure_reasons") == [["(none)", 1]]
+    assert report == expected_fleet(now)
+
+
+def test_stats_json_per_source_and_host_with_rates_workers_and_blocks(tmp_path):
+    check_fleet_json(f"sqlite:///{tmp_path / 'blocked.sqlite3'}", blocked=True)
+    check_fleet_json(f"sqlite:///{tmp_path / 'plain.sqlite3'}", blocked=False)
+
+
+def test_stats_json_on_postgresql(postgres_url):
+    check_fleet_json(postgres_url, blocked=True)
+
+
+def test_stats_table_and_watch_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    prepare_fleet(url, blocked=False)
+    table = frontier("stats", "--url", url).stdout
+    assert "  b.test " in table and "workers: 1 live, 1 with expired leases only" in table
+    assert "blocks: no blocks" in table
+    frame = frontier("watch", "--once", "--url", url)
+    assert frame.returncode == 0, frame.stderr
+    assert re.search(r"^site +\[#{12}\.{18}\]  40\.0%  4/10  0\.8 req/min  eta 7m30s$", frame.stdout, re.M), (
+        frame.stdout
+    )
+    assert re.search(r"^wiki +\[#{18}\.{12}\]  60\.0%  6/10  1\.0 req/min  eta 4m00s$", frame.stdout, re.M)
+    assert "\x1b[2J" not in frame.stdout  # --once: one frame, the screen left alone
+    one = frontier("watch", "--once", "--source", "wiki", "--url", url).stdout
+    assert "wiki " in one and "site " not in one
+
+
+def test_watch_redraws_until_interrupted(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    prepare_fleet(url, blocked=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "scrapy", "frontier", "watch", "--interval", "0.2", "--url", url]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.count("\x1b[H\x1b[2J") >= 2 and out.count("holocron frontier") == out.count("\x1b[H\x1b[2J")
+    assert "Traceback" not in err
