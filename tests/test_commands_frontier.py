@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from holocron_scrapy.frontier.store import STATUSES, FailedItem, NewItem, open_work_item_store, utcnow
-from tests.support.crawl import REPO
+from tests.support.crawl import REPO, Workspace
+from tests.support.static_site import read_log, serve_directory
 
 
 def frontier(*args: str) -> subprocess.CompletedProcess:
@@ -339,3 +341,89 @@ def test_watch_redraws_until_interrupted(tmp_path):
     assert proc.returncode == 0, err
     assert out.count("\x1b[H\x1b[2J") >= 2 and out.count("holocron frontier") == out.count("\x1b[H\x1b[2J")
     assert "Traceback" not in err
+
+
+# -- stats --json during a real three-worker crawl, against a server that logs every request ---------
+def write_pages(root: Path, pages: int) -> None:
+    """A site of *pages* small pages, all linked from index.html."""
+    root.mkdir(parents=True, exist_ok=True)
+    links = "".join(f'<a href="p{i}.html">{i}</a> ' for i in range(pages))
+    (root / "index.html").write_text(f"<html><body>{links}</body></html>", "utf-8")
+    for i in range(pages):
+        (root / f"p{i}.html").write_text(f"<html><body><h1>Page {i}</h1></body></html>", "utf-8")
+
+
+def http_workspace(root: Path, database: str | None = None) -> Workspace:
+    ws = Workspace(root, database=database)
+    root.mkdir(parents=True, exist_ok=True)
+    ws.config.write_text(
+        "contact: tests@example.org\n"
+        f"storage:\n  lake_dir: {ws.lake}\n  records_url: {ws.records_url}\n"
+        f"state:\n  url: {ws.state_url}\n"
+        "sources:\n  - {name: site, type: http, delay: 0.1, concurrency: 2}\n",
+        encoding="utf-8",
+    )
+    return ws
+
+
+def start_http_crawl(ws: Workspace, base: str, run_id: str, **settings: str) -> subprocess.Popen:
+    paced = {
+        "HOLOCRON_RUN_ID": run_id,
+        "RANDOMIZE_DOWNLOAD_DELAY": "0",
+        "HOLOCRON_FRONTIER_FLUSH_INTERVAL": "0.1",
+        "HOLOCRON_RECORDS_FLUSH_INTERVAL": "0.1",
+        "HOLOCRON_RECORDS_BATCH_SIZE": "5",
+        **settings,
+    }
+    command = ws.command("http", "source=site", f"seeds={base}/index.html", "max_depth=1", settings=paced)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def page_requests(log: Path) -> int:
+    """The server's own count of page requests (robots.txt is not a work item)."""
+    return sum(1 for entry in read_log(log) if entry["path"].endswith(".html"))
+
+
+def test_stats_during_a_three_worker_crawl_agree_with_the_server(tmp_path):
+    """Three real workers share one SQLite frontier; ``stats --json`` taken mid-crawl shows the three of
+    them live, and the host's requests per minute (x 5: the attempts of the 5-minute window, which
+    covers the whole crawl so far) within 10% of the requests the server logged meanwhile."""
+    pages = 300
+    write_pages(tmp_path / "site", pages)
+    ws = http_workspace(tmp_path / "ws")
+    with serve_directory(tmp_path / "site") as (base, log):
+        procs = [start_http_crawl(ws, base, "worker0")]
+        try:
+            deadline = time.monotonic() + 120
+            while page_requests(log) < 20:
+                assert procs[0].poll() is None, procs[0].stderr.read()[-3000:]
+                assert time.monotonic() < deadline, "the first worker does not crawl"
+                time.sleep(0.1)
+            procs += [start_http_crawl(ws, base, f"worker{i}") for i in (1, 2)]
+            while True:  # until the three hold leases at once, well before the end
+                before = page_requests(log)
+                assert before < pages - 60, "the crawl ended before three workers were seen"
+                done = frontier("stats", "--json", "--url", ws.state_url)
+                after = page_requests(log)
+                assert done.returncode == 0, done.stderr
+                report = json.loads(done.stdout)
+                if len([w for w in report["workers"] if w["live_leases"]]) == 3 and before >= 100:
+                    break
+                time.sleep(0.5)
+            for proc in procs:
+                _, err = proc.communicate(timeout=240)
+                assert proc.returncode == 0, err[-3000:]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+    host = base.removeprefix("http://")
+    counted = report["sources"]["site"]["hosts"][host]["requests_per_minute"] * 5
+    # the store counts a request once its ack is written: a little after the server saw it
+    assert 0.9 * before <= counted <= after, (before, counted, after)
+    workers = {w["owner"]: w for w in report["workers"] if w["live_leases"]}
+    assert {w["host"] for w in workers.values()} == {socket.gethostname()}
+    assert len({w["pid"] for w in workers.values()}) == 3
+    assert all(w["seen_seconds_ago"] < 30 for w in workers.values())
+    assert page_requests(log) == pages + 1 and len(ws.records()) == pages + 1  # each page once
