@@ -196,11 +196,11 @@ def prepare_fleet(url: str, *, blocked: bool) -> datetime:
             )
         if blocked:
             table = sa.Table(
-                "host_politeness",
+                "frontier_hosts",  # the columns the fleet view reads of the politeness branch's table
                 sa.MetaData(),
                 sa.Column("politeness_key", sa.Unicode(200), primary_key=True),
                 sa.Column("blocked_until", UtcDateTime()),
-                sa.Column("block_reason", sa.UnicodeText()),
+                sa.Column("block_reason", sa.Unicode(400)),
             )
             table.create(conn)
             conn.execute(
