@@ -100,3 +100,24 @@ def test_off_by_default(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert "Enabled extensions" in err and "Metrics endpoint" not in err
     assert "FleetMetrics" not in err.split("Enabled extensions")[-1][:2000]
+
+
+def test_a_busy_port_is_one_error_line_and_the_crawl_goes_on(caplog):
+    from scrapy.utils.test import get_crawler
+
+    from holocron_scrapy.extensions.metrics import FleetMetrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        crawler = get_crawler(settings_dict={"HOLOCRON_METRICS_PORT": port})
+        ext = FleetMetrics.from_crawler(crawler)
+        with caplog.at_level("ERROR", logger="holocron_scrapy.extensions.metrics"):
+            ext.spider_opened(None)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Metrics endpoint not started: cannot listen on 127.0.0.1:{port} ([Errno 98] Address already in use)"
+    ]
+    assert ext._loop is None
+    closed = ext.spider_closed(None)
+    assert closed.called and closed.result is None  # nothing was started: nothing to wait for

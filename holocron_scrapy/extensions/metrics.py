@@ -132,8 +132,9 @@ class FleetMetrics:
             self._server.server_close()
             self._server = None
         # The store closes in the pool after any read still running (a read may be opening it).
-        waiting = self._reading if self._reading is not None else _done()
-        return waiting.addBoth(lambda _: threads.deferToThread(self._close_store))
+        if self._reading is not None:
+            return self._reading.addBoth(lambda _: threads.deferToThread(self._close_store))
+        return threads.deferToThread(self._close_store) if self._store is not None else _done()
 
     def _close_store(self) -> None:
         store, self._store = self._store, None
