@@ -125,18 +125,21 @@ class FleetMetrics:
             self._read_failed = True
 
     def spider_closed(self, spider: Any) -> Deferred[None]:
+        """Stop the endpoint and close the store, in the pool (``shutdown`` waits for the server's
+        loop), after any read still running (a read may be opening the store)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        # The store closes in the pool after any read still running (a read may be opening it).
         if self._reading is not None:
-            return self._reading.addBoth(lambda _: threads.deferToThread(self._close_store))
-        return threads.deferToThread(self._close_store) if self._store is not None else _done()
+            return self._reading.addBoth(lambda _: threads.deferToThread(self._shut_down))
+        if self._server is None and self._store is None:
+            return _done()
+        return threads.deferToThread(self._shut_down)
 
-    def _close_store(self) -> None:
+    def _shut_down(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         store, self._store = self._store, None
         if store is not None:
             store.close()
