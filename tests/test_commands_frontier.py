@@ -385,13 +385,14 @@ def page_requests(log: Path) -> int:
     return sum(1 for entry in read_log(log) if entry["path"].endswith(".html"))
 
 
-def test_stats_during_a_three_worker_crawl_agree_with_the_server(tmp_path):
-    """Three real workers share one SQLite frontier; ``stats --json`` taken mid-crawl shows the three of
-    them live, and the host's requests per minute (x 5: the attempts of the 5-minute window, which
-    covers the whole crawl so far) within 10% of the requests the server logged meanwhile."""
-    pages = 300
+def test_stats_during_a_three_worker_crawl_agree_with_the_server(tmp_path, crawl_database):
+    """Three real workers share one frontier (SQLite files, then a throw-away PostgreSQL database);
+    ``stats --json`` taken mid-crawl shows the three of them live, and the host's requests per minute
+    (x 5: the attempts of the 5-minute window, which covers the whole crawl so far) within 10% of the
+    requests the server logged meanwhile."""
+    pages = 450
     write_pages(tmp_path / "site", pages)
-    ws = http_workspace(tmp_path / "ws")
+    ws = http_workspace(tmp_path / "ws", crawl_database)
     with serve_directory(tmp_path / "site") as (base, log):
         procs = [start_http_crawl(ws, base, "worker0")]
         try:
