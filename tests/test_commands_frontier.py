@@ -81,6 +81,8 @@ def test_errors_are_one_clear_line(tmp_path):
     assert frontier("recrawl", "--url", seeded(tmp_path)).returncode == 2
     bogus = frontier("recrawl", "--source", "wiki", "--older-than", "bogus", "--url", seeded(tmp_path / "b"))
     assert bogus.returncode == 1 and "--older-than" in bogus.stderr and "Traceback" not in bogus.stderr
+    still = frontier("watch", "--interval", "0", "--url", seeded(tmp_path / "c"))
+    assert still.returncode == 1 and "--interval: must be a positive number of seconds" in still.stderr
 
 
 def test_an_unknown_source_is_one_error_line_listing_the_known_ones(tmp_path):
