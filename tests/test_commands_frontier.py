@@ -430,3 +430,33 @@ def test_stats_during_a_three_worker_crawl_agree_with_the_server(tmp_path, crawl
     assert len({w["pid"] for w in workers.values()}) == 3
     assert all(w["seen_seconds_ago"] < 30 for w in workers.values())
     assert page_requests(log) == pages + 1 and len(ws.records()) == pages + 1  # each page once
+
+
+def test_watch_survives_a_lost_database_connection(postgres_url):
+    """PostgreSQL terminates the watch's session mid-watch: one frame says the read failed, the next
+    redraw reconnects, and Ctrl-C still ends it cleanly."""
+    from tests.support.postgres import admin_connect
+
+    prepare_fleet(postgres_url, blocked=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PGAPPNAME": "fleetwatch"}
+    cmd = [sys.executable, "-m", "scrapy", "frontier", "watch", "--interval", "0.2", "--url", postgres_url]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        with admin_connect() as admin:
+            ended = admin.execute(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'fleetwatch') AS t"
+            ).fetchone()
+        assert ended and ended[0] >= 1
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    failed = out.find("cannot read the frontier:")
+    assert failed > 0 and "trying again in 0.2 s" in out, out[-2000:]
+    assert "holocron frontier" in out[failed:]  # redrawn after reconnecting
+    assert "Traceback" not in err

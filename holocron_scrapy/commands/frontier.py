@@ -12,8 +12,9 @@ The state URL is ``--url``, else the crawl's rule (:mod:`holocron_scrapy.db.targ
   blocks. ``--json`` prints the same data (its shape is documented in that module), plus
   ``oldest_lease`` and ``failure_reasons``.
 * ``watch`` redraws that view every ``--interval`` seconds (default 5) with a progress bar per
-  source, in plain ANSI; Ctrl-C ends it (exit status 0). ``--once`` prints one frame, without
-  clearing the screen, and exits.
+  source, in plain ANSI; Ctrl-C ends it (exit status 0). A read that fails (the database restarts)
+  shows one line in place of the frame and the next redraw tries again. ``--once`` prints one
+  frame, without clearing the screen, and exits (status 1 with one line when the read fails).
 * ``release-leases`` gives back only leases whose owner is gone: a worker on this host whose
   process no longer runs, or a worker elsewhere whose lease expired. ``--force`` releases
   every lease (only when no worker is running). It says how many it skipped.
@@ -31,13 +32,15 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
 from holocron_scrapy import defaults
 from holocron_scrapy.config import load_config, parse_duration
+from holocron_scrapy.db.engine import db_error_text
 from holocron_scrapy.db.targets import STATE, resolve_store_target
-from holocron_scrapy.errors import ConfigError, HolocronError
+from holocron_scrapy.errors import ConfigError, HolocronError, StoreError
 from holocron_scrapy.frontier.fleet import CLEAR, WINDOW_SECONDS, build_view, render_table, render_watch
 from holocron_scrapy.frontier.store import WorkItemStore, local_owner_alive, open_work_item_store, utcnow
 
@@ -156,7 +159,12 @@ class Command(ScrapyCommand):
             raise ConfigError(f"must be a positive number of seconds, not {opts.interval}", key="--interval")
         try:
             while True:
-                frame = render_watch(self.fleet_view(store, opts.source))
+                try:
+                    frame = render_watch(self.fleet_view(store, opts.source))
+                except sa.exc.SQLAlchemyError as exc:  # e.g. the server restarts: say so, and try again
+                    if opts.once:
+                        raise StoreError(f"cannot read the frontier: {db_error_text(exc)}") from None
+                    frame = f"cannot read the frontier: {db_error_text(exc)} (trying again in {opts.interval:g} s)\n"
                 if opts.once:
                     sys.stdout.write(frame)
                     return 0
