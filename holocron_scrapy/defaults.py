@@ -14,6 +14,7 @@ RECORDS_URL = "sqlite:///data/records.sqlite3"
 RECORDS_BATCH_SIZE = 100
 RECORDS_FLUSH_INTERVAL = 0.5  # seconds an item may wait for its batch to be committed
 GC_FREEZE = True  # gc.freeze() once the engine started: full collections skip the startup objects
+METRICS_HOST = "127.0.0.1"  # HOLOCRON_METRICS_PORT (off by default) serves Prometheus metrics here
 SHUTDOWN_TIMEOUT = 30.0  # seconds a stop (SIGTERM, Ctrl-C) may take to finish what is in flight
 
 # Frontier (work_items state table) ------------------------------------------

@@ -190,6 +190,7 @@ CHECKS: dict[str, Check] = {
     "HOLOCRON_NOTIFY_TIMEOUT": number(0, strict=True),
     "HOLOCRON_SHUTDOWN_TIMEOUT": number(0, strict=True),
     "HOLOCRON_GC_FREEZE": boolean,
+    "HOLOCRON_METRICS_PORT": integer(0),
     "HOLOCRON_SOURCE_NAME": any_value,
     "HOLOCRON_SOURCE_SYSTEM": any_value,
 }

@@ -38,6 +38,7 @@ from holocron_scrapy.frontier.store import (
     make_owner,
     open_work_item_store,
     quarantine_message,
+    utcnow,
 )
 
 
@@ -750,6 +751,7 @@ def test_the_store_runs_only_the_statements_it_lists(backend, request, tmp_path)
             s.min_inflight_depth(owner, scoped)
             s.outstanding(owner, scoped)
         s.counts(), s.oldest_lease(), s.failure_reasons(), s.lease_summary(), s.get("x")
+        s.host_counts(utcnow()), s.workers(), s.active_blocks()  # the fleet view (no politeness table: no blocks)
         s.retry_failed(), s.retry_failed("wiki"), s.recrawl("wiki"), s.recrawl("wiki", 10)
         for who in (None, owner):
             for expired_only in (False, True):

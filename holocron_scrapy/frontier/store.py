@@ -269,6 +269,23 @@ class WorkItemStore(ABC):
         """``(owner, in-progress items, of which with a live lease)`` per lease owner."""
 
     @abstractmethod
+    def host_counts(self, since: datetime) -> list[tuple[str, str, str, int, int]]:
+        """``(source_name, host, status, items, attempts finished since *since*)`` per source, request
+        host and status, the host as :func:`uri_host` gives it. An attempt is finished when its item
+        was completed or failed (for good or into a retry backoff): ``attempt > 0``, not in progress,
+        ``updated_at >= since``; items only recorded as known (attempt 0) are not requests."""
+
+    @abstractmethod
+    def workers(self) -> list[dict[str, Any]]:
+        """Per lease owner of in-progress items: ``owner``, ``items``, ``live`` (leases not expired),
+        ``last_claim`` (latest ``updated_at``) and ``lease_expires_at`` (the latest expiry)."""
+
+    @abstractmethod
+    def active_blocks(self) -> list[dict[str, Any]]:
+        """Hosts blocked now (``key``, ``blocked_until``, ``reason``) from the host politeness table;
+        none while the frontier has no such table."""
+
+    @abstractmethod
     def requeue_keys(self, dedupe_keys: list[str]) -> int:
         """Items with these keys (any status) back to pending as never attempted: attempt 0, no
         backoff, no lease, ``completed_at`` cleared (so a re-crawl check does not skip them as
@@ -590,6 +607,32 @@ class SqlWorkItemStore(WorkItemStore):
 
     def lease_summary(self) -> list[tuple[str, int, int]]:
         return [(row[0], int(row[1]), int(row[2] or 0)) for row in self._all(_LEASE_SUMMARY, {"b_now": utcnow()})]
+
+    def host_counts(self, since: datetime) -> list[tuple[str, str, str, int, int]]:
+        merged: dict[tuple[str, str, str], list[int]] = {}
+        for source, netloc, status, items, recent in self._all(_HOST_COUNTS, {"b_since": since}):
+            key = (source, uri_host(netloc or ""), status)  # SQL's cut of the netloc, normalised here
+            totals = merged.setdefault(key, [0, 0])
+            totals[0] += int(items)
+            totals[1] += int(recent or 0)
+        return [(*key, items, recent) for key, (items, recent) in sorted(merged.items())]
+
+    def workers(self) -> list[dict[str, Any]]:
+        names = ("owner", "items", "live", "last_claim", "lease_expires_at")
+        rows = self._all(_WORKERS, {"b_now": utcnow()})
+        return [dict(zip(names, (r[0], int(r[1]), int(r[2] or 0), r[3], r[4]), strict=True)) for r in rows]
+
+    def active_blocks(self) -> list[dict[str, Any]]:
+        # Isolated on purpose: the politeness table comes from another branch; only this method,
+        # POLITENESS_TABLE and _ACTIVE_BLOCKS know its name and columns. A frontier without the table
+        # has no blocks (the query's "no such table" is the test: no catalog query per dialect).
+        try:
+            rows = self._all(_ACTIVE_BLOCKS, {"b_now": utcnow()})
+        except sa.exc.DBAPIError as exc:
+            if not _missing_table(exc):
+                raise
+            return []
+        return [{"key": r[0], "blocked_until": r[1], "reason": r[2]} for r in rows]
 
     def get(self, dedupe_key: str) -> dict[str, Any] | None:
         with self._begin(read=True) as conn:
@@ -1099,6 +1142,93 @@ _LEASE_SUMMARY = (
     .group_by(W.c.lease_owner)
     .order_by(W.c.lease_owner)
 )
+
+
+class _UriHost(sa.sql.expression.ColumnElement[str]):
+    """The netloc of a request URI column, cut in SQL (what follows ``://`` up to the next ``/``), so
+    that a full scan groups by host without sending every URI to Python; :func:`uri_host` finishes it
+    (query, fragment, user info, case). One expression per dialect, the same text in SELECT and GROUP BY."""
+
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+    type = sa.Unicode()
+
+    def __init__(self, column: sa.ColumnElement[Any]):
+        self.column = column
+
+
+@compiles(_UriHost)
+def _uri_host_sqlite(element: _UriHost, compiler: Any, **kw: Any) -> str:
+    u = compiler.process(element.column, **kw)
+    rest = f"substr({u}, instr({u}, '://') + 3)"
+    return f"substr({rest}, 1, instr({rest} || '/', '/') - 1)"
+
+
+@compiles(_UriHost, "postgresql")
+def _uri_host_postgresql(element: _UriHost, compiler: Any, **kw: Any) -> str:
+    u = compiler.process(element.column, **kw)
+    return f"split_part(split_part({u}, '://', 2), '/', 1)"
+
+
+@compiles(_UriHost, "mssql")
+def _uri_host_mssql(element: _UriHost, compiler: Any, **kw: Any) -> str:
+    u = compiler.process(element.column, **kw)
+    start = f"CHARINDEX(N'://', {u}) + 3"
+    return f"SUBSTRING({u}, {start}, CHARINDEX(N'/', {u} + N'/', {start}) - ({start}))"
+
+
+def uri_host(netloc_or_uri: str) -> str:
+    """The host (with its port) of a URI or of the netloc :class:`_UriHost` cut: lower case, without
+    user info, query or fragment (``https://U@Wiki.Example:8080?x`` -> ``wiki.example:8080``)."""
+    text = netloc_or_uri.split("://", 1)[-1]
+    for stop in "/?#":
+        text = text.split(stop, 1)[0]
+    return text.rsplit("@", 1)[-1].lower()
+
+
+_HOST = _UriHost(W.c.request_uri)
+_FINISHED_SINCE = sa.and_(
+    W.c.attempt > ZERO, W.c.status != _S[IN_PROGRESS], W.c.updated_at >= _p("since", UtcDateTime())
+)
+# One scan of work_items: items per source, host and status, and the attempts finished in the window.
+_HOST_COUNTS = sa.select(
+    W.c.source_name, _HOST, W.c.status, sa.func.count(), sa.func.sum(sa.case((_FINISHED_SINCE, ONE), else_=ZERO))
+).group_by(W.c.source_name, _HOST, W.c.status)
+_WORKERS = (
+    sa.select(
+        W.c.lease_owner,
+        sa.func.count(),
+        sa.func.sum(sa.case((W.c.lease_expires_at >= _now(), ONE), else_=ZERO)),
+        sa.func.max(W.c.updated_at),
+        sa.func.max(W.c.lease_expires_at),
+    )
+    .where(W.c.status == _S[IN_PROGRESS], W.c.lease_owner.is_not(None))
+    .group_by(W.c.lease_owner)
+    .order_by(W.c.lease_owner)
+)
+#: The host politeness table of issue 12 (``frontier_hosts``, migration 0008 of the politeness branch)
+#: as the fleet view reads it, columns named here only. Once that schema is merged this can be
+#: ``schema.frontier_hosts`` and :meth:`SqlWorkItemStore.active_blocks` need not expect it missing.
+POLITENESS_TABLE = sa.Table(  # a Table (not sa.table): SQL Server's schema_translate_map applies to it
+    "frontier_hosts",
+    sa.MetaData(),
+    sa.Column("politeness_key", sa.Unicode(200)),
+    sa.Column("blocked_until", UtcDateTime()),
+    sa.Column("block_reason", sa.Unicode(400)),
+)
+
+
+def _missing_table(exc: sa.exc.DBAPIError) -> bool:
+    """The error of a query on a table that does not exist (SQLite, PostgreSQL 42P01, SQL Server 42S02/208)."""
+    code = getattr(exc.orig, "sqlstate", None) or (exc.orig.args[0] if getattr(exc.orig, "args", None) else None)
+    return code in ("42P01", "42S02") or "no such table" in str(exc.orig) or "Invalid object name" in str(exc.orig)
+
+
+_ACTIVE_BLOCKS = (
+    sa.select(POLITENESS_TABLE.c.politeness_key, POLITENESS_TABLE.c.blocked_until, POLITENESS_TABLE.c.block_reason)
+    .where(POLITENESS_TABLE.c.blocked_until > _now())
+    .order_by(POLITENESS_TABLE.c.politeness_key)
+)
 _GET = sa.select(W).where(W.c.dedupe_key == _p("key"))
 C = frontier_checkpoints
 _CHECKPOINT_KEY = (
@@ -1171,6 +1301,9 @@ def statements(dialect: str) -> dict[str, sa.Executable]:
         "oldest_lease": _OLDEST_LEASE,
         "failure_reasons": _failure_reasons_sql(dialect),
         "lease_summary": _LEASE_SUMMARY,
+        "host_counts": _HOST_COUNTS,
+        "workers": _WORKERS,
+        "active_blocks": _ACTIVE_BLOCKS,
         "get": _GET,
         "checkpoint_get": _CHECKPOINT_GET,
         "checkpoint_put": _checkpoint_put_sql(dialect),
