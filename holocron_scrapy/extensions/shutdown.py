@@ -33,6 +33,7 @@ from twisted.internet import task
 from holocron_scrapy import defaults
 from holocron_scrapy.pipelines.lake import JsonLakePipeline
 from holocron_scrapy.pipelines.records import IngestRecordsPipeline
+from holocron_scrapy.reactor import get_reactor
 
 P = TypeVar("P")
 
@@ -63,7 +64,7 @@ class GracefulShutdown:
         return ext
 
     def spider_opened(self, spider: Any = None) -> None:
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         self._loop = task.LoopingCall(self._watch)
         self._loop.start(WATCH_INTERVAL, now=False)
@@ -71,7 +72,7 @@ class GracefulShutdown:
         self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._stopped_at_once)
 
     def spider_closed(self, spider: Any = None, reason: str = "") -> None:
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         self._done = True
         if self._loop is not None and self._loop.running:
@@ -93,7 +94,7 @@ class GracefulShutdown:
     def _watch(self) -> None:
         if self._deadline is not None or self._done or not self._closing():
             return
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         self._closing_since = time.monotonic()
         logger.info(
@@ -103,7 +104,7 @@ class GracefulShutdown:
         self._deadline = reactor.callLater(self.timeout, self._force)
 
     def _force(self) -> None:
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         if self._done:
             return

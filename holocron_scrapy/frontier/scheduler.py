@@ -90,6 +90,7 @@ from holocron_scrapy.frontier.store import (
     ts,
 )
 from holocron_scrapy.items import FAILED as FAILED_OUTCOME
+from holocron_scrapy.reactor import get_reactor
 
 logger = logging.getLogger(__name__)
 
@@ -897,7 +898,7 @@ class FrontierScheduler(BaseScheduler):
 
 async def _settled(d: defer.Deferred[Any], timeout: float) -> None:
     """Wait until *d* has fired (leaving its result to its own callbacks), or *timeout* seconds."""
-    from twisted.internet import reactor
+    reactor = get_reactor()
 
     waiter: defer.Deferred[None] = defer.Deferred()
 
@@ -906,7 +907,7 @@ async def _settled(d: defer.Deferred[Any], timeout: float) -> None:
             waiter.callback(None)
         return value
 
-    timer = reactor.callLater(timeout, release)  # type: ignore[attr-defined]
+    timer = reactor.callLater(timeout, release)
     d.addBoth(release)
     await waiter
     if timer.active():

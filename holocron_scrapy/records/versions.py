@@ -58,6 +58,7 @@ from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import RETRY_FIRST, RETRY_MAX, OutageWatch, is_server_gone
 from holocron_scrapy.errors import StoreError
 from holocron_scrapy.pipelines.faults import CLOSE_REASON, FaultHandler, describe, is_storage_error
+from holocron_scrapy.reactor import get_reactor
 from holocron_scrapy.records.store import RecordStore, open_record_store
 
 #: ``(source_system, source_name, resource_type, resource_id)``; a resource type of None matches any.
@@ -240,7 +241,7 @@ class VersionLookup:
     def _schedule(self) -> None:
         if self._busy or self._scheduled:
             return  # the next turn starts when the running one ends
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         self._scheduled = True
         reactor.callLater(0, self._turn)  # gathers what is asked for in this reactor turn
@@ -313,7 +314,7 @@ class VersionLookup:
             if self._wait_out(held.value):
                 # The server is gone: ask again after a pause (the calls did not run), with what came meanwhile.
                 self._keys[:0], self._calls[:0] = keys, calls
-                from twisted.internet import reactor
+                reactor = get_reactor()
 
                 reactor.callLater(self._pause, self._retry)
                 self._pause = min(self._pause * 2, RETRY_MAX)
