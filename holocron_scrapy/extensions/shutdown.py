@@ -118,7 +118,11 @@ class GracefulShutdown:
         self.hand_back()
         if getattr(self.crawler, "holocron_run_summary", None) is None:
             # The summary extension never ran: a stop cut short is a partial run.
-            self.crawler.holocron_run_summary = {"status": "partial", "finish_reason": "shutdown_forced"}
+            # Read by the crawl command (getattr); Scrapy's Crawler does not declare our attribute.
+            self.crawler.holocron_run_summary = {  # type: ignore[attr-defined]
+                "status": "partial",
+                "finish_reason": "shutdown_forced",
+            }
         self._done = True
         if reactor.running:
             reactor.stop()
@@ -136,11 +140,11 @@ class GracefulShutdown:
         acknowledgements and release this worker's leases. Never raises."""
         if self.crawler.stats is not None:
             self.crawler.stats.set_value("shutdown/forced", 1)
-        for pipeline in self._pipelines(JsonLakePipeline):
-            pipeline.close_spider()  # no lake file from now on: it could get no record
-        for pipeline in self._pipelines(IngestRecordsPipeline):
+        for lake in self._pipelines(JsonLakePipeline):
+            lake.close_spider()  # no lake file from now on: it could get no record
+        for records in self._pipelines(IngestRecordsPipeline):
             try:
-                pipeline.abandon()
+                records.abandon()
             except Exception:  # noqa: BLE001 - a forced stop goes on whatever fails
                 logger.exception("Could not give up the waiting records")
         scheduler = getattr(self.crawler, "holocron_frontier", None)

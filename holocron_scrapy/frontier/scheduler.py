@@ -292,7 +292,8 @@ class FrontierScheduler(BaseScheduler):
             full_refresh=s.getbool("HOLOCRON_FULL_REFRESH"),
             scope=scope_from_settings(s),
         )
-        crawler.holocron_frontier = scheduler  # found by the ack middleware
+        # Found by the ack middleware (getattr); Scrapy's Crawler does not declare our attribute.
+        crawler.holocron_frontier = scheduler  # type: ignore[attr-defined]
         crawler.signals.connect(scheduler._item_done, signal=signals.item_scraped)
         crawler.signals.connect(scheduler._item_done, signal=signals.item_dropped)
         crawler.signals.connect(scheduler._item_error, signal=signals.item_error)
@@ -306,9 +307,7 @@ class FrontierScheduler(BaseScheduler):
         self.spider = spider
         if self.executor is None:
             self.executor = ThreadExecutor()
-        d = self.executor.submit(self._open_in_worker)
-        d.addCallback(self._opened)
-        return d
+        return self.executor.submit(self._open_in_worker).addCallback(self._opened)
 
     def _open_in_worker(self) -> tuple[WorkItemStore, JobResult, int]:
         store = self.store_factory()

@@ -89,11 +89,10 @@ def _regexes(value: Any, key: str) -> tuple[str, ...]:
 def http_options(source: Source, kwargs: dict[str, Any]) -> HttpOptions:
     """Merge the source's config with ``-a`` arguments, validating every value."""
     opts = source.options
-    if "seeds" in kwargs:
-        seeds = parse_seeds(kwargs["seeds"])
-    elif source.seeds:
+    seeds = parse_seeds(kwargs["seeds"]) if "seeds" in kwargs else None
+    if seeds is None and source.seeds:
         seeds = SeedList.of(source.seeds)
-    else:
+    if seeds is None:
         raise ConfigError(f"no seeds: pass -a seeds=URL or set seeds on source {source.name!r}", key="seeds")
     # One streamed pass: every seed is checked before the start; only their hosts and origins are kept.
     hosts: dict[str, None] = {}
@@ -199,7 +198,7 @@ class HttpSpider(HolocronSpider):
         return self.page_request(validate_seed_url(seed), depth=0)
 
     def page_request(self, url: str, *, depth: int, discovered_from: str | None = None, known: bool = False) -> Request:
-        meta = {
+        meta: dict[str, Any] = {
             "holocron": resource_meta(
                 SOURCE_SYSTEM,
                 self.options.source_name,
@@ -241,6 +240,7 @@ class HttpSpider(HolocronSpider):
             response, kind, store_binary=self.options.store_binary, max_body_bytes=self.options.max_body_bytes
         )
         self.crawler.stats.inc_value(f"http/pages/{OK}")
+        assert response.request is not None  # a callback's response has its request (response.meta reads it)
         requested = (response.meta.get("redirect_urls") or [response.request.url])[0]
         latency = response.meta.get("download_latency")
         yield IngestItem(
@@ -295,7 +295,7 @@ class HttpSpider(HolocronSpider):
                 yield self.page_request(loc, depth=0, discovered_from=url_resource_id(response.url))
 
     def errback_page(self, failure: Failure) -> Iterator[IngestItem]:
-        request = failure.request
+        request = failure.request  # type: ignore[attr-defined]  # Scrapy sets Failure.request on a download error
         ids = list(request.meta.get(IDS_META, ()))
         info = request.meta.get("holocron") or {}
         if failure.check(IgnoreRequest) and not failure.check(HttpError):

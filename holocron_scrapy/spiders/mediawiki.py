@@ -138,7 +138,7 @@ def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOption
     seeds, generator_value = seeding(source, kwargs)
     api_url = kwargs.get("api_url") or source.api_url
     parts = urlsplit(api_url or "")
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not api_url or parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"expected an http(s) URL of api.php, got {api_url!r}", key="api_url")
     if "discover" in kwargs:
         choice = str(kwargs["discover"]).strip().lower()
@@ -636,8 +636,8 @@ class MediaWikiSpider(HolocronSpider):
                 work_item_ids=list(entry["ids"]),
             )
 
-    def errback_batch(self, failure: Failure) -> Iterator[IngestItem]:
-        request = failure.request
+    def errback_batch(self, failure: Failure) -> Iterator[IngestItem | Request]:
+        request = failure.request  # type: ignore[attr-defined]  # Scrapy sets Failure.request on a download error
         titles = request.meta.get("mw_titles")
         if titles is None:  # a per-title request that was never batched (no frontier)
             info = request.meta["holocron"]
