@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from holocron_scrapy import secrets
 from holocron_scrapy.errors import HolocronError
 from holocron_scrapy.extensions.runs import EXIT_BAD_INPUT, exit_code, post_webhook, report_json, webhook_settings
+from holocron_scrapy.failures import failure_error
 
 
 class Command(ScrapyCrawlCommand):
@@ -77,7 +78,7 @@ class Command(ScrapyCrawlCommand):
 
     def _report(self, failure: Failure) -> Failure | None:
         if failure.check(HolocronError):
-            self._start_failed(failure.value)
+            self._start_failed(failure_error(failure))
             return None
         return failure
 

@@ -57,6 +57,7 @@ from twisted.python.failure import Failure
 from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import RETRY_FIRST, RETRY_MAX, OutageWatch, is_server_gone
 from holocron_scrapy.errors import StoreError
+from holocron_scrapy.failures import failure_error
 from holocron_scrapy.pipelines.faults import CLOSE_REASON, FaultHandler, describe, is_storage_error
 from holocron_scrapy.reactor import get_reactor
 from holocron_scrapy.records.store import RecordStore, open_record_store
@@ -275,12 +276,13 @@ class VersionLookup:
     def _give_up(self, failure: Failure) -> Failure:
         """A storage fault stops the crawl (once) and becomes :class:`RecordsUnreachable`; other
         errors (and any error without a fault handler) are left as they are."""
-        if self.faults is None or not is_storage_error(failure.value):
+        error = failure_error(failure)
+        if self.faults is None or not is_storage_error(error):
             return failure
         if self._fatal is None:
-            self.faults.stop("Records read", self.url, failure.value)
-            self._fatal = RecordsUnreachable(describe(failure.value))
-            self._fatal.__cause__ = failure.value
+            self.faults.stop("Records read", self.url, error)
+            self._fatal = RecordsUnreachable(describe(error))
+            self._fatal.__cause__ = error
         return Failure(self._fatal)
 
     def _retry(self) -> None:
@@ -311,7 +313,7 @@ class VersionLookup:
         else:
             held, results = outcome
         if isinstance(held, Failure):
-            if self._wait_out(held.value):
+            if self._wait_out(failure_error(held)):
                 # The server is gone: ask again after a pause (the calls did not run), with what came meanwhile.
                 self._keys[:0], self._calls[:0] = keys, calls
                 reactor = get_reactor()

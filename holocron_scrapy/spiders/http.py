@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 
 from holocron_scrapy.config import HTTP_CONFIG_ONLY_KEYS, HTTP_SOURCE_KEYS, Config, Source
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.failures import classify_exception
+from holocron_scrapy.failures import classify_exception, failure_error
 from holocron_scrapy.frontier.intake import SeedList
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import ATTEMPT_META, IDS_META, STATUS_META, WORK_ITEM_META
@@ -303,15 +303,16 @@ class HttpSpider(HolocronSpider):
             if frontier is not None and ids:
                 frontier.fail(ids, f"not fetched: {failure.getErrorMessage()}", retryable=False)
             return
-        status = failure.value.response.status if failure.check(HttpError) else None
-        retryable = classify_exception(failure.value).transient  # 404, 410, other 4xx: permanent
+        error = failure_error(failure)
+        status = error.response.status if isinstance(error, HttpError) else None
+        retryable = classify_exception(error).transient  # 404, 410, other 4xx: permanent
         if info.get("resource_type") != WORK_ITEM_TYPE:
             frontier = getattr(self.crawler, "holocron_frontier", None)
             if frontier is not None and ids:
                 frontier.fail(ids, failure.getErrorMessage(), retryable=retryable)
             return
         self.crawler.stats.inc_value("http/pages/failed")
-        message = f"HTTP {status}" if status else f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        message = f"HTTP {status}" if status else f"{type(error).__name__}: {failure.getErrorMessage()}"
         yield IngestItem(
             source_system=SOURCE_SYSTEM,
             source_name=self.options.source_name,

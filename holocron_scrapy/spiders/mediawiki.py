@@ -61,7 +61,7 @@ from twisted.python.failure import Failure
 from holocron_scrapy import defaults
 from holocron_scrapy.config import Config, Source, batch_size_problem
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body
+from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body, failure_error
 from holocron_scrapy.frontier.intake import SeedList
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import (
@@ -649,11 +649,12 @@ class MediaWikiSpider(HolocronSpider):
                     "attempt": 1,
                 }
             ]
-        status = failure.value.response.status if failure.check(HttpError) else None
+        error = failure_error(failure)
+        status = error.response.status if isinstance(error, HttpError) else None
         if status == 414 and len(titles) > 1 and "mw_titles" in request.meta:  # URI too long: fewer titles
             yield from self.bisect(titles, "HTTP 414 (URI too long)")
             return
-        verdict = classify_exception(failure.value)
+        verdict = classify_exception(error)
         self.logger.warning(
             "Batch of %d titles failed (%s %s): %s",
             len(titles),
@@ -664,7 +665,7 @@ class MediaWikiSpider(HolocronSpider):
         yield from self.failure_items(
             titles,
             None,
-            f"{failure.type.__name__}: {failure.getErrorMessage()}",
+            f"{type(error).__name__}: {failure.getErrorMessage()}",
             retryable=verdict.transient,
             status=status,
             url=request.url,
