@@ -37,6 +37,7 @@ from scrapy.exceptions import (
     UnsupportedURLSchemeError,
 )
 from twisted.internet import error as net
+from twisted.python.failure import Failure
 from twisted.web.client import PartialDownloadError, ResponseFailed, ResponseNeverReceived
 
 from holocron_scrapy import defaults
@@ -101,6 +102,14 @@ _EXCEPTION_KINDS: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
         "connection",
     ),
 )
+
+
+def failure_error(failure: Failure) -> BaseException:
+    """The exception a Twisted Failure holds (Twisted types ``Failure.value`` as optional: it is
+    None only between ``Failure.__new__`` and ``__init__``, which raises when there is no error)."""
+    error = failure.value
+    assert error is not None, "a Failure holds its exception"
+    return error
 
 
 def classify_exception(exc: BaseException) -> Verdict:

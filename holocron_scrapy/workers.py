@@ -28,6 +28,8 @@ from typing import Any, Generic, TypeVar
 
 from twisted.internet import defer
 
+from holocron_scrapy.reactor import get_reactor
+
 A = TypeVar("A")
 R = TypeVar("R")
 
@@ -70,7 +72,7 @@ class BatchWorker(Generic[A, R]):
                     thread.join(wait)
 
     def _run(self) -> None:
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         stopping = False
         while not stopping:
@@ -95,7 +97,7 @@ class BatchWorker(Generic[A, R]):
                     raise RuntimeError(f"{self.handler!r} returned {len(results)} results for {len(tasks)} tasks")
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 results = [exc] * len(tasks)
-            reactor.callFromThread(_deliver, [d for _, d in batch], results)  # type: ignore[attr-defined]
+            reactor.callFromThread(_deliver, [d for _, d in batch], results)
 
 
 def _deliver(waiters: list[defer.Deferred[Any]], results: Sequence[Any]) -> None:

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from holocron_scrapy import secrets
 from holocron_scrapy.errors import HolocronError
 from holocron_scrapy.extensions.runs import EXIT_BAD_INPUT, exit_code, post_webhook, report_json, webhook_settings
+from holocron_scrapy.failures import failure_error
 
 
 class Command(ScrapyCrawlCommand):
@@ -71,13 +72,13 @@ class Command(ScrapyCrawlCommand):
         if self.start_error is not None:
             self.exitcode = EXIT_BAD_INPUT
         elif summaries and all(summaries):
-            self.exitcode = max(exit_code(s["status"]) for s in summaries)
+            self.exitcode = max(exit_code(s["status"]) for s in summaries if s)  # `if s`: all are, as mypy cannot infer
         elif summaries:  # a crawl that never got as far as its summary did not complete
             self.exitcode = max(self.exitcode, exit_code("failed"))
 
     def _report(self, failure: Failure) -> Failure | None:
         if failure.check(HolocronError):
-            self._start_failed(failure.value)
+            self._start_failed(failure_error(failure))
             return None
         return failure
 
@@ -93,6 +94,7 @@ class Command(ScrapyCrawlCommand):
     def _start_failed(self, exc: BaseException) -> None:
         self.start_error = exc
         print(f"holocron_scrapy: error: {secrets.mask_text(str(exc))}", file=sys.stderr)
+        assert self.settings is not None  # set by scrapy.cmdline before run()
         webhook, timeout = webhook_settings(self.settings)
         if not webhook:
             return

@@ -116,7 +116,7 @@ class Command(ScrapyCommand):
             if target.dialect == connection.SQLSERVER and opts.wait_timeout > 0:
                 print(f"(retrying connection errors for up to {opts.wait_timeout:g}s)")
             getattr(self, f"do_{action}")(target, opts)
-        except (HolocronError, *_db_errors()) as exc:
+        except _command_errors() as exc:
             self.fail(_error_text(exc))
 
     # -- helpers -----------------------------------------------------------------------
@@ -261,6 +261,12 @@ class Command(ScrapyCommand):
 
 
 # -- module helpers ------------------------------------------------------------------------
+def _command_errors() -> tuple[type[BaseException], ...]:
+    """What a command reports in one line: ours and the drivers' (looked up when an error is being
+    matched, so a driver the command imported on its way is included)."""
+    return (HolocronError, *_db_errors())
+
+
 def _db_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [sqlite3.Error]
     pyodbc = sys.modules.get("pyodbc")

@@ -269,6 +269,7 @@ class Command(ScrapyCommand):
     def _config(self) -> Any:
         from holocron_scrapy.config import load_config
 
+        assert self.settings is not None  # set by scrapy.cmdline before run()
         try:
             return load_config(self.settings.get("HOLOCRON_CONFIG"))
         except OSError as exc:
@@ -281,6 +282,7 @@ class Command(ScrapyCommand):
         return target.url, target.sqlserver_config
 
     def lake_dir(self, opts: argparse.Namespace) -> Path:
+        assert self.settings is not None  # set by scrapy.cmdline before run()
         raw = opts.lake or self.settings.get("HOLOCRON_LAKE_DIR") or self._config().lake_dir
         lake = Path(raw).expanduser().resolve()
         if not lake.is_dir():

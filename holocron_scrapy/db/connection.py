@@ -159,17 +159,18 @@ def _parse_mssql(url: str, setting: str) -> StoreURL:
         return StoreURL(SQLSERVER)  # everything from INGEST_SQLSERVER_* and the YAML section
     if not parsed.database or not parsed.username:
         raise ConfigError(f"expected mssql+pyodbc://USER@HOST:PORT/DATABASE, got {_shown(url)!r}", key=setting)
-    flags = {}
-    for key in ("encrypt", "trust_server_certificate"):
-        if key in query:
-            flags[key] = sqlserver._parse_bool(query[key], key)
+
+    def flag(key: str) -> bool | None:  # None (absent): the settings' own default
+        return sqlserver._parse_bool(query[key], key) if key in query else None
+
     settings = sqlserver.SqlServerSettings(
         host=parsed.host,
         port=parsed.port or sqlserver.DEFAULT_PORT,
         database=parsed.database,
         user=parsed.username,
         driver=query.get("driver", sqlserver.DEFAULT_DRIVER),
-        **flags,
+        encrypt=flag("encrypt"),
+        trust_server_certificate=flag("trust_server_certificate"),
     )
     return StoreURL(SQLSERVER, odbc_connect=settings.without_password())
 

@@ -223,7 +223,7 @@ def ensure_postgresql_schema(engine: sa.Engine) -> list[str]:
         metadata.create_all(conn)
         applied = set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
         now = datetime.now(UTC)
-        missing = [
+        missing: list[dict[str, Any]] = [
             {"version": m.version, "name": m.name, "applied_at": now}
             for m in load_migrations(POSTGRESQL)
             if m.version not in applied

@@ -66,9 +66,10 @@ def is_server_gone(exc: BaseException) -> bool:
     try:
         import psycopg
     except ImportError:  # pragma: no cover - psycopg is a requirement
-        psycopg = None
-    if psycopg is not None and isinstance(orig, (psycopg.OperationalError, psycopg.InterfaceError)):
-        return not isinstance(orig, (psycopg.errors.DiskFull, psycopg.errors.ReadOnlySqlTransaction))
+        pass
+    else:
+        if isinstance(orig, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return not isinstance(orig, (psycopg.errors.DiskFull, psycopg.errors.ReadOnlySqlTransaction))
     # pyodbc (imported lazily by the SQL Server engine): SQLSTATE class 08 is a connection exception.
     state = getattr(orig, "args", (None,))[0] if type(orig).__module__ == "pyodbc" else None
     return isinstance(state, str) and state.startswith("08")

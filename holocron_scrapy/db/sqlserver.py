@@ -428,7 +428,7 @@ def _one_line(text: str) -> str:
 
 def error_text(exc: BaseException) -> str:
     """The message of a pyodbc error (its second argument) on one line, else ``str(exc)``."""
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     text = args[1] if len(args) >= 2 and isinstance(args[1], str) and sqlstate(exc) else str(exc)
     return _one_line(text)
 

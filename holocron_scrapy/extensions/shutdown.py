@@ -33,6 +33,7 @@ from twisted.internet import task
 from holocron_scrapy import defaults
 from holocron_scrapy.pipelines.lake import JsonLakePipeline
 from holocron_scrapy.pipelines.records import IngestRecordsPipeline
+from holocron_scrapy.reactor import get_reactor
 
 P = TypeVar("P")
 
@@ -63,7 +64,7 @@ class GracefulShutdown:
         return ext
 
     def spider_opened(self, spider: Any = None) -> None:
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         self._loop = task.LoopingCall(self._watch)
         self._loop.start(WATCH_INTERVAL, now=False)
@@ -71,7 +72,7 @@ class GracefulShutdown:
         self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._stopped_at_once)
 
     def spider_closed(self, spider: Any = None, reason: str = "") -> None:
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         self._done = True
         if self._loop is not None and self._loop.running:
@@ -93,7 +94,7 @@ class GracefulShutdown:
     def _watch(self) -> None:
         if self._deadline is not None or self._done or not self._closing():
             return
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         self._closing_since = time.monotonic()
         logger.info(
@@ -103,7 +104,7 @@ class GracefulShutdown:
         self._deadline = reactor.callLater(self.timeout, self._force)
 
     def _force(self) -> None:
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         if self._done:
             return
@@ -117,7 +118,11 @@ class GracefulShutdown:
         self.hand_back()
         if getattr(self.crawler, "holocron_run_summary", None) is None:
             # The summary extension never ran: a stop cut short is a partial run.
-            self.crawler.holocron_run_summary = {"status": "partial", "finish_reason": "shutdown_forced"}
+            # Read by the crawl command (getattr); Scrapy's Crawler does not declare our attribute.
+            self.crawler.holocron_run_summary = {  # type: ignore[attr-defined]
+                "status": "partial",
+                "finish_reason": "shutdown_forced",
+            }
         self._done = True
         if reactor.running:
             reactor.stop()
@@ -135,11 +140,11 @@ class GracefulShutdown:
         acknowledgements and release this worker's leases. Never raises."""
         if self.crawler.stats is not None:
             self.crawler.stats.set_value("shutdown/forced", 1)
-        for pipeline in self._pipelines(JsonLakePipeline):
-            pipeline.close_spider()  # no lake file from now on: it could get no record
-        for pipeline in self._pipelines(IngestRecordsPipeline):
+        for lake in self._pipelines(JsonLakePipeline):
+            lake.close_spider()  # no lake file from now on: it could get no record
+        for records in self._pipelines(IngestRecordsPipeline):
             try:
-                pipeline.abandon()
+                records.abandon()
             except Exception:  # noqa: BLE001 - a forced stop goes on whatever fails
                 logger.exception("Could not give up the waiting records")
         scheduler = getattr(self.crawler, "holocron_frontier", None)

@@ -56,7 +56,7 @@ class FrontierDupeFilter(BaseDupeFilter):
     def request_seen(self, request: Request) -> bool:
         return self.seen_key(self.request_resource(request).dedupe_key)
 
-    def log(self, request: Request, spider: Spider) -> None:
+    def log(self, request: Request, spider: Spider | None) -> None:
         if self.debug:
             logger.debug("Filtered duplicate request: %(request)s", {"request": request}, extra={"spider": spider})
         elif not self._logged:

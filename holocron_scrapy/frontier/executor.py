@@ -25,6 +25,8 @@ from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
 
+from holocron_scrapy.reactor import get_reactor
+
 T = TypeVar("T")
 
 
@@ -82,12 +84,12 @@ class ThreadExecutor:
         return future
 
     def submit(self, fn: Callable[[], T]) -> defer.Deferred[T]:
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         d: defer.Deferred[T] = defer.Deferred()
 
         def deliver(future: concurrent.futures.Future[T]) -> None:
-            reactor.callFromThread(_fire, d, future)  # type: ignore[attr-defined]
+            reactor.callFromThread(_fire, d, future)
 
         self._submit(fn).add_done_callback(deliver)
         return d

@@ -90,6 +90,7 @@ from holocron_scrapy.frontier.store import (
     ts,
 )
 from holocron_scrapy.items import FAILED as FAILED_OUTCOME
+from holocron_scrapy.reactor import get_reactor
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,8 @@ class FrontierScheduler(BaseScheduler):
             full_refresh=s.getbool("HOLOCRON_FULL_REFRESH"),
             scope=scope_from_settings(s),
         )
-        crawler.holocron_frontier = scheduler  # found by the ack middleware
+        # Found by the ack middleware (getattr); Scrapy's Crawler does not declare our attribute.
+        crawler.holocron_frontier = scheduler  # type: ignore[attr-defined]
         crawler.signals.connect(scheduler._item_done, signal=signals.item_scraped)
         crawler.signals.connect(scheduler._item_done, signal=signals.item_dropped)
         crawler.signals.connect(scheduler._item_error, signal=signals.item_error)
@@ -305,9 +307,7 @@ class FrontierScheduler(BaseScheduler):
         self.spider = spider
         if self.executor is None:
             self.executor = ThreadExecutor()
-        d = self.executor.submit(self._open_in_worker)
-        d.addCallback(self._opened)
-        return d
+        return self.executor.submit(self._open_in_worker).addCallback(self._opened)
 
     def _open_in_worker(self) -> tuple[WorkItemStore, JobResult, int]:
         store = self.store_factory()
@@ -897,7 +897,7 @@ class FrontierScheduler(BaseScheduler):
 
 async def _settled(d: defer.Deferred[Any], timeout: float) -> None:
     """Wait until *d* has fired (leaving its result to its own callbacks), or *timeout* seconds."""
-    from twisted.internet import reactor
+    reactor = get_reactor()
 
     waiter: defer.Deferred[None] = defer.Deferred()
 
@@ -906,7 +906,7 @@ async def _settled(d: defer.Deferred[Any], timeout: float) -> None:
             waiter.callback(None)
         return value
 
-    timer = reactor.callLater(timeout, release)  # type: ignore[attr-defined]
+    timer = reactor.callLater(timeout, release)
     d.addBoth(release)
     await waiter
     if timer.active():

@@ -85,9 +85,12 @@ def version_digest(source_system: str, source_name: str, resource_type: str, res
 
 def lake_relative_path(item: Any) -> Path:
     adapter = ItemAdapter(item)
-    identity = [str(adapter[c]) for c in ("source_system", "source_name", "resource_type", "resource_id")]
-    name = f"{safe_component(adapter['resource_id'])}_{version_digest(*identity, adapter['hash_sha256'])}.json"
-    return Path(*(safe_component(part) for part in identity[:3]), name)
+    system, source, rtype, rid = (
+        str(adapter[c]) for c in ("source_system", "source_name", "resource_type", "resource_id")
+    )
+    digest = version_digest(system, source, rtype, rid, adapter["hash_sha256"])
+    name = f"{safe_component(adapter['resource_id'])}_{digest}.json"
+    return Path(*(safe_component(part) for part in (system, source, rtype)), name)
 
 
 def lake_document(item: Any) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from twisted.internet import defer, threads
 from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import OutageWatch, ride_out
 from holocron_scrapy.pipelines.faults import FaultHandler, handed_back, is_storage_error
+from holocron_scrapy.reactor import get_reactor
 from holocron_scrapy.records.store import RecordStore, item_row, open_record_store
 from holocron_scrapy.records.versions import VersionStore
 
@@ -120,7 +121,7 @@ class IngestRecordsPipeline:
         if len(self._rows) >= self.batch_size:
             self.flush()
         elif self._timer is None:
-            from twisted.internet import reactor
+            reactor = get_reactor()
 
             self._timer = reactor.callLater(self.flush_interval, self.flush)
         try:

@@ -189,10 +189,23 @@ class RecordStore(ABC):
         """Upsert ``seen_resources`` for freshly stored rows (``item_row`` plus version fields)."""
 
     @abstractmethod
+    def held_versions(self, keys: list[tuple[str, str, str | None, str]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """The version held of each resource key ``(source_system, source_name, resource_type,
+        resource_id)`` (a type of None: any), with its ``ingest_records`` row (``record``); keys not
+        held are left out."""
+
+    @abstractmethod
     def count(self, **where: Any) -> int: ...
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+def _dbapi_cursor(conn: sa.Connection) -> Any:
+    """A cursor of the DB-API connection under *conn* (the SQLite fast paths run compiled SQL on it)."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None, "a Connection in use holds its DB-API connection"
+    return dbapi.cursor()
 
 
 def _dialect_insert(dialect: str) -> Any:
@@ -213,7 +226,7 @@ def _mssql_insert_if_new(records: sa.Table) -> sa.Insert:
     """SQL Server's insert-if-new of one row (parameters named after ``RECORD_COLUMNS``): skipped when the
     resource has a record with that hash; the key-range lock makes a racing worker wait, then skip."""
     values = sa.select(*(sa.bindparam(c, type_=records.c[c].type) for c in RECORD_COLUMNS))
-    known = (
+    known: sa.Select[Any] = (
         sa.select(sa.literal_column("1"))
         .select_from(records)
         .where(*(col == sa.bindparam(col.name, type_=col.type) for col in _resource_key(records)))
@@ -387,7 +400,7 @@ class SqlRecordStore(RecordStore):
         return self._process_time(value)
 
     def _sqlite_insert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> list[bool]:
-        cursor = conn.connection.dbapi_connection.cursor()
+        cursor = _dbapi_cursor(conn)
         sql, at = self._sqlite["insert"], RECORD_COLUMNS.index("fetched_at_utc")
         inserted = []
         for row in rows:
@@ -589,7 +602,7 @@ class SqlRecordStore(RecordStore):
         if statement is not None:
             return statement
         seen = schema.seen_resources
-        ids = [sa.bindparam(f"id_{i}") for i in range(n)]
+        ids: list[sa.BindParameter[Any]] = [sa.bindparam(f"id_{i}") for i in range(n)]
         names: tuple[str, ...] = tuple(f"id_{i}" for i in range(n))
         if typed:
             statement = self._held_query().where(seen.c.dedupe_key.in_(ids))
@@ -642,8 +655,8 @@ class SqlRecordStore(RecordStore):
             conn.execute(self._upsert_versions, [dict(zip(_VERSION_PARAMS, p, strict=True)) for p in latest.values()])
             return
         time = self._bind_time
-        params = [(*p[:-2], time(p[-2]), time(p[-1])) for p in latest.values()]
-        conn.connection.dbapi_connection.cursor().executemany(self._sqlite["versions"], params)
+        bound = [(*p[:-2], time(p[-2]), time(p[-1])) for p in latest.values()]
+        _dbapi_cursor(conn).executemany(self._sqlite["versions"], bound)
 
     def statements(self) -> dict[str, sa.Executable]:
         """Every statement this store runs through SQLAlchemy on its dialect, by name (SQLite's hot paths run

@@ -57,7 +57,9 @@ from twisted.python.failure import Failure
 from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import RETRY_FIRST, RETRY_MAX, OutageWatch, is_server_gone
 from holocron_scrapy.errors import StoreError
+from holocron_scrapy.failures import failure_error
 from holocron_scrapy.pipelines.faults import CLOSE_REASON, FaultHandler, describe, is_storage_error
+from holocron_scrapy.reactor import get_reactor
 from holocron_scrapy.records.store import RecordStore, open_record_store
 
 #: ``(source_system, source_name, resource_type, resource_id)``; a resource type of None matches any.
@@ -240,7 +242,7 @@ class VersionLookup:
     def _schedule(self) -> None:
         if self._busy or self._scheduled:
             return  # the next turn starts when the running one ends
-        from twisted.internet import reactor
+        reactor = get_reactor()
 
         self._scheduled = True
         reactor.callLater(0, self._turn)  # gathers what is asked for in this reactor turn
@@ -274,12 +276,13 @@ class VersionLookup:
     def _give_up(self, failure: Failure) -> Failure:
         """A storage fault stops the crawl (once) and becomes :class:`RecordsUnreachable`; other
         errors (and any error without a fault handler) are left as they are."""
-        if self.faults is None or not is_storage_error(failure.value):
+        error = failure_error(failure)
+        if self.faults is None or not is_storage_error(error):
             return failure
         if self._fatal is None:
-            self.faults.stop("Records read", self.url, failure.value)
-            self._fatal = RecordsUnreachable(describe(failure.value))
-            self._fatal.__cause__ = failure.value
+            self.faults.stop("Records read", self.url, error)
+            self._fatal = RecordsUnreachable(describe(error))
+            self._fatal.__cause__ = error
         return Failure(self._fatal)
 
     def _retry(self) -> None:
@@ -310,10 +313,10 @@ class VersionLookup:
         else:
             held, results = outcome
         if isinstance(held, Failure):
-            if self._wait_out(held.value):
+            if self._wait_out(failure_error(held)):
                 # The server is gone: ask again after a pause (the calls did not run), with what came meanwhile.
                 self._keys[:0], self._calls[:0] = keys, calls
-                from twisted.internet import reactor
+                reactor = get_reactor()
 
                 reactor.callLater(self._pause, self._retry)
                 self._pause = min(self._pause * 2, RETRY_MAX)

@@ -94,6 +94,10 @@ class HolocronSpider(Spider):
     run_id: str
     config: Config
     source: Source
+    options: Any  # what configure() returned; subclasses declare their options class
+    full_refresh: bool  # HOLOCRON_FULL_REFRESH
+    records_url: str  # HOLOCRON_RECORDS_URL
+    records_sqlserver: dict[str, Any]  # HOLOCRON_RECORDS_SQLSERVER
     frontier_hold = False  # read by the frontier: more work is about to be queued (batching spiders)
 
     @classmethod

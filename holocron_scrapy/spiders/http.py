@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 
 from holocron_scrapy.config import HTTP_CONFIG_ONLY_KEYS, HTTP_SOURCE_KEYS, Config, Source
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.failures import classify_exception
+from holocron_scrapy.failures import classify_exception, failure_error
 from holocron_scrapy.frontier.intake import SeedList
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import ATTEMPT_META, IDS_META, STATUS_META, WORK_ITEM_META
@@ -89,11 +89,10 @@ def _regexes(value: Any, key: str) -> tuple[str, ...]:
 def http_options(source: Source, kwargs: dict[str, Any]) -> HttpOptions:
     """Merge the source's config with ``-a`` arguments, validating every value."""
     opts = source.options
-    if "seeds" in kwargs:
-        seeds = parse_seeds(kwargs["seeds"])
-    elif source.seeds:
+    seeds = parse_seeds(kwargs["seeds"]) if "seeds" in kwargs else None
+    if seeds is None and source.seeds:
         seeds = SeedList.of(source.seeds)
-    else:
+    if seeds is None:
         raise ConfigError(f"no seeds: pass -a seeds=URL or set seeds on source {source.name!r}", key="seeds")
     # One streamed pass: every seed is checked before the start; only their hosts and origins are kept.
     hosts: dict[str, None] = {}
@@ -199,7 +198,7 @@ class HttpSpider(HolocronSpider):
         return self.page_request(validate_seed_url(seed), depth=0)
 
     def page_request(self, url: str, *, depth: int, discovered_from: str | None = None, known: bool = False) -> Request:
-        meta = {
+        meta: dict[str, Any] = {
             "holocron": resource_meta(
                 SOURCE_SYSTEM,
                 self.options.source_name,
@@ -241,6 +240,7 @@ class HttpSpider(HolocronSpider):
             response, kind, store_binary=self.options.store_binary, max_body_bytes=self.options.max_body_bytes
         )
         self.crawler.stats.inc_value(f"http/pages/{OK}")
+        assert response.request is not None  # a callback's response has its request (response.meta reads it)
         requested = (response.meta.get("redirect_urls") or [response.request.url])[0]
         latency = response.meta.get("download_latency")
         yield IngestItem(
@@ -295,7 +295,7 @@ class HttpSpider(HolocronSpider):
                 yield self.page_request(loc, depth=0, discovered_from=url_resource_id(response.url))
 
     def errback_page(self, failure: Failure) -> Iterator[IngestItem]:
-        request = failure.request
+        request = failure.request  # type: ignore[attr-defined]  # Scrapy sets Failure.request on a download error
         ids = list(request.meta.get(IDS_META, ()))
         info = request.meta.get("holocron") or {}
         if failure.check(IgnoreRequest) and not failure.check(HttpError):
@@ -303,15 +303,16 @@ class HttpSpider(HolocronSpider):
             if frontier is not None and ids:
                 frontier.fail(ids, f"not fetched: {failure.getErrorMessage()}", retryable=False)
             return
-        status = failure.value.response.status if failure.check(HttpError) else None
-        retryable = classify_exception(failure.value).transient  # 404, 410, other 4xx: permanent
+        error = failure_error(failure)
+        status = error.response.status if isinstance(error, HttpError) else None
+        retryable = classify_exception(error).transient  # 404, 410, other 4xx: permanent
         if info.get("resource_type") != WORK_ITEM_TYPE:
             frontier = getattr(self.crawler, "holocron_frontier", None)
             if frontier is not None and ids:
                 frontier.fail(ids, failure.getErrorMessage(), retryable=retryable)
             return
         self.crawler.stats.inc_value("http/pages/failed")
-        message = f"HTTP {status}" if status else f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        message = f"HTTP {status}" if status else f"{type(error).__name__}: {failure.getErrorMessage()}"
         yield IngestItem(
             source_system=SOURCE_SYSTEM,
             source_name=self.options.source_name,

@@ -61,7 +61,7 @@ from twisted.python.failure import Failure
 from holocron_scrapy import defaults
 from holocron_scrapy.config import Config, Source, batch_size_problem
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body
+from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body, failure_error
 from holocron_scrapy.frontier.intake import SeedList
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import (
@@ -138,7 +138,7 @@ def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOption
     seeds, generator_value = seeding(source, kwargs)
     api_url = kwargs.get("api_url") or source.api_url
     parts = urlsplit(api_url or "")
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not api_url or parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"expected an http(s) URL of api.php, got {api_url!r}", key="api_url")
     if "discover" in kwargs:
         choice = str(kwargs["discover"]).strip().lower()
@@ -636,8 +636,8 @@ class MediaWikiSpider(HolocronSpider):
                 work_item_ids=list(entry["ids"]),
             )
 
-    def errback_batch(self, failure: Failure) -> Iterator[IngestItem]:
-        request = failure.request
+    def errback_batch(self, failure: Failure) -> Iterator[IngestItem | Request]:
+        request = failure.request  # type: ignore[attr-defined]  # Scrapy sets Failure.request on a download error
         titles = request.meta.get("mw_titles")
         if titles is None:  # a per-title request that was never batched (no frontier)
             info = request.meta["holocron"]
@@ -649,11 +649,12 @@ class MediaWikiSpider(HolocronSpider):
                     "attempt": 1,
                 }
             ]
-        status = failure.value.response.status if failure.check(HttpError) else None
+        error = failure_error(failure)
+        status = error.response.status if isinstance(error, HttpError) else None
         if status == 414 and len(titles) > 1 and "mw_titles" in request.meta:  # URI too long: fewer titles
             yield from self.bisect(titles, "HTTP 414 (URI too long)")
             return
-        verdict = classify_exception(failure.value)
+        verdict = classify_exception(error)
         self.logger.warning(
             "Batch of %d titles failed (%s %s): %s",
             len(titles),
@@ -664,7 +665,7 @@ class MediaWikiSpider(HolocronSpider):
         yield from self.failure_items(
             titles,
             None,
-            f"{failure.type.__name__}: {failure.getErrorMessage()}",
+            f"{type(error).__name__}: {failure.getErrorMessage()}",
             retryable=verdict.transient,
             status=status,
             url=request.url,
