@@ -108,6 +108,7 @@ class Command(ScrapyCommand):
     def check_source(self, store: WorkItemStore, name: str) -> None:
         """Raise ConfigError naming *name* and the known sources unless it is one of them."""
         known = set(store.counts())
+        assert self.settings is not None
         try:
             known |= set(load_config(self.settings.get("HOLOCRON_CONFIG")).sources)
         except HolocronError:
@@ -123,6 +124,7 @@ class Command(ScrapyCommand):
         """The fleet view of :mod:`holocron_scrapy.frontier.fleet`, read now."""
         now = utcnow()
         since = now - timedelta(seconds=WINDOW_SECONDS)
+        assert self.settings is not None
         lease = self.settings.getfloat("HOLOCRON_FRONTIER_LEASE_SECONDS", defaults.FRONTIER_LEASE_SECONDS)
         return build_view(
             store.host_counts(since),
