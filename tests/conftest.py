@@ -4,10 +4,15 @@
 tests/support/cassettes.py): replay-only unless ``HOLOCRON_RECORD`` asks to record, and responses
 keep status, headers, URL and their Scrapy class. ``cassette`` fetches Scrapy requests (with
 their meta) through the test's cassette.
+
+``scrapy_environment`` (autouse) restores Scrapy's environment variables after each test:
+``get_project_settings()`` sets ``SCRAPY_SETTINGS_MODULE``, after which Scrapy takes any relative
+data path as inside a project and looks for a scrapy.cfg above the test's working directory.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +28,16 @@ pytest_plugins = [
     "tests.support.postgres",
     "tests.support.frontier_items",
 ]
+
+
+@pytest.fixture(autouse=True)
+def scrapy_environment() -> Iterator[None]:
+    before = {key: value for key, value in os.environ.items() if key.startswith("SCRAPY_")}
+    yield
+    for key in [key for key in os.environ if key.startswith("SCRAPY_")]:
+        if key not in before:
+            del os.environ[key]
+    os.environ.update(before)
 
 
 @pytest.fixture
