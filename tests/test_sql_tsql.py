@@ -87,6 +87,7 @@ def test_migration_files_exist():
         "0005_widen_long_text.sql",
         "0006_frontier_sources_and_lease_losses.sql",
         "0007_frontier_checkpoints.sql",
+        "0008_frontier_hosts.sql",
     ]
     assert [p.name for p in TSQL_FILES] == sorted(p.name for p in (TSQL_FILES[0].parent / "sqlite").glob("*.sql"))
     assert len(BATCHES) >= 16 and DYNAMIC, "expected one GO batch per object and dynamic CREATE SCHEMA"
