@@ -331,11 +331,20 @@ class WorkItemStore(ABC):
         raise NotImplementedError
 
     def release_slot(
-        self, key: str, slot_id: str, *, ok: bool | None = None, backoff: float = 1.0, backoff_cap: float = 300.0
+        self,
+        key: str,
+        slot_id: str,
+        *,
+        ok: bool | None = None,
+        backoff: float = 1.0,
+        backoff_cap: float = 300.0,
+        block: tuple[datetime, str] | None = None,
     ) -> datetime | None:
         """Give slot *slot_id* of *key* back. *ok* True (an answer that is not a 429/5xx) resets the key's
         failure count; False (a 429/5xx without Retry-After) counts one more and blocks the key for
-        ``backoff * 2 ** (failures - 1)`` seconds (at most *backoff_cap*); returns that block's end."""
+        ``backoff * 2 ** (failures - 1)`` seconds (at most *backoff_cap*); returns that block's end.
+        *block* ``(until, reason)`` blocks the key in the same transaction (a ``Retry-After``), so that no
+        worker takes the slot between the release and the block."""
         raise NotImplementedError
 
     def block_key(self, key: str, until: datetime, reason: str) -> None:
@@ -732,12 +741,22 @@ class SqlWorkItemStore(WorkItemStore):
         return row[0], row[1], row[2]
 
     def release_slot(
-        self, key: str, slot_id: str, *, ok: bool | None = None, backoff: float = 1.0, backoff_cap: float = 300.0
+        self,
+        key: str,
+        slot_id: str,
+        *,
+        ok: bool | None = None,
+        backoff: float = 1.0,
+        backoff_cap: float = 300.0,
+        block: tuple[datetime, str] | None = None,
     ) -> datetime | None:
         now = utcnow()
         params = {"b_key": key, "b_slot": slot_id, "b_now": now, "b_delay": 0.0, "b_concurrency": 1}
 
         def work(conn: sa.Connection) -> datetime | None:
+            if block is not None:
+                self._lock_host(conn, params)
+                conn.execute(_HOST_BLOCK, {**params, "b_until": block[0], "b_reason": block[1][:400]})
             conn.execute(_SLOT_DELETE, params)
             if ok:
                 conn.execute(_HOST_OK, params)
