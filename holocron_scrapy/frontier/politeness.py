@@ -89,7 +89,8 @@ def politeness_mode(settings: Any) -> str:
         scheduler = load_object(settings.get("SCHEDULER"))
     except (ImportError, NameError, ValueError):
         return LOCAL
-    if mode != SHARED or not (isinstance(scheduler, type) and issubclass(scheduler, FrontierScheduler)):
+    # The MRO, not issubclass: Scrapy's BaseScheduler metaclass takes any class with its methods for a subclass.
+    if mode != SHARED or FrontierScheduler not in getattr(scheduler, "__mro__", ()):
         return LOCAL
     return SHARED
 
