@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from scrapy.utils.defer import deferred_f_from_coro_f
 
 from holocron_scrapy.config import load_config
 from holocron_scrapy.errors import ConfigError
@@ -249,3 +250,36 @@ def test_a_killed_workers_slot_frees_itself_when_its_lease_expires(tmp_path):
         later = [t - killed for t in site.times() if t > killed]
     assert later and min(later) >= 1.2, sorted(later)[:3]  # the lease was renewed at most 0.67 s before
     assert_stored_once(ws, site_urls(site))
+
+
+@deferred_f_from_coro_f
+async def test_a_mediawiki_maxlag_answer_blocks_the_api_host_for_every_worker(tmp_path):
+    """The retry middleware on a recorded MediaWiki 1.39 ``maxlag`` answer (HTTP 200, ``Retry-After: 5``):
+    the API host is blocked in the shared store for the whole 5 s (the local retry waits only
+    ``HOLOCRON_RETRY_BACKOFF_MAX``), so another worker's slot is refused until then."""
+    from types import SimpleNamespace
+
+    from holocron_scrapy.frontier.executor import InlineExecutor
+    from holocron_scrapy.frontier.politeness import SharedPoliteness, politeness_key
+    from holocron_scrapy.frontier.store import make_owner, open_work_item_store, utcnow
+    from tests.test_middlewares_retry import api_request, api_response, make_middleware
+
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    crawler, mw = make_middleware(HOLOCRON_RETRY_BACKOFF_MAX=0.1)
+    politeness = SharedPoliteness(lambda: open_work_item_store(url), executor=InlineExecutor(), stats=crawler.stats)
+    crawler.engine = SimpleNamespace(downloader=SimpleNamespace(politeness=politeness))
+    other = open_work_item_store(url)  # another worker's connection
+    try:
+        request = api_request()
+        started = utcnow()
+        retry = await mw.process_response(request, api_response(request, "maxlag_error"))
+        assert retry is not request and retry.url == request.url  # retried locally after 0.1 s
+        key = politeness_key(request)
+        assert other.blocked_keys() == [key]
+        grant = other.take_slot(key, make_owner(), delay=0.0, concurrency=4, lease_seconds=30)
+        assert not grant.taken and grant.reason == "blocked: MediaWiki maxlag"
+        assert 4.9 <= (grant.retry_at - started).total_seconds() <= 5.5
+        assert crawler.stats.get_value("politeness/blocks") == 1
+    finally:
+        other.close()
+        politeness.close()

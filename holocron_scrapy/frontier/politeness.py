@@ -286,7 +286,10 @@ class SharedPoliteness:
 def block_host(crawler: Crawler, request: Request, seconds: float, reason: str) -> None:
     """Block *request*'s politeness key for every worker (the retry middleware's hook for a MediaWiki
     ``maxlag`` / ``ratelimited`` answer); nothing with ``local`` politeness."""
-    engine = getattr(crawler, "engine", None)
+    try:
+        engine = crawler.engine
+    except (AttributeError, RuntimeError):  # Scrapy raises RuntimeError before the crawl starts
+        return
     politeness = getattr(getattr(engine, "downloader", None), "politeness", None)
     if isinstance(politeness, SharedPoliteness) and seconds > 0:
         politeness.block(politeness_key(request), seconds, reason)

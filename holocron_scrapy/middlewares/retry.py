@@ -15,7 +15,9 @@ does not resolve (nothing listens there: the crawl stops at once), and a body th
 only ``defaults.MEDIAWIKI_PROBE_MALFORMED_RETRIES`` times.
 
 A ``maxlag`` or ``ratelimited`` answer also blocks the API host for every worker of the frontier
-(:func:`holocron_scrapy.frontier.politeness.block_host`, shared politeness only) for the same delay.
+(:func:`holocron_scrapy.frontier.politeness.block_host`, shared politeness only) for its whole
+``Retry-After`` (the local retry's wait is capped by ``HOLOCRON_RETRY_BACKOFF_MAX``, the block is not),
+else for the retry's backoff.
 
 Stats: ``retry/*`` (Scrapy's), ``retry/waited_seconds``, ``failures/<transient|permanent>/<kind>``
 (one per failed attempt), ``mediawiki/api_error/<code>`` (retryable codes).
@@ -155,7 +157,8 @@ class PoliteRetryMiddleware(RetryMiddleware):
             self.crawler.stats.inc_value(f"mediawiki/api_error/{code}")
             reason = f"MediaWiki {code}"
             if code in BLOCKING_API_ERRORS:  # the server is overloaded: every worker waits, not just this one
-                block_host(self.crawler, request, self._delay(request, response), reason)
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
+                block_host(self.crawler, request, self._delay(request, response) if wait is None else wait, reason)
         result = await self._retry_later(request, response, reason)
         if result is response and decoded is not None:
             request.meta[MEDIAWIKI_JSON_META] = decoded
