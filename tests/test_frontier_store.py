@@ -707,7 +707,31 @@ def test_postgresql_database_at_0006_gets_the_checkpoints_table(postgres_url):
             s.close()
         with engine.connect() as conn:
             versions = list(conn.exec_driver_sql("SELECT version FROM schema_migrations ORDER BY version").scalars())
-        assert versions[-2:] == ["0006", "0007"]
+        assert versions[-3:] == ["0006", "0007", "0008"]
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_database_at_0007_gets_the_host_tables(postgres_url):
+    """An existing 0007 database (no frontier_hosts / frontier_host_slots, no 0008 row) upgrades when a
+    store opens it."""
+    from holocron_scrapy.db.engine import postgresql_engine
+
+    open_work_item_store(postgres_url).close()
+    engine = postgresql_engine(postgres_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE frontier_host_slots")
+            conn.exec_driver_sql("DROP TABLE frontier_hosts")
+            conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version = '0008'")
+        s = open_work_item_store(postgres_url)
+        try:
+            assert s.take_slot("h", make_owner(), delay=0.0, concurrency=1, lease_seconds=30).taken
+        finally:
+            s.close()
+        with engine.connect() as conn:
+            versions = list(conn.exec_driver_sql("SELECT version FROM schema_migrations ORDER BY version").scalars())
+        assert versions[-2:] == ["0007", "0008"]
     finally:
         engine.dispose()
 
