@@ -790,6 +790,18 @@ def test_the_store_runs_only_the_statements_it_lists(backend, request, tmp_path)
         s.release_slot("h", slot.slot_id, ok=True)
         s.block_key("h", datetime.now(UTC), "test")
         s.host_states(), s.blocked_keys(), s.release_owner_slots(owner)
+        # Claims that leave a blocked host's items out (all of the items above are on host w).
+        s.block_key("w", datetime.now(UTC) + timedelta(seconds=60), "test")
+        s.flush([on_host("v", "V1")], [], [])
+        for _ in range(2):  # lost twice: a suspect
+            s.claim(owner, 10, 60)
+            s.reclaim([owner])
+        s.flush([on_host("v", "V2")], [], [])
+        for scoped in (None, scope):
+            solo = s.claim(owner, 1, 60, scope=scoped, alone=True)
+            other = s.claim(owner, 1, 60, scope=scoped)
+            assert [r["resource_id"] for r in solo + other] == ["V1", "V2"]
+            s.release([r["seq"] for r in solo + other])
     finally:
         s.close()
     unlisted = [str(c) for c in executed if id(c) not in listed and not isinstance(c, (str, sa.TextClause))]
@@ -910,6 +922,25 @@ def test_sqlserver_unicode_keys_times_and_long_urls_round_trip(live_schema):
 
 
 # -- host politeness (frontier_hosts, frontier_host_slots) --------------------------------------
+def on_host(host: str, key: str) -> NewItem:
+    item = new(key)
+    item.request_uri = f"http://{host}/api.php?titles={key}"
+    return item
+
+
+def test_claims_leave_the_items_of_blocked_hosts_for_later(store):
+    """A worker claims what it can send: items of a host blocked now are skipped while others are
+    pending, and claimed again once the block has ended."""
+    store.flush([on_host("blocked:81", "A1"), on_host("blocked:81", "A2"), on_host("free", "B1")], [], [])
+    store.block_key("blocked:81", datetime.now(UTC) + timedelta(seconds=0.6), "429 Retry-After")
+    owner = make_owner()
+    assert [r["resource_id"] for r in store.claim(owner, 10, 60)] == ["B1"]
+    assert store.claim(owner, 10, 60) == []
+    assert store.ready_count(10) == 2  # still pending, only not claimed now
+    time.sleep(0.65)
+    assert sorted(r["resource_id"] for r in store.claim(owner, 10, 60)) == ["A1", "A2"]
+
+
 def test_take_slot_honours_concurrency_delay_and_release(store):
     a, b = make_owner(), make_owner()
     first = store.take_slot("h:1", a, delay=0.0, concurrency=2, lease_seconds=30)

@@ -430,7 +430,7 @@ def test_claims_skip_and_hold_the_rows_they_take():
     locks = {
         name: sql for name, sql in STORE_SQL.items() if name.startswith("frontier.claim") and name.endswith("lock")
     }
-    assert len(locks) == 4  # plain, solo, and each of a source
+    assert len(locks) == 8  # plain, solo, and each of a source; each also leaving blocked hosts out
     for sql in locks.values():
         assert "SELECT TOP (@p1) crawl_2.work_items.seq" in sql
         assert "FROM crawl_2.work_items WITH (ROWLOCK, READPAST, UPDLOCK)" in sql

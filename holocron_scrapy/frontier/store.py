@@ -227,7 +227,10 @@ class WorkItemStore(ABC):
 
         Items whose lease was lost ``solo_after`` times are claimed only with *alone* (the
         claimer has nothing else in flight), and then alone: the best such item by itself,
-        before any other item, marked ``lease_solo``."""
+        before any other item, marked ``lease_solo``.
+
+        Items of hosts blocked now (``frontier_hosts.blocked_until``, see :meth:`block_key`) are
+        left pending: a worker claims what it can send, not what it would hold until the block ends."""
 
     @abstractmethod
     def end_solo(self, seqs: list[int]) -> None:
@@ -543,17 +546,24 @@ class SqlWorkItemStore(WorkItemStore):
         }
 
         def work(conn: sa.Connection) -> list[Any]:
+            # Items of hosts blocked now (frontier_hosts) are left for later: a worker claims what it can send.
+            blocked = list(conn.execute(_BLOCKED_KEYS, {"b_now": now}).scalars())
+            avoid = bool(blocked)
+            if avoid:
+                params.update(_avoid_params(blocked))
             rows: list[Any] = []
             if alone:  # a suspect (lost twice) goes alone to a worker with nothing else in flight
-                rows = self._claim(conn, scope is not None, True, {**params, "b_limit": 1})
+                rows = self._claim(conn, scope is not None, True, {**params, "b_limit": 1}, avoid)
             if not rows:
-                rows = self._claim(conn, scope is not None, False, {**params, "b_limit": limit})
+                rows = self._claim(conn, scope is not None, False, {**params, "b_limit": limit}, avoid)
             return rows
 
         return claimed_rows(self._write(work))
 
-    def _claim(self, conn: sa.Connection, scoped: bool, solo: bool, params: dict[str, Any]) -> list[Any]:
-        lock, update = _claim_sql(self.dialect, scoped, solo)
+    def _claim(
+        self, conn: sa.Connection, scoped: bool, solo: bool, params: dict[str, Any], avoid: bool = False
+    ) -> list[Any]:
+        lock, update = _claim_sql(self.dialect, scoped, solo, avoid)
         if lock is not None:  # PostgreSQL, SQL Server: lock the best ready rows nobody holds (held ones are skipped)
             seqs = conn.execute(lock, params).scalars().all()
             if not seqs:
@@ -1068,13 +1078,16 @@ def _insert_sql(dialect: str) -> sa.Insert:
 
 
 @functools.cache
-def _claim_sql(dialect: str, scoped: bool, solo: bool) -> tuple[sa.Select[Any] | None, sa.Update]:
+def _claim_sql(dialect: str, scoped: bool, solo: bool, avoid: bool = False) -> tuple[sa.Select[Any] | None, sa.Update]:
     """(the locking select of PostgreSQL and SQL Server, or None, the update) of a claim: *solo* claims
-    the suspects (``lease_losses >= b_solo_after``) and marks them ``lease_solo``, else the others."""
+    the suspects (``lease_losses >= b_solo_after``) and marks them ``lease_solo``, else the others;
+    *avoid* leaves out items whose URL starts with one of the patterns ``b_avoid0`` ..
+    (:func:`_avoid_params`: the hosts blocked now)."""
     losses = W.c.lease_losses >= _p("solo_after") if solo else W.c.lease_losses < _p("solo_after")
+    avoided = (sa.not_(sa.or_(*(W.c.request_uri.like(_p(f"avoid{i}")) for i in range(AVOID_PATTERNS)))),)
     ready = _top(
         sa.select(W.c.seq)
-        .where(W.c.status == _S[PENDING], _due(), losses, *_scoped(scoped))
+        .where(W.c.status == _S[PENDING], _due(), losses, *_scoped(scoped), *(avoided if avoid else ()))
         .order_by(W.c.priority.desc(), W.c.seq),
         dialect,
     )
@@ -1098,6 +1111,19 @@ def _claim_sql(dialect: str, scoped: bool, solo: bool) -> tuple[sa.Select[Any] |
         return lock, sa.update(W).where(target).values(values).returning(*CLAIM)
     # SQLite: the transaction began with BEGIN IMMEDIATE; no other writer until it commits.
     return None, sa.update(W).where(W.c.seq.in_(ready)).values(values).returning(*CLAIM)
+
+
+#: URL patterns of a claim that leaves blocked hosts out (two per host: http and https); hosts past
+#: the first AVOID_PATTERNS // 2 blocked ones are claimed as usual (their requests wait for the block).
+AVOID_PATTERNS = 8
+
+
+def _avoid_params(keys: list[str]) -> dict[str, str]:
+    """``b_avoid0`` .. of a claim that leaves out the items of hosts *keys* (politeness keys, ``host[:port]``):
+    ``http://key/%`` and ``https://key/%``, the unused ones an empty pattern (no URL is empty)."""
+    patterns = [f"{scheme}://{key}/%" for key in keys[: AVOID_PATTERNS // 2] for scheme in ("http", "https")]
+    patterns += [""] * (AVOID_PATTERNS - len(patterns))
+    return {f"b_avoid{i}": pattern for i, pattern in enumerate(patterns)}
 
 
 _COMPLETE = (
@@ -1461,11 +1487,12 @@ def statements(dialect: str) -> dict[str, sa.Executable]:
     for scoped in (False, True):
         tag = "_of_source" if scoped else ""
         for solo in (False, True):
-            lock, update = _claim_sql(dialect, scoped, solo)
-            name = f"claim{'_solo' if solo else ''}{tag}"
-            found[name] = update
-            if lock is not None:
-                found[f"{name}_lock"] = lock
+            for avoid in (False, True):
+                lock, update = _claim_sql(dialect, scoped, solo, avoid)
+                name = f"claim{'_solo' if solo else ''}{tag}{'_avoiding' if avoid else ''}"
+                found[name] = update
+                if lock is not None:
+                    found[f"{name}_lock"] = lock
         for by_owner in (False, True):
             found[f"reclaim{'_owners' if by_owner else ''}{tag}"] = _reclaim_sql(by_owner, scoped)
         found[f"lease_owners{tag}"] = _lease_owners_sql(scoped)
