@@ -85,7 +85,8 @@ class PoliteDownloader(Downloader):
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             return response
         finally:
-            politeness.release(key, slot_id, status, retry_after)
+            if slot_id is not None:
+                politeness.release(key, slot_id, status, retry_after)
 
     def close(self) -> None:
         super().close()

@@ -39,7 +39,8 @@ the frontier's store settings (``HOLOCRON_STATE_URL``, ``JOBDIR``, ``HOLOCRON_ST
 Stats: ``politeness/slots`` (slots taken), ``politeness/waits`` (requests that had to wait),
 ``politeness/waited_seconds``, ``politeness/blocks`` (blocks set by this worker),
 ``politeness/backoffs`` (backoff blocks after a 429/5xx without ``Retry-After``), ``politeness/errors``
-(store calls that failed; the request waits a second and asks again).
+(store calls that failed: while the state database is away a request goes on under its worker's own
+limits, as claimed requests do during an outage).
 """
 
 from __future__ import annotations
@@ -67,8 +68,6 @@ T = TypeVar("T")
 SHARED, LOCAL = "shared", "local"
 #: Seconds a refused request waits at most before it asks again while all slots are taken.
 RECHECK_SECONDS = 0.25
-#: Seconds to wait before asking again after a store call failed.
-ERROR_WAIT_SECONDS = 1.0
 #: Codes of a MediaWiki answer (HTTP 200) that block the API host for everyone.
 BLOCKING_API_ERRORS = ("maxlag", "ratelimited")
 
@@ -158,8 +157,10 @@ class SharedPoliteness:
             self.stats.inc_value(f"politeness/{key}", count)
 
     # -- the reactor's side -------------------------------------------------------------------------
-    async def acquire(self, key: str, delay: float, concurrency: int) -> str:
-        """Wait (on timers) until a slot of *key* is taken for this worker; its id."""
+    async def acquire(self, key: str, delay: float, concurrency: int) -> str | None:
+        """Wait (on timers) until a slot of *key* is taken for this worker; its id. None when the state
+        database cannot be reached: the request goes on under this worker's own limits, as requests
+        already claimed go on during an outage (:mod:`holocron_scrapy.db.outage`)."""
         from twisted.internet import reactor
 
         started = time.monotonic()
@@ -169,12 +170,14 @@ class SharedPoliteness:
                 grant = await maybe_deferred_to_future(self._take(key, delay, concurrency))
             except defer.CancelledError:
                 raise
-            except Exception as exc:  # the store could not be reached: ask again shortly
+            except Exception as exc:  # the state database is away: the request goes on with local limits only
                 self._inc("errors")
                 if self._errors_logged < 3:
                     self._errors_logged += 1
-                    logger.warning("politeness: could not take a slot of %s (%s); asking again in 1 s", key, exc)
-                wait = ERROR_WAIT_SECONDS
+                    logger.warning(
+                        "politeness: could not take a slot of %s (%s); sending with this worker's own limits", key, exc
+                    )
+                return None
             else:
                 if grant.slot_id is not None:
                     self._held += 1
