@@ -8,6 +8,7 @@ frontier and on one live PostgreSQL frontier (a throw-away database of ``postgre
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import os
 import signal
@@ -17,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
@@ -283,3 +285,103 @@ async def test_a_mediawiki_maxlag_answer_blocks_the_api_host_for_every_worker(tm
     finally:
         other.close()
         politeness.close()
+
+
+# -- the real MediaWiki -------------------------------------------------------------------------
+class CountingRelay(http.server.ThreadingHTTPServer):
+    """Relays every request to the MediaWiki lab (same path and body), timestamping arrivals and
+    counting the requests in flight, as :class:`CountingSite` does for its own pages."""
+
+    daemon_threads = True
+
+    def __init__(self, target: str) -> None:
+        super().__init__(("127.0.0.1", 0), RelayHandler)
+        parsed = urlsplit(target)
+        self.target = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = 0
+        self.arrivals: list[float] = []
+
+
+class RelayHandler(http.server.BaseHTTPRequestHandler):
+    server: CountingRelay
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _relay(self) -> None:
+        relay = self.server
+        with relay.lock:
+            relay.arrivals.append(time.monotonic())
+            relay.in_flight += 1
+            relay.peak = max(relay.peak, relay.in_flight)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn = http.client.HTTPConnection(*relay.target, timeout=60)
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            finally:
+                conn.close()
+        finally:
+            with relay.lock:
+                relay.in_flight -= 1
+
+    do_GET = do_POST = _relay  # noqa: N815 (http.server's naming)
+
+
+@pytest.mark.mediawiki
+def test_three_mediawiki_workers_keep_the_api_hosts_rate(mediawiki, tmp_path):
+    """Three ``mediawiki`` workers on one SQLite frontier, source ``concurrency: 1, delay: 0.5``, through
+    a relay in front of the real MediaWiki 1.39 lab: one request at a time at the API host, arrivals
+    at least 0.5 s apart, every page reachable from the seeds stored once."""
+    relay = CountingRelay(mediawiki.api_url)
+    thread = threading.Thread(target=relay.serve_forever, daemon=True)
+    thread.start()
+    try:
+        api = urlsplit(mediawiki.api_url)
+        api_url = f"http://127.0.0.1:{relay.server_address[1]}{api.path}"
+        source = f"  - {{name: testwiki, type: mediawiki, api_url: '{api_url}', delay: 0.5, concurrency: 1}}\n"
+        ws = workspace(tmp_path, None, source)
+        args = ("source=testwiki", "seeds=Hub Alpha", "max_depth=1", "batch_size=5")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("HOLOCRON_CONFIG", None)
+
+        def worker() -> subprocess.Popen:
+            settings = {**FAST, "HOLOCRON_FRONTIER_CLAIM_SIZE": "5"}
+            return subprocess.Popen(
+                ws.command("mediawiki", *args, settings=settings),
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+        procs = [worker()]
+        time.sleep(1.0)
+        procs += [worker(), worker()]
+        for p in procs:
+            finish(p, timeout=180)
+        with relay.lock:
+            times = sorted(relay.arrivals)
+    finally:
+        relay.shutdown()
+        relay.server_close()
+    assert relay.peak == 1
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) >= 5 and min(gaps) >= 0.45, sorted(gaps)[:5]
+    assert busiest_window(times) <= 21
+    expected = mediawiki.model.reachable(["Hub Alpha"], 1)
+    counts = Counter(r["resource_id"] for r in ws.records())
+    assert set(counts) == set(expected) and max(counts.values()) == 1
