@@ -227,10 +227,11 @@ def test_a_429_with_retry_after_stops_every_worker_for_that_host(tmp_path):
     assert_stored_once(ws, site_urls(blocked) | site_urls(other))
 
 
-def test_a_killed_workers_slot_frees_itself_when_its_lease_expires(tmp_path):
+def test_a_killed_workers_slot_is_freed_and_the_crawl_completes(tmp_path):
     """``concurrency: 1``: a worker's request hangs at the server; a second worker sends nothing while the
-    first renews its slot (longer than a lease), nor after the first is kill -9'd until the slot's
-    lease (2 s, renewed every 0.67 s) has run out; then it completes the crawl."""
+    first holds its slot (4 s, longer than the 2 s lease: the holder renews it). The first is kill -9'd:
+    its slot is free at once (a dead process of this host holds none, as with its work items' leases;
+    on another host its lease would run out, see tests/test_frontier_store.py), and the crawl completes."""
     with counting_site(pages=4) as site:
         site.sleep["/p/2"] = 60.0  # the first request of /p/2 hangs
         ws = workspace(tmp_path, None, "  - {name: site, type: http, delay: 0, concurrency: 1}\n")
@@ -250,7 +251,7 @@ def test_a_killed_workers_slot_frees_itself_when_its_lease_expires(tmp_path):
         killed = time.monotonic()
         finish(survivor)
         later = [t - killed for t in site.times() if t > killed]
-    assert later and min(later) >= 1.2, sorted(later)[:3]  # the lease was renewed at most 0.67 s before
+    assert later and min(later) < 1.5, sorted(later)[:3]  # not held until the lease ran out
     assert_stored_once(ws, site_urls(site))
 
 

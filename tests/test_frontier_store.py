@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -783,6 +784,9 @@ def test_the_store_runs_only_the_statements_it_lists(backend, request, tmp_path)
         s.checkpoint(key)
         s.save_checkpoint(key, {"position": 1}, [new("Z")])
         s.save_checkpoint(key, {"position": 2})
+        s.take_slot("h", "elsewhere:1:dead", delay=0.0, concurrency=1, lease_seconds=60)
+        s.take_slot("h", f"{socket.gethostname()}:{2**22 + 7}:dead", delay=0.0, concurrency=2, lease_seconds=60)
+        s.release_owner_slots("elsewhere:1:dead")
         slot = s.take_slot("h", owner, delay=0.0, concurrency=1, lease_seconds=60)
         s.take_slot("h", owner, delay=0.0, concurrency=1, lease_seconds=60)
         s.renew_slots(owner, 60)
@@ -977,6 +981,13 @@ def test_an_expired_slot_frees_itself(store):
     assert not blocked.taken and (blocked.retry_at - datetime.now(UTC)).total_seconds() <= 0.35  # the expiry
     time.sleep(0.35)
     assert store.take_slot("k", live, delay=0.0, concurrency=1, lease_seconds=30).taken
+
+
+def test_the_slot_of_a_dead_local_process_is_free_at_once(store):
+    """A process of this host that no longer runs holds no slot, whatever its lease says."""
+    dead = f"{socket.gethostname()}:{2**22 + 7}:deadbeef"  # above pid_max: no such process
+    assert store.take_slot("z", dead, delay=0.0, concurrency=1, lease_seconds=600).taken
+    assert store.take_slot("z", make_owner(), delay=0.0, concurrency=1, lease_seconds=600).taken
 
 
 def test_renew_and_release_owner_slots(store):

@@ -330,7 +330,8 @@ class WorkItemStore(ABC):
         for *lease_seconds* and move ``next_allowed_at`` to now + *delay* (the key's configured delay and
         concurrency are recorded as given). Otherwise return when to try again: the block's end, the
         ``next_allowed_at``, or (all slots taken) the earliest slot expiry but at most *recheck* seconds
-        away (a holder usually releases long before its lease expires)."""
+        away (a holder usually releases long before its lease expires). When all slots are taken, those
+        of a dead process on this host (:func:`local_owner_alive`) are freed first."""
         raise NotImplementedError
 
     def release_slot(
@@ -722,6 +723,13 @@ class SqlWorkItemStore(WorkItemStore):
                 return SlotGrant(None, blocked_until, f"blocked: {reason or ''}".rstrip(": "))
             conn.execute(_SLOTS_EXPIRED, params)
             live, soonest = conn.execute(_SLOTS_LIVE, params).one()
+            if live >= max(concurrency, 1):
+                # Slots of a dead process on this host are free at once (as its work items' leases are).
+                owners = conn.execute(_SLOT_OWNERS, params).scalars().all()
+                dead = [owner for owner in owners if local_owner_alive(owner) is False]
+                if dead:
+                    conn.execute(_SLOTS_OF_OWNERS_DELETE, {**params, "b_owners": dead})
+                    live, soonest = conn.execute(_SLOTS_LIVE, params).one()
             if live >= max(concurrency, 1):
                 cap = now + timedelta(seconds=recheck)
                 retry = min(soonest, cap) if soonest is not None else cap
@@ -1397,6 +1405,8 @@ _SLOTS_EXPIRED = sa.delete(HS).where(_SLOT_KEY, HS.c.lease_expires_at < _now())
 _SLOTS_LIVE = sa.select(sa.func.count(), sa.func.min(HS.c.lease_expires_at)).where(
     _SLOT_KEY, HS.c.lease_expires_at >= _now()
 )
+_SLOT_OWNERS = sa.select(HS.c.slot_owner).distinct().where(_SLOT_KEY, HS.c.lease_expires_at >= _now())
+_SLOTS_OF_OWNERS_DELETE = sa.delete(HS).where(_SLOT_KEY, HS.c.slot_owner.in_(_p("owners", expanding=True)))
 _SLOT_INSERT = sa.insert(HS).values(
     slot_id=_p("slot"), politeness_key=_p("key"), slot_owner=_p("owner"), lease_expires_at=_p("until", UtcDateTime())
 )
@@ -1468,6 +1478,8 @@ def statements(dialect: str) -> dict[str, sa.Executable]:
         host_lock=_host_lock_sql(dialect),
         slots_expired=_SLOTS_EXPIRED,
         slots_live=_SLOTS_LIVE,
+        slot_owners=_SLOT_OWNERS,
+        slots_of_owners_delete=_SLOTS_OF_OWNERS_DELETE,
         slot_insert=_SLOT_INSERT,
         host_taken=_HOST_TAKEN,
         slot_delete=_SLOT_DELETE,
