@@ -20,7 +20,10 @@ worker that received it. Here the state of each politeness key lives in the fron
 * a MediaWiki ``maxlag`` / ``ratelimited`` answer (HTTP 200) blocks the key too: the retry middleware
   calls :func:`block_host` (its ``Retry-After``, else its backoff);
 * slots are leases (``HOLOCRON_FRONTIER_POLITENESS_LEASE`` seconds), renewed every third of that while
-  held: a killed worker's slot frees itself when its lease expires.
+  held: a killed worker's slot frees itself when its lease expires (at once for a worker of the same
+  host, which sees that its pid is gone);
+* claims leave the items of hosts blocked now pending (:meth:`~holocron_scrapy.frontier.store.WorkItemStore.claim`),
+  so a worker takes work it can send.
 
 The figures are the crawl's configured ``DOWNLOAD_DELAY`` and ``CONCURRENT_REQUESTS_PER_DOMAIN`` (a
 source's ``delay`` and ``concurrency``; ``DOWNLOAD_SLOTS`` per key when set). AutoThrottle still moves
