@@ -46,9 +46,9 @@ class CountingSite(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, pages: int, latency: float = 0.02) -> None:
+    def __init__(self, pages: int, latency: float = 0.02, host: str = "127.0.0.1") -> None:
         super().__init__(("127.0.0.1", 0), CountingHandler)
-        self.pages, self.latency = pages, latency
+        self.pages, self.latency, self.host = pages, latency, host
         self.lock = threading.Lock()
         self.in_flight = self.peak = 0
         self.arrivals: list[tuple[float, str]] = []
@@ -57,7 +57,7 @@ class CountingSite(http.server.ThreadingHTTPServer):
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.host}:{self.server_address[1]}"
 
     def times(self, *, pages_only: bool = False) -> list[float]:
         with self.lock:
@@ -107,8 +107,8 @@ class CountingHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def counting_site(pages: int, latency: float = 0.02) -> Iterator[CountingSite]:
-    server = CountingSite(pages, latency)
+def counting_site(pages: int, latency: float = 0.02, host: str = "127.0.0.1") -> Iterator[CountingSite]:
+    server = CountingSite(pages, latency, host)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -210,7 +210,8 @@ def test_three_workers_together_keep_one_hosts_rate_and_concurrency(database, tm
 def test_a_429_with_retry_after_stops_every_worker_for_that_host(tmp_path):
     """One answer ``429, Retry-After: 5``: no worker sends to that host for 5 s, while the workers go on
     with another host; then the crawl completes, every page stored once."""
-    with counting_site(pages=6) as blocked, counting_site(pages=40, latency=0.1) as other:
+    # Two host names: Scrapy's own per-host slots are keyed by the name alone (not the port).
+    with counting_site(pages=6) as blocked, counting_site(pages=40, latency=0.1, host="localhost") as other:
         blocked.script["/p/1"] = [(429, {"Retry-After": "5"})]
         ws = workspace(tmp_path, None, "  - {name: site, type: http, delay: 0.1, concurrency: 3}\n")
         args = ("source=site", f"seeds={blocked.base}/|{other.base}/", "max_depth=1")
