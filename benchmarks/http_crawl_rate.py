@@ -62,6 +62,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no-records": {"ITEM_PIPELINES": {"holocron_scrapy.pipelines.records.IngestRecordsPipeline": None}},
     "no-changes": {"ITEM_PIPELINES": {"holocron_scrapy.pipelines.changes.ChangeFilterPipeline": None}},
     "no-gc-freeze": {"HOLOCRON_GC_FREEZE": False},
+    # Per-process politeness (issue 12): the full stack takes a fleet-wide slot per request by default.
+    "local-politeness": {"HOLOCRON_FRONTIER_POLITENESS": "local"},
     "bare-gc-freeze": {},  # not of the full stack: bare Scrapy with the same gc.freeze() (see crawl_settings)
 }
 

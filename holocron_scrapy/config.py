@@ -216,10 +216,16 @@ class _Reader:
         )
         state = self.mapping(top.get("state"), "state", {"url", "sqlserver"})
         frontier = self.mapping(
-            top.get("frontier"), "frontier", {"order", "claim_size", "lease_seconds", "max_attempts", "retry_backoff"}
+            top.get("frontier"),
+            "frontier",
+            {"order", "claim_size", "lease_seconds", "max_attempts", "retry_backoff", "politeness"},
         )
         if "order" in frontier and frontier["order"] not in ("bfs", "dfs"):
             raise self.fail("frontier.order", f"expected bfs or dfs, got {frontier['order']!r}")
+        # shared: a source's delay and concurrency hold for every worker of the frontier together
+        # (holocron_scrapy/frontier/politeness.py); local: per process, as before issue 12.
+        if "politeness" in frontier and frontier["politeness"] not in ("shared", "local"):
+            raise self.fail("frontier.politeness", f"expected shared or local, got {frontier['politeness']!r}")
         raw_sources = top.get("sources") or []
         if not isinstance(raw_sources, list):
             raise self.fail("sources", "expected a list of sources")

@@ -12,7 +12,14 @@ request, so the limit holds.)
 moment it is taken, which is what the limit counts; the download task adds the same request to
 the same set again and removes it when it ends, as before.
 
-Enabled by the ``DOWNLOADER`` setting. Reads the same settings as Scrapy's downloader.
+With shared politeness (:mod:`holocron_scrapy.frontier.politeness`, the default when the frontier
+scheduler runs) each request also takes a slot of its host from the frontier database before it is
+sent, so that a source's ``delay`` and ``concurrency`` hold for every worker together; the request
+keeps its local transfer slot while it waits (on a timer, never the reactor), and the shared slot is
+given back when the download ends, however it ends.
+
+Enabled by the ``DOWNLOADER`` setting. Reads the same settings as Scrapy's downloader, and those of
+:mod:`holocron_scrapy.frontier.politeness`. Stats: ``politeness/*`` (see that module).
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from typing import Any
 
 from scrapy import Request
 from scrapy.core.downloader import Downloader, Slot
+from scrapy.crawler import Crawler
+from scrapy.http import Response
+
+from holocron_scrapy.frontier.politeness import SharedPoliteness, politeness_key
+from holocron_scrapy.middlewares.retry import retry_after_seconds
 
 
 class _MarkingQueue(deque):
@@ -38,6 +50,49 @@ class _MarkingQueue(deque):
 
 
 class PoliteDownloader(Downloader):
+    def __init__(self, crawler: Crawler):
+        super().__init__(crawler)
+        #: The fleet-wide politeness, or None (``local``: each process on its own, as before).
+        self.politeness: SharedPoliteness | None = SharedPoliteness.from_crawler(crawler)
+        # The configured figures, not AutoThrottle's (it overrides self._delay with its start delay).
+        self._fleet_delay = self.settings.getfloat("DOWNLOAD_DELAY")
+
+    def _fleet_limits(self, key: str, slot: Slot) -> tuple[float, int]:
+        """(delay, concurrency) of politeness *key* for the whole fleet."""
+        per_slot = self.per_slot_settings.get(key, {})
+        delay = float(per_slot.get("delay", self._fleet_delay))
+        return delay, max(int(slot.concurrency), 1)
+
+    async def _download(self, slot: Slot, request: Request) -> Response:
+        politeness = self.politeness
+        if politeness is None:
+            return await super()._download(slot, request)
+        key = politeness_key(request)
+        delay, concurrency = self._fleet_limits(key, slot)
+        try:
+            slot_id = await politeness.acquire(key, delay, concurrency)
+        except BaseException:
+            # Cancelled while waiting: the request never reached Scrapy's _download, which would
+            # have freed its local transfer slot (taken when it left the queue).
+            slot.transferring.discard(request)
+            self._process_queue(slot)
+            raise
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            response = await super()._download(slot, request)
+            status = response.status
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            return response
+        finally:
+            if slot_id is not None:
+                politeness.release(key, slot_id, status, retry_after)
+
+    def close(self) -> None:
+        super().close()
+        if self.politeness is not None:
+            self.politeness.close()
+
     def _get_slot(self, request: Request, spider: Any = None) -> tuple[str, Slot]:
         key, slot = super()._get_slot(request)
         if not isinstance(slot.queue, _MarkingQueue):

@@ -177,6 +177,8 @@ CHECKS: dict[str, Check] = {
     "HOLOCRON_FRONTIER_FLUSH_INTERVAL": number(0, strict=True),
     "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": number(0),
     "HOLOCRON_FRONTIER_FILL_BATCHES": boolean,
+    "HOLOCRON_FRONTIER_POLITENESS": choice("shared", "local"),
+    "HOLOCRON_FRONTIER_POLITENESS_LEASE": number(0, strict=True),
     "HOLOCRON_SEED_CHUNK_SIZE": integer(1),
     "HOLOCRON_DB_OUTAGE_LIMIT": number(0),
     "HOLOCRON_DUPEFILTER_CACHE_SIZE": integer(0),

@@ -24,7 +24,7 @@ from holocron_scrapy.db.migrations import (
 from holocron_scrapy.errors import ConfigError, StoreError
 from tests.support.sqlserver import SQLSERVER_CONFIGURED, SQLSERVER_REASON, WIDENED_COLUMNS, drop_schema
 
-VERSIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+VERSIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
 
 
 def digest(path) -> str:
@@ -55,6 +55,7 @@ def test_load_migrations_in_version_order(dialect):
         "0005_widen_long_text.sql",
         "0006_frontier_sources_and_lease_losses.sql",
         "0007_frontier_checkpoints.sql",
+        "0008_frontier_hosts.sql",
     ]
     assert all(m.dialect == dialect and m.text.strip() for m in found)
 
@@ -133,6 +134,7 @@ def test_database_at_0004_gets_0005_and_0006_and_keeps_its_rows(db, monkeypatch)
         "0005_widen_long_text.sql",
         "0006_frontier_sources_and_lease_losses.sql",
         "0007_frontier_checkpoints.sql",
+        "0008_frontier_hosts.sql",
     ]
     assert runner.apply() == [] and sorted(runner.applied()) == VERSIONS
     assert db.execute("SELECT request_uri FROM work_items").fetchall() == [(long_uri,)]
@@ -383,7 +385,7 @@ def test_sqlserver_second_run_applies_nothing():
 
 def test_sqlserver_schema_at_0004_gets_only_the_guarded_widening():
     conn = FakeConnection(applied=VERSIONS[:4], schema_tables=["schema_migrations", "work_items"])
-    assert [m.version for m in MigrationRunner(conn, "sqlserver").apply()] == ["0005", "0006", "0007"]
+    assert [m.version for m in MigrationRunner(conn, "sqlserver").apply()] == ["0005", "0006", "0007", "0008"]
     alters = [sql for sql in conn.executed() if "ALTER COLUMN" in sql]
     assert len(alters) == 7
     assert all(strip_comments(sql).strip().startswith("IF COL_LENGTH(N'[ingest].[") for sql in alters)

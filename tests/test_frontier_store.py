@@ -15,11 +15,12 @@ from __future__ import annotations
 import multiprocessing
 import random
 import re
+import socket
 import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -708,7 +709,31 @@ def test_postgresql_database_at_0006_gets_the_checkpoints_table(postgres_url):
             s.close()
         with engine.connect() as conn:
             versions = list(conn.exec_driver_sql("SELECT version FROM schema_migrations ORDER BY version").scalars())
-        assert versions[-2:] == ["0006", "0007"]
+        assert versions[-3:] == ["0006", "0007", "0008"]
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_database_at_0007_gets_the_host_tables(postgres_url):
+    """An existing 0007 database (no frontier_hosts / frontier_host_slots, no 0008 row) upgrades when a
+    store opens it."""
+    from holocron_scrapy.db.engine import postgresql_engine
+
+    open_work_item_store(postgres_url).close()
+    engine = postgresql_engine(postgres_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE frontier_host_slots")
+            conn.exec_driver_sql("DROP TABLE frontier_hosts")
+            conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version = '0008'")
+        s = open_work_item_store(postgres_url)
+        try:
+            assert s.take_slot("h", make_owner(), delay=0.0, concurrency=1, lease_seconds=30).taken
+        finally:
+            s.close()
+        with engine.connect() as conn:
+            versions = list(conn.exec_driver_sql("SELECT version FROM schema_migrations ORDER BY version").scalars())
+        assert versions[-2:] == ["0007", "0008"]
     finally:
         engine.dispose()
 
@@ -761,6 +786,28 @@ def test_the_store_runs_only_the_statements_it_lists(backend, request, tmp_path)
         s.checkpoint(key)
         s.save_checkpoint(key, {"position": 1}, [new("Z")])
         s.save_checkpoint(key, {"position": 2})
+        s.take_slot("h", "elsewhere:1:dead", delay=0.0, concurrency=1, lease_seconds=60)
+        s.take_slot("h", f"{socket.gethostname()}:{2**22 + 7}:dead", delay=0.0, concurrency=2, lease_seconds=60)
+        s.release_owner_slots("elsewhere:1:dead")
+        slot = s.take_slot("h", owner, delay=0.0, concurrency=1, lease_seconds=60)
+        s.take_slot("h", owner, delay=0.0, concurrency=1, lease_seconds=60)
+        s.renew_slots(owner, 60)
+        s.release_slot("h", slot.slot_id, ok=False, backoff=0.01)
+        s.release_slot("h", slot.slot_id, ok=True)
+        s.block_key("h", datetime.now(UTC), "test")
+        s.host_states(), s.blocked_keys(), s.release_owner_slots(owner)
+        # Claims that leave a blocked host's items out (all of the items above are on host w).
+        s.block_key("w", datetime.now(UTC) + timedelta(seconds=60), "test")
+        s.flush([on_host("v", "V1")], [], [])
+        for _ in range(2):  # lost twice: a suspect
+            s.claim(owner, 10, 60)
+            s.reclaim([owner])
+        s.flush([on_host("v", "V2")], [], [])
+        for scoped in (None, scope):
+            solo = s.claim(owner, 1, 60, scope=scoped, alone=True)
+            other = s.claim(owner, 1, 60, scope=scoped)
+            assert [r["resource_id"] for r in solo + other] == ["V1", "V2"]
+            s.release([r["seq"] for r in solo + other])
     finally:
         s.close()
     unlisted = [str(c) for c in executed if id(c) not in listed and not isinstance(c, (str, sa.TextClause))]
@@ -878,3 +925,137 @@ def test_sqlserver_unicode_keys_times_and_long_urls_round_trip(live_schema):
         assert row["request_uri"] == url and row["discovered_from"] == url
     finally:
         s.close()
+
+
+# -- host politeness (frontier_hosts, frontier_host_slots) --------------------------------------
+def on_host(host: str, key: str) -> NewItem:
+    item = new(key)
+    item.request_uri = f"http://{host}/api.php?titles={key}"
+    return item
+
+
+def test_claims_leave_the_items_of_blocked_hosts_for_later(store):
+    """A worker claims what it can send: items of a host blocked now are skipped while others are
+    pending, and claimed again once the block has ended."""
+    store.flush([on_host("blocked:81", "A1"), on_host("blocked:81", "A2"), on_host("free", "B1")], [], [])
+    store.block_key("blocked:81", datetime.now(UTC) + timedelta(seconds=0.6), "429 Retry-After")
+    owner = make_owner()
+    assert [r["resource_id"] for r in store.claim(owner, 10, 60)] == ["B1"]
+    assert store.claim(owner, 10, 60) == []
+    assert store.ready_count(10) == 2  # still pending, only not claimed now
+    time.sleep(0.65)
+    assert sorted(r["resource_id"] for r in store.claim(owner, 10, 60)) == ["A1", "A2"]
+
+
+def test_take_slot_honours_concurrency_delay_and_release(store):
+    a, b = make_owner(), make_owner()
+    first = store.take_slot("h:1", a, delay=0.0, concurrency=2, lease_seconds=30)
+    second = store.take_slot("h:1", b, delay=0.0, concurrency=2, lease_seconds=30)
+    assert first.taken and second.taken and first.slot_id != second.slot_id
+    full = store.take_slot("h:1", a, delay=0.0, concurrency=2, lease_seconds=30, recheck=0.25)
+    assert not full.taken and full.reason == "full"
+    assert 0 < (full.retry_at - datetime.now(UTC)).total_seconds() <= 0.3
+    assert store.release_slot("h:1", first.slot_id, ok=True) is None
+    assert store.take_slot("h:1", a, delay=0.0, concurrency=2, lease_seconds=30).taken
+    # another key is independent
+    assert store.take_slot("other:2", a, delay=0.0, concurrency=1, lease_seconds=30).taken
+    states = {row["politeness_key"]: row for row in store.host_states()}
+    assert states["h:1"]["live_slots"] == 2 and states["h:1"]["concurrency"] == 2
+    assert states["other:2"]["live_slots"] == 1
+
+
+def test_take_slot_spaces_requests_by_the_delay(store):
+    owner = make_owner()
+    start = datetime.now(UTC)
+    got = store.take_slot("d", owner, delay=0.4, concurrency=3, lease_seconds=30)
+    store.release_slot("d", got.slot_id)
+    wait = store.take_slot("d", owner, delay=0.4, concurrency=3, lease_seconds=30)
+    assert not wait.taken and wait.reason == "delay"
+    assert 0.3 < (wait.retry_at - start).total_seconds() <= 0.6
+    time.sleep(max((wait.retry_at - datetime.now(UTC)).total_seconds(), 0) + 0.01)
+    assert store.take_slot("d", owner, delay=0.4, concurrency=3, lease_seconds=30).taken
+
+
+def test_an_expired_slot_frees_itself(store):
+    dead, live = make_owner(), make_owner()
+    assert store.take_slot("k", dead, delay=0.0, concurrency=1, lease_seconds=0.3).taken
+    blocked = store.take_slot("k", live, delay=0.0, concurrency=1, lease_seconds=30, recheck=5)
+    assert not blocked.taken and (blocked.retry_at - datetime.now(UTC)).total_seconds() <= 0.35  # the expiry
+    time.sleep(0.35)
+    assert store.take_slot("k", live, delay=0.0, concurrency=1, lease_seconds=30).taken
+
+
+def test_the_slot_of_a_dead_local_process_is_free_at_once(store):
+    """A process of this host that no longer runs holds no slot, whatever its lease says."""
+    dead = f"{socket.gethostname()}:{2**22 + 7}:deadbeef"  # above pid_max: no such process
+    assert store.take_slot("z", dead, delay=0.0, concurrency=1, lease_seconds=600).taken
+    assert store.take_slot("z", make_owner(), delay=0.0, concurrency=1, lease_seconds=600).taken
+
+
+def test_renew_and_release_owner_slots(store):
+    owner = make_owner()
+    slot = store.take_slot("r", owner, delay=0.0, concurrency=1, lease_seconds=0.3)
+    assert store.renew_slots(owner, 30) == 1
+    time.sleep(0.35)
+    assert not store.take_slot("r", make_owner(), delay=0.0, concurrency=1, lease_seconds=30).taken
+    assert store.release_owner_slots(owner) == 1
+    assert store.take_slot("r", make_owner(), delay=0.0, concurrency=1, lease_seconds=30).taken
+    assert slot.slot_id
+
+
+def test_a_block_stops_every_owner_until_it_ends(store):
+    owner = make_owner()
+    until = datetime.now(UTC) + timedelta(seconds=0.5)
+    store.block_key("b", until, "429 Retry-After: 1")
+    store.block_key("b", datetime.now(UTC), "earlier: ignored")  # a later block is kept
+    grant = store.take_slot("b", owner, delay=0.0, concurrency=5, lease_seconds=30)
+    assert not grant.taken and grant.reason == "blocked: 429 Retry-After: 1"
+    assert abs((grant.retry_at - until).total_seconds()) < 0.001
+    assert store.blocked_keys() == ["b"]
+    time.sleep(0.55)
+    assert store.take_slot("b", owner, delay=0.0, concurrency=5, lease_seconds=30).taken
+    assert store.blocked_keys() == []
+
+
+def test_repeated_failures_back_off_exponentially(store):
+    owner = make_owner()
+    ends = []
+    for _ in range(3):
+        slot = store.take_slot("f", owner, delay=0.0, concurrency=1, lease_seconds=30)
+        if not slot.taken:
+            time.sleep(max((slot.retry_at - datetime.now(UTC)).total_seconds(), 0) + 0.01)
+            slot = store.take_slot("f", owner, delay=0.0, concurrency=1, lease_seconds=30)
+        before = datetime.now(UTC)
+        ends.append((store.release_slot("f", slot.slot_id, ok=False, backoff=0.1) - before).total_seconds())
+    assert [round(e, 1) for e in ends] == [0.1, 0.2, 0.4]
+    assert store.host_states()[0]["failures"] == 3
+    time.sleep(0.45)
+    slot = store.take_slot("f", owner, delay=0.0, concurrency=1, lease_seconds=30)
+    store.release_slot("f", slot.slot_id, ok=True)
+    assert store.host_states()[0]["failures"] == 0
+
+
+def test_two_connections_race_for_one_slot(store, tmp_path):
+    """Two stores (two engines, two connections) take the one slot of a key at once, 20 times: each
+    round exactly one wins."""
+    other = open_work_item_store(_url_of(store))
+    pool = ThreadPoolExecutor(2)  # two long-lived threads (the store keeps a connection per thread)
+    try:
+        for round_ in range(20):
+            key = f"race{round_}"
+            barrier = threading.Barrier(2)
+
+            def take(s, key=key, barrier=barrier):
+                barrier.wait()
+                return s.take_slot(key, make_owner(), delay=0.0, concurrency=1, lease_seconds=30)
+
+            grants = list(pool.map(take, [store, other]))
+            assert sorted(g.taken for g in grants) == [False, True], grants
+    finally:
+        pool.shutdown()
+        other.close()
+
+
+def _url_of(store) -> str:
+    url = store.engine.url
+    return url.render_as_string(hide_password=False).replace("postgresql+psycopg", "postgresql")

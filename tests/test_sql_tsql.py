@@ -87,6 +87,7 @@ def test_migration_files_exist():
         "0005_widen_long_text.sql",
         "0006_frontier_sources_and_lease_losses.sql",
         "0007_frontier_checkpoints.sql",
+        "0008_frontier_hosts.sql",
     ]
     assert [p.name for p in TSQL_FILES] == sorted(p.name for p in (TSQL_FILES[0].parent / "sqlite").glob("*.sql"))
     assert len(BATCHES) >= 16 and DYNAMIC, "expected one GO batch per object and dynamic CREATE SCHEMA"
@@ -429,7 +430,7 @@ def test_claims_skip_and_hold_the_rows_they_take():
     locks = {
         name: sql for name, sql in STORE_SQL.items() if name.startswith("frontier.claim") and name.endswith("lock")
     }
-    assert len(locks) == 4  # plain, solo, and each of a source
+    assert len(locks) == 8  # plain, solo, and each of a source; each also leaving blocked hosts out
     for sql in locks.values():
         assert "SELECT TOP (@p1) crawl_2.work_items.seq" in sql
         assert "FROM crawl_2.work_items WITH (ROWLOCK, READPAST, UPDLOCK)" in sql

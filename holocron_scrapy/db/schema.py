@@ -211,6 +211,36 @@ def build_metadata(*, schema: str | None = None, names: dict[str, str] | None = 
         ),
     )
 
+    # 0008: fleet-wide politeness, one row per politeness key (a host; for MediaWiki sources the API
+    # host), shared by every worker of the frontier (holocron_scrapy/frontier/politeness.py): the
+    # configured delay and concurrency, the earliest time any worker may send (next_allowed_at), a
+    # block (blocked_until, block_reason) from Retry-After/maxlag or from the backoff after repeated
+    # 429/5xx (failures: how many in a row), and the requests in flight as expiring slot leases.
+    table(
+        "frontier_hosts",
+        sa.Column("politeness_key", sa.Unicode(200), nullable=False),
+        sa.Column("delay_s", sa.Float, nullable=False, server_default=_zero()),
+        sa.Column("concurrency", sa.Integer, nullable=False, server_default=sa.text("1")),
+        sa.Column("next_allowed_at", UtcDateTime),
+        sa.Column("blocked_until", UtcDateTime),
+        sa.Column("block_reason", sa.Unicode(400)),
+        sa.Column("failures", sa.Integer, nullable=False, server_default=_zero()),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+        sa.PrimaryKeyConstraint("politeness_key", name="pk_frontier_hosts", mssql_clustered=True),
+    )
+    frontier_host_slots = table(
+        "frontier_host_slots",
+        sa.Column("slot_id", sa.Unicode(36), nullable=False),
+        sa.Column("politeness_key", sa.Unicode(200), nullable=False),
+        sa.Column("slot_owner", sa.Unicode(200), nullable=False),
+        sa.Column("lease_expires_at", UtcDateTime, nullable=False),
+        sa.PrimaryKeyConstraint("slot_id", name="pk_frontier_host_slots", mssql_clustered=False),
+    )
+    c = frontier_host_slots.c
+    # The live slots of a key (counted under the key's row lock), and the owner's (released at close).
+    sa.Index("ix_frontier_host_slots_key", c.politeness_key, c.lease_expires_at, mssql_clustered=True)
+    sa.Index("ix_frontier_host_slots_owner", c.slot_owner, mssql_clustered=False)
+
     # -- the records -----------------------------------------------------------------------------
     ingest_records = table(
         "ingest_records",
@@ -318,6 +348,8 @@ ingest_records = metadata.tables["ingest_records"]
 ingest_runs = metadata.tables["ingest_runs"]
 seen_resources = metadata.tables["seen_resources"]
 frontier_checkpoints = metadata.tables["frontier_checkpoints"]
+frontier_hosts = metadata.tables["frontier_hosts"]
+frontier_host_slots = metadata.tables["frontier_host_slots"]
 schema_migrations = metadata.tables["schema_migrations"]
 
 

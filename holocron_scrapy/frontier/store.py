@@ -25,6 +25,14 @@ beside its work items. :meth:`WorkItemStore.save_checkpoint` writes one in the s
 chunk of new items, which is what makes the seed intake (:mod:`holocron_scrapy.frontier.intake`)
 exactly-once: a kill leaves either both or neither.
 
+Host politeness (``frontier_hosts``, ``frontier_host_slots``; :mod:`holocron_scrapy.frontier.politeness`
+uses them): :meth:`WorkItemStore.take_slot` takes a request slot of a politeness key for every worker
+of the frontier at once, in one short transaction under the key's row lock (``SELECT ... FOR UPDATE``
+on PostgreSQL, ``UPDLOCK, ROWLOCK`` on SQL Server, ``BEGIN IMMEDIATE`` on SQLite), or says when to
+try again; :meth:`WorkItemStore.release_slot` gives it back (and counts a 429/5xx towards the
+exponential backoff block); :meth:`WorkItemStore.block_key` blocks a key until a time. Slots are leases:
+an expired one counts for nobody.
+
 Settings read: none (the scheduler and commands pass the URL and the tuning). Stats written: none
 (the store counts its conflict retries in :attr:`SqlWorkItemStore.conflict_retries`).
 """
@@ -50,7 +58,14 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from holocron_scrapy.db.engine import READ_ONLY, db_error_text, describe_engine, is_write_conflict
-from holocron_scrapy.db.schema import LONG_TEXT, UtcDateTime, frontier_checkpoints, work_items
+from holocron_scrapy.db.schema import (
+    LONG_TEXT,
+    UtcDateTime,
+    frontier_checkpoints,
+    frontier_host_slots,
+    frontier_hosts,
+    work_items,
+)
 from holocron_scrapy.errors import StoreError
 
 logger = logging.getLogger(__name__)
@@ -101,6 +116,20 @@ class CheckpointKey:
     source_system: str
     source_name: str
     name: str
+
+
+@dataclass(frozen=True)
+class SlotGrant:
+    """The answer of :meth:`WorkItemStore.take_slot`: a slot (*slot_id*), or when to ask again
+    (*retry_at*) and why (``blocked: <reason>``, ``full``, ``delay``)."""
+
+    slot_id: str | None
+    retry_at: datetime | None = None
+    reason: str = ""
+
+    @property
+    def taken(self) -> bool:
+        return self.slot_id is not None
 
 
 def quarantine_message(deaths: int) -> str:
@@ -198,7 +227,10 @@ class WorkItemStore(ABC):
 
         Items whose lease was lost ``solo_after`` times are claimed only with *alone* (the
         claimer has nothing else in flight), and then alone: the best such item by itself,
-        before any other item, marked ``lease_solo``."""
+        before any other item, marked ``lease_solo``.
+
+        Items of hosts blocked now (``frontier_hosts.blocked_until``, see :meth:`block_key`) are
+        left pending: a worker claims what it can send, not what it would hold until the block ends."""
 
     @abstractmethod
     def end_solo(self, seqs: list[int]) -> None:
@@ -305,6 +337,56 @@ class WorkItemStore(ABC):
         """In one transaction: insert *new* items (skipping known keys) and set checkpoint *key* to
         *value* (JSON), so that a checkpoint never runs ahead of (or behind) the work it records.
         Returns the number of items inserted."""
+
+    # Host politeness (one implementation, in SqlWorkItemStore) ------------------------
+    def take_slot(
+        self, key: str, owner: str, *, delay: float, concurrency: int, lease_seconds: float, recheck: float = 0.25
+    ) -> SlotGrant:
+        """In one transaction under the row lock of politeness *key*: when the key is not blocked, has
+        fewer live slots than *concurrency* and its ``next_allowed_at`` has come, lease a slot to *owner*
+        for *lease_seconds* and move ``next_allowed_at`` to now + *delay* (the key's configured delay and
+        concurrency are recorded as given). Otherwise return when to try again: the block's end, the
+        ``next_allowed_at``, or (all slots taken) the earliest slot expiry but at most *recheck* seconds
+        away (a holder usually releases long before its lease expires). When all slots are taken, those
+        of a dead process on this host (:func:`local_owner_alive`) are freed first."""
+        raise NotImplementedError
+
+    def release_slot(
+        self,
+        key: str,
+        slot_id: str,
+        *,
+        ok: bool | None = None,
+        backoff: float = 1.0,
+        backoff_cap: float = 300.0,
+        block: tuple[datetime, str] | None = None,
+    ) -> datetime | None:
+        """Give slot *slot_id* of *key* back. *ok* True (an answer that is not a 429/5xx) resets the key's
+        failure count; False (a 429/5xx without Retry-After) counts one more and blocks the key for
+        ``backoff * 2 ** (failures - 1)`` seconds (at most *backoff_cap*); returns that block's end.
+        *block* ``(until, reason)`` blocks the key in the same transaction (a ``Retry-After``), so that no
+        worker takes the slot between the release and the block."""
+        raise NotImplementedError
+
+    def block_key(self, key: str, until: datetime, reason: str) -> None:
+        """Block *key* until *until* for every worker (a later block already set is kept)."""
+        raise NotImplementedError
+
+    def renew_slots(self, owner: str, lease_seconds: float) -> int:
+        """Extend every slot lease held by *owner* (a download longer than a lease keeps its slot)."""
+        raise NotImplementedError
+
+    def release_owner_slots(self, owner: str) -> int:
+        """Drop every slot held by *owner* (its crawl is closing)."""
+        raise NotImplementedError
+
+    def host_states(self) -> list[dict[str, Any]]:
+        """Every politeness key's row with its live slot count (``live_slots``), by key."""
+        raise NotImplementedError
+
+    def blocked_keys(self) -> list[str]:
+        """The politeness keys blocked now."""
+        raise NotImplementedError
 
     @abstractmethod
     def close(self) -> None: ...
@@ -482,17 +564,24 @@ class SqlWorkItemStore(WorkItemStore):
         }
 
         def work(conn: sa.Connection) -> list[Any]:
+            # Items of hosts blocked now (frontier_hosts) are left for later: a worker claims what it can send.
+            blocked = list(conn.execute(_BLOCKED_KEYS, {"b_now": now}).scalars())
+            avoid = bool(blocked)
+            if avoid:
+                params.update(_avoid_params(blocked))
             rows: list[Any] = []
             if alone:  # a suspect (lost twice) goes alone to a worker with nothing else in flight
-                rows = self._claim(conn, scope is not None, True, {**params, "b_limit": 1})
+                rows = self._claim(conn, scope is not None, True, {**params, "b_limit": 1}, avoid)
             if not rows:
-                rows = self._claim(conn, scope is not None, False, {**params, "b_limit": limit})
+                rows = self._claim(conn, scope is not None, False, {**params, "b_limit": limit}, avoid)
             return rows
 
         return claimed_rows(self._write(work))
 
-    def _claim(self, conn: sa.Connection, scoped: bool, solo: bool, params: dict[str, Any]) -> list[Any]:
-        lock, update = _claim_sql(self.dialect, scoped, solo)
+    def _claim(
+        self, conn: sa.Connection, scoped: bool, solo: bool, params: dict[str, Any], avoid: bool = False
+    ) -> list[Any]:
+        lock, update = _claim_sql(self.dialect, scoped, solo, avoid)
         if lock is not None:  # PostgreSQL, SQL Server: lock the best ready rows nobody holds (held ones are skipped)
             seqs = conn.execute(lock, params).scalars().all()
             if not seqs:
@@ -662,6 +751,109 @@ class SqlWorkItemStore(WorkItemStore):
         if inserted and self.dialect == "postgresql":
             self._note_inserts(inserted)
         return inserted
+
+    # -- host politeness ------------------------------------------------------------------------
+    def take_slot(
+        self, key: str, owner: str, *, delay: float, concurrency: int, lease_seconds: float, recheck: float = 0.25
+    ) -> SlotGrant:
+        now = utcnow()
+        params = {"b_key": key, "b_now": now, "b_delay": float(delay), "b_concurrency": int(concurrency)}
+
+        def work(conn: sa.Connection) -> SlotGrant:
+            row = self._lock_host(conn, params)
+            next_allowed, blocked_until, reason = row
+            if blocked_until is not None and blocked_until > now:
+                return SlotGrant(None, blocked_until, f"blocked: {reason or ''}".rstrip(": "))
+            conn.execute(_SLOTS_EXPIRED, params)
+            live, soonest = conn.execute(_SLOTS_LIVE, params).one()
+            if live >= max(concurrency, 1):
+                # Slots of a dead process on this host are free at once (as its work items' leases are).
+                owners = conn.execute(_SLOT_OWNERS, params).scalars().all()
+                dead = [owner for owner in owners if local_owner_alive(owner) is False]
+                if dead:
+                    conn.execute(_SLOTS_OF_OWNERS_DELETE, {**params, "b_owners": dead})
+                    live, soonest = conn.execute(_SLOTS_LIVE, params).one()
+            if live >= max(concurrency, 1):
+                cap = now + timedelta(seconds=recheck)
+                retry = min(soonest, cap) if soonest is not None else cap
+                if next_allowed is not None:
+                    retry = max(retry, next_allowed)
+                return SlotGrant(None, retry, "full")
+            if next_allowed is not None and next_allowed > now:
+                return SlotGrant(None, next_allowed, "delay")
+            slot_id = str(uuid.uuid4())
+            conn.execute(
+                _SLOT_INSERT,
+                {**params, "b_slot": slot_id, "b_owner": owner, "b_until": now + timedelta(seconds=lease_seconds)},
+            )
+            conn.execute(_HOST_TAKEN, {**params, "b_next": now + timedelta(seconds=max(delay, 0.0))})
+            return SlotGrant(slot_id)
+
+        return self._write(work)
+
+    def _lock_host(self, conn: sa.Connection, params: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """Insert the key's row if new, then lock it: ``(next_allowed_at, blocked_until, block_reason)``."""
+        if self.dialect == "mssql":
+            if conn.execute(_host_lock_sql(self.dialect), params).first() is None:
+                conn.execute(_host_ensure_sql(self.dialect), params)
+        else:
+            conn.execute(_host_ensure_sql(self.dialect), params)
+        row = conn.execute(_host_lock_sql(self.dialect), params).one()
+        return row[0], row[1], row[2]
+
+    def release_slot(
+        self,
+        key: str,
+        slot_id: str,
+        *,
+        ok: bool | None = None,
+        backoff: float = 1.0,
+        backoff_cap: float = 300.0,
+        block: tuple[datetime, str] | None = None,
+    ) -> datetime | None:
+        now = utcnow()
+        params = {"b_key": key, "b_slot": slot_id, "b_now": now, "b_delay": 0.0, "b_concurrency": 1}
+
+        def work(conn: sa.Connection) -> datetime | None:
+            if block is not None:
+                self._lock_host(conn, params)
+                conn.execute(_HOST_BLOCK, {**params, "b_until": block[0], "b_reason": block[1][:400]})
+            conn.execute(_SLOT_DELETE, params)
+            if ok:
+                conn.execute(_HOST_OK, params)
+                return None
+            if ok is None:
+                return None
+            self._lock_host(conn, params)
+            failures = int(conn.execute(_HOST_FAILURES, params).scalar() or 0) + 1
+            until = now + timedelta(seconds=min(backoff * 2 ** (failures - 1), backoff_cap))
+            conn.execute(_HOST_FAILED, {**params, "b_failures": failures})
+            conn.execute(_HOST_BLOCK, {**params, "b_until": until, "b_reason": f"backoff after {failures} failures"})
+            return until
+
+        return self._write(work)
+
+    def block_key(self, key: str, until: datetime, reason: str) -> None:
+        params = {"b_key": key, "b_now": utcnow(), "b_delay": 0.0, "b_concurrency": 1}
+
+        def work(conn: sa.Connection) -> None:
+            self._lock_host(conn, params)
+            conn.execute(_HOST_BLOCK, {**params, "b_until": until, "b_reason": reason[:400]})
+
+        self._write(work)
+
+    def renew_slots(self, owner: str, lease_seconds: float) -> int:
+        until = utcnow() + timedelta(seconds=lease_seconds)
+        return self._rowcount(_SLOTS_RENEW, {"b_owner": owner, "b_until": until})
+
+    def release_owner_slots(self, owner: str) -> int:
+        return self._rowcount(_SLOTS_OF_OWNER_DELETE, {"b_owner": owner})
+
+    def host_states(self) -> list[dict[str, Any]]:
+        return [dict(row._mapping) for row in self._all(_HOST_STATES, {"b_now": utcnow()})]
+
+    def blocked_keys(self) -> list[str]:
+        return [row[0] for row in self._all(_BLOCKED_KEYS, {"b_now": utcnow()})]
 
     def close(self) -> None:
         with self._lock:
@@ -937,13 +1129,16 @@ def _insert_sql(dialect: str) -> sa.Insert:
 
 
 @functools.cache
-def _claim_sql(dialect: str, scoped: bool, solo: bool) -> tuple[sa.Select[Any] | None, sa.Update]:
+def _claim_sql(dialect: str, scoped: bool, solo: bool, avoid: bool = False) -> tuple[sa.Select[Any] | None, sa.Update]:
     """(the locking select of PostgreSQL and SQL Server, or None, the update) of a claim: *solo* claims
-    the suspects (``lease_losses >= b_solo_after``) and marks them ``lease_solo``, else the others."""
+    the suspects (``lease_losses >= b_solo_after``) and marks them ``lease_solo``, else the others;
+    *avoid* leaves out items whose URL starts with one of the patterns ``b_avoid0`` ..
+    (:func:`_avoid_params`: the hosts blocked now)."""
     losses = W.c.lease_losses >= _p("solo_after") if solo else W.c.lease_losses < _p("solo_after")
+    avoided = (sa.not_(sa.or_(*(W.c.request_uri.like(_p(f"avoid{i}")) for i in range(AVOID_PATTERNS)))),)
     ready = _top(
         sa.select(W.c.seq)
-        .where(W.c.status == _S[PENDING], _due(), losses, *_scoped(scoped))
+        .where(W.c.status == _S[PENDING], _due(), losses, *_scoped(scoped), *(avoided if avoid else ()))
         .order_by(W.c.priority.desc(), W.c.seq),
         dialect,
     )
@@ -967,6 +1162,19 @@ def _claim_sql(dialect: str, scoped: bool, solo: bool) -> tuple[sa.Select[Any] |
         return lock, sa.update(W).where(target).values(values).returning(*CLAIM)
     # SQLite: the transaction began with BEGIN IMMEDIATE; no other writer until it commits.
     return None, sa.update(W).where(W.c.seq.in_(ready)).values(values).returning(*CLAIM)
+
+
+#: URL patterns of a claim that leaves blocked hosts out (two per host: http and https); hosts past
+#: the first AVOID_PATTERNS // 2 blocked ones are claimed as usual (their requests wait for the block).
+AVOID_PATTERNS = 8
+
+
+def _avoid_params(keys: list[str]) -> dict[str, str]:
+    """``b_avoid0`` .. of a claim that leaves out the items of hosts *keys* (politeness keys, ``host[:port]``):
+    ``http://key/%`` and ``https://key/%``, the unused ones an empty pattern (no URL is empty)."""
+    patterns = [f"{scheme}://{key}/%" for key in keys[: AVOID_PATTERNS // 2] for scheme in ("http", "https")]
+    patterns += [""] * (AVOID_PATTERNS - len(patterns))
+    return {f"b_avoid{i}": pattern for i, pattern in enumerate(patterns)}
 
 
 _COMPLETE = (
@@ -1281,6 +1489,96 @@ def _checkpoint_put_sql(dialect: str) -> sa.Insert:
     )
 
 
+# -- host politeness statements ------------------------------------------------------------------
+H, HS = frontier_hosts, frontier_host_slots
+_HOST_KEY = H.c.politeness_key == _p("key")
+
+
+@functools.cache
+def _host_ensure_sql(dialect: str) -> sa.Insert:
+    """The key's row if new (delay and concurrency as configured): ``ON CONFLICT DO NOTHING`` on SQLite and
+    PostgreSQL; on SQL Server ``INSERT ... SELECT ... WHERE NOT EXISTS`` under a key-range lock."""
+    values = {
+        "politeness_key": _p("key"),
+        "delay_s": _p("delay", sa.Float()),
+        "concurrency": _p("concurrency", sa.Integer()),
+        "failures": ZERO,
+        "updated_at": _now(),
+    }
+    if dialect == "mssql":
+        known = sa.select(ONE).select_from(H).where(_HOST_KEY).with_hint(H, "WITH (UPDLOCK, HOLDLOCK)", "mssql")
+        row = sa.select(*(v.label(k) for k, v in values.items())).where(~known.exists())
+        return sa.insert(H).from_select(list(values), row)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(H).values(values).on_conflict_do_nothing(index_elements=[H.c.politeness_key])
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(H).values(values).on_conflict_do_nothing(index_elements=[H.c.politeness_key])
+
+
+@functools.cache
+def _host_lock_sql(dialect: str) -> sa.Select[Any]:
+    """The key's row, locked until the commit: ``FOR UPDATE`` (PostgreSQL), ``WITH (UPDLOCK, ROWLOCK)``
+    (SQL Server); SQLite's ``BEGIN IMMEDIATE`` already holds the database's write lock."""
+    select = sa.select(H.c.next_allowed_at, H.c.blocked_until, H.c.block_reason).where(_HOST_KEY)
+    if dialect == "postgresql":
+        return select.with_for_update()
+    if dialect == "mssql":
+        return select.with_hint(H, "WITH (UPDLOCK, ROWLOCK)", "mssql")
+    return select
+
+
+_SLOT_KEY = HS.c.politeness_key == _p("key")
+_SLOTS_EXPIRED = sa.delete(HS).where(_SLOT_KEY, HS.c.lease_expires_at < _now())
+_SLOTS_LIVE = sa.select(sa.func.count(), sa.func.min(HS.c.lease_expires_at)).where(
+    _SLOT_KEY, HS.c.lease_expires_at >= _now()
+)
+_SLOT_OWNERS = sa.select(HS.c.slot_owner).distinct().where(_SLOT_KEY, HS.c.lease_expires_at >= _now())
+_SLOTS_OF_OWNERS_DELETE = sa.delete(HS).where(_SLOT_KEY, HS.c.slot_owner.in_(_p("owners", expanding=True)))
+_SLOT_INSERT = sa.insert(HS).values(
+    slot_id=_p("slot"), politeness_key=_p("key"), slot_owner=_p("owner"), lease_expires_at=_p("until", UtcDateTime())
+)
+_HOST_TAKEN = (
+    sa.update(H)
+    .where(_HOST_KEY)
+    .values(
+        next_allowed_at=_p("next", UtcDateTime()),
+        delay_s=_p("delay", sa.Float()),
+        concurrency=_p("concurrency", sa.Integer()),
+        updated_at=_now(),
+    )
+)
+_SLOT_DELETE = sa.delete(HS).where(HS.c.slot_id == _p("slot"))
+_HOST_OK = sa.update(H).where(_HOST_KEY, H.c.failures > ZERO).values(failures=ZERO, updated_at=_now())
+_HOST_FAILURES = sa.select(H.c.failures).where(_HOST_KEY)
+_HOST_FAILED = sa.update(H).where(_HOST_KEY).values(failures=_p("failures", sa.Integer()), updated_at=_now())
+_HOST_BLOCK = (
+    sa.update(H)
+    .where(_HOST_KEY, sa.or_(H.c.blocked_until.is_(None), H.c.blocked_until < _p("until", UtcDateTime())))
+    .values(blocked_until=_p("until", UtcDateTime()), block_reason=_p("reason", sa.Unicode()), updated_at=_now())
+)
+_SLOTS_RENEW = sa.update(HS).where(HS.c.slot_owner == _p("owner")).values(lease_expires_at=_p("until", UtcDateTime()))
+_SLOTS_OF_OWNER_DELETE = sa.delete(HS).where(HS.c.slot_owner == _p("owner"))
+_LIVE_SLOTS = (
+    sa.select(sa.func.count())
+    .where(HS.c.politeness_key == H.c.politeness_key, HS.c.lease_expires_at >= _now())
+    .scalar_subquery()
+)
+_HOST_STATES = sa.select(
+    H.c.politeness_key,
+    H.c.delay_s,
+    H.c.concurrency,
+    H.c.next_allowed_at,
+    H.c.blocked_until,
+    H.c.block_reason,
+    H.c.failures,
+    H.c.updated_at,
+    _LIVE_SLOTS.label("live_slots"),
+).order_by(H.c.politeness_key)
+_BLOCKED_KEYS = sa.select(H.c.politeness_key).where(H.c.blocked_until > _now()).order_by(H.c.politeness_key)
+
 _ANALYZE = sa.text("ANALYZE work_items")  # PostgreSQL only
 
 
@@ -1308,6 +1606,25 @@ def statements(dialect: str) -> dict[str, sa.Executable]:
         "checkpoint_get": _CHECKPOINT_GET,
         "checkpoint_put": _checkpoint_put_sql(dialect),
     }
+    found.update(
+        host_ensure=_host_ensure_sql(dialect),
+        host_lock=_host_lock_sql(dialect),
+        slots_expired=_SLOTS_EXPIRED,
+        slots_live=_SLOTS_LIVE,
+        slot_owners=_SLOT_OWNERS,
+        slots_of_owners_delete=_SLOTS_OF_OWNERS_DELETE,
+        slot_insert=_SLOT_INSERT,
+        host_taken=_HOST_TAKEN,
+        slot_delete=_SLOT_DELETE,
+        host_ok=_HOST_OK,
+        host_failures=_HOST_FAILURES,
+        host_failed=_HOST_FAILED,
+        host_block=_HOST_BLOCK,
+        slots_renew=_SLOTS_RENEW,
+        slots_of_owner_delete=_SLOTS_OF_OWNER_DELETE,
+        host_states=_HOST_STATES,
+        blocked_keys=_BLOCKED_KEYS,
+    )
     if dialect == "mssql":
         found["checkpoint_update"] = _CHECKPOINT_UPDATE
     if dialect == "postgresql":
@@ -1315,11 +1632,12 @@ def statements(dialect: str) -> dict[str, sa.Executable]:
     for scoped in (False, True):
         tag = "_of_source" if scoped else ""
         for solo in (False, True):
-            lock, update = _claim_sql(dialect, scoped, solo)
-            name = f"claim{'_solo' if solo else ''}{tag}"
-            found[name] = update
-            if lock is not None:
-                found[f"{name}_lock"] = lock
+            for avoid in (False, True):
+                lock, update = _claim_sql(dialect, scoped, solo, avoid)
+                name = f"claim{'_solo' if solo else ''}{tag}{'_avoiding' if avoid else ''}"
+                found[name] = update
+                if lock is not None:
+                    found[f"{name}_lock"] = lock
         for by_owner in (False, True):
             found[f"reclaim{'_owners' if by_owner else ''}{tag}"] = _reclaim_sql(by_owner, scoped)
         found[f"lease_owners{tag}"] = _lease_owners_sql(scoped)

@@ -14,6 +14,11 @@ The API probe (``meta[PROBE_META]``) is not retried when the connection is refus
 does not resolve (nothing listens there: the crawl stops at once), and a body that is not JSON
 only ``defaults.MEDIAWIKI_PROBE_MALFORMED_RETRIES`` times.
 
+A ``maxlag`` or ``ratelimited`` answer also blocks the API host for every worker of the frontier
+(:func:`holocron_scrapy.frontier.politeness.block_host`, shared politeness only) for its whole
+``Retry-After`` (the local retry's wait is capped by ``HOLOCRON_RETRY_BACKOFF_MAX``, the block is not),
+else for the retry's backoff.
+
 Stats: ``retry/*`` (Scrapy's), ``retry/waited_seconds``, ``failures/<transient|permanent>/<kind>``
 (one per failed attempt), ``mediawiki/api_error/<code>`` (retryable codes).
 
@@ -37,6 +42,7 @@ from twisted.internet import task
 
 from holocron_scrapy import defaults
 from holocron_scrapy.failures import Verdict, classify_exception, classify_status, decode_api_body
+from holocron_scrapy.frontier.politeness import BLOCKING_API_ERRORS, block_host
 
 logger = logging.getLogger(__name__)
 MEDIAWIKI_META = "holocron_mediawiki"
@@ -150,6 +156,9 @@ class PoliteRetryMiddleware(RetryMiddleware):
             code = verdict.kind.removeprefix("api_")
             self.crawler.stats.inc_value(f"mediawiki/api_error/{code}")
             reason = f"MediaWiki {code}"
+            if code in BLOCKING_API_ERRORS:  # the server is overloaded: every worker waits, not just this one
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
+                block_host(self.crawler, request, self._delay(request, response) if wait is None else wait, reason)
         result = await self._retry_later(request, response, reason)
         if result is response and decoded is not None:
             request.meta[MEDIAWIKI_JSON_META] = decoded

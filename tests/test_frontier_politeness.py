@@ -1,0 +1,389 @@
+"""holocron_scrapy.frontier.politeness: a source's delay and concurrency hold for every worker of one
+frontier together, and a block seen by one worker holds for all.
+
+Real ``scrapy crawl http`` workers (subprocesses) against a small server of ours on 127.0.0.1 that
+counts the requests in flight and timestamps every arrival (:class:`CountingSite`), on one SQLite
+frontier and on one live PostgreSQL frontier (a throw-away database of ``postgres_url``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import pytest
+from scrapy.utils.defer import deferred_f_from_coro_f
+
+from holocron_scrapy.config import load_config
+from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.frontier.politeness import LOCAL, SHARED, politeness_mode
+from tests.support.crawl import REPO, Workspace
+
+FAST = {"HOLOCRON_FRONTIER_FLUSH_INTERVAL": "0.2"}
+
+
+def share(concurrency: int) -> dict[str, str]:
+    """Small claims and no more requests at once than the source's concurrency, so that every worker
+    gets a share of a small site (by default one worker claims batches of 50 while its engine has room
+    for 16 requests)."""
+    return {"CONCURRENT_REQUESTS": str(concurrency), "HOLOCRON_FRONTIER_CLAIM_SIZE": str(concurrency)}
+
+
+class CountingSite(http.server.ThreadingHTTPServer):
+    """``/`` links to ``/p/0`` .. ``/p/<pages-1>``; every arrival is timestamped (``time.monotonic``), the
+    requests in flight counted (``peak``). ``script[path]`` is a list of ``(status, headers)`` answers
+    given to the first requests of *path* (e.g. a 429 with ``Retry-After``); ``sleep[path]`` seconds
+    are spent on the first request of *path*; every answer takes ``latency`` seconds."""
+
+    daemon_threads = True
+
+    def __init__(self, pages: int, latency: float = 0.02, host: str = "127.0.0.1") -> None:
+        super().__init__(("127.0.0.1", 0), CountingHandler)
+        self.pages, self.latency, self.host = pages, latency, host
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = 0
+        self.arrivals: list[tuple[float, str]] = []
+        self.script: dict[str, list[tuple[int, dict[str, str]]]] = {}
+        self.sleep: dict[str, float] = {}
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.server_address[1]}"
+
+    def times(self, *, pages_only: bool = False) -> list[float]:
+        with self.lock:
+            return [t for t, path in self.arrivals if not pages_only or path.startswith("/p/")]
+
+
+class CountingHandler(http.server.BaseHTTPRequestHandler):
+    server: CountingSite
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        site = self.server
+        with site.lock:
+            site.arrivals.append((time.monotonic(), self.path))
+            site.in_flight += 1
+            site.peak = max(site.peak, site.in_flight)
+            scripted = site.script.get(self.path)
+            answer = scripted.pop(0) if scripted else None
+            pause = site.sleep.pop(self.path, 0.0)
+        try:
+            time.sleep(site.latency + pause)
+            if answer is not None:
+                status, headers = answer
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path == "/":
+                body = "".join(f'<a href="/p/{n}">{n}</a>' for n in range(site.pages)).encode()
+            elif self.path.startswith("/p/"):
+                body = f"<html><body>page {self.path}</body></html>".encode()
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        finally:
+            with site.lock:
+                site.in_flight -= 1
+
+
+@contextmanager
+def counting_site(pages: int, latency: float = 0.02, host: str = "127.0.0.1") -> Iterator[CountingSite]:
+    server = CountingSite(pages, latency, host)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def workspace(tmp_path, database: str | None, sources: str, frontier: str = "") -> Workspace:
+    ws = Workspace(tmp_path / "ws", database=database)
+    ws.root.mkdir()
+    ws.config.write_text(
+        "contact: tests@example.org\n"
+        f"storage:\n  lake_dir: {ws.lake}\n  records_url: {ws.records_url}\n"
+        f"state:\n  url: {ws.state_url}\n" + (f"frontier:\n{frontier}" if frontier else "") + "sources:\n" + sources,
+        encoding="utf-8",
+    )
+    return ws
+
+
+def start(ws: Workspace, *args: str, settings: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HOLOCRON_CONFIG", None)
+    return subprocess.Popen(
+        ws.command("http", *args, settings={**FAST, **(settings or {})}),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+def busiest_window(times: list[float], width: float = 10.0) -> int:
+    ordered = sorted(times)
+    return max((sum(1 for u in ordered if t <= u < t + width) for t in ordered), default=0)
+
+
+def assert_stored_once(ws: Workspace, urls: set[str]) -> None:
+    counts = Counter(r["resource_id"] for r in ws.records())
+    assert set(counts) == urls, (sorted(urls - set(counts))[:5], sorted(set(counts) - urls)[:5])
+    assert max(counts.values()) == 1, counts.most_common(3)
+
+
+def site_urls(site: CountingSite) -> set[str]:
+    return {f"{site.base}/", *(f"{site.base}/p/{n}" for n in range(site.pages))}
+
+
+# -- the mode ------------------------------------------------------------------------------------
+def test_the_mode_is_shared_with_the_frontier_unless_local():
+    frontier = {"SCHEDULER": "holocron_scrapy.frontier.scheduler.FrontierScheduler"}
+    assert politeness_mode(frontier) == SHARED
+    assert politeness_mode({**frontier, "HOLOCRON_FRONTIER_POLITENESS": "local"}) == LOCAL
+    assert politeness_mode({"SCHEDULER": "scrapy.core.scheduler.Scheduler"}) == LOCAL
+
+
+def test_the_config_key_is_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("contact: a@b.org\nfrontier:\n  politeness: local\nsources: []\n", encoding="utf-8")
+    assert load_config(str(path)).frontier == {"politeness": "local"}
+    path.write_text("contact: a@b.org\nfrontier:\n  politeness: global\nsources: []\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="frontier.politeness"):
+        load_config(str(path))
+
+
+# -- three workers, one host ---------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request) -> str | None:
+    return request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+
+
+def test_three_workers_together_keep_one_hosts_rate_and_concurrency(database, tmp_path):
+    """``concurrency: 1, delay: 0.5`` against one host, three workers: never two requests in flight,
+    arrivals at least 0.5 s apart (so at most 21 in any 10 s), every page stored once."""
+    with counting_site(pages=16) as site:
+        ws = workspace(tmp_path, database, "  - {name: site, type: http, delay: 0.5, concurrency: 1}\n")
+        args = ("source=site", f"seeds={site.base}/", "max_depth=1")
+        procs = [start(ws, *args, settings=share(1))]
+        time.sleep(1.0)  # the first worker creates the databases
+        procs += [start(ws, *args, settings=share(1)) for _ in range(2)]
+        errs = [finish(p) for p in procs]
+        times = site.times()
+    assert site.peak == 1
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.45, sorted(gaps)[:5]  # 0.5 s fleet-wide, less a little clock granularity
+    assert busiest_window(times) <= 21
+    assert sum("'politeness/slots'" in e for e in errs) == 3, errs[1][-4000:]  # all three took part
+    assert_stored_once(ws, site_urls(site))
+
+
+# -- blocks ----------------------------------------------------------------------------------------
+def test_a_429_with_retry_after_stops_every_worker_for_that_host(tmp_path):
+    """One answer ``429, Retry-After: 5``: no worker sends to that host for 5 s, while the workers go on
+    with another host; then the crawl completes, every page stored once."""
+    # Two host names: Scrapy's own per-host slots are keyed by the name alone (not the port).
+    with counting_site(pages=6) as blocked, counting_site(pages=40, latency=0.1, host="localhost") as other:
+        blocked.script["/p/1"] = [(429, {"Retry-After": "5"})]
+        ws = workspace(tmp_path, None, "  - {name: site, type: http, delay: 0.1, concurrency: 3}\n")
+        args = ("source=site", f"seeds={blocked.base}/|{other.base}/", "max_depth=1")
+        procs = [start(ws, *args, settings=share(3))]
+        time.sleep(1.0)
+        procs += [start(ws, *args, settings=share(3)) for _ in range(2)]
+        for p in procs:
+            finish(p)
+        hit = next(t for t, path in blocked.arrivals if path == "/p/1")
+        after = [t - hit for t in blocked.times() if t > hit]
+        during_other = [t for t in other.times() if hit < t < hit + 5]
+    assert after and min(after) >= 4.95, sorted(after)[:3]
+    assert len(during_other) >= 5
+    assert_stored_once(ws, site_urls(blocked) | site_urls(other))
+
+
+def test_a_killed_workers_slot_is_freed_and_the_crawl_completes(tmp_path):
+    """``concurrency: 1``: a worker's request hangs at the server; a second worker sends nothing while the
+    first holds its slot (4 s, longer than the 2 s lease: the holder renews it). The first is kill -9'd:
+    its slot is free at once (a dead process of this host holds none, as with its work items' leases;
+    on another host its lease would run out, see tests/test_frontier_store.py), and the crawl completes."""
+    with counting_site(pages=4) as site:
+        site.sleep["/p/2"] = 60.0  # the first request of /p/2 hangs
+        ws = workspace(tmp_path, None, "  - {name: site, type: http, delay: 0, concurrency: 1}\n")
+        args = ("source=site", f"seeds={site.base}/", "max_depth=1")
+        lease = {"HOLOCRON_FRONTIER_POLITENESS_LEASE": "2", "HOLOCRON_FRONTIER_LEASE_SECONDS": "3", **share(1)}
+        victim = start(ws, *args, settings=lease)
+        deadline = time.monotonic() + 60
+        while not any(path == "/p/2" for _, path in site.arrivals):
+            assert time.monotonic() < deadline and victim.poll() is None
+            time.sleep(0.05)
+        hung = time.monotonic()
+        survivor = start(ws, *args, settings=lease)
+        time.sleep(4.0)  # the survivor is up and waiting; the victim renews its slot meanwhile
+        assert [path for t, path in site.arrivals if t > hung] == []
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed = time.monotonic()
+        finish(survivor)
+        later = [t - killed for t in site.times() if t > killed]
+    assert later and min(later) < 1.5, sorted(later)[:3]  # not held until the lease ran out
+    assert_stored_once(ws, site_urls(site))
+
+
+@deferred_f_from_coro_f
+async def test_a_mediawiki_maxlag_answer_blocks_the_api_host_for_every_worker(tmp_path):
+    """The retry middleware on a recorded MediaWiki 1.39 ``maxlag`` answer (HTTP 200, ``Retry-After: 5``):
+    the API host is blocked in the shared store for the whole 5 s (the local retry waits only
+    ``HOLOCRON_RETRY_BACKOFF_MAX``), so another worker's slot is refused until then."""
+    from types import SimpleNamespace
+
+    from holocron_scrapy.frontier.executor import InlineExecutor
+    from holocron_scrapy.frontier.politeness import SharedPoliteness, politeness_key
+    from holocron_scrapy.frontier.store import make_owner, open_work_item_store, utcnow
+    from tests.test_middlewares_retry import api_request, api_response, make_middleware
+
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    crawler, mw = make_middleware(HOLOCRON_RETRY_BACKOFF_MAX=0.1)
+    politeness = SharedPoliteness(lambda: open_work_item_store(url), executor=InlineExecutor(), stats=crawler.stats)
+    crawler.engine = SimpleNamespace(downloader=SimpleNamespace(politeness=politeness))
+    other = open_work_item_store(url)  # another worker's connection
+    try:
+        request = api_request()
+        started = utcnow()
+        retry = await mw.process_response(request, api_response(request, "maxlag_error"))
+        assert retry is not request and retry.url == request.url  # retried locally after 0.1 s
+        key = politeness_key(request)
+        assert other.blocked_keys() == [key]
+        grant = other.take_slot(key, make_owner(), delay=0.0, concurrency=4, lease_seconds=30)
+        assert not grant.taken and grant.reason == "blocked: MediaWiki maxlag"
+        assert 4.9 <= (grant.retry_at - started).total_seconds() <= 5.5
+        assert crawler.stats.get_value("politeness/blocks") == 1
+    finally:
+        other.close()
+        politeness.close()
+
+
+# -- the real MediaWiki -------------------------------------------------------------------------
+class CountingRelay(http.server.ThreadingHTTPServer):
+    """Relays every request to the MediaWiki lab (same path and body), timestamping arrivals and
+    counting the requests in flight, as :class:`CountingSite` does for its own pages."""
+
+    daemon_threads = True
+
+    def __init__(self, target: str) -> None:
+        super().__init__(("127.0.0.1", 0), RelayHandler)
+        parsed = urlsplit(target)
+        self.target = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = 0
+        self.arrivals: list[float] = []
+
+
+class RelayHandler(http.server.BaseHTTPRequestHandler):
+    server: CountingRelay
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _relay(self) -> None:
+        relay = self.server
+        with relay.lock:
+            relay.arrivals.append(time.monotonic())
+            relay.in_flight += 1
+            relay.peak = max(relay.peak, relay.in_flight)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn = http.client.HTTPConnection(*relay.target, timeout=60)
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            finally:
+                conn.close()
+        finally:
+            with relay.lock:
+                relay.in_flight -= 1
+
+    do_GET = do_POST = _relay  # noqa: N815 (http.server's naming)
+
+
+@pytest.mark.mediawiki
+def test_three_mediawiki_workers_keep_the_api_hosts_rate(mediawiki, tmp_path):
+    """Three ``mediawiki`` workers on one SQLite frontier, source ``concurrency: 1, delay: 0.5``, through
+    a relay in front of the real MediaWiki 1.39 lab: one request at a time at the API host, arrivals
+    at least 0.5 s apart, every page reachable from the seeds stored once."""
+    relay = CountingRelay(mediawiki.api_url)
+    thread = threading.Thread(target=relay.serve_forever, daemon=True)
+    thread.start()
+    try:
+        api = urlsplit(mediawiki.api_url)
+        api_url = f"http://127.0.0.1:{relay.server_address[1]}{api.path}"
+        source = f"  - {{name: testwiki, type: mediawiki, api_url: '{api_url}', delay: 0.5, concurrency: 1}}\n"
+        ws = workspace(tmp_path, None, source)
+        args = ("source=testwiki", "seeds=Hub Alpha", "max_depth=1", "batch_size=5")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("HOLOCRON_CONFIG", None)
+
+        def worker() -> subprocess.Popen:
+            settings = {**FAST, "HOLOCRON_FRONTIER_CLAIM_SIZE": "5"}
+            return subprocess.Popen(
+                ws.command("mediawiki", *args, settings=settings),
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+        procs = [worker()]
+        time.sleep(1.0)
+        procs += [worker(), worker()]
+        for p in procs:
+            finish(p, timeout=180)
+        with relay.lock:
+            times = sorted(relay.arrivals)
+    finally:
+        relay.shutdown()
+        relay.server_close()
+    assert relay.peak == 1
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) >= 5 and min(gaps) >= 0.45, sorted(gaps)[:5]
+    assert busiest_window(times) <= 21
+    expected = mediawiki.model.reachable(["Hub Alpha"], 1)
+    counts = Counter(r["resource_id"] for r in ws.records())
+    assert set(counts) == set(expected) and max(counts.values()) == 1
