@@ -344,18 +344,19 @@ class RelayHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.mediawiki
 def test_three_mediawiki_workers_keep_the_api_hosts_rate(mediawiki, tmp_path):
-    """Three ``mediawiki`` workers on one SQLite frontier, source ``concurrency: 1, delay: 0.5``, through
+    """Three ``mediawiki`` workers on one SQLite frontier, source ``concurrency: 1, delay: 0.2``, through
     a relay in front of the real MediaWiki 1.39 lab: one request at a time at the API host, arrivals
-    at least 0.5 s apart, every page reachable from the seeds stored once."""
+    at least 0.2 s apart (at most 51 in any 10 s), every page reachable from the seeds stored once.
+    (0.2 s, not 0.5: the crawl sends about 110 requests; the http test holds the 0.5 s figures.)"""
     relay = CountingRelay(mediawiki.api_url)
     thread = threading.Thread(target=relay.serve_forever, daemon=True)
     thread.start()
     try:
         api = urlsplit(mediawiki.api_url)
         api_url = f"http://127.0.0.1:{relay.server_address[1]}{api.path}"
-        source = f"  - {{name: testwiki, type: mediawiki, api_url: '{api_url}', delay: 0.5, concurrency: 1}}\n"
+        source = f"  - {{name: testwiki, type: mediawiki, api_url: '{api_url}', delay: 0.2, concurrency: 1}}\n"
         ws = workspace(tmp_path, None, source)
-        args = ("source=testwiki", "seeds=Hub Alpha", "max_depth=1", "batch_size=5")
+        args = ("source=testwiki", "seeds=Hub Alpha", "max_depth=1", "batch_size=20")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         env.pop("HOLOCRON_CONFIG", None)
 
@@ -382,8 +383,8 @@ def test_three_mediawiki_workers_keep_the_api_hosts_rate(mediawiki, tmp_path):
         relay.server_close()
     assert relay.peak == 1
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert len(times) >= 5 and min(gaps) >= 0.45, sorted(gaps)[:5]
-    assert busiest_window(times) <= 21
+    assert len(times) >= 10 and min(gaps) >= 0.18, (len(times), sorted(gaps)[:5])
+    assert busiest_window(times) <= 51
     expected = mediawiki.model.reachable(["Hub Alpha"], 1)
     counts = Counter(r["resource_id"] for r in ws.records())
     assert set(counts) == set(expected) and max(counts.values()) == 1
