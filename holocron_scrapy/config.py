@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import yaml
 
@@ -156,6 +156,10 @@ class _Reader:
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(problem, key=key, source=self.label)
 
+    @overload
+    def store_url(self, value: Any, key: str, *, optional: Literal[False] = False) -> str: ...
+    @overload
+    def store_url(self, value: Any, key: str, *, optional: bool) -> str | None: ...
     def store_url(self, value: Any, key: str, *, optional: bool = False) -> str | None:
         """A ``sqlite:///`` or ``sqlserver://`` URL, checked now rather than when a store opens."""
         url = self.string(value, key, optional=optional)
@@ -181,6 +185,10 @@ class _Reader:
             )
         return value
 
+    @overload
+    def string(self, value: Any, key: str, *, optional: Literal[False]) -> str: ...
+    @overload
+    def string(self, value: Any, key: str, *, optional: bool = True) -> str | None: ...
     def string(self, value: Any, key: str, *, optional: bool = True) -> str | None:
         if value is None and optional:
             return None
@@ -271,6 +279,7 @@ class _Reader:
         kind = raw.get("type")
         if kind not in SOURCE_TYPES:
             raise self.fail(f"{key}.type", f"expected one of {', '.join(SOURCE_TYPES)}, got {kind!r}")
+        api_url: str | None
         if kind == "mediawiki":
             api_url = self.string(raw.get("api_url"), f"{key}.api_url", optional=False)
             if not re.match(r"^https?://", api_url):

@@ -175,10 +175,10 @@ FLEET = [
 
 def prepare_fleet(url: str, *, blocked: bool) -> datetime:
     """A frontier in the state of :data:`FLEET` (times relative to now, which is returned); with
-    *blocked*, a host politeness table holding one active and one expired block."""
+    *blocked*, ``frontier_hosts`` holds one active and one expired block."""
     import sqlalchemy as sa
 
-    from holocron_scrapy.db.schema import UtcDateTime, work_items
+    from holocron_scrapy.db.schema import frontier_hosts, work_items
 
     store = open_work_item_store(url)
     store.flush([NewItem(k, "test", src, "page", k, uri) for k, src, uri, *_ in FLEET], [], [])
@@ -197,14 +197,7 @@ def prepare_fleet(url: str, *, blocked: bool) -> datetime:
                 )
             )
         if blocked:
-            table = sa.Table(
-                "frontier_hosts",  # the columns the fleet view reads of the politeness branch's table
-                sa.MetaData(),
-                sa.Column("politeness_key", sa.Unicode(200), primary_key=True),
-                sa.Column("blocked_until", UtcDateTime()),
-                sa.Column("block_reason", sa.Unicode(400)),
-            )
-            table.create(conn)
+            table = frontier_hosts
             conn.execute(
                 sa.insert(table),
                 [
@@ -212,8 +205,14 @@ def prepare_fleet(url: str, *, blocked: bool) -> datetime:
                         "politeness_key": "wiki.test",
                         "blocked_until": now + timedelta(seconds=120),
                         "block_reason": "429",
+                        "updated_at": now,
                     },
-                    {"politeness_key": "a.test:8080", "blocked_until": now - timedelta(seconds=5), "block_reason": "x"},
+                    {
+                        "politeness_key": "a.test:8080",
+                        "blocked_until": now - timedelta(seconds=5),
+                        "block_reason": "x",
+                        "updated_at": now,
+                    },
                 ],
             )
     store.close()

@@ -314,8 +314,8 @@ class WorkItemStore(ABC):
 
     @abstractmethod
     def active_blocks(self) -> list[dict[str, Any]]:
-        """Hosts blocked now (``key``, ``blocked_until``, ``reason``) from the host politeness table;
-        none while the frontier has no such table."""
+        """Hosts blocked now by shared politeness (``key``, ``blocked_until``, ``reason``, from
+        ``frontier_hosts``)."""
 
     @abstractmethod
     def requeue_keys(self, dedupe_keys: list[str]) -> int:
@@ -712,15 +712,7 @@ class SqlWorkItemStore(WorkItemStore):
         return [dict(zip(names, (r[0], int(r[1]), int(r[2] or 0), r[3], r[4]), strict=True)) for r in rows]
 
     def active_blocks(self) -> list[dict[str, Any]]:
-        # Isolated on purpose: the politeness table comes from another branch; only this method,
-        # POLITENESS_TABLE and _ACTIVE_BLOCKS know its name and columns. A frontier without the table
-        # has no blocks (the query's "no such table" is the test: no catalog query per dialect).
-        try:
-            rows = self._all(_ACTIVE_BLOCKS, {"b_now": utcnow()})
-        except sa.exc.DBAPIError as exc:
-            if not _missing_table(exc):
-                raise
-            return []
+        rows = self._all(_ACTIVE_BLOCKS, {"b_now": utcnow()})
         return [{"key": r[0], "blocked_until": r[1], "reason": r[2]} for r in rows]
 
     def get(self, dedupe_key: str) -> dict[str, Any] | None:
@@ -953,7 +945,10 @@ def _const(value: str | int) -> sa.ColumnElement[Any]:
     return sa.literal_column(str(int(value)), sa.Integer())
 
 
-def _top(select: sa.Select[Any], dialect: str) -> sa.Select[Any]:
+_AnySelect = TypeVar("_AnySelect", bound="sa.Select[*tuple[Any, ...]]")
+
+
+def _top(select: _AnySelect, dialect: str) -> _AnySelect:
     """*select* limited to ``b_limit`` rows: ``LIMIT ?`` (SQLite, PostgreSQL) or ``SELECT TOP (?)`` (SQL
     Server, where a bound LIMIT would become a ``ROW_NUMBER()`` subquery)."""
     if dialect == "mssql":
@@ -1119,13 +1114,11 @@ def _insert_sql(dialect: str) -> sa.Insert:
             .with_hint(W, "WITH (UPDLOCK, HOLDLOCK)", "mssql")
         )
         return sa.insert(W).from_select(list(INSERT_COLUMNS), values.where(~known.exists())).returning(W.c.seq)
+    from sqlalchemy.dialects import postgresql, sqlite
+
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-
-        return insert(W).on_conflict_do_nothing(index_elements=[W.c.dedupe_key]).returning(W.c.seq)
-    from sqlalchemy.dialects.sqlite import insert
-
-    return insert(W).on_conflict_do_nothing(index_elements=[W.c.dedupe_key])
+        return postgresql.insert(W).on_conflict_do_nothing(index_elements=[W.c.dedupe_key]).returning(W.c.seq)
+    return sqlite.insert(W).on_conflict_do_nothing(index_elements=[W.c.dedupe_key])
 
 
 @functools.cache
@@ -1334,7 +1327,7 @@ _MESSAGE = sa.func.coalesce(W.c.error_message, sa.literal_column("'(none)'"))
 
 
 @functools.cache
-def _failure_reasons_sql(dialect: str) -> sa.Select[Any]:
+def _failure_reasons_sql(dialect: str) -> sa.Select[Any, int]:
     return _top(
         sa.select(_MESSAGE, sa.func.count())
         .where(W.c.status == _S[FAILED])
@@ -1414,28 +1407,11 @@ _WORKERS = (
     .group_by(W.c.lease_owner)
     .order_by(W.c.lease_owner)
 )
-#: The host politeness table of issue 12 (``frontier_hosts``, migration 0008 of the politeness branch)
-#: as the fleet view reads it, columns named here only. Once that schema is merged this can be
-#: ``schema.frontier_hosts`` and :meth:`SqlWorkItemStore.active_blocks` need not expect it missing.
-POLITENESS_TABLE = sa.Table(  # a Table (not sa.table): SQL Server's schema_translate_map applies to it
-    "frontier_hosts",
-    sa.MetaData(),
-    sa.Column("politeness_key", sa.Unicode(200)),
-    sa.Column("blocked_until", UtcDateTime()),
-    sa.Column("block_reason", sa.Unicode(400)),
-)
-
-
-def _missing_table(exc: sa.exc.DBAPIError) -> bool:
-    """The error of a query on a table that does not exist (SQLite, PostgreSQL 42P01, SQL Server 42S02/208)."""
-    code = getattr(exc.orig, "sqlstate", None) or (exc.orig.args[0] if getattr(exc.orig, "args", None) else None)
-    return code in ("42P01", "42S02") or "no such table" in str(exc.orig) or "Invalid object name" in str(exc.orig)
-
-
+_HOSTS = frontier_hosts
 _ACTIVE_BLOCKS = (
-    sa.select(POLITENESS_TABLE.c.politeness_key, POLITENESS_TABLE.c.blocked_until, POLITENESS_TABLE.c.block_reason)
-    .where(POLITENESS_TABLE.c.blocked_until > _now())
-    .order_by(POLITENESS_TABLE.c.politeness_key)
+    sa.select(_HOSTS.c.politeness_key, _HOSTS.c.blocked_until, _HOSTS.c.block_reason)
+    .where(_HOSTS.c.blocked_until > _now())
+    .order_by(_HOSTS.c.politeness_key)
 )
 _GET = sa.select(W).where(W.c.dedupe_key == _p("key"))
 C = frontier_checkpoints

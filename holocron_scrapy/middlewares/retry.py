@@ -110,6 +110,8 @@ class PoliteRetryMiddleware(RetryMiddleware):
         self.crawler.stats.inc_value(verdict.stat)
 
     async def _retry_later(self, request: Request, response: Response | None, reason: str) -> Request | Response | None:
+        """The retry of *request* after its wait, or *response* (None for an exception) when retries are spent."""
+        assert self.crawler.spider is not None  # a download runs inside a crawl
         retry = get_retry_request(
             request,
             spider=self.crawler.spider,
@@ -129,14 +131,15 @@ class PoliteRetryMiddleware(RetryMiddleware):
             await maybe_deferred_to_future(task.deferLater(reactor, delay))
         return retry
 
-    async def process_response(self, request: Request, response: Response) -> Request | Response:
+    # async def: Scrapy 2.19 awaits coroutine middleware methods; its RetryMiddleware stubs declare them sync.
+    async def process_response(self, request: Request, response: Response) -> Request | Response:  # type: ignore[override]
         if request.meta.get("dont_retry", False):
             return response
         verdict = classify_status(response.status, self.retry_http_codes)
         if verdict is not None:
             self._count(verdict)
             if verdict.transient:
-                return await self._retry_later(request, response, f"HTTP {response.status}")
+                return await self._retry_later(request, response, f"HTTP {response.status}") or response
             return response
         if not (request.meta.get(MEDIAWIKI_META) and response.status == 200):
             return response
@@ -159,12 +162,14 @@ class PoliteRetryMiddleware(RetryMiddleware):
             if code in BLOCKING_API_ERRORS:  # the server is overloaded: every worker waits, not just this one
                 wait = retry_after_seconds(response.headers.get("Retry-After"))
                 block_host(self.crawler, request, self._delay(request, response) if wait is None else wait, reason)
-        result = await self._retry_later(request, response, reason)
+        result = await self._retry_later(request, response, reason) or response
         if result is response and decoded is not None:
             request.meta[MEDIAWIKI_JSON_META] = decoded
         return result
 
-    async def process_exception(self, request: Request, exception: Exception) -> Request | Response | None:
+    async def process_exception(  # type: ignore[override]  # a coroutine, as process_response
+        self, request: Request, exception: Exception
+    ) -> Request | Response | None:
         if request.meta.get("dont_retry", False):
             return None
         verdict = classify_exception(exception)
