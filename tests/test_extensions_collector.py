@@ -44,5 +44,5 @@ def test_freezes_what_exists_when_the_engine_starts(unfrozen):
 
 def test_off_with_the_setting():
     crawler = get_crawler(settings_dict={"HOLOCRON_GC_FREEZE": False})
-    with pytest.raises(NotConfigured, match="HOLOCRON_GC_FREEZE"):
+    with pytest.raises(NotConfigured):
         FreezeStartupObjects.from_crawler(crawler)

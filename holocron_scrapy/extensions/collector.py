@@ -30,7 +30,7 @@ class FreezeStartupObjects:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FreezeStartupObjects:
         if not crawler.settings.getbool("HOLOCRON_GC_FREEZE", defaults.GC_FREEZE):
-            raise NotConfigured("HOLOCRON_GC_FREEZE is off")
+            raise NotConfigured  # switched off on purpose: no warning (Scrapy logs one for a message)
         extension = cls(crawler.stats)
         crawler.signals.connect(extension.engine_started, signal=signals.engine_started)
         return extension

@@ -80,7 +80,7 @@ class FleetMetrics:
     def from_crawler(cls, crawler: Crawler) -> FleetMetrics:
         port = crawler.settings.getint("HOLOCRON_METRICS_PORT", 0)
         if not port:
-            raise NotConfigured("HOLOCRON_METRICS_PORT is not set")
+            raise NotConfigured  # off by default: no warning (Scrapy logs one for a message)
         host = crawler.settings.get("HOLOCRON_METRICS_HOST") or defaults.METRICS_HOST
         ext = cls(crawler, host, port)
         crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
