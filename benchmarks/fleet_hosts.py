@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         asyncio.run(_serve(pages, args.latency, args.addresses.split(",")))
         return 0
-    one = args.one_address
-    return benchmark(pages, args.latency, args.per_domain, args.workers, args.stagger, args.claim_size, args.backend, one)
+    a = args
+    return benchmark(pages, a.latency, a.per_domain, a.workers, a.stagger, a.claim_size, a.backend, a.one_address)
 
 
 if __name__ == "__main__":
