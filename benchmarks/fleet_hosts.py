@@ -24,7 +24,9 @@ allow 3 x 2 requests at once: ``6 / latency`` = 120 pages/s at 50 ms, whatever t
 
 Reported: pages per second over the crawl (first worker's start to last worker's close), the
 speed-up over one worker, pages fetched more than once (by the workers' counts and by the servers'),
-each worker's share, the peak in flight at each host and the pages each host served. The exit status
+each worker's share, the peak in flight at each host, the pages each host served, and the requests
+that waited for a shared politeness slot (``politeness/waits``, with ``politeness/waited_seconds``
+summed over the workers). The exit status
 is 1 if a page was fetched twice, an item did not end ``completed`` or a host saw more than
 ``--per-domain`` requests at once.
 
@@ -179,6 +181,7 @@ def benchmark(
                 " / ".join(str(n) for n in r["shares"]),
                 " / ".join(str(p) for p in peaks),
                 " / ".join(str(f["served"]) for f in figures),
+                f"{r['politeness_waits']} ({r['politeness_waited']:.0f} s)",
             ]
         )
     where = "three ports of 127.0.0.1" if one else "127.0.0.1, .2 and .3"
@@ -196,6 +199,7 @@ def benchmark(
         "pages per worker",
         "peak in flight per host",
         "pages per host",
+        "politeness waits",
     ]
     _print_table(header, rows)
     return 0 if ok else 1

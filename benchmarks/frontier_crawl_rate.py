@@ -263,6 +263,8 @@ def run_crawl(
         **figures,
         "filtered": stats.get("dupefilter/filtered", 0) + stats.get("frontier/filtered", 0),
         "wakeups": stats.get("frontier/wakeups", 0),
+        "politeness_waits": stats.get("politeness/waits", 0),
+        "politeness_waited": stats.get("politeness/waited_seconds", 0.0),
     }
 
 

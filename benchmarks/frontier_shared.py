@@ -158,6 +158,8 @@ def run_case(
         "pps": pages / span,
         "shares": [r["responses"] for r in results],
         "wakeups": sum(r.get("wakeups", 0) for r in results),
+        "politeness_waits": sum(r.get("politeness_waits", 0) for r in results),
+        "politeness_waited": sum(r.get("politeness_waited", 0.0) for r in results),
     }
 
 
