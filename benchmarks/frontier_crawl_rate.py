@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,10 @@ def page_links(n: int, pages: int) -> list[int]:
     return [(n * LINKS_PER_PAGE + k) % pages for k in range(1, LINKS_PER_PAGE + 1)]
 
 
-def page_body(n: int, pages: int) -> bytes:
-    links = "".join(f'<li><a href="/p/{m}">Page {m}</a></li>' for m in page_links(n, pages))
+def page_body(n: int, pages: int, href: Callable[[int], str] | None = None) -> bytes:
+    """Page *n*; *href* gives the URL of a linked page (default ``/p/M``, on the same server)."""
+    href = href or (lambda m: f"/p/{m}")
+    links = "".join(f'<li><a href="{href(m)}">Page {m}</a></li>' for m in page_links(n, pages))
     return (
         f"<!DOCTYPE html><html><head><title>Page {n}</title></head><body><h1>Page {n}</h1>"
         f"<p>Benchmark page {n} of {pages}. Lorem ipsum dolor sit amet, consectetur adipiscing elit,"
@@ -73,11 +76,24 @@ def page_body(n: int, pages: int) -> bytes:
 
 
 class _PageProtocol(asyncio.Protocol):
-    """Minimal HTTP/1.1 (GET, keep-alive, pipelining) serving the benchmark graph."""
+    """Minimal HTTP/1.1 (GET, keep-alive, pipelining) serving the benchmark graph.
 
-    def __init__(self, pages: int, latency: float = 0.0):
+    Optional, for servers of part of the graph (:mod:`benchmarks.fleet_hosts`): *href* as in
+    :func:`page_body`; *owns* says which pages this server has (the others are 404); *meter* is told
+    of each page request (``meter.begin(n)``) and of its answer being sent (``meter.end()``).
+    """
+
+    def __init__(
+        self,
+        pages: int,
+        latency: float = 0.0,
+        href: Callable[[int], str] | None = None,
+        owns: Callable[[int], bool] | None = None,
+        meter: Any = None,
+    ):
         self.pages = pages
         self.latency = latency
+        self.href, self.owns, self.meter = href, owns, meter
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -91,8 +107,11 @@ class _PageProtocol(asyncio.Protocol):
             parts = head.split(b"\r\n", 1)[0].split(b" ")
             path = parts[1].decode("latin-1") if len(parts) > 1 else "/"
             status, body = b"404 Not Found", b"not found"
-            if path.startswith("/p/") and path[3:].isdigit() and int(path[3:]) < self.pages:
-                status, body = b"200 OK", page_body(int(path[3:]), self.pages)
+            n = int(path[3:]) if path.startswith("/p/") and path[3:].isdigit() else -1
+            if 0 <= n < self.pages and (self.owns is None or self.owns(n)):
+                status, body = b"200 OK", page_body(n, self.pages, self.href)
+            if self.meter is not None:
+                self.meter.begin(n)
             response = (
                 b"HTTP/1.1 "
                 + status
@@ -107,6 +126,8 @@ class _PageProtocol(asyncio.Protocol):
                 self._send(response)
 
     def _send(self, response: bytes) -> None:
+        if self.meter is not None:
+            self.meter.end()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(response)
 
@@ -230,15 +251,20 @@ def run_crawl(
     concurrent_items: int = 16,
     overrides: dict[str, Any] | None = None,
     state_url: str | None = None,
+    seed: str | None = None,
 ) -> dict[str, Any]:
-    """Crawl the graph in this process; the figures of the run (``trace``: see :mod:`benchmarks.crawlproc`)."""
+    """Crawl the graph in this process from *seed* (default ``/p/0`` of 127.0.0.1:*port*); the
+    figures of the run (``trace``: see :mod:`benchmarks.crawlproc`)."""
     settings = {**crawl_settings(config, workdir, concurrent_items, state_url), **(overrides or {})}
-    figures, stats = traced_crawl(settings, _bench_spider_class(), seed=f"http://127.0.0.1:{port}/p/0")
+    seed = seed or f"http://127.0.0.1:{port}/p/0"
+    figures, stats = traced_crawl(settings, _bench_spider_class(), seed=seed)
     return {
         "config": config,
         **figures,
         "filtered": stats.get("dupefilter/filtered", 0) + stats.get("frontier/filtered", 0),
         "wakeups": stats.get("frontier/wakeups", 0),
+        "politeness_waits": stats.get("politeness/waits", 0),
+        "politeness_waited": stats.get("politeness/waited_seconds", 0.0),
     }
 
 

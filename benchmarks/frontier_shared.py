@@ -45,7 +45,14 @@ CRAWL_TIMEOUT = 600.0
 
 
 def worker_command(
-    port: int, workdir: Path, per_domain: int, run_id: str, wake: bool, claim: int, state_url: str | None
+    port: int,
+    workdir: Path,
+    per_domain: int,
+    run_id: str,
+    wake: bool,
+    claim: int,
+    state_url: str | None,
+    seed: str | None = None,
 ) -> list[str]:
     return [
         *(sys.executable, "-m", "benchmarks.frontier_shared", "--crawl", "--port", str(port)),
@@ -53,11 +60,19 @@ def worker_command(
         *("--claim-size", str(claim)),
         *(() if wake else ("--no-wake",)),
         *(() if state_url is None else ("--state-url", state_url)),
+        *(() if seed is None else ("--seed", seed)),
     ]
 
 
 def run_worker(
-    port: int, workdir: Path, per_domain: int, run_id: str, wake: bool, claim: int, state_url: str | None
+    port: int,
+    workdir: Path,
+    per_domain: int,
+    run_id: str,
+    wake: bool,
+    claim: int,
+    state_url: str | None,
+    seed: str | None = None,
 ) -> dict[str, Any]:
     if not wake:
         from holocron_scrapy.frontier.scheduler import FrontierScheduler
@@ -71,7 +86,7 @@ def run_worker(
         "HOLOCRON_RUN_ID": run_id,
         "HOLOCRON_FRONTIER_CLAIM_SIZE": claim,
     }
-    result = run_crawl("frontier", port, workdir, overrides=overrides, state_url=state_url)
+    result = run_crawl("frontier", port, workdir, overrides=overrides, state_url=state_url, seed=seed)
     result.pop("trace", None)
     return result
 
@@ -96,8 +111,17 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 def run_case(
-    port: int, pages: int, workers: int, per_domain: int, stagger: float, wake: bool, claim: int, backend: str
+    port: int,
+    pages: int,
+    workers: int,
+    per_domain: int,
+    stagger: float,
+    wake: bool,
+    claim: int,
+    backend: str,
+    seed: str | None = None,
 ) -> dict[str, Any]:
+    """One case: *workers* crawl the graph from *seed* (default ``/p/0`` of 127.0.0.1:*port*) on a fresh frontier."""
     from benchmarks import pg
 
     procs: list[subprocess.Popen] = []
@@ -110,7 +134,7 @@ def run_case(
         for i in range(workers):
             if i == 1 and stagger > 0:
                 time.sleep(stagger)
-            cmd = worker_command(port, workdir, per_domain, f"worker{i}", wake, claim, state_url)
+            cmd = worker_command(port, workdir, per_domain, f"worker{i}", wake, claim, state_url, seed)
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                           cwd=repo_root()))  # fmt: skip
         results = []
@@ -134,6 +158,8 @@ def run_case(
         "pps": pages / span,
         "shares": [r["responses"] for r in results],
         "wakeups": sum(r.get("wakeups", 0) for r in results),
+        "politeness_waits": sum(r.get("politeness_waits", 0) for r in results),
+        "politeness_waited": sum(r.get("politeness_waited", 0.0) for r in results),
     }
 
 
@@ -208,12 +234,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", help=argparse.SUPPRESS)
     parser.add_argument("--no-wake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.crawl:
         wake = not args.no_wake
         result = run_worker(
-            args.port, Path(args.workdir), args.per_domain, args.run_id, wake, args.claim_size, args.state_url
+            args.port,
+            Path(args.workdir),
+            args.per_domain,
+            args.run_id,
+            wake,
+            args.claim_size,
+            args.state_url,
+            args.seed,
         )
         print(json.dumps(result))
         return 0
