@@ -3,12 +3,6 @@ also with no download delay (real ``scrapy crawl http`` against a slow server on
 
 from __future__ import annotations
 
-import http.server
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from scrapy import Request, Spider
 from scrapy.core.downloader import Downloader
 from scrapy.utils.defer import deferred_f_from_coro_f
@@ -16,60 +10,11 @@ from scrapy.utils.test import get_crawler
 from twisted.internet.defer import Deferred
 
 from holocron_scrapy.downloader import PoliteDownloader
+from tests.support.counting_site import counting_site
 from tests.support.crawl import Workspace
 from tests.test_spiders_http import http_config
 
 PAGES = 12
-
-
-class SlowSite(http.server.ThreadingHTTPServer):
-    """Index page linking to ``PAGES`` pages; each response takes 0.2 s; counts requests in flight."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), SlowHandler)
-        self.lock = threading.Lock()
-        self.in_flight = self.peak = 0
-
-
-class SlowHandler(http.server.BaseHTTPRequestHandler):
-    server: SlowSite
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        with self.server.lock:
-            self.server.in_flight += 1
-            self.server.peak = max(self.server.peak, self.server.in_flight)
-        try:
-            time.sleep(0.2)
-            if self.path == "/":
-                body = "".join(f'<a href="/p/{n}">{n}</a>' for n in range(PAGES)).encode()
-            elif self.path.startswith("/p/"):
-                body = b"<html><body>page</body></html>"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        finally:
-            with self.server.lock:
-                self.server.in_flight -= 1
-
-
-@contextmanager
-def slow_site() -> Iterator[SlowSite]:
-    server = SlowSite()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def crawl(tmp_path, name: str, base: str, settings: dict[str, str] | None = None) -> Workspace:
@@ -83,8 +28,8 @@ def crawl(tmp_path, name: str, base: str, settings: dict[str, str] | None = None
 
 
 def test_concurrency_per_host_holds_without_a_delay(tmp_path):
-    with slow_site() as site:
-        crawl(tmp_path, "polite", f"http://127.0.0.1:{site.server_port}")
+    with counting_site(PAGES, latency=0.2) as site:  # an index linking to PAGES pages, 0.2 s an answer
+        crawl(tmp_path, "polite", site.base)
         assert site.peak == 2  # the limit is reached, never exceeded
 
 
