@@ -1,14 +1,15 @@
 """The ``work_items`` store: insert-if-new, atomic batch claims with leases, acks.
 
 :class:`WorkItemStore` is the contract every backend passes (``tests/test_frontier_store.py``);
-:class:`SqlWorkItemStore` implements it once, on SQLAlchemy Core over
-:data:`holocron_scrapy.db.schema.work_items`, for SQLite (``sqlite:///``, the embedded default),
-PostgreSQL (``postgresql://``) and SQL Server (``mssql+pyodbc://``, ``sqlserver://``, the YAML
-``sqlserver`` section); :func:`open_work_item_store` opens it on the store URL's engine. All
+:class:`~holocron_scrapy.frontier.sql_store.SqlWorkItemStore` implements it once, on SQLAlchemy
+Core over :data:`holocron_scrapy.db.schema.work_items`, for SQLite (``sqlite:///``, the embedded
+default), PostgreSQL (``postgresql://``) and SQL Server (``mssql+pyodbc://``, ``sqlserver://``, the
+YAML ``sqlserver`` section); :func:`open_work_item_store` opens it on the store URL's engine. All
 methods are synchronous and each is one transaction; callers batch their writes through
 :meth:`WorkItemStore.flush`. A write transaction that loses a deadlock or a serialization conflict
-(PostgreSQL 40P01/40001, SQL Server 1205) is run again, at most :data:`CONFLICT_ATTEMPTS` times,
-at once (the other transaction has gone through); the retries are logged at INFO.
+(PostgreSQL 40P01/40001, SQL Server 1205) is run again, at most
+:data:`~holocron_scrapy.frontier.sql_store.CONFLICT_ATTEMPTS` times, at once (the other transaction
+has gone through); the retries are logged at INFO.
 
 * A :class:`Scope` (source system and name) limits the claims, counts and reclaims of a crawl
   to its own source's items; without one they cover every item (foreign spiders).
