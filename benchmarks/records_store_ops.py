@@ -36,7 +36,7 @@ OPS = ("insert", "insert dupes", "latest_record", "versions", "iter_records")
 def _rows(batches: int) -> list[list[dict[str, Any]]]:
     """*batches* batches of rows; each call gives new ingest ids for the same versions."""
     from holocron_scrapy.items import IngestItem
-    from holocron_scrapy.records.store import item_row
+    from holocron_scrapy.records.rows import item_row
 
     start = datetime(2026, 1, 19, 12, 0, tzinfo=timezone.utc)
     out = []

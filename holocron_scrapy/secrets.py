@@ -114,7 +114,7 @@ def register_environment(environ: Mapping[str, str] = os.environ) -> None:
 
 def odbc_secrets(conn_str: str) -> list[str]:
     """The ``PWD``/``Password`` values of an ODBC connection string (none if it is malformed)."""
-    from holocron_scrapy.db.sqlserver import parse_odbc  # imports this module
+    from holocron_scrapy.db.odbc import parse_odbc
 
     try:
         return [value for key, value in parse_odbc(conn_str) if key.lower() in ("pwd", "password") and value]

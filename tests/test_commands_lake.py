@@ -86,7 +86,7 @@ def test_verify_streams_in_batches(tmp_path):
 
     from holocron_scrapy.items import IngestItem
     from holocron_scrapy.pipelines.lake import encode_document, lake_document, lake_relative_path, write_atomically
-    from holocron_scrapy.records.store import item_row
+    from holocron_scrapy.records.rows import item_row
 
     lake = tmp_path / "lake"
     store = open_record_store(f"sqlite:///{tmp_path / 'r.sqlite3'}")

@@ -17,6 +17,7 @@ from holocron_scrapy import defaults, secrets
 from holocron_scrapy.config import parse_config
 from holocron_scrapy.db import connection, engine, sqlserver, targets
 from holocron_scrapy.db.migrations import MigrationRunner, load_migrations
+from holocron_scrapy.db.odbc import parse_odbc
 from holocron_scrapy.errors import ConfigError, StoreError
 from holocron_scrapy.frontier.scheduler import state_url_from_settings as scheduler_state_url
 from holocron_scrapy.settings_check import check_settings
@@ -128,7 +129,7 @@ def test_mssql_pyodbc_url_maps_to_an_odbc_string_without_password(monkeypatch):
         f"mssql+pyodbc://ingest@db.example:14330/Lake?driver={quote_plus(ODBC_18)}&encrypt=yes"
         "&trust_server_certificate=no"
     )
-    pairs = dict(sqlserver.parse_odbc(parsed.odbc_connect))
+    pairs = dict(parse_odbc(parsed.odbc_connect))
     assert pairs == {
         "Driver": ODBC_18,
         "Server": "tcp:db.example,14330",
@@ -139,10 +140,10 @@ def test_mssql_pyodbc_url_maps_to_an_odbc_string_without_password(monkeypatch):
     }
     settings = connection.sqlserver_settings(parsed, {"schema": "crawl"})
     assert settings.schema == "crawl"
-    assert dict(sqlserver.parse_odbc(settings.connection_string()))["PWD"] == PASSWORD  # from the environment
+    assert dict(parse_odbc(settings.connection_string()))["PWD"] == PASSWORD  # from the environment
     url = engine.sqlserver_engine_url(settings)
     assert url.drivername == "mssql+pyodbc" and PASSWORD not in url.render_as_string(hide_password=False)
-    assert dict(sqlserver.parse_odbc(url.query["odbc_connect"])) == pairs
+    assert dict(parse_odbc(url.query["odbc_connect"])) == pairs
 
 
 def test_sqlserver_forms_and_yaml_section_give_the_same_engine_url(monkeypatch):

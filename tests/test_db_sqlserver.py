@@ -15,14 +15,9 @@ import types
 import pytest
 
 from holocron_scrapy.db import sqlserver
-from holocron_scrapy.db.sqlserver import (
-    SqlServerSettings,
-    connect,
-    format_odbc,
-    is_duplicate_key,
-    is_transient,
-    parse_odbc,
-)
+from holocron_scrapy.db.odbc import format_odbc, parse_odbc
+from holocron_scrapy.db.sqlserver import SqlServerSettings, connect
+from holocron_scrapy.db.sqlserver_errors import is_duplicate_key, is_transient
 from holocron_scrapy.errors import ConfigError, StoreError
 from tests.support.sqlserver import SQLSERVER_CONFIGURED, SQLSERVER_REASON
 

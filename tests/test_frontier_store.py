@@ -524,7 +524,7 @@ def test_a_state_file_made_by_the_previous_code_keeps_working(tmp_path):
 def test_postgresql_store_survives_its_connections_being_terminated(postgres_url, monkeypatch):
     """A store keeps its connections between calls; after the server dropped them (here
     pg_terminate_backend) and a pause, the next calls check out fresh, pinged connections."""
-    import holocron_scrapy.frontier.store as store_module
+    import holocron_scrapy.frontier.sql_store as store_module
     from tests.support.postgres import admin_connect
 
     monkeypatch.setattr(store_module, "HOLD_IDLE_SECONDS", 0.05)
@@ -551,7 +551,7 @@ def test_postgresql_store_analyzes_a_freshly_filled_frontier(postgres_url):
     """Without statistics PostgreSQL takes a new work_items for empty and sorts every pending row at
     each claim; the store analyzes the table once it has inserted ANALYZE_AFTER rows, and the claim's
     plan then reads the dequeue index in order."""
-    from holocron_scrapy.frontier.store import ANALYZE_AFTER
+    from holocron_scrapy.frontier.sql_store import ANALYZE_AFTER
 
     s = open_work_item_store(postgres_url)
     try:
@@ -640,7 +640,7 @@ def test_write_conflicts_are_retried_a_bounded_number_of_times(postgres_url, mon
     any other error is raised at once."""
     import psycopg
 
-    from holocron_scrapy.frontier.store import CONFLICT_ATTEMPTS
+    from holocron_scrapy.frontier.sql_store import CONFLICT_ATTEMPTS
 
     s = open_work_item_store(postgres_url)
     try:
@@ -742,7 +742,7 @@ def test_postgresql_database_at_0007_gets_the_host_tables(postgres_url):
 def test_the_store_runs_only_the_statements_it_lists(backend, request, tmp_path):
     """``statements(dialect)`` is what the offline T-SQL check (tests/test_sql_tsql.py) compiles for
     SQL Server: every statement the store executes here must be one of them."""
-    from holocron_scrapy.frontier.store import statements
+    from holocron_scrapy.frontier.statements import statements
 
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'f.sqlite3'}"
     s = open_work_item_store(url, retry_backoff=0.01)
@@ -839,7 +839,7 @@ def raw_sqlserver(monkeypatch) -> list[Any]:
 
 
 def test_sqlserver_urls_and_sections_open_the_one_store(raw_sqlserver, monkeypatch):
-    from holocron_scrapy.frontier.store import SqlWorkItemStore
+    from holocron_scrapy.frontier.sql_store import SqlWorkItemStore
     from tests.support.sqlserver import PASSWORD
 
     monkeypatch.setenv("INGEST_SQLSERVER_SCHEMA", "crawl_env")

@@ -126,7 +126,7 @@ async def test_records_pipeline_batches(tmp_path):
 async def test_change_filter_drops_unchanged_and_keeps_changed(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
     store = open_record_store(url)
-    from holocron_scrapy.records.store import item_row
+    from holocron_scrapy.records.rows import item_row
 
     store.insert([item_row(item("A", payload={"v": 1}))], record_versions=True)
     store.close()
@@ -145,7 +145,7 @@ async def test_change_filter_drops_unchanged_and_keeps_changed(tmp_path):
 @deferred_f_from_coro_f
 async def test_change_filter_does_not_count_a_repeated_failure_as_unchanged(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
-    from holocron_scrapy.records.store import item_row
+    from holocron_scrapy.records.rows import item_row
 
     failure = {"error": "DNS lookup failed"}
     store = open_record_store(url)
@@ -163,7 +163,7 @@ async def test_change_filter_does_not_count_a_repeated_failure_as_unchanged(tmp_
 
 def test_payload_must_be_json(tmp_path):
     store = open_record_store(f"sqlite:///{tmp_path / 'r.sqlite3'}")
-    from holocron_scrapy.records.store import item_row
+    from holocron_scrapy.records.rows import item_row
 
     row = item_row(item("A"))
     row["payload"] = "{not json"
@@ -226,7 +226,7 @@ async def test_records_db_refusing_writes_removes_the_lake_file_and_hands_back(t
 
 @deferred_f_from_coro_f
 async def test_records_and_seen_versions_commit_together(tmp_path):
-    from holocron_scrapy.records.store import item_row
+    from holocron_scrapy.records.rows import item_row
 
     store = open_record_store(f"sqlite:///{tmp_path / 'r.sqlite3'}")
     store.conn.execute("CREATE TRIGGER boom BEFORE INSERT ON seen_resources BEGIN SELECT RAISE(ABORT, 'boom'); END")
@@ -263,7 +263,7 @@ async def test_a_copy_in_flight_is_not_unchanged_until_the_first_is_stored(tmp_p
     assert crawler.stats.get_value("recrawl/unchanged") is None
     # Once a copy is stored, a later one is unchanged.
     store = open_record_store(url)
-    from holocron_scrapy.records.store import item_row
+    from holocron_scrapy.records.rows import item_row
 
     store.insert([item_row(second)], record_versions=True)
     store.close()
@@ -275,7 +275,7 @@ async def test_a_copy_in_flight_is_not_unchanged_until_the_first_is_stored(tmp_p
 
 @deferred_f_from_coro_f
 async def test_unchanged_item_restores_the_lost_lake_file_of_its_record(tmp_path):
-    from holocron_scrapy.records.store import item_row
+    from holocron_scrapy.records.rows import item_row
 
     url = f"sqlite:///{tmp_path / 'r.sqlite3'}"
     stored = await _lake_item(tmp_path, payload={"v": 1})
@@ -307,7 +307,7 @@ async def test_unchanged_item_restores_the_lost_lake_file_of_its_record(tmp_path
 
 # -- a version stored again: the lake file of its record is never deleted nor overwritten ----------
 def item_row_of(it):
-    from holocron_scrapy.records.store import item_row
+    from holocron_scrapy.records.rows import item_row
 
     return item_row(it)
 

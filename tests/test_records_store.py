@@ -34,7 +34,8 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from holocron_scrapy.db import schema
 from holocron_scrapy.errors import ConfigError, StoreError
 from holocron_scrapy.items import IngestItem
-from holocron_scrapy.records.store import RUN_COLUMNS, RecordStore, SqlRecordStore, item_row, open_record_store
+from holocron_scrapy.records.rows import RUN_COLUMNS, item_row
+from holocron_scrapy.records.store import RecordStore, SqlRecordStore, open_record_store
 from holocron_scrapy.records.versions import VersionStore
 
 SQL_BACKENDS = ["sqlite", "postgresql"]
@@ -381,7 +382,7 @@ _OLD_UPSERT_VERSION = (
 
 def test_a_records_file_of_the_previous_code_keeps_working(tmp_path):
     from holocron_scrapy.db.connection import open_store, parse_store_url
-    from holocron_scrapy.records.store import RECORD_COLUMNS, format_time, version_params
+    from holocron_scrapy.records.rows import RECORD_COLUMNS, format_time, version_params
 
     url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
     conn = open_store(parse_store_url(url))  # the previous code path: sqlite3 + the sql/sqlite migrations

@@ -16,7 +16,8 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
 from holocron_scrapy.items import IngestItem
-from holocron_scrapy.records.store import item_row, open_record_store
+from holocron_scrapy.records.rows import item_row
+from holocron_scrapy.records.store import open_record_store
 from holocron_scrapy.records.versions import Held, VersionLookup, VersionStore, parse_utc
 from tests.support.crawl import REPO, Workspace
 from tests.support.fault_proxy import FaultProxy

@@ -382,7 +382,7 @@ def _store_statements() -> dict[str, str]:
     store gets (mssql+pyodbc, schema ``crawl_2``; nothing is connected): T-SQL with ``@name``
     placeholders for the bound values."""
     from holocron_scrapy.db.engine import sqlserver_engine
-    from holocron_scrapy.frontier.store import statements
+    from holocron_scrapy.frontier.statements import statements
     from holocron_scrapy.records.store import SqlRecordStore
     from tests.support.sqlserver import fake_settings
 

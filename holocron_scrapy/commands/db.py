@@ -419,6 +419,7 @@ def _verify_schema(conn: Any, runner: MigrationRunner, target: Target) -> str:
 def _round_trip(conn: Any, target: Target, table: str, *, step: Callable[[str], None]) -> None:
     """Insert, read, update a work item; check the dedupe key rejects a twin; delete own rows."""
     from holocron_scrapy.db import sqlserver
+    from holocron_scrapy.db.sqlserver_errors import is_duplicate_key
 
     sql = {
         "insert": sqlserver.SMOKETEST_INSERT.format(table=table),
@@ -473,7 +474,7 @@ def _round_trip(conn: Any, target: Target, table: str, *, step: Callable[[str], 
             conn.commit()
         except Exception as exc:
             conn.rollback()
-            if not sqlserver.is_duplicate_key(exc):
+            if not is_duplicate_key(exc):
                 raise
             step("  - Second insert with the same dedupe_key correctly rejected (dedupe working)")
         else:

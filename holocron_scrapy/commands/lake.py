@@ -53,7 +53,8 @@ from scrapy.exceptions import UsageError
 
 from holocron_scrapy.errors import ConfigError, HolocronError
 from holocron_scrapy.items import payload_hash
-from holocron_scrapy.records.store import META_COLUMNS, RecordStore, format_time
+from holocron_scrapy.records.rows import META_COLUMNS, format_time
+from holocron_scrapy.records.store import RecordStore
 
 ACTIONS = ("verify",)
 RUNS_DIR = "_runs"

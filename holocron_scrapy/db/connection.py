@@ -137,6 +137,7 @@ def _parse_mssql(url: str, setting: str) -> StoreURL:
     """``mssql+pyodbc://[user@host[:port]/database][?driver=...&encrypt=yes&trust_server_certificate=yes]``
     or ``mssql+pyodbc:///?odbc_connect=...``: an ODBC connection string without the password."""
     from holocron_scrapy.db import sqlserver
+    from holocron_scrapy.db.odbc import parse_odbc
 
     parsed = _sa_url(url, setting)
     if parsed.password is not None:
@@ -151,7 +152,7 @@ def _parse_mssql(url: str, setting: str) -> StoreURL:
     if "odbc_connect" in query:
         if parsed.host or parsed.database or len(query) > 1:
             raise ConfigError("odbc_connect=... must be the only part of an mssql+pyodbc:/// URL", key=setting)
-        sqlserver.parse_odbc(query["odbc_connect"])
+        parse_odbc(query["odbc_connect"])
         return StoreURL(SQLSERVER, odbc_connect=query["odbc_connect"])
     if not parsed.host:
         if parsed.database or parsed.username or query:

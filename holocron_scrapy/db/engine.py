@@ -167,9 +167,9 @@ def is_write_conflict(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None) or exc
     if getattr(orig, "sqlstate", None) in CONFLICT_SQLSTATES:  # psycopg
         return True
-    from holocron_scrapy.db import sqlserver
+    from holocron_scrapy.db.sqlserver_errors import native_errors, sqlstate
 
-    return sqlserver.sqlstate(orig) in CONFLICT_SQLSTATES or 1205 in sqlserver.native_errors(orig)
+    return sqlstate(orig) in CONFLICT_SQLSTATES or 1205 in native_errors(orig)
 
 
 def describe_engine(engine: sa.Engine) -> str:
@@ -182,10 +182,10 @@ def describe_engine(engine: sa.Engine) -> str:
     if name == POSTGRESQL:
         return f"PostgreSQL {url.render_as_string(hide_password=True)}"
     if name == MSSQL:
-        from holocron_scrapy.db import sqlserver
+        from holocron_scrapy.db.odbc import parse_odbc
 
         odbc = url.query.get("odbc_connect") or ""
-        pairs = {key.lower(): value for key, value in sqlserver.parse_odbc(odbc if isinstance(odbc, str) else odbc[0])}
+        pairs = {key.lower(): value for key, value in parse_odbc(odbc if isinstance(odbc, str) else odbc[0])}
         server = pairs.get("server") or pairs.get("address") or "?"
         server = server.removeprefix("tcp:").replace(",", ":") + (f":{pairs['port']}" if "port" in pairs else "")
         schema = (engine.get_execution_options().get("schema_translate_map") or {}).get(None)

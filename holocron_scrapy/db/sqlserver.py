@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from holocron_scrapy.db.odbc import format_odbc, is_freetds, odbc_get, parse_odbc
+from holocron_scrapy.db.sqlserver_errors import error_text, is_transient, native_errors, sqlstate
 from holocron_scrapy.errors import ConfigError, StoreError
 from holocron_scrapy.secrets import mask_text
 from holocron_scrapy.secrets import register as register_secrets
@@ -56,13 +57,6 @@ YAML_KEYS = frozenset(
     {"host", "port", "database", "user", "driver", "schema", "trust_server_certificate", "encrypt", "conn_str"}
 )
 _SECRET_KEYS = frozenset({"pwd", "password"})
-#: SQLSTATEs and native error numbers worth retrying (connection loss, Azure throttling,
-#: server starting up, deadlock victim).
-TRANSIENT_SQLSTATES = frozenset({"08S01", "08001", "HYT00", "40001"})
-TRANSIENT_ERRORS = frozenset({1205, 40613, 40501, 49918, 49919, 49920, 18401})
-DUPLICATE_KEY_ERRORS = frozenset({2601, 2627})
-_NATIVE = re.compile(r"\((\d{3,6})\)(?=\s*(?:\(SQL\w+\)|;|$))")
-_SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")
 
 # T-SQL executed by this module (listed by :func:`tsql_statements` for offline parsing).
 TSQL_SESSION_SETUP = """\
@@ -115,67 +109,6 @@ def tsql_statements(schema: str = DEFAULT_SCHEMA) -> dict[str, str]:
         "smoketest_update": SMOKETEST_UPDATE.format(table=table),
         "smoketest_delete": SMOKETEST_DELETE.format(table=table),
     }
-
-
-# -- ODBC connection strings ---------------------------------------------------------------
-def parse_odbc(conn_str: str) -> list[tuple[str, str]]:
-    """Split an ODBC connection string into ``(key, value)`` pairs (``{...}`` values kept raw)."""
-    pairs: list[tuple[str, str]] = []
-    i, n = 0, len(conn_str)
-    while i < n:
-        eq = conn_str.find("=", i)
-        if eq < 0:
-            if conn_str[i:].strip(" ;"):
-                raise ConfigError("malformed ODBC connection string (expected KEY=VALUE;...)", key="conn_str")
-            break
-        key = conn_str[i:eq].strip(" ;")
-        i = eq + 1
-        if conn_str[i : i + 1] == "{":
-            j = i + 1
-            while True:
-                close = conn_str.find("}", j)
-                if close < 0:
-                    raise ConfigError("malformed ODBC connection string (unclosed '{')", key="conn_str")
-                if conn_str[close + 1 : close + 2] == "}":
-                    j = close + 2
-                    continue
-                break
-            value = conn_str[i + 1 : close].replace("}}", "}")
-            i = close + 1
-            semi = conn_str.find(";", i)
-            i = n if semi < 0 else semi + 1
-        else:
-            semi = conn_str.find(";", i)
-            end = n if semi < 0 else semi
-            value = conn_str[i:end].strip()
-            i = end + 1
-        if key:
-            pairs.append((key, value))
-    return pairs
-
-
-def odbc_value(value: str) -> str:
-    """Quote an ODBC attribute value with braces when it needs it."""
-    if value and not re.search(r"[;{}=\s]", value) and value == value.strip():
-        return value
-    return "{" + value.replace("}", "}}") + "}"
-
-
-def format_odbc(pairs: list[tuple[str, str]]) -> str:
-    return ";".join(f"{key}={odbc_value(value)}" for key, value in pairs) + ";"
-
-
-def _get(pairs: list[tuple[str, str]], *names: str) -> str | None:
-    wanted = {name.lower() for name in names}
-    for key, value in pairs:
-        if key.lower() in wanted:
-            return value
-    return None
-
-
-def is_freetds(driver: str) -> bool:
-    lowered = driver.lower()
-    return "freetds" in lowered or "libtdsodbc" in lowered
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -300,7 +233,7 @@ class SqlServerSettings:
     def effective_driver(self) -> str | None:
         """The driver the connection string names (None for a DSN without a driver)."""
         if self.conn_str:
-            value = _get(parse_odbc(self.conn_str), "driver")
+            value = odbc_get(parse_odbc(self.conn_str), "driver")
             return value.strip("{}") if value else None
         return self.driver
 
@@ -355,14 +288,14 @@ class SqlServerSettings:
         """Connection facts for humans (password masked)."""
         if self.conn_str:
             pairs = parse_odbc(self.conn_str)
-            server = _get(pairs, "server", "address", "addr") or "?"
+            server = odbc_get(pairs, "server", "address", "addr") or "?"
             host, _, port = server.removeprefix("tcp:").partition(",")
-            port = port or _get(pairs, "port") or ""
+            port = port or odbc_get(pairs, "port") or ""
             return {
                 "Host": host,
                 "Port": port,
-                "Database": _get(pairs, "database") or "?",
-                "Username": _get(pairs, "uid", "user id", "user") or "?",
+                "Database": odbc_get(pairs, "database") or "?",
+                "Username": odbc_get(pairs, "uid", "user id", "user") or "?",
                 "Driver": self.effective_driver() or "?",
                 "Schema": self.schema,
                 "Password": MASK,
@@ -385,52 +318,6 @@ class SqlServerSettings:
         return f"SqlServerSettings({self.masked()!r}, schema={self.schema!r})"
 
     __str__ = __repr__
-
-
-# -- errors --------------------------------------------------------------------------------
-def sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a pyodbc error (its first argument), if any."""
-    args = getattr(exc, "args", ())
-    if args and isinstance(args[0], str) and _SQLSTATE.match(args[0]):
-        return args[0]
-    return None
-
-
-def native_errors(exc: BaseException) -> set[int]:
-    """SQL Server error numbers in a pyodbc message, e.g. ``... (2627) (SQLExecDirectW)``."""
-    message = " ".join(str(arg) for arg in getattr(exc, "args", ()))
-    return {int(number) for number in _NATIVE.findall(message)}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: lost or refused connections (08S01, 08001, HYT00),
-    Azure throttling / unavailability (40613, 40501, 49918-49920), server starting up (18401)
-    and deadlock victims (1205 / SQLSTATE 40001)."""
-    return sqlstate(exc) in TRANSIENT_SQLSTATES or bool(native_errors(exc) & TRANSIENT_ERRORS)
-
-
-def is_duplicate_key(exc: BaseException) -> bool:
-    """True when *exc* is a unique index (2601) or unique/primary key (2627) violation.
-
-    Also true for SQLite's ``UNIQUE constraint failed``, so writers can share one check.
-    """
-    if native_errors(exc) & DUPLICATE_KEY_ERRORS:
-        return True
-    message = str(exc)
-    return type(exc).__name__ == "IntegrityError" and (
-        "UNIQUE constraint failed" in message or "PRIMARY KEY must be unique" in message
-    )
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def error_text(exc: BaseException) -> str:
-    """The message of a pyodbc error (its second argument) on one line, else ``str(exc)``."""
-    args: tuple[Any, ...] = getattr(exc, "args", ())
-    text = args[1] if len(args) >= 2 and isinstance(args[1], str) and sqlstate(exc) else str(exc)
-    return _one_line(text)
 
 
 def _hint(exc: BaseException) -> str:

@@ -57,7 +57,8 @@ from twisted.internet import threads
 from holocron_scrapy import defaults
 from holocron_scrapy.items import INTERNAL_FIELDS, payload_hash
 from holocron_scrapy.pipelines.faults import FaultHandler, handed_back, is_storage_error
-from holocron_scrapy.records.store import RecordStore, format_time
+from holocron_scrapy.records.rows import format_time
+from holocron_scrapy.records.store import RecordStore
 from holocron_scrapy.records.versions import VersionLookup
 from holocron_scrapy.workers import BatchWorker
 

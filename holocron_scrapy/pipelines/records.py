@@ -48,7 +48,8 @@ from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import OutageWatch, ride_out
 from holocron_scrapy.pipelines.faults import FaultHandler, handed_back, is_storage_error
 from holocron_scrapy.reactor import get_reactor
-from holocron_scrapy.records.store import RecordStore, item_row, open_record_store
+from holocron_scrapy.records.rows import item_row
+from holocron_scrapy.records.store import RecordStore, open_record_store
 from holocron_scrapy.records.versions import VersionStore
 
 logger = logging.getLogger(__name__)

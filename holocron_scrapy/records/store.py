@@ -4,7 +4,9 @@
 of :mod:`holocron_scrapy.db.schema` on SQLAlchemy Core, for SQLite (``sqlite:///path``),
 PostgreSQL (``postgresql://...``) and SQL Server (``mssql+pyodbc://``, ``sqlserver://``: the
 records table is ``[<schema>].[IngestRecords]``, :data:`MSSQL_TABLES`). :func:`open_record_store`
-opens it on the URL's engine.
+opens it on the URL's engine. The row shapes it reads and writes are in
+:mod:`holocron_scrapy.records.rows`; the few statements that differ per dialect are in
+:mod:`holocron_scrapy.records.dialects`.
 
 Insert-if-new is ``INSERT ... ON CONFLICT (resource, hash_sha256) DO NOTHING`` (SQLite and
 PostgreSQL spell it alike); SQL Server has no ``ON CONFLICT``: each row is one ``INSERT ... OUTPUT
@@ -33,112 +35,39 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from itemadapter import ItemAdapter
-from sqlalchemy.dialects import postgresql, sqlite
 
 from holocron_scrapy.db import schema
-from holocron_scrapy.db.engine import MSSQL, POSTGRESQL, READ_ONLY, SQLITE, describe_engine
+from holocron_scrapy.db.engine import MSSQL, READ_ONLY, SQLITE, describe_engine
 from holocron_scrapy.errors import StoreError
-from holocron_scrapy.items import INTERNAL_FIELDS, canonical_json
-
-RECORD_COLUMNS = (
-    "ingest_id",
-    "source_system",
-    "source_name",
-    "resource_type",
-    "resource_id",
-    "requested_id",
-    "outcome",
-    "request_uri",
-    "request_method",
-    "request_headers",
-    "status_code",
-    "content_type",
-    "response_headers",
-    "fetched_at_utc",
-    "duration_ms",
-    "hash_sha256",
-    "run_id",
-    "work_item_id",
-    "attempt",
-    "error_message",
-    "lake_path",
-    "payload",
+from holocron_scrapy.records.dialects import (
+    MSSQL_TABLES,
+    dbapi_cursor,
+    dialect_insert,
+    mssql_insert_if_new,
+    mssql_upsert,
+    resource_key,
+    run_mssql_upsert,
 )
-#: Every IngestRecords column but the payload: what the lake file's metadata repeats.
-META_COLUMNS = tuple(c for c in RECORD_COLUMNS if c != "payload")
-RUN_COLUMNS = (
-    "run_id",
-    "spider",
-    "source_system",
-    "source_name",
-    "status",
-    "started_at",
-    "finished_at",
-    "duration_s",
-    "pages_stored",
-    "pages_unchanged",
-    "pages_missing",
-    "pages_failed",
-    "requests",
-    "finish_reason",
-    "summary",
+from holocron_scrapy.records.rows import (
+    HELD_COLUMNS,
+    KEY_NAMES,
+    META_COLUMNS,
+    RECORD_COLUMNS,
+    RUN_COLUMNS,
+    SEEN_COLUMNS,
+    VERSION_PARAMS,
+    VERSION_UPDATES,
+    held_row,
+    meta_record,
+    seen_version,
+    version_params,
 )
 
-
-def format_time(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return value
-
-
-SEEN_COLUMNS = ("resource_id", "last_hash_sha256", "last_revision_id", "etag", "last_modified", "last_fetched_at")
-
-
-def seen_version(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A ``seen_resources`` row (``SEEN_COLUMNS``) as a version dict, times as UTC text."""
-    _, digest, revid, etag, modified, fetched = row
-    return {
-        "hash_sha256": digest,
-        "revision_id": revid,
-        "etag": etag,
-        "last_modified": modified,
-        "last_fetched_at": format_time(fetched),
-    }
-
-
-def version_params(row: dict[str, Any]) -> tuple[Any, ...]:
-    """``seen_resources`` insert parameters of a stored row: key, identity, version, times."""
-    from holocron_scrapy.frontier.keys import make_dedupe_key
-
-    identity = (row["source_system"], row["source_name"], row["resource_type"], row["resource_id"])
-    return (
-        make_dedupe_key(*identity),
-        *identity,
-        row["hash_sha256"],
-        row.get("revision_id"),
-        row.get("etag"),
-        row.get("last_modified"),
-        row["fetched_at_utc"],
-        row["fetched_at_utc"],
-    )
-
-
-def item_row(item: Any) -> dict[str, Any]:
-    """The ``ingest_records`` row of an item (JSON columns serialised, times as UTC text), plus the
-    version fields ``seen_resources`` keeps."""
-    data = {k: v for k, v in ItemAdapter(item).items() if k not in INTERNAL_FIELDS}
-    row = {column: data.get(column) for column in (*RECORD_COLUMNS, "revision_id", "etag", "last_modified")}
-    row["payload"] = canonical_json(data.get("payload"))
-    for column in ("request_headers", "response_headers"):
-        if row[column] is not None:
-            row[column] = json.dumps(row[column], ensure_ascii=False, sort_keys=True)
-    row["fetched_at_utc"] = format_time(row["fetched_at_utc"])
-    return row
+# Lists of values (ids, paths) are looked up this many at a time (bound parameters per statement).
+IN_CHUNK = 500
 
 
 class RecordStore(ABC):
@@ -201,62 +130,6 @@ class RecordStore(ABC):
     def close(self) -> None: ...
 
 
-def _dbapi_cursor(conn: sa.Connection) -> Any:
-    """A cursor of the DB-API connection under *conn* (the SQLite fast paths run compiled SQL on it)."""
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None, "a Connection in use holds its DB-API connection"
-    return dbapi.cursor()
-
-
-def _dialect_insert(dialect: str) -> Any:
-    """The ``insert`` with ``ON CONFLICT`` of *dialect* (SQLite and PostgreSQL spell it alike)."""
-    if dialect == POSTGRESQL:
-        return postgresql.insert
-    if dialect == SQLITE:
-        return sqlite.insert
-    raise StoreError(f"the record store supports sqlite, postgresql and mssql engines, not {dialect!r}")
-
-
-#: SQL Server's tables: the records table is ``IngestRecords``; the engine maps the schema
-#: (``schema_translate_map``, :func:`holocron_scrapy.db.engine.sqlserver_engine`).
-MSSQL_TABLES = schema.build_metadata(names=schema.SQLSERVER_TABLE_NAMES).tables
-
-
-def _mssql_insert_if_new(records: sa.Table) -> sa.Insert:
-    """SQL Server's insert-if-new of one row (parameters named after ``RECORD_COLUMNS``): skipped when the
-    resource has a record with that hash; the key-range lock makes a racing worker wait, then skip."""
-    values = sa.select(*(sa.bindparam(c, type_=records.c[c].type) for c in RECORD_COLUMNS))
-    known: sa.Select[Any] = (
-        sa.select(sa.literal_column("1"))
-        .select_from(records)
-        .where(*(col == sa.bindparam(col.name, type_=col.type) for col in _resource_key(records)))
-        .where(records.c.hash_sha256 == sa.bindparam("hash_sha256", type_=records.c.hash_sha256.type))
-        .with_hint(records, "WITH (UPDLOCK, HOLDLOCK)", "mssql")
-    )
-    insert = sa.insert(records).from_select(list(RECORD_COLUMNS), values.where(~known.exists()))
-    return insert.returning(records.c.ingest_id)
-
-
-def _mssql_upsert(table: sa.Table, key: str, updates: tuple[str, ...]) -> tuple[sa.Update, sa.Insert]:
-    """SQL Server's upsert of one row: ``UPDATE ... WITH (UPDLOCK, SERIALIZABLE)`` (parameters ``b_<column>``),
-    then, when it changed no row, the ``INSERT`` (parameters named after the columns). The range lock
-    makes a second upserter of the same key wait for the first, so the INSERT never races."""
-    update = (
-        sa.update(table)
-        .where(table.c[key] == sa.bindparam(f"b_{key}", type_=table.c[key].type))
-        .values({c: sa.bindparam(f"b_{c}", type_=table.c[c].type) for c in updates})
-        .with_hint("WITH (UPDLOCK, SERIALIZABLE)", dialect_name="mssql")
-    )
-    return update, sa.insert(table)
-
-
-def _run_mssql_upsert(conn: sa.Connection, statements: tuple[sa.Update, sa.Insert], rows: list[dict[str, Any]]) -> None:
-    update, insert = statements
-    for row in rows:
-        if conn.execute(update, {f"b_{k}": v for k, v in row.items()}).rowcount == 0:
-            conn.execute(insert, row)
-
-
 class SqlRecordStore(RecordStore):
     """``ingest_records`` / ``ingest_runs`` / ``seen_resources`` on a SQLAlchemy *engine* (SQLite or
     PostgreSQL, schema up to date: :func:`holocron_scrapy.db.engine.open_engine`).
@@ -277,20 +150,20 @@ class SqlRecordStore(RecordStore):
         self._records = records = MSSQL_TABLES["IngestRecords"] if self.dialect == MSSQL else schema.ingest_records
         self._mssql: dict[str, Any] = {}
         if self.dialect == MSSQL:  # no ON CONFLICT: guarded inserts and update-then-insert upserts
-            self._insert_records = _mssql_insert_if_new(records)
-            self._mssql["versions"] = _mssql_upsert(seen, "dedupe_key", _VERSION_UPDATES)
-            self._mssql["run"] = _mssql_upsert(runs, "run_id", RUN_COLUMNS[1:])
+            self._insert_records = mssql_insert_if_new(records)
+            self._mssql["versions"] = mssql_upsert(seen, "dedupe_key", VERSION_UPDATES)
+            self._mssql["run"] = mssql_upsert(runs, "run_id", RUN_COLUMNS[1:])
         else:
-            insert = _dialect_insert(self.dialect)
+            insert = dialect_insert(self.dialect)
             # Insert-if-new on the version key (resource + hash); RETURNING names the rows really inserted.
             insert_if_new = insert(records).on_conflict_do_nothing(
-                index_elements=[*_resource_key(records), records.c.hash_sha256]
+                index_elements=[*resource_key(records), records.c.hash_sha256]
             )
             self._insert_records = insert_if_new.returning(records.c.ingest_id)
             upsert = insert(seen)
             self._upsert_versions = upsert.on_conflict_do_update(
                 index_elements=[seen.c.dedupe_key],
-                set_={c: upsert.excluded[c] for c in _VERSION_UPDATES},
+                set_={c: upsert.excluded[c] for c in VERSION_UPDATES},
             )
             upsert = insert(runs)
             self._upsert_run = upsert.on_conflict_do_update(
@@ -301,7 +174,7 @@ class SqlRecordStore(RecordStore):
         self._meta = sa.select(*meta)
         latest = (
             sa.select(*meta)
-            .where(*(col == sa.bindparam(col.name) for col in _resource_key(records)))
+            .where(*(col == sa.bindparam(col.name) for col in resource_key(records)))
             .order_by(records.c.fetched_at_utc.desc())
         )
         if self.dialect == MSSQL:  # TOP 1 (a LIMIT/OFFSET of expressions would become a ROW_NUMBER() subquery)
@@ -313,8 +186,8 @@ class SqlRecordStore(RecordStore):
         if self.dialect == SQLITE:
             for name, statement, keys in (
                 ("insert", insert_if_new, RECORD_COLUMNS),  # one row at a time: its rowcount is its flag
-                ("versions", self._upsert_versions, _VERSION_PARAMS),  # executemany
-                ("latest", self._latest, _KEY_NAMES),  # the change filter's per-item lookup, on the reactor
+                ("versions", self._upsert_versions, VERSION_PARAMS),  # executemany
+                ("latest", self._latest, KEY_NAMES),  # the change filter's per-item lookup, on the reactor
             ):
                 compiled = statement.compile(dialect=engine.dialect, column_keys=list(keys))
                 assert tuple(compiled.positiontup or ()) == keys, (name, compiled.positiontup)
@@ -400,7 +273,7 @@ class SqlRecordStore(RecordStore):
         return self._process_time(value)
 
     def _sqlite_insert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> list[bool]:
-        cursor = _dbapi_cursor(conn)
+        cursor = dbapi_cursor(conn)
         sql, at = self._sqlite["insert"], RECORD_COLUMNS.index("fetched_at_utc")
         inserted = []
         for row in rows:
@@ -422,8 +295,8 @@ class SqlRecordStore(RecordStore):
             row = self.conn.execute(self._sqlite["latest"], key).fetchone()
         else:
             with self._begin(write=False) as conn:
-                row = conn.execute(self._latest, dict(zip(_KEY_NAMES, key, strict=True))).first()
-        return None if row is None else _meta_record(row)
+                row = conn.execute(self._latest, dict(zip(KEY_NAMES, key, strict=True))).first()
+        return None if row is None else meta_record(row)
 
     def _records_where(self, column: str, values: list[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -431,9 +304,9 @@ class SqlRecordStore(RecordStore):
             return out
         query = self._where_in(column)
         with self._begin(write=False) as conn:
-            for start in range(0, len(values), _IN_CHUNK):
-                for row in conn.execute(query, {"values": values[start : start + _IN_CHUNK]}):
-                    record = _meta_record(row)
+            for start in range(0, len(values), IN_CHUNK):
+                for row in conn.execute(query, {"values": values[start : start + IN_CHUNK]}):
+                    record = meta_record(row)
                     out[record[column]] = record
         return out
 
@@ -477,7 +350,7 @@ class SqlRecordStore(RecordStore):
                     rows = conn.execute(page, params).all()
             if not rows:
                 return
-            found = [_meta_record(row) for row in rows]
+            found = [meta_record(row) for row in rows]
             yield found
             after = found[-1]["ingest_id"]
 
@@ -501,7 +374,7 @@ class SqlRecordStore(RecordStore):
             row["summary"] = json.dumps(row["summary"], ensure_ascii=False, default=str)
         with self._begin(write=True) as conn:
             if self.dialect == MSSQL:
-                _run_mssql_upsert(conn, self._mssql["run"], [row])
+                run_mssql_upsert(conn, self._mssql["run"], [row])
             else:
                 conn.execute(self._upsert_run, row)
 
@@ -509,7 +382,7 @@ class SqlRecordStore(RecordStore):
     def versions(self, source_system: str, source_name: str, resource_ids: list[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         ids = list(dict.fromkeys(resource_ids))
-        chunks = [ids[start : start + _IN_CHUNK] for start in range(0, len(ids), _IN_CHUNK)]
+        chunks = [ids[start : start + IN_CHUNK] for start in range(0, len(ids), IN_CHUNK)]
         if not chunks:
             return out
         if self.dialect == SQLITE:  # a hot path (the spiders' per-batch check): compiled SQL on the cursor
@@ -567,19 +440,19 @@ class SqlRecordStore(RecordStore):
                 typed[make_dedupe_key(system, name, kind, rid)] = key
         chunks: list[tuple[bool, tuple[Any, ...], list[str], dict[str, tuple[Any, ...]]]] = []
         dedupe = list(typed)
-        for start in range(0, len(dedupe), _IN_CHUNK):
-            chunks.append((True, (), dedupe[start : start + _IN_CHUNK], typed))
+        for start in range(0, len(dedupe), IN_CHUNK):
+            chunks.append((True, (), dedupe[start : start + IN_CHUNK], typed))
         for (system, name), by_id in untyped.items():
             ids = list(by_id)
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunks.append((False, (system, name), ids[start : start + _IN_CHUNK], by_id))
+            for start in range(0, len(ids), IN_CHUNK):
+                chunks.append((False, (system, name), ids[start : start + IN_CHUNK], by_id))
         if not chunks:
             return out
         if self.dialect == SQLITE:  # the change filter's lookup: compiled SQL on the cursor (module docstring)
             cursor = self.conn.cursor()
             for is_typed, source, values, by in chunks:
                 for row in cursor.execute(self._held_statement(is_typed, len(values)), (*source, *values)):
-                    version = _held_row(row)
+                    version = held_row(row)
                     dedupe_key = version.pop("dedupe_key")
                     out[by[dedupe_key if is_typed else version["resource_id"]]] = version
             return out
@@ -588,7 +461,7 @@ class SqlRecordStore(RecordStore):
                 params = dict(zip(("system", "name"), source, strict=False))  # typed keys: no source
                 params |= {f"id_{i}": value for i, value in enumerate(values)}
                 for row in conn.execute(self._held_statement(is_typed, len(values)), params):
-                    version = _held_row(row)
+                    version = held_row(row)
                     dedupe_key = version.pop("dedupe_key")
                     out[by[dedupe_key if is_typed else version["resource_id"]]] = version
         return out
@@ -624,10 +497,10 @@ class SqlRecordStore(RecordStore):
     def _held_query(self) -> sa.Select[Any]:
         seen, records = schema.seen_resources, self._records  # SQL Server's is IngestRecords
         version = sa.and_(
-            *(record_col == seen.c[record_col.name] for record_col in _resource_key(records)),
+            *(record_col == seen.c[record_col.name] for record_col in resource_key(records)),
             records.c.hash_sha256 == seen.c.last_hash_sha256,
         )
-        columns = [self._read_column(seen.c[c]) for c in _HELD_COLUMNS]
+        columns = [self._read_column(seen.c[c]) for c in HELD_COLUMNS]
         columns += [self._read_column(records.c[c]).label(f"r_{c}") for c in META_COLUMNS]
         return sa.select(*columns).select_from(seen.outerjoin(records, version))
 
@@ -647,16 +520,16 @@ class SqlRecordStore(RecordStore):
         if not latest:
             return
         if self.dialect == MSSQL:
-            _run_mssql_upsert(
-                conn, self._mssql["versions"], [dict(zip(_VERSION_PARAMS, p, strict=True)) for p in latest.values()]
+            run_mssql_upsert(
+                conn, self._mssql["versions"], [dict(zip(VERSION_PARAMS, p, strict=True)) for p in latest.values()]
             )
             return
         if "versions" not in self._sqlite:
-            conn.execute(self._upsert_versions, [dict(zip(_VERSION_PARAMS, p, strict=True)) for p in latest.values()])
+            conn.execute(self._upsert_versions, [dict(zip(VERSION_PARAMS, p, strict=True)) for p in latest.values()])
             return
         time = self._bind_time
         bound = [(*p[:-2], time(p[-2]), time(p[-1])) for p in latest.values()]
-        _dbapi_cursor(conn).executemany(self._sqlite["versions"], bound)
+        dbapi_cursor(conn).executemany(self._sqlite["versions"], bound)
 
     def statements(self) -> dict[str, sa.Executable]:
         """Every statement this store runs through SQLAlchemy on its dialect, by name (SQLite's hot paths run
@@ -688,51 +561,6 @@ class SqlRecordStore(RecordStore):
         finally:
             if self._owns_engine:
                 self.engine.dispose()
-
-
-def _resource_key(table: sa.Table) -> tuple[sa.Column[Any], ...]:
-    return (table.c.source_system, table.c.source_name, table.c.resource_type, table.c.resource_id)
-
-
-_HELD_COLUMNS = ("dedupe_key", "resource_type", *SEEN_COLUMNS)
-
-
-def _held_row(row: Any) -> dict[str, Any]:
-    """A ``_held_query`` row: the version (``seen_version`` fields, ``dedupe_key``, ``resource_type``,
-    ``resource_id``) plus its ``record`` (None when no ``ingest_records`` row has that hash)."""
-    values = tuple(row)
-    n = len(_HELD_COLUMNS)
-    version = {"dedupe_key": values[0], "resource_type": values[1], "resource_id": values[2]}
-    version |= seen_version(values[2:n])
-    version["record"] = None if values[n] is None else _meta_record(values[n:])
-    return version
-
-
-def _meta_record(row: Any) -> dict[str, Any]:
-    """A ``META_COLUMNS`` row as a dict, its time as UTC text (as the stores always gave it)."""
-    record = dict(zip(META_COLUMNS, tuple(row), strict=True))
-    record["fetched_at_utc"] = format_time(record["fetched_at_utc"])
-    return record
-
-
-_KEY_NAMES = ("source_system", "source_name", "resource_type", "resource_id")
-# Lists of values (ids, paths) are looked up this many at a time (bound parameters per statement).
-_IN_CHUNK = 500
-# seen_resources as version_params() orders its values, and what an upsert replaces.
-_VERSION_PARAMS = (
-    "dedupe_key",
-    "source_system",
-    "source_name",
-    "resource_type",
-    "resource_id",
-    "last_hash_sha256",
-    "last_revision_id",
-    "etag",
-    "last_modified",
-    "last_fetched_at",
-    "last_changed_at",
-)
-_VERSION_UPDATES = _VERSION_PARAMS[5:]
 
 
 def open_record_store(
