@@ -200,12 +200,8 @@ def crawl_settings(
         "TWISTED_REACTOR": "twisted.internet.asyncioreactor.AsyncioSelectorReactor",
     }
     if config == "frontier" or config.startswith("frontier-"):
-        from holocron_scrapy import settings as project
-
         settings.update(
-            SCHEDULER=project.SCHEDULER,
-            DUPEFILTER_CLASS=project.DUPEFILTER_CLASS,
-            SPIDER_MIDDLEWARES=dict(project.SPIDER_MIDDLEWARES),
+            ADDONS={"holocron_scrapy.addons.Frontier": 0},  # scheduler, dupe filter, ack middlewares, defaults
             HOLOCRON_STATE_URL=state_url or f"sqlite:///{workdir / 'state.sqlite3'}",
             HOLOCRON_FRONTIER_PROGRESS_INTERVAL=0,
         )

@@ -78,11 +78,11 @@ def run_worker(
         from holocron_scrapy.frontier.scheduler import FrontierScheduler
 
         FrontierScheduler._wake = lambda self, **kwargs: None  # type: ignore[method-assign]
-    from holocron_scrapy import settings as project
+    from holocron_scrapy.addons import HOLOCRON_SETTINGS
 
     overrides = {
         "CONCURRENT_REQUESTS_PER_DOMAIN": per_domain,
-        "DOWNLOADER": project.DOWNLOADER,  # enforces the per-host limit with no delay
+        "DOWNLOADER": HOLOCRON_SETTINGS["DOWNLOADER"],  # enforces the per-host limit with no delay
         "HOLOCRON_RUN_ID": run_id,
         "HOLOCRON_FRONTIER_CLAIM_SIZE": claim,
     }

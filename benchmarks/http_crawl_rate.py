@@ -55,7 +55,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "memory-frontier": {
         "SCHEDULER": "scrapy.core.scheduler.Scheduler",
         "DUPEFILTER_CLASS": "scrapy.dupefilters.RFPDupeFilter",
-        "SPIDER_MIDDLEWARES": {"holocron_scrapy.frontier.acks.FrontierAckMiddleware": None},
+        "SPIDER_MIDDLEWARES": {
+            "holocron_scrapy.frontier.acks.FrontierAckMiddleware": None,
+            "holocron_scrapy.frontier.acks.FrontierHandOffMiddleware": None,
+        },
     },
     "no-pipelines": {"ITEM_PIPELINES": {}},
     "no-lake": {"ITEM_PIPELINES": {"holocron_scrapy.pipelines.lake.JsonLakePipeline": None}},
@@ -69,13 +72,13 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def _ablated(name: str) -> dict[str, Any]:
-    """The settings of ablation *name*: ITEM_PIPELINES are the project's without the ones named."""
-    from holocron_scrapy import settings as project
+    """The settings of ablation *name*: the pipelines named (all of them for an empty dict) are disabled
+    with None; the Holocron add-on adds the others (an empty dict would disable none)."""
+    from holocron_scrapy.addons import HOLOCRON_ITEM_PIPELINES
 
     changes = dict(ABLATIONS[name])
-    if changes.get("ITEM_PIPELINES"):
-        dropped = set(changes["ITEM_PIPELINES"])
-        changes["ITEM_PIPELINES"] = {k: v for k, v in project.ITEM_PIPELINES.items() if k not in dropped}
+    if "ITEM_PIPELINES" in changes:
+        changes["ITEM_PIPELINES"] = dict.fromkeys(changes["ITEM_PIPELINES"] or HOLOCRON_ITEM_PIPELINES)
     return changes
 
 
@@ -113,11 +116,16 @@ def crawl_settings(config: str, config_file: Path) -> dict[str, Any]:
         "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": 0,
     }
     if config in ("bare", "bare-gc-freeze"):
+        from holocron_scrapy.addons import HOLOCRON_ITEM_PIPELINES
+
         settings.update(
             SCHEDULER="scrapy.core.scheduler.Scheduler",
             DUPEFILTER_CLASS="scrapy.dupefilters.RFPDupeFilter",
-            ITEM_PIPELINES={},
-            SPIDER_MIDDLEWARES={"holocron_scrapy.frontier.acks.FrontierAckMiddleware": None},
+            ITEM_PIPELINES=dict.fromkeys(HOLOCRON_ITEM_PIPELINES),  # None each: the add-on adds no pipeline
+            SPIDER_MIDDLEWARES={
+                "holocron_scrapy.frontier.acks.FrontierAckMiddleware": None,
+                "holocron_scrapy.frontier.acks.FrontierHandOffMiddleware": None,
+            },
             EXTENSIONS={"holocron_scrapy.extensions.runs.RunSummary": None},
         )
         if config == "bare-gc-freeze":  # bare Scrapy given the same gc.freeze() as the full stack

@@ -29,6 +29,7 @@ FRONTIER_FLUSH_INTERVAL = 0.5  # seconds between flushes of buffered enqueues an
 FRONTIER_PROGRESS_INTERVAL = 60.0  # seconds between progress lines; 0 disables
 SEED_CHUNK_SIZE = 5000  # seeds the seed intake inserts per transaction, with its checkpoint
 FRONTIER_FILL_BATCHES = True  # hold a half-empty batch while own requests may still add work
+DUPEFILTER_CACHE_SIZE = 50_000  # dedupe keys a process remembers (no database round trip for a link seen twice)
 FRONTIER_SOLO_AFTER_LOSSES = 2  # an item whose lease was lost this often is only claimed alone
 FRONTIER_POLITENESS = "shared"  # a source's delay/concurrency hold fleet-wide ("local": per process)
 FRONTIER_POLITENESS_LEASE = 60.0  # seconds a politeness slot lives unless renewed (a killed worker's frees itself)

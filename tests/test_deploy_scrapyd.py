@@ -245,7 +245,7 @@ def deployed(scrapyd: Scrapyd, tmp_path_factory: pytest.TempPathFactory) -> Path
     """Deploy with the real ``scrapyd-deploy <target>`` from a copy of the project (the build
     writes build/ and *.egg-info next to setup.py); returns the egg Scrapyd stored."""
     project = tmp_path_factory.mktemp("project")
-    for name in ("scrapy.cfg", "setup.py", "sql"):
+    for name in ("scrapy.cfg", "setup.py", "pyproject.toml", "README.md", "sql"):  # pyproject: the metadata
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, project / name)
     # symlinks=True keeps holocron_scrapy/sql -> ../sql a symlink, as in the checkout.

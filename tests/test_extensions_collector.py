@@ -10,6 +10,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.project import get_project_settings
 from scrapy.utils.test import get_crawler
 
+from holocron_scrapy.addons import apply_addons
 from holocron_scrapy.extensions.collector import FreezeStartupObjects
 
 
@@ -21,7 +22,7 @@ def unfrozen():
 
 
 def test_on_by_default_in_the_project_settings():
-    settings = get_project_settings()
+    settings = apply_addons(get_project_settings())
     assert settings.getdict("EXTENSIONS").get("holocron_scrapy.extensions.collector.FreezeStartupObjects")
     crawler = get_crawler(settings_dict={})
     assert isinstance(FreezeStartupObjects.from_crawler(crawler), FreezeStartupObjects)

@@ -89,6 +89,8 @@ async def test_the_async_output_is_settled_the_same_way():
 def test_the_project_puts_the_hand_off_next_to_the_callback():
     from scrapy.utils.project import get_project_settings
 
-    middlewares = get_project_settings().getdict("SPIDER_MIDDLEWARES")
+    from holocron_scrapy.addons import apply_addons
+
+    middlewares = apply_addons(get_project_settings()).getdict("SPIDER_MIDDLEWARES")
     assert middlewares["holocron_scrapy.frontier.acks.FrontierHandOffMiddleware"] > 900  # above DepthMiddleware
     assert middlewares["holocron_scrapy.frontier.acks.FrontierAckMiddleware"] < 50  # below HttpErrorMiddleware

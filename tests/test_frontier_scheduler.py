@@ -43,6 +43,7 @@ def make(tmp_path, spidercls=PageSpider, **settings):
     crawler = get_crawler(
         spidercls,
         {
+            "ADDONS": {"holocron_scrapy.addons.Frontier": 0},  # the frontier's defaults
             "HOLOCRON_STATE_URL": f"sqlite:///{tmp_path / 'f.sqlite3'}",
             "DUPEFILTER_CLASS": "holocron_scrapy.frontier.dupefilter.FrontierDupeFilter",
             "HOLOCRON_FRONTIER_FLUSH_INTERVAL": 0,

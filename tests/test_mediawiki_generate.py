@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from holocron_scrapy import settings as project_settings
+from holocron_scrapy.addons import HOLOCRON_DOWNLOADER_MIDDLEWARES, apply_addons
 from holocron_scrapy.config import parse_config
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.store import NewItem
@@ -232,6 +232,7 @@ def test_the_mediawiki_spiders_keep_the_polite_retry_middleware_and_the_bot_logi
         settings = Settings()
         settings.setmodule("holocron_scrapy.settings", priority="project")
         spider.update_settings(settings)
+        settings = apply_addons(settings)  # as the crawler does, after the spider's own settings
         enabled = build_component_list(settings.getwithbase("DOWNLOADER_MIDDLEWARES"))
         assert "holocron_scrapy.middlewares.retry.PoliteRetryMiddleware" in enabled
         assert "holocron_scrapy.mediawiki.auth.BotLoginMiddleware" in enabled
@@ -389,7 +390,7 @@ def test_kill_9_during_the_listing_then_rerun_lists_and_stores_every_title_once(
     # of the ~580 articles takes ~58 answers, each committed with its checkpoint by a slowed store.
     settings = {
         "DOWNLOADER_MIDDLEWARES": json.dumps(
-            {**project_settings.DOWNLOADER_MIDDLEWARES, "tests.support.small_listings.SmallListingMiddleware": 50}
+            {**HOLOCRON_DOWNLOADER_MIDDLEWARES, "tests.support.small_listings.SmallListingMiddleware": 50}
         ),
         "SCHEDULER": "tests.support.slow_frontier.SlowStoreScheduler",
         "HOLOCRON_FRONTIER_FLUSH_INTERVAL": "0.2",

@@ -154,9 +154,11 @@ async def test_the_project_retries_429_and_every_5xx() -> None:
     from scrapy.settings import Settings
 
     from holocron_scrapy import settings
+    from holocron_scrapy.addons import apply_addons
 
     project = Settings()
     project.setmodule(settings)
+    project = apply_addons(project)
     _, mw = make_middleware(RETRY_HTTP_CODES=project.getlist("RETRY_HTTP_CODES"), HOLOCRON_RETRY_BACKOFF_MAX=0)
     request = Request("http://site.test/page")
     for status in (408, 429, 500, 501, 503, 507, 599):
@@ -167,10 +169,15 @@ async def test_the_project_retries_429_and_every_5xx() -> None:
 
 
 def test_the_project_replaces_scrapys_retry_middleware() -> None:
-    from holocron_scrapy import settings
+    from scrapy.settings import Settings
 
-    assert settings.DOWNLOADER_MIDDLEWARES["scrapy.downloadermiddlewares.retry.RetryMiddleware"] is None
-    assert settings.DOWNLOADER_MIDDLEWARES["holocron_scrapy.middlewares.retry.PoliteRetryMiddleware"] == 550
+    from holocron_scrapy.addons import apply_addons
+
+    project = Settings()
+    project.setmodule("holocron_scrapy.settings", priority="project")
+    downloader_middlewares = apply_addons(project).getdict("DOWNLOADER_MIDDLEWARES")
+    assert downloader_middlewares["scrapy.downloadermiddlewares.retry.RetryMiddleware"] is None
+    assert downloader_middlewares["holocron_scrapy.middlewares.retry.PoliteRetryMiddleware"] == 550
 
 
 @deferred_f_from_coro_f

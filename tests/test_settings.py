@@ -12,6 +12,7 @@ from scrapy.crawler import Crawler
 from scrapy.settings import Settings
 
 from holocron_scrapy import __version__
+from holocron_scrapy.addons import apply_addons
 from holocron_scrapy.spiders.http import HttpSpider
 from holocron_scrapy.spiders.mediawiki import WikipediaSpider
 from tests.support.crawl import REPO
@@ -29,6 +30,7 @@ def project_crawler(spidercls, tmp_path):
     )
     settings = Settings()
     settings.setmodule("holocron_scrapy.settings", priority="project")
+    settings = apply_addons(settings)  # what the crawler applies after the spider (scalars: same priorities)
     settings.set("HOLOCRON_CONFIG", str(config), priority="cmdline")
     return Crawler(spidercls, settings)  # settings still open, as when scrapy crawl builds the spider
 
@@ -61,10 +63,11 @@ def test_command_line_settings_still_win(tmp_path):
 def test_retry_codes_are_short_and_every_5xx_is_transient():
     import pprint
 
-    from holocron_scrapy import settings
     from holocron_scrapy.failures import classify_status
 
-    codes = settings.RETRY_HTTP_CODES
+    project = Settings()
+    project.setmodule("holocron_scrapy.settings", priority="project")
+    codes = apply_addons(project).getlist("RETRY_HTTP_CODES")
     assert 404 not in codes and "\n" not in pprint.pformat({"RETRY_HTTP_CODES": codes})
     assert all(classify_status(status, frozenset(codes)).transient for status in (408, 429, *range(500, 600)))
 

@@ -33,7 +33,7 @@ class FrontierDupeFilter(BaseDupeFilter):
     def from_crawler(cls, crawler: Crawler) -> FrontierDupeFilter:
         return cls(
             crawler.request_fingerprinter,
-            cache_size=crawler.settings.getint("HOLOCRON_DUPEFILTER_CACHE_SIZE", 50_000),
+            cache_size=crawler.settings.getint("HOLOCRON_DUPEFILTER_CACHE_SIZE"),
             debug=crawler.settings.getbool("DUPEFILTER_DEBUG"),
         )
 

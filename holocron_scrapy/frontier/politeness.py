@@ -140,9 +140,9 @@ class SharedPoliteness:
 
         return cls(
             factory,
-            lease_seconds=s.getfloat("HOLOCRON_FRONTIER_POLITENESS_LEASE", defaults.FRONTIER_POLITENESS_LEASE),
-            backoff=s.getfloat("HOLOCRON_RETRY_BACKOFF_BASE", defaults.RETRY_BACKOFF_BASE),
-            backoff_cap=s.getfloat("HOLOCRON_RETRY_BACKOFF_MAX", defaults.RETRY_BACKOFF_MAX),
+            lease_seconds=s.getfloat("HOLOCRON_FRONTIER_POLITENESS_LEASE"),
+            backoff=s.getfloat("HOLOCRON_RETRY_BACKOFF_BASE"),
+            backoff_cap=s.getfloat("HOLOCRON_RETRY_BACKOFF_MAX"),
             stats=crawler.stats,
         )
 

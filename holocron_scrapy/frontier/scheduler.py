@@ -246,12 +246,18 @@ class FrontierScheduler(BaseScheduler):
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FrontierScheduler:
         s = crawler.settings
+        if s.get("HOLOCRON_FRONTIER_CLAIM_SIZE") is None:  # the add-on registers every default
+            raise ConfigError(
+                "the frontier needs its add-on (it registers the defaults):"
+                " ADDONS = {'holocron_scrapy.addons.Frontier': 300}",
+                key="SCHEDULER",
+            )
         url = state_url_from_settings(s)
         sqlserver = s.getdict("HOLOCRON_STATE_SQLSERVER")
-        max_attempts = s.getint("HOLOCRON_FRONTIER_MAX_ATTEMPTS", defaults.FRONTIER_MAX_ATTEMPTS)
-        backoff = s.getfloat("HOLOCRON_FRONTIER_RETRY_BACKOFF", defaults.FRONTIER_RETRY_BACKOFF)
-        solo_after = s.getint("HOLOCRON_FRONTIER_SOLO_AFTER_LOSSES", defaults.FRONTIER_SOLO_AFTER_LOSSES)
-        quarantine_after = s.getint("HOLOCRON_FRONTIER_QUARANTINE_AFTER", defaults.FRONTIER_QUARANTINE_AFTER)
+        max_attempts = s.getint("HOLOCRON_FRONTIER_MAX_ATTEMPTS")
+        backoff = s.getfloat("HOLOCRON_FRONTIER_RETRY_BACKOFF")
+        solo_after = s.getint("HOLOCRON_FRONTIER_SOLO_AFTER_LOSSES")
+        quarantine_after = s.getint("HOLOCRON_FRONTIER_QUARANTINE_AFTER")
         from holocron_scrapy.db.connection import parse_store_url
 
         parse_store_url(url, setting="HOLOCRON_STATE_URL")  # fail before the crawl starts
@@ -278,12 +284,12 @@ class FrontierScheduler(BaseScheduler):
             factory,
             dupefilter,
             stats=crawler.stats,
-            order=s.get("HOLOCRON_FRONTIER_ORDER", defaults.FRONTIER_ORDER),
-            claim_size=s.getint("HOLOCRON_FRONTIER_CLAIM_SIZE", defaults.FRONTIER_CLAIM_SIZE),
-            lease_seconds=s.getfloat("HOLOCRON_FRONTIER_LEASE_SECONDS", defaults.FRONTIER_LEASE_SECONDS),
-            flush_interval=s.getfloat("HOLOCRON_FRONTIER_FLUSH_INTERVAL", defaults.FRONTIER_FLUSH_INTERVAL),
-            progress_interval=s.getfloat("HOLOCRON_FRONTIER_PROGRESS_INTERVAL", defaults.FRONTIER_PROGRESS_INTERVAL),
-            fill_batches=s.getbool("HOLOCRON_FRONTIER_FILL_BATCHES", defaults.FRONTIER_FILL_BATCHES),
+            order=s.get("HOLOCRON_FRONTIER_ORDER"),
+            claim_size=s.getint("HOLOCRON_FRONTIER_CLAIM_SIZE"),
+            lease_seconds=s.getfloat("HOLOCRON_FRONTIER_LEASE_SECONDS"),
+            flush_interval=s.getfloat("HOLOCRON_FRONTIER_FLUSH_INTERVAL"),
+            progress_interval=s.getfloat("HOLOCRON_FRONTIER_PROGRESS_INTERVAL"),
+            fill_batches=s.getbool("HOLOCRON_FRONTIER_FILL_BATCHES"),
             outage_limit=outage_limit(s),
             run_id=s.get("HOLOCRON_RUN_ID"),
             crawler=crawler,
