@@ -221,36 +221,37 @@ async def test_a_mediawiki_maxlag_answer_blocks_the_api_host_for_every_worker(tm
 
 
 @deferred_f_from_coro_f
-async def test_a_slot_whose_release_failed_is_given_back_before_the_next_take(tmp_path):
-    """The state database drops the connection as a slot is given back (PostgreSQL backends terminated,
-    tests/test_frontier_outage.py): the worker gives that slot back before its next take, instead of
-    holding it, and the host with it (``concurrency: 1``), until its lease runs out."""
+async def test_a_slot_whose_release_failed_is_given_back_before_the_next_take(postgres_url):
+    """The worker's PostgreSQL backend is terminated while it holds a slot (as in
+    tests/test_frontier_outage.py), so giving the slot back fails: the slot stays in the database, and
+    the worker gives it back before its next take instead of holding it, and the host with it
+    (``concurrency: 1``), until its lease runs out."""
+    import psycopg
+
     from holocron_scrapy.frontier.executor import InlineExecutor
     from holocron_scrapy.frontier.politeness import SharedPoliteness
-    from holocron_scrapy.frontier.store import open_work_item_store
+    from holocron_scrapy.frontier.store import make_owner, open_work_item_store
+    from tests.support.postgres import HOST, PORT, USER
 
-    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
-    store = open_work_item_store(url)
-    real_release = store.release_slot
-    failures = ["connection lost"]
-
-    def release_slot(*args, **kwargs):
-        if failures:
-            raise ConnectionError(failures.pop())
-        return real_release(*args, **kwargs)
-
-    store.release_slot = release_slot  # type: ignore[method-assign]
-    politeness = SharedPoliteness(lambda: store, executor=InlineExecutor(), lease_seconds=60)
+    politeness = SharedPoliteness(lambda: open_work_item_store(postgres_url), executor=InlineExecutor())
+    other = open_work_item_store(postgres_url)  # another worker's connection
     try:
         first = await politeness.acquire("wiki.test", 0.0, 1)
         assert first is not None
-        politeness.release("wiki.test", first, 200)  # fails: the slot stays in the database
-        assert failures == []
+        with psycopg.connect(host=HOST, port=PORT, user=USER, dbname="postgres", autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (postgres_url.rsplit("/", 1)[1],),
+            )
+        await politeness.release("wiki.test", first, 200)  # fails (logged): the slot is still held
+        grant = other.take_slot("wiki.test", make_owner(), delay=0.0, concurrency=1, lease_seconds=60)
+        assert grant.slot_id is None and grant.reason == "full"
         started = time.monotonic()
         second = await politeness.acquire("wiki.test", 0.0, 1)
         assert second is not None and second != first
         assert time.monotonic() - started < 1.0  # not the 60 s lease
     finally:
+        other.close()
         politeness.close()
 
 
