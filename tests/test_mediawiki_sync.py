@@ -275,19 +275,25 @@ def test_a_stale_checkpoint_falls_back_to_the_sweep(fresh_mediawiki, tmp_path) -
 
 
 @pytest.mark.mediawiki
+@pytest.mark.slow
 def test_a_listing_that_cannot_be_read_stops_the_sync_and_keeps_the_checkpoint(fresh_mediawiki, tmp_path) -> None:
+    """Every request gets the retryable maxlag error: the oldest-change request is retried, then the
+    sync stops and keeps its checkpoint. One retry per request (``RETRY_TIMES=1``): each maxlag answer
+    blocks the API host for its ``Retry-After`` (5 s, MediaWiki's least), so the default 5 retries of the
+    probe and of the listing cost a minute without showing more."""
     lab = Lab(fresh_mediawiki, Workspace(tmp_path))
     ws = lab.ws
     before = checkpoint_of(ws)
     fresh_mediawiki.set_lag(60)  # every request with maxlag gets the retryable maxlag error
     try:
-        lagged = ws.crawl("mediawiki", *sync_args())
+        lagged = ws.crawl("mediawiki", *sync_args(), settings={"RETRY_TIMES": "1"})
     finally:
         fresh_mediawiki.set_lag(None)
     assert lagged.returncode == 1, lagged.stderr[-3000:]
     assert "failed" in lagged.stderr and "the checkpoint stays where it was" in lagged.stderr
     report = report_of(ws, ws.runs()[-1]["run_id"])
     assert report["finish_reason"] == "fatal_sync" and report["status"] == "failed"
+    assert report["summary"]["mediawiki/api_error/maxlag"] == 4  # the probe and the listing, each retried once
     assert checkpoint_of(ws) == before
     again = ws.crawl("mediawiki", *sync_args())
     assert again.returncode == 0, again.stderr[-3000:]

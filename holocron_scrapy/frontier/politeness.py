@@ -21,7 +21,8 @@ worker that received it. Here the state of each politeness key lives in the fron
   calls :func:`block_host` (its ``Retry-After``, else its backoff);
 * slots are leases (``HOLOCRON_FRONTIER_POLITENESS_LEASE`` seconds), renewed every third of that while
   held: a killed worker's slot frees itself when its lease expires (at once for a worker of the same
-  host, which sees that its pid is gone);
+  host, which sees that its pid is gone). A slot whose giving back failed (the state database dropped
+  the connection) is given back again before the worker's next take, not held until its lease expires;
 * claims leave the items of hosts blocked now pending (:meth:`~holocron_scrapy.frontier.store.WorkItemStore.claim`),
   so a worker takes work it can send.
 
@@ -122,6 +123,8 @@ class SharedPoliteness:
         self._closed = False
         self._renewer = task.LoopingCall(self._renew)
         self._errors_logged = 0
+        #: Releases that failed, run again before the next take (touched on the worker thread only).
+        self._unreleased: list[Callable[[WorkItemStore], Any]] = []
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> SharedPoliteness | None:
@@ -199,8 +202,10 @@ class SharedPoliteness:
     def _take(self, key: str, delay: float, concurrency: int) -> defer.Deferred[SlotGrant]:
         """The take, shielded: when the request is cancelled while the store works, a slot taken
         anyway is given back at once (not held until its lease expires)."""
-        inner = self._submit(
-            lambda store: store.take_slot(
+
+        def take(store: WorkItemStore) -> SlotGrant:
+            self._give_back_unreleased(store)
+            return store.take_slot(
                 key,
                 self.owner,
                 delay=delay,
@@ -208,7 +213,8 @@ class SharedPoliteness:
                 lease_seconds=self.lease_seconds,
                 recheck=RECHECK_SECONDS,
             )
-        )
+
+        inner = self._submit(take)
         outer: defer.Deferred[SlotGrant] = defer.Deferred()
 
         def deliver(grant: SlotGrant) -> None:
@@ -242,13 +248,32 @@ class SharedPoliteness:
                 ok = not failing
                 if failing:
                     self._inc("backoffs")
-        d = self._submit(
-            lambda store: store.release_slot(
+
+        def give_back(store: WorkItemStore) -> Any:
+            return store.release_slot(
                 key, slot_id, ok=ok, backoff=self.backoff, backoff_cap=self.backoff_cap, block=block
             )
-        )
+
+        def run(store: WorkItemStore) -> Any:
+            try:
+                return give_back(store)
+            except Exception:
+                self._unreleased.append(give_back)  # held in the database until given back or expired
+                raise
+
+        d = self._submit(run)
         d.addErrback(self._log_failure, "give back a slot of", key)
         return d
+
+    def _give_back_unreleased(self, store: WorkItemStore) -> None:
+        """Give back the slots whose release failed (worker thread); those that fail again are kept."""
+        pending, self._unreleased = self._unreleased, []
+        for n, give_back in enumerate(pending):
+            try:
+                give_back(store)
+            except Exception:
+                self._unreleased = pending[n:] + self._unreleased
+                return
 
     def block(self, key: str, seconds: float, reason: str) -> defer.Deferred[Any]:
         """Block *key* for every worker for *seconds*."""
