@@ -79,14 +79,17 @@ class PoliteDownloader(Downloader):
             raise
         status: int | None = None
         retry_after: float | None = None
+        api_error: str | None = None
         try:
             response = await super()._download(slot, request)
             status = response.status
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            header = response.headers.get("MediaWiki-API-Error")  # maxlag, ratelimited: block with the release
+            api_error = header.decode("latin-1") if header else None
             return response
         finally:
             if slot_id is not None:
-                politeness.release(key, slot_id, status, retry_after)
+                politeness.release(key, slot_id, status, retry_after, api_error)
 
     def close(self) -> None:
         super().close()

@@ -221,6 +221,34 @@ async def test_a_mediawiki_maxlag_answer_blocks_the_api_host_for_every_worker(tm
 
 
 @deferred_f_from_coro_f
+async def test_a_maxlag_answer_blocks_the_host_in_the_transaction_that_gives_its_slot_back(tmp_path):
+    """The downloader gives the slot of a maxlag answer back with the block (as a 429's): between the
+    release and the retry middleware's own block, no other worker can take a slot of the API host."""
+    from holocron_scrapy.frontier.executor import InlineExecutor
+    from holocron_scrapy.frontier.politeness import SharedPoliteness
+    from holocron_scrapy.frontier.store import make_owner, open_work_item_store, utcnow
+
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    politeness = SharedPoliteness(lambda: open_work_item_store(url), executor=InlineExecutor())
+    other = open_work_item_store(url)  # another worker's connection
+    try:
+        slot = await politeness.acquire("wiki.test", 0.0, 4)
+        assert slot is not None
+        started = utcnow()
+        await politeness.release("wiki.test", slot, 200, 5.0, "maxlag")
+        grant = other.take_slot("wiki.test", make_owner(), delay=0.0, concurrency=4, lease_seconds=30)
+        assert not grant.taken and grant.reason == "blocked: MediaWiki maxlag"
+        assert 4.9 <= (grant.retry_at - started).total_seconds() <= 5.5
+        assert other.host_states()[0]["failures"] == 0  # not a 429/5xx: no backoff count
+        slot = await politeness.acquire("other.test", 0.0, 4)  # an ordinary answer elsewhere: no block
+        await politeness.release("other.test", slot, 200, 5.0, None)
+        assert other.blocked_keys() == ["wiki.test"]
+    finally:
+        other.close()
+        politeness.close()
+
+
+@deferred_f_from_coro_f
 async def test_a_slot_whose_release_failed_is_given_back_before_the_next_take(postgres_url):
     """The worker's PostgreSQL backend is terminated while it holds a slot (as in
     tests/test_frontier_outage.py), so giving the slot back fails: the slot stays in the database, and

@@ -17,8 +17,10 @@ worker that received it. Here the state of each politeness key lives in the fron
   ``Retry-After`` blocks the key for every worker in the same transaction, a 429/5xx without one counts
   towards an exponential backoff block (``HOLOCRON_RETRY_BACKOFF_BASE`` doubled per failure in a row,
   at most ``HOLOCRON_RETRY_BACKOFF_MAX``); any other answer resets that count;
-* a MediaWiki ``maxlag`` / ``ratelimited`` answer (HTTP 200) blocks the key too: the retry middleware
-  calls :func:`block_host` (its ``Retry-After``, else its backoff);
+* a MediaWiki ``maxlag`` / ``ratelimited`` answer (HTTP 200, named by its ``MediaWiki-API-Error``
+  header) with ``Retry-After`` blocks the key in the transaction that gives the slot back, as a 429
+  does: no other worker can take a slot between the two. The retry middleware then calls
+  :func:`block_host` too (the same block, counted there; its backoff when there is no ``Retry-After``);
 * slots are leases (``HOLOCRON_FRONTIER_POLITENESS_LEASE`` seconds), renewed every third of that while
   held: a killed worker's slot frees itself when its lease expires (at once for a worker of the same
   host, which sees that its pid is gone). A slot whose giving back failed (the state database dropped
@@ -232,18 +234,30 @@ class SharedPoliteness:
         return outer
 
     def release(
-        self, key: str, slot_id: str, status: int | None = None, retry_after: float | None = None
+        self,
+        key: str,
+        slot_id: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        api_error: str | None = None,
     ) -> defer.Deferred[Any]:
         """Give the slot back after an answer with *status* (None: no answer). A 429/503 with
-        *retry_after* blocks *key* for that long; a 429/5xx without one counts towards the backoff."""
+        *retry_after* blocks *key* for that long; a 429/5xx without one counts towards the backoff.
+        A MediaWiki *api_error* ``maxlag`` / ``ratelimited`` with *retry_after* blocks it too (counted
+        by the retry middleware's :func:`block_host`, which sets the same block)."""
         self._held = max(self._held - 1, 0)
         ok: bool | None = None
         block = None
+        overloaded = api_error in BLOCKING_API_ERRORS
         if status is not None:
             failing = status == 429 or status >= 500
             if failing and retry_after is not None:
                 block = (utcnow() + timedelta(seconds=retry_after), f"HTTP {status} Retry-After: {retry_after:g}")
                 self._inc("blocks")
+            elif overloaded and retry_after is not None:
+                block = (utcnow() + timedelta(seconds=retry_after), f"MediaWiki {api_error}")
+            elif overloaded:
+                pass  # the retry middleware blocks for its backoff; the failure count stays as it is
             else:
                 ok = not failing
                 if failing:
