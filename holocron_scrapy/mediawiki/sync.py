@@ -66,7 +66,7 @@ from scrapy.exceptions import CloseSpider
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import threads
 
-from holocron_scrapy.config import Source, parse_recrawl_mode
+from holocron_scrapy.spiders.mediawiki_source import MediaWikiSource, parse_recrawl_mode
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.keys import make_dedupe_key
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore, open_work_item_store
@@ -93,7 +93,7 @@ COMPLETED_REASON = "finished"
 _CONTENT_TYPES = (None, "edit", "new")
 
 
-def recrawl_mode(source: Source, kwargs: dict[str, Any]) -> str | None:
+def recrawl_mode(source: MediaWikiSource, kwargs: dict[str, Any]) -> str | None:
     """``-a recrawl`` else the source's ``recrawl`` (an ``-a recrawl_after`` alone asks for the sweep)."""
     if "recrawl" in kwargs:
         if "recrawl_after" in kwargs:
