@@ -177,7 +177,8 @@ class SourceModel(BaseModel):
             argument = type(self).argument_of(key) if key else ""
             if argument in given:
                 raise ConfigError(problem, key=argument) from None
-            raise ConfigError(problem, key=f"sources[{self.name}].{key}" if key else f"sources[{self.name}]", source=path) from None
+            where = f"sources[{self.name}]"
+            raise ConfigError(problem, key=f"{where}.{key}" if key else where, source=path) from None
 
 
 def _deep_merge(base: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
@@ -341,7 +342,8 @@ def _problem(model: type[BaseModel], loc: list[str], error: ErrorDetails) -> str
         allowed = ", ".join(sorted(parent.model_fields)) if parent is not None else "?"
         key = loc[-1]
         if len(loc) == 1 and issubclass(model, SourceModel):
-            owners = sorted(n for n, t in source_types().items() if key in t.model.model_fields and t.model is not model)
+            types = source_types().items()
+            owners = sorted(n for n, t in types if key in t.model.model_fields and t.model is not model)
             if owners:
                 return f"{key} is for {' and '.join(owners)} sources only (allowed here: {allowed})"
         return f"unknown key (allowed: {allowed})"
@@ -375,7 +377,8 @@ def _field(model: type[BaseModel], loc: list[str]) -> Any:
 
 
 def _is_text(field: Any) -> bool:
-    return field.annotation is str or any(m.__class__ is BeforeValidator and m.func is _non_empty for m in field.metadata)
+    validators = (m for m in field.metadata if isinstance(m, BeforeValidator))
+    return field.annotation is str or any(m.func is _non_empty for m in validators)
 
 
 __all__ = [

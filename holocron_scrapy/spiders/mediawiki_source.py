@@ -140,9 +140,8 @@ class MediaWikiSource(SourceModel):
         if self.generator is not None:
             if self.seeds:
                 raise ConfigError("give seeds or a generator, not both", key="generator")
-            parse_generator(
-                self.generator, namespaces=self.discovery.namespaces, max_depth=self.discovery.max_depth, key="generator"
-            )
+            found = self.discovery
+            parse_generator(self.generator, namespaces=found.namespaces, max_depth=found.max_depth, key="generator")
         if self.recrawl is not None and self.recrawl_after is not None:
             raise ConfigError("recrawl: changes and recrawl_after are two ways to re-crawl: set one", key="recrawl")
         size = self.batch_size
