@@ -150,27 +150,6 @@ class _Reader:
             raise self.fail(key, "expected a non-empty string")
         return value.strip()
 
-    def integer(self, value: Any, key: str, *, low: int | None = None, high: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected an integer, got {value!r}")
-        if low is not None and high is not None and not low <= value <= high:
-            raise self.fail(key, f"must be between {low} and {high}, got {value}")
-        if low is not None and value < low:
-            raise self.fail(key, f"must be at least {low}, got {value}")
-        if high is not None and value > high:
-            raise self.fail(key, f"must be at most {high}, got {value}")
-        return value
-
-    def number(self, value: Any, key: str, *, low: float = 0.0) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-            raise self.fail(key, f"expected a number >= {low}, got {value!r}")
-        return float(value)
-
-    def boolean(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {value!r}")
-        return value
-
     def config(self, data: Any) -> Config:
         top = self.mapping(data, "", {"contact", "storage", "state", "frontier", "sources"})
         storage = self.mapping(

@@ -89,8 +89,16 @@ def _duration(value: Any) -> Any:
         raise ValueError(exc.problem) from None
 
 
-#: An integer (a YAML int, or an ``-a`` string such as ``"3"``); never a boolean.
+def _blank_false(value: Any) -> Any:
+    return False if isinstance(value, str) and not value.strip() else value
+
+
+#: An integer (a YAML int, or an ``-a`` or ``-s`` string such as ``"3"``); never a boolean.
 Integer = Annotated[int, BeforeValidator(_no_bool)]
+#: A number (``"0.5"`` too); never a boolean.
+Number = Annotated[float, BeforeValidator(_no_bool)]
+#: true/false, also ``"1"``, ``"yes"``, ``"off"`` ... (an empty string is false).
+Boolean = Annotated[bool, BeforeValidator(_blank_false)]
 #: A stripped, non-empty string.
 Text = Annotated[str, BeforeValidator(_non_empty)]
 #: ``90``, ``30s``, ``6h``, ``1d`` as seconds.
@@ -120,7 +128,7 @@ class SourceModel(BaseModel):
     type: Text
     contact: Text | None = None
     concurrency: Annotated[Integer, between(1, 64)] = defaults.CONCURRENCY_PER_HOST
-    delay: Annotated[float, BeforeValidator(_no_bool), at_least(0)] = defaults.DOWNLOAD_DELAY
+    delay: Annotated[Number, at_least(0)] = defaults.DOWNLOAD_DELAY
     recrawl_after: Duration = None
     seeds: tuple[Text, ...] = ()
 
@@ -287,7 +295,7 @@ class CommonArguments(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     recrawl_after: Duration = None
-    full_refresh: Annotated[bool, BeforeValidator(lambda v: False if v == "" else v)] = False
+    full_refresh: Boolean = False
 
 
 def common_arguments(kwargs: Mapping[str, Any]) -> CommonArguments:
@@ -382,6 +390,7 @@ def _is_text(field: Any) -> bool:
 
 
 __all__ = [
+    "Boolean",
     "CRAWL_CONTEXT",
     "CommonArguments",
     "ad_hoc_source",
@@ -389,6 +398,7 @@ __all__ = [
     "Duration",
     "Field",
     "Integer",
+    "Number",
     "SourceModel",
     "SourceType",
     "Text",

@@ -3,9 +3,10 @@ per-source settings (User-Agent, politeness, storage and state URLs) applied at
 ``spider`` priority before the crawl starts (``-s`` still wins).
 
 Before anything else is built, the spider arguments are checked against the ones the spider
-accepts, and afterwards every ``HOLOCRON_*`` setting is validated
-(:mod:`holocron_scrapy.settings_check`); secret masking is installed for the crawl
-(:mod:`holocron_scrapy.secrets`).
+accepts (the common ones and those its source type's model names: :mod:`holocron_scrapy.sources`;
+the model coerces and validates them in the spider's ``configure``, this module knows no type), and
+afterwards every ``HOLOCRON_*`` setting is validated (:mod:`holocron_scrapy.settings_check`); secret
+masking is installed for the crawl (:mod:`holocron_scrapy.secrets`).
 
 Seeds (``-a seeds``, a source's ``seeds``) are a :class:`~holocron_scrapy.frontier.intake.SeedList`;
 :meth:`HolocronSpider.seed_requests` hands them to the frontier's seed intake (streamed, exactly once,

@@ -8,7 +8,8 @@ dedupes by canonical URL.
 Spider arguments: ``source``, ``seeds``, ``allowed_domains`` ("a.org|b.org"; default: the
 seeds' hosts), ``max_depth``, ``max_pages``, ``follow`` and ``deny`` (regexes, "|"-separated
 lists are not used: pass one regex each, combine with ``(a|b)``), ``sitemap`` (a URL, or
-``robots`` to find sitemaps through robots.txt), ``store_binary``, ``max_body_bytes``.
+``robots`` to find sitemaps through robots.txt), ``store_binary``, ``max_body_bytes``, ``deltafetch``:
+merged into the source and validated by its model (:mod:`holocron_scrapy.spiders.http_source`).
 
 Seeds (every one checked before the start, in one streamed pass that keeps only their hosts) go
 through the frontier's seed intake (:mod:`holocron_scrapy.frontier.intake`).

@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Self
 from pydantic import BeforeValidator, ValidationInfo, field_validator, model_validator
 
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.sources import Integer, SourceModel, register_source_type, text_list
+from holocron_scrapy.sources import Boolean, Integer, SourceModel, register_source_type, text_list
 from holocron_scrapy.web.urls import validate_seed_url
 
 TYPE = "http"
@@ -67,11 +67,11 @@ class HttpSource(SourceModel):
     deny: Annotated[tuple[str, ...], BeforeValidator(_regexes)] = ()
     #: A sitemap URL, or ``robots`` (the sitemaps robots.txt names).
     sitemap: str | None = None
-    store_binary: bool = False
+    store_binary: Boolean = False
     max_body_bytes: Integer = DEFAULT_MAX_BODY
     #: ``{type: basic|bearer|header, ...}``: read by the spider (holocron_scrapy.web.auth.parse_auth).
     auth: dict[str, Any] | None = None
-    deltafetch: bool = False
+    deltafetch: Boolean = False
     response_headers: Annotated[tuple[str, ...] | None, BeforeValidator(text_list)] = None
 
     @field_validator("auth", mode="before")

@@ -38,7 +38,8 @@ what changed since the last completed sync is fetched; a first run or a stale ch
 
 Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``generator``, ``api_url``, ``max_depth``,
 ``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50; 1-500 with a
-bot login), ``recrawl`` (changes).
+bot login), ``recrawl`` (changes): merged into the source and validated by its model
+(:mod:`holocron_scrapy.spiders.mediawiki_source`).
 
 Stats: ``mediawiki/pages/<outcome>``, ``mediawiki/api_error/<code>``, ``mediawiki/continuations``,
 ``mediawiki/bisections``, ``mediawiki/probe/<ok|failed>``; ``mediawiki/login/*`` (see the auth module).

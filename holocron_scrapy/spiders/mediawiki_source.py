@@ -31,7 +31,7 @@ from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.mediawiki.auth import AUTH_TYPE as BOTPASSWORD
 from holocron_scrapy.mediawiki.auth import BotPasswordAuth, parse_auth_config
 from holocron_scrapy.mediawiki.listings import parse_generator
-from holocron_scrapy.sources import Integer, SourceModel, Text, at_least, register_source_type
+from holocron_scrapy.sources import Boolean, Integer, SourceModel, Text, at_least, register_source_type
 
 TYPE = "mediawiki"
 #: ``-a discover``: which links to follow.
@@ -68,8 +68,8 @@ class Discovery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    links: bool = True
-    categories: bool = False
+    links: Boolean = True
+    categories: Boolean = False
     max_depth: Annotated[Integer, at_least(0)] = defaults.MEDIAWIKI_MAX_DEPTH
     namespaces: tuple[Annotated[Integer, at_least(0)], ...] = defaults.MEDIAWIKI_NAMESPACES
 
