@@ -117,12 +117,15 @@ class SourceModel(BaseModel):
     """The keys every source has. A type subclasses it with its own keys, and says which of them an
     ``-a`` argument may set (:attr:`arguments`, default: none) and how (:meth:`argument_entry`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: ``-a`` names this type accepts besides the common ones (``source``, ``seeds``, ...).
     arguments: ClassVar[tuple[str, ...]] = ()
     #: Keys the entry may set that :attr:`options` leaves out (they hold secrets' names).
     private_keys: ClassVar[frozenset[str]] = frozenset({"auth"})
+    #: What to say when a source of another type has one of this type's keys (default: "<key> is
+    #: for <type> sources only").
+    key_hints: ClassVar[dict[str, str]] = {}
 
     name: Text
     type: Text
@@ -351,9 +354,12 @@ def _problem(model: type[BaseModel], loc: list[str], error: ErrorDetails) -> str
         key = loc[-1]
         if len(loc) == 1 and issubclass(model, SourceModel):
             types = source_types().items()
-            owners = sorted(n for n, t in types if key in t.model.model_fields and t.model is not model)
+            owners = sorted((n, t.model) for n, t in types if key in t.model.model_fields and t.model is not model)
+            hints = [owner.key_hints[key] for _, owner in owners if key in owner.key_hints]
             if owners:
-                return f"{key} is for {' and '.join(owners)} sources only (allowed here: {allowed})"
+                names = " and ".join(n for n, _ in owners)
+                hint = hints[0] if len(hints) == 1 else f"{key} is for {names} sources only"
+                return f"{hint} (allowed here: {allowed})"
         return f"unknown key (allowed: {allowed})"
     format_ = _FORMATS.get(kind)
     return format_(error) if format_ is not None else error["msg"]

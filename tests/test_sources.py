@@ -285,7 +285,8 @@ def test_the_registry():
     [
         ("{name: h, type: http, max_depth: deep}", "sources[0].max_depth: expected an integer, got 'deep'"),
         ("{name: h, type: http, store_binary: maybe}", "sources[0].store_binary: expected true or false, got 'maybe'"),
-        ("{name: h, type: http, generator: allpages}", "sources[0].generator: generator is for mediawiki sources only"),
+        ("{name: h, type: http, generator: allpages}",
+         "sources[0].generator: generators list MediaWiki pages: only mediawiki sources have one"),
         ("{name: h, type: http, concurrency: 0}", "sources[0].concurrency: must be between 1 and 64, got 0"),
         ("{name: h, type: http, seeds: 'http://e/'}", "sources[0].seeds: expected a list of strings"),
         ("{name: w, type: mediawiki, api_url: 'http://x/', store_binary: true}",

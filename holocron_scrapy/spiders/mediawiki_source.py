@@ -98,6 +98,10 @@ class MediaWikiSource(SourceModel):
         "namespaces",
         "recrawl",
     )
+    key_hints: ClassVar[dict[str, str]] = {
+        "generator": "generators list MediaWiki pages: only mediawiki sources have one",
+        "recrawl": "recrawl: changes reads a wiki's recent changes: for mediawiki sources only",
+    }
 
     api_url: Text
     batch_size: Integer = defaults.MEDIAWIKI_BATCH_SIZE
