@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import TypeAdapter, ValidationError
+
 from holocron_scrapy import defaults
 from holocron_scrapy.config import parse_duration
 from holocron_scrapy.db.connection import ensure_sqlite_owned, parse_store_url
 from holocron_scrapy.errors import ConfigError, StoreError
+from holocron_scrapy.sources import Boolean, Integer, Number
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +38,17 @@ PREFIX = "HOLOCRON_"
 Check = Callable[[Any, str], None]
 
 
+_INTEGER: TypeAdapter[int] = TypeAdapter(Integer)
+_NUMBER: TypeAdapter[float] = TypeAdapter(Number)
+_BOOLEAN: TypeAdapter[bool] = TypeAdapter(Boolean)
+
+
 def _number(value: Any, name: str, kind: type, low: float | None, strict: bool) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"expected a number, got {value!r}", key=name)
+    """Coerced by the types the source models use (holocron_scrapy.sources), so that ``-s``, ``-a`` and
+    the YAML accept the same spellings."""
     try:
-        number = kind(str(value).strip()) if isinstance(value, str) else kind(value)
-    except (TypeError, ValueError):
+        number = (_INTEGER if kind is int else _NUMBER).validate_python(value)
+    except ValidationError:
         what = "an integer" if kind is int else "a number"
         raise ConfigError(f"expected {what}, got {value!r}", key=name) from None
     if low is not None and (number <= low if strict else number < low):
@@ -63,10 +71,10 @@ def number(low: float | None = None, *, strict: bool = False) -> Check:
 
 
 def boolean(value: Any, name: str) -> None:
-    if isinstance(value, bool) or value in (0, 1):
-        return
-    if str(value).strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
-        raise ConfigError(f"expected true or false, got {value!r}", key=name)
+    try:
+        _BOOLEAN.validate_python(value.strip() if isinstance(value, str) else value)
+    except ValidationError:
+        raise ConfigError(f"expected true or false, got {value!r}", key=name) from None
 
 
 def choice(*options: str) -> Check:

@@ -7,18 +7,18 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
-from holocron_scrapy.config import Source, load_config
+from holocron_scrapy.config import load_config
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.mediawiki import changes
 from holocron_scrapy.mediawiki.changes import classify
 from holocron_scrapy.mediawiki.sync import SyncCheckpoint, deleted_payload, mode_text, plan_fetch
 from holocron_scrapy.spiders.mediawiki import mediawiki_options
+from holocron_scrapy.spiders.mediawiki_source import MediaWikiSource
 from tests.support import record_listings as rec
 from tests.support.crawl import Workspace
 from tests.support.kill_pipeline import PIPELINES
@@ -121,10 +121,10 @@ def test_recrawl_key_is_read(tmp_path) -> None:
 
 
 def test_recrawl_argument() -> None:
-    source = Source(name="s", type="mediawiki", api_url="http://w/api.php", seeds=("A",), recrawl="changes")
+    source = MediaWikiSource(name="s", type="mediawiki", api_url="http://w/api.php", seeds=("A",), recrawl="changes")
     assert mediawiki_options(source, {}).recrawl == "changes"
     assert mediawiki_options(source, {"recrawl_after": "1d"}).recrawl is None  # -a asks for the sweep
-    assert mediawiki_options(replace(source, recrawl=None), {"recrawl": "Changes"}).recrawl == "changes"
+    assert mediawiki_options(source.model_copy(update={"recrawl": None}), {"recrawl": "Changes"}).recrawl == "changes"
     with pytest.raises(ConfigError, match="pass one"):
         mediawiki_options(source, {"recrawl": "changes", "recrawl_after": "1d"})
     with pytest.raises(ConfigError, match="expected changes"):

@@ -71,17 +71,6 @@ def jobdir_state_url(jobdir: str) -> str:
     return "sqlite:///" + str(Path(jobdir, defaults.JOBDIR_STATE_FILE).resolve())
 
 
-def state_url_from_settings(settings: Any) -> str:
-    """The crawl's state URL from settings alone (the config already applied to them): of
-    ``HOLOCRON_STATE_URL`` and ``JOBDIR`` the higher priority wins (the URL on a tie, and for a plain
-    dict), else the default."""
-    url = settings.get("HOLOCRON_STATE_URL")
-    jobdir = settings.get("JOBDIR")
-    if jobdir and (not url or _priority(settings, "JOBDIR") > _priority(settings, "HOLOCRON_STATE_URL")):
-        return jobdir_state_url(jobdir)
-    return url or defaults.STATE_URL
-
-
 def load_command_config(settings: Any) -> Any:
     """The config chosen by ``HOLOCRON_CONFIG`` (the setting, then the environment, then the packaged one)."""
     from holocron_scrapy.config import load_config
@@ -92,6 +81,16 @@ def load_command_config(settings: Any) -> Any:
         raise ConfigError(f"cannot read the configuration: {exc}", key="HOLOCRON_CONFIG") from exc
 
 
+@dataclass(frozen=True)
+class _NoConfig:
+    """What a crawl's settings stand for: the spider applied the config to them already."""
+
+    records_url: str = defaults.RECORDS_URL
+    state_url: str | None = None
+    records_sqlserver: dict[str, Any] = field(default_factory=dict)
+    state_sqlserver: dict[str, Any] = field(default_factory=dict)
+
+
 def resolve_store_target(
     store: str,
     settings: Any,
@@ -99,18 +98,26 @@ def resolve_store_target(
     url: str | None = None,
     option: str = "--url",
     config: Callable[[], Any] | None = None,
+    read_config: bool = True,
 ) -> StoreTarget:
-    """The store *store* (``state`` or ``records``) a command works on: *url* (the value of its
-    *option*) when given, else the rule of the module doc. *config* loads the config (default:
-    :func:`load_command_config`); it is called at most once, and only when needed. The URL is not
-    parsed here: :meth:`StoreTarget.parsed` does it, naming its origin."""
+    """The store *store* (``state`` or ``records``): *url* (the value of a command's *option*) when
+    given, else the rule of the module doc. *config* loads the config (default:
+    :func:`load_command_config`); it is called at most once, and only when needed; with
+    *read_config* False (a crawl, whose spider applied the config to the settings) it is not read. The
+    URL is not parsed here: :meth:`StoreTarget.parsed` does it, naming its origin.
+
+    This is the one implementation of the rule: :func:`crawl_store_target` and the ``*_from_settings``
+    helpers below call it."""
     if store not in STORES:
         raise ValueError(f"unknown store {store!r}")
     loaded: list[Any] = []
 
     def cfg() -> Any:
         if not loaded:
-            loaded.append(config() if config is not None else load_command_config(settings))
+            if not read_config:
+                loaded.append(_NoConfig())
+            else:
+                loaded.append(config() if config is not None else load_command_config(settings))
         return loaded[0]
 
     name = setting_name(store)
@@ -128,6 +135,23 @@ def resolve_store_target(
         if not section:
             section = dict(cfg().records_sqlserver if store == RECORDS else cfg().state_sqlserver)
     return StoreTarget(store, raw, origin, section)
+
+
+def crawl_store_target(store: str, settings: Any) -> StoreTarget:
+    """The store of a crawl (the scheduler, the pipelines, the extensions): the crawl's settings
+    only, which hold the config's values already (the spider set them at ``spider`` priority)."""
+    return resolve_store_target(store, settings, read_config=False)
+
+
+def state_url_from_settings(settings: Any) -> str:
+    """The crawl's state URL: of ``HOLOCRON_STATE_URL`` and ``JOBDIR`` the higher priority wins (the
+    URL on a tie, and for a plain dict), else the default."""
+    return crawl_store_target(STATE, settings).url
+
+
+def records_url_from_settings(settings: Any) -> str:
+    """The crawl's records URL: ``HOLOCRON_RECORDS_URL``, else the default."""
+    return crawl_store_target(RECORDS, settings).url
 
 
 def _getdict(settings: Any, name: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
 from holocron_scrapy import defaults
+from holocron_scrapy.db.targets import RECORDS, crawl_store_target
 from holocron_scrapy.pipelines.faults import is_storage_error
 from holocron_scrapy.pipelines.lake import write_atomically
 from holocron_scrapy.records.store import open_record_store
@@ -193,10 +194,11 @@ class RunSummary:
     def from_crawler(cls, crawler: Crawler) -> RunSummary:
         s = crawler.settings
         webhook, webhook_timeout = webhook_settings(s)
+        records = crawl_store_target(RECORDS, s)
         ext = cls(
             crawler,
-            records_url=s.get("HOLOCRON_RECORDS_URL") or defaults.RECORDS_URL,
-            sqlserver_config=s.getdict("HOLOCRON_RECORDS_SQLSERVER"),
+            records_url=records.url,
+            sqlserver_config=records.sqlserver_config,
             lake_dir=s.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
             webhook=webhook,
             webhook_timeout=webhook_timeout,

@@ -54,7 +54,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from itemadapter import ItemAdapter
@@ -108,21 +107,11 @@ OUTAGE_CLOSE_REASON = "fatal_frontier_unreachable"
 
 
 def state_url_from_settings(settings: Any) -> str:
-    """``HOLOCRON_STATE_URL`` if set, else a SQLite file inside ``JOBDIR``, else the default.
+    """The crawl's state URL, by the one rule of :func:`holocron_scrapy.db.targets.state_url_from_settings`
+    (``JOBDIR`` set at a higher priority than ``HOLOCRON_STATE_URL`` wins, else the URL, else the default)."""
+    from holocron_scrapy.db.targets import state_url_from_settings as resolve
 
-    A ``JOBDIR`` set at a higher priority than ``HOLOCRON_STATE_URL`` wins: ``-s JOBDIR=crawls/run1``
-    (``cmdline``) over the config file's ``state.url`` (``spider``), while an explicit
-    ``-s HOLOCRON_STATE_URL`` (``cmdline`` too) still wins over ``JOBDIR``. For a plain dict
-    (no priorities) ``HOLOCRON_STATE_URL`` wins."""
-    url = settings.get("HOLOCRON_STATE_URL")
-    jobdir = settings.get("JOBDIR")
-    jobdir_url = "sqlite:///" + str(Path(jobdir, defaults.JOBDIR_STATE_FILE).resolve()) if jobdir else None
-    if url and jobdir_url:
-        priority = getattr(settings, "getpriority", None)
-        if priority is not None and (priority("JOBDIR") or 0) > (priority("HOLOCRON_STATE_URL") or 0):
-            return jobdir_url
-        return url
-    return url or jobdir_url or defaults.STATE_URL
+    return resolve(settings)
 
 
 def scope_from_settings(settings: Any) -> Scope | None:

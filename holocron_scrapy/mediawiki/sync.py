@@ -66,7 +66,6 @@ from scrapy.exceptions import CloseSpider
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import threads
 
-from holocron_scrapy.config import Source, parse_recrawl_mode
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.keys import make_dedupe_key
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore, open_work_item_store
@@ -77,6 +76,7 @@ from holocron_scrapy.mediawiki.changes import Change, ChangeSet, SyncPlan
 from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.parse import MalformedResponse
 from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META
+from holocron_scrapy.spiders.mediawiki_source import MediaWikiSource, parse_recrawl_mode
 
 if TYPE_CHECKING:
     from holocron_scrapy.spiders.mediawiki import MediaWikiSpider
@@ -93,7 +93,7 @@ COMPLETED_REASON = "finished"
 _CONTENT_TYPES = (None, "edit", "new")
 
 
-def recrawl_mode(source: Source, kwargs: dict[str, Any]) -> str | None:
+def recrawl_mode(source: MediaWikiSource, kwargs: dict[str, Any]) -> str | None:
     """``-a recrawl`` else the source's ``recrawl`` (an ``-a recrawl_after`` alone asks for the sweep)."""
     if "recrawl" in kwargs:
         if "recrawl_after" in kwargs:

@@ -35,6 +35,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer, threads
 
 from holocron_scrapy import defaults
+from holocron_scrapy.db.targets import RECORDS, crawl_store_target
 from holocron_scrapy.items import FAILED
 from holocron_scrapy.pipelines.faults import FaultHandler, is_storage_error
 from holocron_scrapy.records.store import open_record_store
@@ -73,9 +74,10 @@ class ChangeFilterPipeline:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ChangeFilterPipeline:
         s = crawler.settings
+        records = crawl_store_target(RECORDS, s)
         pipeline = cls(
-            s.get("HOLOCRON_RECORDS_URL") or defaults.RECORDS_URL,
-            sqlserver_config=s.getdict("HOLOCRON_RECORDS_SQLSERVER"),
+            records.url,
+            sqlserver_config=records.sqlserver_config,
             stats=crawler.stats,
             lake_dir=s.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
             faults=FaultHandler.of(crawler),

@@ -46,6 +46,7 @@ from twisted.internet import defer, threads
 
 from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import OutageWatch, ride_out
+from holocron_scrapy.db.targets import RECORDS, crawl_store_target
 from holocron_scrapy.pipelines.faults import FaultHandler, handed_back, is_storage_error
 from holocron_scrapy.reactor import get_reactor
 from holocron_scrapy.records.rows import item_row
@@ -92,9 +93,10 @@ class IngestRecordsPipeline:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> IngestRecordsPipeline:
         s = crawler.settings
+        records = crawl_store_target(RECORDS, s)
         return cls(
-            s.get("HOLOCRON_RECORDS_URL") or defaults.RECORDS_URL,
-            sqlserver_config=s.getdict("HOLOCRON_RECORDS_SQLSERVER"),
+            records.url,
+            sqlserver_config=records.sqlserver_config,
             batch_size=s.getint("HOLOCRON_RECORDS_BATCH_SIZE", defaults.RECORDS_BATCH_SIZE),
             flush_interval=s.getfloat("HOLOCRON_RECORDS_FLUSH_INTERVAL", defaults.RECORDS_FLUSH_INTERVAL),
             stats=crawler.stats,

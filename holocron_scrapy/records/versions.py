@@ -54,8 +54,8 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
-from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import RETRY_FIRST, RETRY_MAX, OutageWatch, is_server_gone
+from holocron_scrapy.db.targets import RECORDS, crawl_store_target
 from holocron_scrapy.errors import StoreError
 from holocron_scrapy.failures import failure_error
 from holocron_scrapy.pipelines.faults import CLOSE_REASON, FaultHandler, describe, is_storage_error
@@ -195,9 +195,8 @@ class VersionLookup:
         """The crawler's lookup (made on first use, on the crawler's records store)."""
         lookup = getattr(crawler, "holocron_versions", None)
         if lookup is None:
-            s = crawler.settings
-            url = s.get("HOLOCRON_RECORDS_URL") or defaults.RECORDS_URL
-            sqlserver = s.getdict("HOLOCRON_RECORDS_SQLSERVER")
+            records = crawl_store_target(RECORDS, crawler.settings)
+            url, sqlserver = records.url, records.sqlserver_config
             lookup = cls(
                 lambda: open_record_store(url, sqlserver_config=sqlserver),
                 stats=crawler.stats,

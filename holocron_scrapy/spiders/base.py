@@ -3,9 +3,10 @@ per-source settings (User-Agent, politeness, storage and state URLs) applied at
 ``spider`` priority before the crawl starts (``-s`` still wins).
 
 Before anything else is built, the spider arguments are checked against the ones the spider
-accepts, and afterwards every ``HOLOCRON_*`` setting is validated
-(:mod:`holocron_scrapy.settings_check`); secret masking is installed for the crawl
-(:mod:`holocron_scrapy.secrets`).
+accepts (the common ones and those its source type's model names: :mod:`holocron_scrapy.sources`;
+the model coerces and validates them in the spider's ``configure``, this module knows no type), and
+afterwards every ``HOLOCRON_*`` setting is validated (:mod:`holocron_scrapy.settings_check`); secret
+masking is installed for the crawl (:mod:`holocron_scrapy.secrets`).
 
 Seeds (``-a seeds``, a source's ``seeds``) are a :class:`~holocron_scrapy.frontier.intake.SeedList`;
 :meth:`HolocronSpider.seed_requests` hands them to the frontier's seed intake (streamed, exactly once,
@@ -28,10 +29,11 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 
 from holocron_scrapy import __version__, defaults, secrets
-from holocron_scrapy.config import Config, Source, load_config, parse_duration
+from holocron_scrapy.config import Config, Source, load_config
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.intake import SeedList, run_in_frontier
 from holocron_scrapy.settings_check import check_arguments, check_settings
+from holocron_scrapy.sources import SourceModel, common_arguments, source_type
 
 #: Spider arguments every holocron spider accepts (names starting with ``_``, as Scrapyd's ``_job``, pass too).
 COMMON_ARGUMENTS = ("source", "seeds", "recrawl_after", "full_refresh")
@@ -50,26 +52,6 @@ def parse_seeds(value: str | None, *, key: str = "seeds") -> SeedList | None:
     return SeedList.parse(value, key=key)
 
 
-def parse_int(value: Any, *, key: str, low: int | None = None, high: int | None = None) -> int:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ConfigError(f"expected an integer, got {value!r}", key=key) from None
-    if (low is not None and number < low) or (high is not None and number > high):
-        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"must be {bounds}, got {number}", key=key)
-    return number
-
-
-def parse_bool(value: Any, *, key: str) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"expected true or false, got {value!r}", key=key)
-
-
 def response_header(response: Any, name: str | bytes) -> str | None:
     """A response header as text (latin-1, as HTTP sends it), or None when absent or empty."""
     value = response.headers.get(name)
@@ -86,11 +68,11 @@ def needs_contact(url: str) -> bool:
 
 
 class HolocronSpider(Spider):
-    """Base class: subclasses set ``source_type`` and implement :meth:`configure`."""
+    """Base class: subclasses set ``source_type`` (a type registered in :mod:`holocron_scrapy.sources`,
+    whose model says which ``-a`` arguments the spider accepts) and implement :meth:`configure`."""
 
     source_type = ""
     default_source: str | None = None
-    arguments: tuple[str, ...] = ()  # accepted -a arguments besides COMMON_ARGUMENTS
     run_id: str
     config: Config
     source: Source
@@ -127,14 +109,11 @@ class HolocronSpider(Spider):
         }
         if config.state_url:
             updates["HOLOCRON_STATE_URL"] = config.state_url
-        recrawl_after = (
-            parse_duration(kwargs["recrawl_after"], key="recrawl_after")
-            if "recrawl_after" in kwargs
-            else source.recrawl_after
-        )
+        common = common_arguments(kwargs)
+        recrawl_after = common.recrawl_after if "recrawl_after" in kwargs else source.recrawl_after
         if recrawl_after is not None:
             updates["HOLOCRON_RECRAWL_AFTER"] = recrawl_after
-        if parse_bool(kwargs.get("full_refresh", False), key="full_refresh"):
+        if common.full_refresh:
             updates["HOLOCRON_FULL_REFRESH"] = True
         for key, value in config.frontier.items():
             updates[f"HOLOCRON_FRONTIER_{key.upper()}"] = value
@@ -185,9 +164,14 @@ class HolocronSpider(Spider):
         frontier.stored_elsewhere(0)  # claim now: a half-empty last batch is no longer held
 
     @classmethod
+    def source_model(cls) -> type[SourceModel]:
+        """The model of this spider's source type."""
+        return source_type(cls.source_type).model
+
+    @classmethod
     def accepted_arguments(cls) -> tuple[str, ...]:
-        """The ``-a`` arguments this spider accepts: :data:`COMMON_ARGUMENTS` plus its ``arguments``."""
-        return COMMON_ARGUMENTS + tuple(cls.arguments)
+        """The ``-a`` arguments this spider accepts: :data:`COMMON_ARGUMENTS` plus its source model's."""
+        return COMMON_ARGUMENTS + tuple(cls.source_model().arguments)
 
     @classmethod
     def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:

@@ -8,7 +8,8 @@ dedupes by canonical URL.
 Spider arguments: ``source``, ``seeds``, ``allowed_domains`` ("a.org|b.org"; default: the
 seeds' hosts), ``max_depth``, ``max_pages``, ``follow`` and ``deny`` (regexes, "|"-separated
 lists are not used: pass one regex each, combine with ``(a|b)``), ``sitemap`` (a URL, or
-``robots`` to find sitemaps through robots.txt), ``store_binary``, ``max_body_bytes``.
+``robots`` to find sitemaps through robots.txt), ``store_binary``, ``max_body_bytes``, ``deltafetch``:
+merged into the source and validated by its model (:mod:`holocron_scrapy.spiders.http_source`).
 
 Seeds (every one checked before the start, in one streamed pass that keeps only their hosts) go
 through the frontier's seed intake (:mod:`holocron_scrapy.frontier.intake`).
@@ -20,7 +21,6 @@ the frontier).
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,22 +34,22 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 from twisted.python.failure import Failure
 
-from holocron_scrapy.config import HTTP_CONFIG_ONLY_KEYS, HTTP_SOURCE_KEYS, Config, Source
+from holocron_scrapy.config import Config, Source
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception, failure_error
 from holocron_scrapy.frontier.intake import SeedList
 from holocron_scrapy.frontier.keys import resource_meta
 from holocron_scrapy.frontier.scheduler import ATTEMPT_META, IDS_META, STATUS_META, WORK_ITEM_META
 from holocron_scrapy.items import FAILED, OK, IngestItem
-from holocron_scrapy.spiders.base import HolocronSpider, parse_bool, parse_int, parse_seeds, response_header
+from holocron_scrapy.sources import ad_hoc_source
+from holocron_scrapy.spiders.base import HolocronSpider, parse_seeds, response_header
+from holocron_scrapy.spiders.http_source import HttpSource
 from holocron_scrapy.web.auth import SourceAuth, parse_auth
 from holocron_scrapy.web.content import RAW_HTML, build_payload, resource_type_for
 from holocron_scrapy.web.urls import canonical_url, host_allowed, host_of, url_resource_id, validate_seed_url
 
 SOURCE_SYSTEM = "http_scrape"
 WORK_ITEM_TYPE = "url"  # the frontier's resource type; records get raw_html/json/xml/text/binary
-DEFAULT_MAX_DEPTH = 2
-DEFAULT_MAX_BODY = 10 * 1024 * 1024
 DEFAULT_HEADERS = ("Content-Type", "Content-Length", "Content-Language", "Last-Modified", "ETag", "Cache-Control")
 
 
@@ -76,19 +76,10 @@ def origin_of(url: str) -> str:
     return "/".join(canonical_url(url).split("/", 3)[:3]) + "/"
 
 
-def _regexes(value: Any, key: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else list(value or [])
-    for pattern in items:
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as exc:
-            raise ConfigError(f"not a valid regular expression {pattern!r}: {exc}", key=key) from None
-    return tuple(items)
-
-
-def http_options(source: Source, kwargs: dict[str, Any]) -> HttpOptions:
-    """Merge the source's config with ``-a`` arguments, validating every value."""
-    opts = source.options
+def http_options(source: HttpSource, kwargs: dict[str, Any], *, path: str | None = None) -> HttpOptions:
+    """Merge the ``-a`` arguments into the source (validated by its model, :mod:`.http_source`) and
+    check the seeds. A bad value of the file *path* is named ``sources[name].key``."""
+    merged = source.with_arguments(kwargs, path=path)
     seeds = parse_seeds(kwargs["seeds"]) if "seeds" in kwargs else None
     if seeds is None and source.seeds:
         seeds = SeedList.of(source.seeds)
@@ -101,29 +92,22 @@ def http_options(source: Source, kwargs: dict[str, Any]) -> HttpOptions:
         url = validate_seed_url(seed)
         hosts[host_of(url)] = None
         origins[origin_of(url)] = None
-    domains = kwargs.get("allowed_domains") or opts.get("allowed_domains") or list(hosts)
-    if isinstance(domains, str):
-        domains = [d for d in domains.replace(",", "|").split("|") if d.strip()]
-    sitemap = kwargs.get("sitemap") or opts.get("sitemap")
-    if sitemap and sitemap != "robots":
-        validate_seed_url(sitemap, key="sitemap")
+    domains = merged.allowed_domains or tuple(hosts)
     return HttpOptions(
         source_name=source.name,
         seeds=seeds,
         seed_origins=tuple(origins),
         allowed_domains=tuple(dict.fromkeys(host_of(d) for d in domains)),
-        max_depth=parse_int(kwargs.get("max_depth", opts.get("max_depth", DEFAULT_MAX_DEPTH)), key="max_depth", low=0),
-        max_pages=parse_int(kwargs.get("max_pages", opts.get("max_pages", 0)), key="max_pages", low=0),
-        follow=_regexes(kwargs.get("follow", opts.get("follow")), "follow"),
-        deny=_regexes(kwargs.get("deny", opts.get("deny")), "deny"),
-        sitemap=sitemap,
-        store_binary=parse_bool(kwargs.get("store_binary", opts.get("store_binary", False)), key="store_binary"),
-        max_body_bytes=parse_int(
-            kwargs.get("max_body_bytes", opts.get("max_body_bytes", DEFAULT_MAX_BODY)), key="max_body_bytes", low=1
-        ),
-        response_headers=tuple(opts.get("response_headers") or DEFAULT_HEADERS),
-        auth=parse_auth(opts.get("auth"), host_of(seeds.first)),
-        deltafetch=parse_bool(kwargs.get("deltafetch", opts.get("deltafetch", False)), key="deltafetch"),
+        max_depth=merged.max_depth,
+        max_pages=merged.max_pages,
+        follow=merged.follow,
+        deny=merged.deny,
+        sitemap=merged.sitemap,
+        store_binary=merged.store_binary,
+        max_body_bytes=merged.max_body_bytes,
+        response_headers=merged.response_headers or DEFAULT_HEADERS,
+        auth=parse_auth(merged.auth, host_of(seeds.first)),
+        deltafetch=merged.deltafetch,
     )
 
 
@@ -132,7 +116,6 @@ class HttpSpider(HolocronSpider):
 
     name = "http"
     source_type = "http"
-    arguments = tuple(sorted(HTTP_SOURCE_KEYS - HTTP_CONFIG_ONLY_KEYS))
     options: HttpOptions
     pages_seen = 0
     source_auth: SourceAuth | None = None
@@ -149,12 +132,14 @@ class HttpSpider(HolocronSpider):
         seeds = parse_seeds(kwargs.get("seeds"))
         if seeds is None:
             raise ConfigError("no seeds given (use -a seeds=URL, -a seeds=@file, or -a source=NAME)", key="seeds")
-        return Source(name=host_of(validate_seed_url(seeds.first)) or "web", type="http")  # ad-hoc site
+        name = host_of(validate_seed_url(seeds.first)) or "web"
+        return ad_hoc_source(HttpSource, name=name, type="http")  # ad-hoc site
 
     @classmethod
     def configure(cls, config: Config, source: Source, kwargs: dict[str, Any]) -> tuple[HttpOptions, dict[str, Any]]:
+        assert isinstance(source, HttpSource)
         try:
-            options = http_options(source, kwargs)
+            options = http_options(source, kwargs, path=config.path)
         except ConfigError as exc:
             if exc.key in kwargs or exc.source:
                 raise

@@ -38,7 +38,8 @@ what changed since the last completed sync is fetched; a first run or a stale ch
 
 Spider arguments: ``source``, ``seeds`` ("A|B" or @file), ``generator``, ``api_url``, ``max_depth``,
 ``discover`` (links|categories|both|none), ``namespaces`` ("0|4"), ``batch_size`` (1-50; 1-500 with a
-bot login), ``recrawl`` (changes).
+bot login), ``recrawl`` (changes): merged into the source and validated by its model
+(:mod:`holocron_scrapy.spiders.mediawiki_source`).
 
 Stats: ``mediawiki/pages/<outcome>``, ``mediawiki/api_error/<code>``, ``mediawiki/continuations``,
 ``mediawiki/bisections``, ``mediawiki/probe/<ok|failed>``; ``mediawiki/login/*`` (see the auth module).
@@ -50,7 +51,6 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from scrapy import Request
 from scrapy.exceptions import CloseSpider
@@ -59,7 +59,7 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
 from holocron_scrapy import defaults
-from holocron_scrapy.config import Config, Source, batch_size_problem
+from holocron_scrapy.config import Config, Source
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body, failure_error
 from holocron_scrapy.frontier.intake import SeedList
@@ -99,11 +99,12 @@ from holocron_scrapy.mediawiki.parse import (
 )
 from holocron_scrapy.mediawiki.sync import recrawl_mode
 from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META, PROBE_META
-from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds, response_header
+from holocron_scrapy.sources import ad_hoc_source
+from holocron_scrapy.spiders.base import HolocronSpider, parse_seeds, response_header
+from holocron_scrapy.spiders.mediawiki_source import MediaWikiSource
 
 SOURCE_SYSTEM = "mediawiki"
 RESOURCE_TYPE = "page"
-_DISCOVER = {"links": (True, False), "categories": (False, True), "both": (True, True), "none": (False, False)}
 
 
 @dataclass(frozen=True)
@@ -126,34 +127,19 @@ class MediaWikiOptions:
     generator: GeneratorSpec | None = None
 
 
-def parse_namespaces(value: str, *, key: str = "namespaces") -> tuple[int, ...]:
-    parts = [p for p in str(value).replace(",", "|").split("|") if p.strip()]
-    if not parts:
-        raise ConfigError("expected namespace numbers such as 0 or 0|14", key=key)
-    return tuple(sorted({parse_int(p, key=key, low=0) for p in parts}))
-
-
-def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOptions:
-    """Merge the source's config with ``-a`` arguments, validating every value."""
-    seeds, generator_value = seeding(source, kwargs)
-    api_url = kwargs.get("api_url") or source.api_url
-    parts = urlsplit(api_url or "")
-    if not api_url or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"expected an http(s) URL of api.php, got {api_url!r}", key="api_url")
-    if "discover" in kwargs:
-        choice = str(kwargs["discover"]).strip().lower()
-        if choice not in _DISCOVER:
-            raise ConfigError(f"expected one of {', '.join(_DISCOVER)}, got {choice!r}", key="discover")
-        links, categories = _DISCOVER[choice]
-    else:
-        links, categories = source.discovery.links, source.discovery.categories
-    login = credentials(source.auth) if source.auth is not None else None
-    max_depth = parse_int(kwargs.get("max_depth", source.discovery.max_depth), key="max_depth", low=0)
-    namespaces = parse_namespaces(kwargs["namespaces"]) if "namespaces" in kwargs else source.discovery.namespaces
+def mediawiki_options(source: MediaWikiSource, kwargs: dict[str, Any], *, path: str | None = None) -> MediaWikiOptions:
+    """Merge the ``-a`` arguments into the source (validated by its model, :mod:`.mediawiki_source`);
+    a bad value of the file *path* is named ``sources[name].key``."""
+    seeds, _ = seeding(source, kwargs)
+    merged = source.with_arguments(kwargs, path=path)
+    links, categories = merged.discovery.links, merged.discovery.categories
+    login = credentials(merged.auth) if merged.auth is not None else None
     generator = None
-    if generator_value is not None:
+    if merged.generator is not None:
         # A generator crawl stores exactly the listed pages: max_depth is the depth of subcategories.
-        generator = parse_generator(generator_value, namespaces=namespaces, max_depth=max_depth)
+        generator = parse_generator(
+            merged.generator, namespaces=merged.discovery.namespaces, max_depth=merged.discovery.max_depth
+        )
         if "discover" in kwargs and (links or categories):
             raise ConfigError(
                 "a generator crawl follows no links (it stores the listed pages; max_depth is the depth of"
@@ -164,21 +150,21 @@ def mediawiki_options(source: Source, kwargs: dict[str, Any]) -> MediaWikiOption
     return MediaWikiOptions(
         recrawl=recrawl_mode(source, kwargs),
         source_name=source.name,
-        api_url=api_url,
+        api_url=merged.api_url,
         seeds=seeds,
-        max_depth=0 if generator is not None else max_depth,
+        max_depth=0 if generator is not None else merged.discovery.max_depth,
         follow_links=links,
         follow_categories=categories,
-        namespaces=namespaces,
-        batch_size=batch_size(kwargs.get("batch_size", source.batch_size), login),
-        maxlag=source.maxlag,
+        namespaces=merged.discovery.namespaces,
+        batch_size=merged.batch_size,
+        maxlag=merged.maxlag,
         login=login,
-        batch_size_set="batch_size" in kwargs or source.batch_size_set,
+        batch_size_set=merged.batch_size_set,
         generator=generator,
     )
 
 
-def seeding(source: Source, kwargs: dict[str, Any]) -> tuple[SeedList | None, str | None]:
+def seeding(source: MediaWikiSource, kwargs: dict[str, Any]) -> tuple[SeedList | None, str | None]:
     """The crawl's seeds or its generator (exactly one): ``-a seeds`` / ``-a generator`` replace the
     source's ``seeds`` and ``generator`` keys (the config refuses a source with both)."""
     if "seeds" in kwargs and "generator" in kwargs:
@@ -201,20 +187,11 @@ def seeding(source: Source, kwargs: dict[str, Any]) -> tuple[SeedList | None, st
     )
 
 
-def batch_size(value: Any, login: BotCredentials | None) -> int:
-    """Titles per request: 1-50, or 1-500 with a bot login (whose rights are checked at login)."""
-    size = parse_int(value, key="batch_size", low=1)
-    if login is None and size > defaults.MEDIAWIKI_MAX_BATCH_SIZE:
-        raise ConfigError(batch_size_problem(size), key="batch_size")
-    return parse_int(size, key="batch_size", low=1, high=defaults.MEDIAWIKI_MAX_BOT_BATCH_SIZE)
-
-
 class MediaWikiSpider(HolocronSpider):
     """``scrapy crawl mediawiki -a source=NAME``: any MediaWiki source in the config."""
 
     name = "mediawiki"
     source_type = "mediawiki"
-    arguments = ("api_url", "max_depth", "discover", "namespaces", "batch_size", "recrawl", "generator")
     options: MediaWikiOptions
     custom_settings = {
         "ROBOTSTXT_OBEY": False,  # an API client, as pywikibot; etiquette via maxlag
@@ -232,14 +209,15 @@ class MediaWikiSpider(HolocronSpider):
     def select_source(cls, config: Config, kwargs: dict[str, Any]) -> Source:
         name = kwargs.get("source") or cls.default_source
         if name and name not in config.sources and kwargs.get("api_url"):
-            return Source(name=name, type="mediawiki", api_url=kwargs["api_url"])  # ad-hoc wiki
+            return ad_hoc_source(MediaWikiSource, name=name, type="mediawiki", api_url=kwargs["api_url"])  # ad-hoc wiki
         return super().select_source(config, kwargs)
 
     @classmethod
     def configure(
         cls, config: Config, source: Source, kwargs: dict[str, Any]
     ) -> tuple[MediaWikiOptions, dict[str, Any]]:
-        options = mediawiki_options(source, kwargs)
+        assert isinstance(source, MediaWikiSource)
+        options = mediawiki_options(source, kwargs, path=config.path)
         # A bot's batch size is known only after login: claim as many as it may use.
         bot_default = options.login is not None and not options.batch_size_set
         claim = defaults.MEDIAWIKI_MAX_BOT_BATCH_SIZE if bot_default else options.batch_size
