@@ -3,8 +3,10 @@
 * Enqueue: new requests are buffered and inserted-if-new in batches (the unique dedupe
   key decides, race-free across processes); known ones count as ``frontier/filtered``.
 * Next request: hands out a request claimed before; claims a batch of pending items with a lease
-  when none is ready. Requests marked with ``meta["holocron_batch"]`` are merged per batch key by
-  ``spider.build_batch_request``.
+  when none is ready. A spider that batches (:class:`~holocron_scrapy.frontier.contract.BatchingSpider`)
+  gets the claimed requests of one ``Work.batch_key`` merged by its ``build_batch_request``.
+* Spiders reach it through :mod:`holocron_scrapy.frontier.contract` only: the :class:`Work` of each
+  request, and ``mark_known`` / ``ack`` / ``fail``.
 * No database I/O on the reactor thread: ``enqueue_request``, ``next_request`` and the acks touch
   memory only. A background loop (:meth:`FrontierScheduler._pump`) hands the buffered writes and
   the claims to the store's worker thread (:mod:`holocron_scrapy.frontier.executor`), one
@@ -68,11 +70,20 @@ from twisted.internet import defer, task
 from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import OutageWatch, outage_limit
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.frontier.acks import IDS_META, item_ids
+from holocron_scrapy.frontier.acks import item_ids
+from holocron_scrapy.frontier.contract import (
+    CRAWLER_ATTRIBUTE,
+    BatchingSpider,
+    Work,
+    hand_on,
+    ids_of,
+    set_work,
+    work_of,
+)
 from holocron_scrapy.frontier.dupefilter import FrontierDupeFilter
 from holocron_scrapy.frontier.executor import StoreExecutor, ThreadExecutor
 from holocron_scrapy.frontier.jobs import ClaimWant, Job, JobResult, run_job
-from holocron_scrapy.frontier.keys import Resource, request_depth
+from holocron_scrapy.frontier.keys import Resource
 from holocron_scrapy.frontier.serialization import (
     SerializationError,
     request_from_row,
@@ -94,14 +105,6 @@ from holocron_scrapy.reactor import get_reactor
 
 logger = logging.getLogger(__name__)
 
-BATCH_META = "holocron_batch"
-BATCH_SIZE_META = "holocron_batch_size"
-ATTEMPT_META = "holocron_attempt"
-WORK_ITEM_META = "holocron_work_item_id"
-#: ``meta[STATUS_META] = "completed"`` records a resource as already known (e.g. a redirect target).
-STATUS_META = "holocron_status"
-#: Set on a claimed request whose item was completed before (a re-crawl): the time it completed.
-RECRAWL_META = "holocron_completed_at"
 _ENQUEUE_FLUSH_SIZE = 1000
 #: The close reason of a crawl that gave up on its state database (a ``fatal_`` reason: exit status 1).
 OUTAGE_CLOSE_REASON = "fatal_frontier_unreachable"
@@ -123,6 +126,14 @@ def state_url_from_settings(settings: Any) -> str:
             return jobdir_url
         return url
     return url or jobdir_url or defaults.STATE_URL
+
+
+def scheduler_of(crawler: Crawler | None) -> FrontierScheduler | None:
+    """The crawl's frontier scheduler, for the components that work with its store (the seed intake,
+    the generators, the changes sync, the shutdown); None when the crawl runs another scheduler.
+    Spiders use :func:`holocron_scrapy.frontier.contract.frontier_of` instead."""
+    scheduler = getattr(crawler, CRAWLER_ATTRIBUTE, None) if crawler is not None else None
+    return scheduler if isinstance(scheduler, FrontierScheduler) else None
 
 
 def scope_from_settings(settings: Any) -> Scope | None:
@@ -293,7 +304,7 @@ class FrontierScheduler(BaseScheduler):
             scope=scope_from_settings(s),
         )
         # Found by the ack middleware (getattr); Scrapy's Crawler does not declare our attribute.
-        crawler.holocron_frontier = scheduler  # type: ignore[attr-defined]
+        setattr(crawler, CRAWLER_ATTRIBUTE, scheduler)  # frontier_of(crawler): the spiders' Frontier
         crawler.signals.connect(scheduler._item_done, signal=signals.item_scraped)
         crawler.signals.connect(scheduler._item_done, signal=signals.item_dropped)
         crawler.signals.connect(scheduler._item_error, signal=signals.item_error)
@@ -381,7 +392,7 @@ class FrontierScheduler(BaseScheduler):
             return
         store, executor = self.store, self.executor
         assert store is not None and executor is not None
-        unsent = [seq for req in self.ready for seq in req.meta.get(IDS_META, ())]
+        unsent = [seq for req in self.ready for seq in ids_of(req)]
         job = self._take_job(release=unsent)
         pending = (len(job.new), len(job.completed), len(job.failed))
         owner = self.owner
@@ -449,7 +460,7 @@ class FrontierScheduler(BaseScheduler):
 
     # -- enqueue -----------------------------------------------------------------------
     def enqueue_request(self, request: Request) -> bool:
-        if request.meta.get(IDS_META):
+        if ids_of(request):
             self.owned.append(request)  # continuation or retry of items we lease
             return True
         resource, key = self._resource_key(request)
@@ -466,6 +477,20 @@ class FrontierScheduler(BaseScheduler):
             self._pump()
         return True
 
+    def mark_known(self, request: Request) -> None:
+        """Record *request*'s resource as fetched already (a redirect's target): a completed work item,
+        deduplicated as any other, never downloaded (:class:`~holocron_scrapy.frontier.contract.Frontier`)."""
+        resource, key = self._resource_key(request)
+        if self.df.seen_key(key):
+            return
+        item = self.new_item(request, resource, key, status=COMPLETED)
+        if item is None:
+            return
+        self._new.append(item)
+        self._gen += 1
+        if len(self._new) >= _ENQUEUE_FLUSH_SIZE:
+            self._pump()
+
     def _resource_key(self, request: Request) -> tuple[Resource, str]:
         resource = self.df.request_resource(request)
         if self.scope is not None and resource.source_system == "request":
@@ -478,7 +503,9 @@ class FrontierScheduler(BaseScheduler):
             key = f"{key}#{uuid.uuid4().hex}"
         return resource, key
 
-    def new_item(self, request: Request, resource: Resource | None = None, key: str | None = None) -> NewItem | None:
+    def new_item(
+        self, request: Request, resource: Resource | None = None, key: str | None = None, *, status: str = PENDING
+    ) -> NewItem | None:
         """The work item *request* is stored as (None, logged and counted, if it cannot be stored).
         Pure (no I/O): the seed intake (:mod:`holocron_scrapy.frontier.intake`) calls it in the
         store's worker thread."""
@@ -490,12 +517,9 @@ class FrontierScheduler(BaseScheduler):
             logger.error("Cannot store %s in the frontier: %s", request, exc, extra={"spider": self.spider})
             self._stat("frontier/unserializable")
             return None
-        depth = request_depth(request)
+        work = work_of(request)
+        depth = work.depth if work is not None else int(request.meta.get("depth", 0) or 0)
         priority = request.priority + (-depth if self.order == "bfs" else depth)
-        info = request.meta.get("holocron") or {}
-        status = request.meta.get(STATUS_META, PENDING)
-        if status not in (PENDING, COMPLETED):
-            status = PENDING
         return NewItem(
             dedupe_key=key,
             source_system=resource.source_system,
@@ -505,7 +529,7 @@ class FrontierScheduler(BaseScheduler):
             priority=priority,
             depth=depth,
             run_id=self.run_id,
-            discovered_from=info.get("discovered_from"),
+            discovered_from=work.discovered_from if work is not None else None,
             status=status,
             **row,
         )
@@ -534,7 +558,7 @@ class FrontierScheduler(BaseScheduler):
         return None
 
     def _batches(self) -> bool:
-        return callable(getattr(self.spider, "build_batch_request", None))
+        return isinstance(self.spider, BatchingSpider)
 
     def _want_claim(self) -> None:
         """Ask the background loop for a claim (the requests arrive in ``ready``, and wake the engine)."""
@@ -548,7 +572,9 @@ class FrontierScheduler(BaseScheduler):
 
     def _claim_want(self) -> ClaimWant:
         hold = (
-            self.fill_batches and self._batches() and bool(self.leased or getattr(self.spider, "frontier_hold", False))
+            self.fill_batches
+            and isinstance(self.spider, BatchingSpider)
+            and bool(self.leased or self.spider.frontier_hold)
         )
         return ClaimWant(
             limit=self.claim_size,
@@ -583,27 +609,30 @@ class FrontierScheduler(BaseScheduler):
             if (row.get("lease_losses") or 0) >= self.store.solo_after:  # type: ignore[union-attr]
                 self.suspects.add(row["seq"])
                 self._stat("frontier/solo_claims")
-            request.meta[IDS_META] = [row["seq"]]
-            request.meta[ATTEMPT_META] = row["attempt"]
-            request.meta[WORK_ITEM_META] = row["work_item_id"]
-            if row.get("completed_at"):
-                done = row["completed_at"]
-                request.meta[RECRAWL_META] = ts(done) if isinstance(done, datetime) else str(done)
-            batch_key = request.meta.get(BATCH_META)
-            if batch_key and self._batches():
-                batches.setdefault(batch_key, []).append(request)
+            done = row.get("completed_at")
+            work = (work_of(request) or Work()).but(
+                ids=(row["seq"],),
+                attempt=row["attempt"],
+                work_item_id=row["work_item_id"],
+                completed_at=(ts(done) if isinstance(done, datetime) else str(done)) if done else None,
+            )
+            set_work(request, work)
+            if work.batch_key and self._batches():
+                batches.setdefault(work.batch_key, []).append(request)
             else:
                 singles.append(request)
-        current = getattr(self.spider, "frontier_batch_size", None)  # what the spider may send now
+        spider = self.spider
         for group in batches.values():
+            assert isinstance(spider, BatchingSpider)
             # The spider's current size wins over the one stored with the rows: a run resumed under other
             # account rights (a bot login gained or lost) batches by what it may use today.
-            size = max(1, int(current or group[0].meta.get(BATCH_SIZE_META) or len(group)))
+            first = work_of(group[0])
+            stored_size = first.batch_size if first is not None else None
+            size = max(1, int(spider.frontier_batch_size or stored_size or len(group)))
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
-                merged = self.spider.build_batch_request(chunk)  # type: ignore[union-attr]
-                merged.meta[IDS_META] = [seq for r in chunk for seq in r.meta[IDS_META]]
-                self.ready.append(merged)
+                merged = spider.build_batch_request(chunk)
+                self.ready.append(hand_on(merged, [seq for r in chunk for seq in ids_of(r)]))
         self.ready.extend(singles)
 
     def fetched(self, seqs: list[int]) -> None:
@@ -672,7 +701,7 @@ class FrontierScheduler(BaseScheduler):
         closes only once the store has said, after our last write, that nothing of ours is left
         (pending, in backoff, or leased live by another worker); until then this raises
         ``DontCloseSpider`` and the background loop asks (reclaiming expired leases first)."""
-        in_memory = {seq for req in (*self.ready, *self.owned) for seq in req.meta.get(IDS_META, ())}
+        in_memory = {seq for req in (*self.ready, *self.owned) for seq in ids_of(req)}
         orphans = sorted(set(self.leased) - in_memory)
         if orphans:
             logger.warning("Frontier: %d leased items finished without an outcome; retrying them", len(orphans))
@@ -798,7 +827,7 @@ class FrontierScheduler(BaseScheduler):
         if result.outstanding is False and job.gen == self._gen:
             self._drained_at, self._drained_gen = time.monotonic(), job.gen
         if self.ready and not self._in_next_request:
-            self._wake(had_work=bool(set(self.leased) - {s for r in self.ready for s in r.meta[IDS_META]}))
+            self._wake(had_work=bool(set(self.leased) - {s for r in self.ready for s in ids_of(r)}))
         elif self._drained():
             self._poke_engine()  # it may close the spider now
         if len(self._new) >= _ENQUEUE_FLUSH_SIZE or self._wants.any():

@@ -54,6 +54,7 @@ from scrapy import Request
 
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.intake import in_worker, work_items
+from holocron_scrapy.frontier.scheduler import scheduler_of
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore
 from holocron_scrapy.mediawiki import api
 from holocron_scrapy.mediawiki.errors import ApiError
@@ -201,7 +202,7 @@ async def generator_requests(spider: MediaWikiSpider, spec: GeneratorSpec) -> As
     nothing is yielded; without it (a foreign scheduler, no state database) each listed title's
     request is yielded and nothing is checkpointed. ``frontier_hold`` is set while listing, so that
     the frontier holds half-empty batches until the listing is complete."""
-    frontier = getattr(spider.crawler, "holocron_frontier", None)
+    frontier = scheduler_of(spider.crawler)
     if frontier is None or frontier.store is None:
         walk = ListingWalk.start(spec)
         while not walk.done:
@@ -226,7 +227,7 @@ async def generator_requests(spider: MediaWikiSpider, spec: GeneratorSpec) -> As
 async def run_in_frontier(spider: MediaWikiSpider, spec: GeneratorSpec) -> GeneratorState | None:
     """Walk *spec*'s listing into the crawl's frontier, one answer (and one transaction) at a time.
     Returns the final state, or None when the frontier closed first (the checkpoint keeps the place)."""
-    frontier = getattr(spider.crawler, "holocron_frontier", None)
+    frontier = scheduler_of(spider.crawler)
     if frontier is None or frontier.store is None:
         return None
     store, scope, stats = frontier.store, frontier.scope, spider.crawler.stats

@@ -69,6 +69,7 @@ from twisted.internet import threads
 from holocron_scrapy.config import Source, parse_recrawl_mode
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.keys import make_dedupe_key
+from holocron_scrapy.frontier.scheduler import scheduler_of
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore, open_work_item_store
 from holocron_scrapy.items import DELETED, IngestItem, payload_hash
 from holocron_scrapy.mediawiki import api, changes
@@ -261,7 +262,7 @@ class ChangesSync:
     # -- plumbing --
     @property
     def frontier(self) -> Any:
-        frontier = getattr(self.crawler, "holocron_frontier", None)
+        frontier = scheduler_of(self.crawler)
         if frontier is None or frontier.store is None or frontier.executor is None:
             logger.error(
                 "recrawl=changes keeps its checkpoint in the frontier's state database: it needs the frontier"

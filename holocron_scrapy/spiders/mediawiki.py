@@ -62,17 +62,9 @@ from holocron_scrapy import defaults
 from holocron_scrapy.config import Config, Source, batch_size_problem
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body, failure_error
+from holocron_scrapy.frontier.contract import WORK_META, Work, frontier_of, work_meta, work_of
 from holocron_scrapy.frontier.intake import SeedList
-from holocron_scrapy.frontier.keys import resource_meta
-from holocron_scrapy.frontier.scheduler import (
-    ATTEMPT_META,
-    BATCH_META,
-    BATCH_SIZE_META,
-    IDS_META,
-    RECRAWL_META,
-    STATUS_META,
-    WORK_ITEM_META,
-)
+from holocron_scrapy.frontier.keys import Resource
 from holocron_scrapy.items import FAILED, OK, IngestItem
 from holocron_scrapy.mediawiki import api
 from holocron_scrapy.mediawiki.auth import (
@@ -207,6 +199,19 @@ def batch_size(value: Any, login: BotCredentials | None) -> int:
     if login is None and size > defaults.MEDIAWIKI_MAX_BATCH_SIZE:
         raise ConfigError(batch_size_problem(size), key="batch_size")
     return parse_int(size, key="batch_size", low=1, high=defaults.MEDIAWIKI_MAX_BOT_BATCH_SIZE)
+
+
+def title_entry(work: Work) -> dict[str, Any]:
+    """The entry of one claimed title in a batch (``mw_titles``): its title, depth and claim."""
+    assert work.resource is not None, "a title request names its page"
+    return {
+        "title": work.resource.resource_id,
+        "depth": work.depth,
+        "ids": list(work.ids),
+        "attempt": work.attempt,
+        "work_item_id": work.work_item_id,
+        "completed_at": work.completed_at,
+    }
 
 
 class MediaWikiSpider(HolocronSpider):
@@ -345,23 +350,16 @@ class MediaWikiSpider(HolocronSpider):
         self.options = replace(self.options, batch_size=size)
 
     def title_request(
-        self, title: str, *, depth: int, discovered_from: str | None = None, known: bool = False
+        self, title: str, *, depth: int, discovered_from: str | None = None
     ) -> Request:
         """The per-title request the frontier stores; batched by :meth:`build_batch_request`."""
-        meta = {
-            "holocron": resource_meta(
-                SOURCE_SYSTEM,
-                self.options.source_name,
-                RESOURCE_TYPE,
-                title,
-                depth=depth,
-                discovered_from=discovered_from,
-            ),
-            BATCH_META: self.options.api_url,
-            BATCH_SIZE_META: self.options.batch_size,
-        }
-        if known:
-            meta[STATUS_META] = "completed"
+        meta = work_meta(
+            Resource(SOURCE_SYSTEM, self.options.source_name, RESOURCE_TYPE, title),
+            depth=depth,
+            discovered_from=discovered_from,
+            batch_key=self.options.api_url,
+            batch_size=self.options.batch_size,
+        )
         return Request(
             api.title_url(self.options.api_url, title),
             callback=self.parse_batch,
@@ -371,17 +369,7 @@ class MediaWikiSpider(HolocronSpider):
 
     def build_batch_request(self, requests: list[Request]) -> Request:
         """One ``action=query`` for the titles of several claimed per-title requests."""
-        titles = [
-            {
-                "title": r.meta["holocron"]["resource_id"],
-                "depth": r.meta["holocron"].get("depth", 0),
-                "ids": list(r.meta.get(IDS_META, ())),
-                "attempt": r.meta.get(ATTEMPT_META, 1),
-                "work_item_id": r.meta.get(WORK_ITEM_META),
-                "completed_at": r.meta.get(RECRAWL_META),
-            }
-            for r in requests
-        ]
+        titles = [title_entry(work_of(r) or Work()) for r in requests]
         if not getattr(self, "full_refresh", False) and any(t["completed_at"] for t in titles):
             # A re-crawl: one cheap prop=info first; its answer is compared with the stored revisions
             # (looked up off the reactor in parse_info), and content is fetched only for what changed.
@@ -432,7 +420,7 @@ class MediaWikiSpider(HolocronSpider):
             meta={
                 MEDIAWIKI_META: True,
                 "mw_titles": titles,
-                IDS_META: [i for t in titles for i in t["ids"]],
+                WORK_META: Work(ids=tuple(i for t in titles for i in t["ids"])),
             },
             dont_filter=True,
         )
@@ -487,7 +475,7 @@ class MediaWikiSpider(HolocronSpider):
                 "mw_titles": titles,
                 "mw_acc": acc,
                 "mw_first_url": first_url,
-                IDS_META: [i for t in titles for i in t["ids"]],
+                WORK_META: Work(ids=tuple(i for t in titles for i in t["ids"])),
             },
             dont_filter=True,
         )
@@ -591,7 +579,8 @@ class MediaWikiSpider(HolocronSpider):
             if outcome != OK:
                 continue
             if title not in {e["title"] for e in entries}:
-                yield self.title_request(title, depth=depth, known=True)  # a redirect target: don't fetch again
+                # a redirect target: known now, not fetched again
+                frontier_of(self.crawler).mark_known(self.title_request(title, depth=depth))
             if depth < self.options.max_depth:
                 yield from self.discovered(page, depth + 1, title)
 
@@ -640,15 +629,7 @@ class MediaWikiSpider(HolocronSpider):
         request = failure.request  # type: ignore[attr-defined]  # Scrapy sets Failure.request on a download error
         titles = request.meta.get("mw_titles")
         if titles is None:  # a per-title request that was never batched (no frontier)
-            info = request.meta["holocron"]
-            titles = [
-                {
-                    "title": info["resource_id"],
-                    "depth": info.get("depth", 0),
-                    "ids": list(request.meta.get(IDS_META, ())),
-                    "attempt": 1,
-                }
-            ]
+            titles = [title_entry(work_of(request) or Work())]
         error = failure_error(failure)
         status = error.response.status if isinstance(error, HttpError) else None
         if status == 414 and len(titles) > 1 and "mw_titles" in request.meta:  # URI too long: fewer titles
