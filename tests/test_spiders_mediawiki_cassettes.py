@@ -32,7 +32,7 @@ from vcr.errors import CannotOverwriteExistingCassetteException
 from holocron_scrapy.frontier.contract import CRAWLER_ATTRIBUTE, WORK_META, hand_on, ids_of, work_of
 from holocron_scrapy.items import FAILED, INVALID, MISSING, OK, REDIRECT_LOOP, SPECIAL, IngestItem
 from holocron_scrapy.mediawiki import api
-from holocron_scrapy.middlewares.retry import MEDIAWIKI_META
+from holocron_scrapy.mediawiki.calls import QUERY, api_call, api_meta
 from holocron_scrapy.spiders.mediawiki import MediaWikiSpider
 from tests.support import cassettes, wikigen
 from tests.support.cassettes import PLACEHOLDER_API as API
@@ -195,12 +195,12 @@ def test_redirected_answers_keep_the_final_url_and_redirect_meta() -> None:
     final.status_code, final.url, final.history = 200, "http://127.0.0.1:8080/api.php?titles=A", [hop]
     final.headers["Content-Type"] = "application/json"
     final._content = b'{"batchcomplete": true}'
-    request = Request("http://wiki.test/w/api.php?titles=A", meta={"mw_titles": []})
+    request = Request("http://wiki.test/w/api.php?titles=A", meta=api_meta(titles=[]))
     response = cassettes.to_scrapy_response(request, final)
     assert type(response) is JsonResponse and response.url == "http://wiki.test/api.php?titles=A"
     assert response.request is not None and response.request.url == response.url
     assert response.meta["redirect_urls"] == ["http://wiki.test/w/api.php?titles=A"]
-    assert response.meta["redirect_reasons"] == [301] and response.meta["mw_titles"] == []
+    assert response.meta["redirect_reasons"] == [301] and api_call(response).titles == []
 
 # -- parse_batch: a complete batch -----------------------------------------------------------------
 
@@ -228,7 +228,7 @@ def ns0_links(title: str) -> set[str]:
 def test_complete_batch_yields_one_item_per_resolved_title(cassette: cassettes.CassettePlayer, tmp_path: Path) -> None:
     spider = make_spider(tmp_path, max_depth="1")
     request = batch_request(spider, BATCH)
-    assert request.meta[MEDIAWIKI_META] is True and request.dont_filter
+    assert api_call(request).purpose == QUERY and request.dont_filter
     response = cassette.fetch(request)
     assert type(response) is JsonResponse and response.json().get("batchcomplete") is True
     items, requests = split_output(list(spider.parse_batch(response)))
@@ -327,9 +327,9 @@ def test_continuation_yields_one_request_then_complete_pages(
             assert sent[key] == str(value), key  # every continue key, sent back whole
         assert {k: v for k, v in sent.items() if k not in answer["continue"]} == query(first.url)
         assert ids_of(follow) == (10, 11, 12) == ids_of(first)
-        assert follow.meta["mw_titles"] == first.meta["mw_titles"]
-        assert follow.meta["mw_first_url"] == first.url and follow.meta["mw_acc"]["parts"] == parts
-        assert follow.meta[MEDIAWIKI_META] is True and follow.dont_filter
+        assert api_call(follow).titles == api_call(first).titles
+        assert api_call(follow).first_url == first.url and api_call(follow).acc["parts"] == parts
+        assert api_call(follow).purpose == QUERY and follow.dont_filter
         assert follow.callback == spider.parse_batch and follow.errback == spider.errback_batch
         request = follow
     assert parts >= 3  # Hub Beta has 850 links in namespace 0; pllimit=max is 500
@@ -414,11 +414,11 @@ def test_a_refused_title_splits_its_batch_in_halves_carrying_their_ids(tmp_path:
     response = TextResponse(request.url, status=200, body=json.dumps(error).encode(), request=request)
     halves = list(spider.parse_batch(response))
     assert all(isinstance(h, Request) for h in halves) and len(halves) == 2
-    assert [[t["title"] for t in h.meta["mw_titles"]] for h in halves] == [titles[:3], titles[3:]]
+    assert [[t["title"] for t in api_call(h).titles] for h in halves] == [titles[:3], titles[3:]]
     assert [list(ids_of(h)) for h in halves] == [[1, 2, 3], [4, 5, 6, 7]]  # each half owns its work items
     for half in halves:
-        assert query(half.url)["titles"] == "|".join(t["title"] for t in half.meta["mw_titles"])
-        assert half.meta[MEDIAWIKI_META] and half.dont_filter and half.meta["mw_acc"] is None
+        assert query(half.url)["titles"] == "|".join(t["title"] for t in api_call(half).titles)
+        assert api_call(half).purpose == QUERY and half.dont_filter and api_call(half).acc is None
         assert half.callback == spider.parse_batch and half.errback == spider.errback_batch
     single = batch_request(spider, ["Title 03"], first_id=3)
     alone = response.replace(request=single)
@@ -497,7 +497,7 @@ def test_errback_uri_too_long_splits_the_batch(tmp_path: Path) -> None:
     titles = ["Sarvessha", "Ionsar Runner", "T1-C5"]
     request = batch_request(spider, titles)
     halves = list(spider.errback_batch(http_failure(request, Response(request.url, status=414, request=request))))
-    assert [[t["title"] for t in h.meta["mw_titles"]] for h in halves] == [titles[:1], titles[1:]]
+    assert [[t["title"] for t in api_call(h).titles] for h in halves] == [titles[:1], titles[1:]]
     assert [list(ids_of(h)) for h in halves] == [[1], [2, 3]]
     single = batch_request(spider, ["Sarvessha"])
     (item,) = list(spider.errback_batch(http_failure(single, Response(single.url, status=414, request=single))))

@@ -57,10 +57,10 @@ from holocron_scrapy.frontier.intake import in_worker, work_items
 from holocron_scrapy.frontier.scheduler import scheduler_of
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore
 from holocron_scrapy.mediawiki import api
+from holocron_scrapy.mediawiki.calls import LISTING, api_meta, take_decoded
 from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.listings import GeneratorSpec, ListingPage, ListingWalk, listing_limit
 from holocron_scrapy.mediawiki.parse import MalformedResponse
-from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META
 
 if TYPE_CHECKING:
     from holocron_scrapy.spiders.mediawiki import MediaWikiSpider
@@ -70,7 +70,6 @@ logger = logging.getLogger(__name__)
 #: Checkpoint names of generator listings: ``generator/<sha256 of the spec>``.
 CHECKPOINT_PREFIX = "generator/"
 #: Marks a listing request (for middlewares and logs; it never reaches the frontier).
-LISTING_META = "holocron_mw_listing"
 
 
 def spec_digest(spec: GeneratorSpec) -> str:
@@ -164,7 +163,7 @@ def listing_request(spider: MediaWikiSpider, walk: ListingWalk) -> Request:
         params["assert"] = "user"
     return Request(
         api.api_url(spider.options.api_url, params),
-        meta={MEDIAWIKI_META: True, LISTING_META: True},
+        meta=api_meta(LISTING),
         dont_filter=True,
     )
 
@@ -181,7 +180,7 @@ async def fetch_page(spider: MediaWikiSpider, walk: ListingWalk) -> tuple[Listin
         raise ListingFailed(f"no answer: {type(exc).__name__}: {exc}") from None
     if response.status != 200:
         raise ListingFailed(f"HTTP {response.status}")
-    body = response.meta.pop(MEDIAWIKI_JSON_META, None)
+    body = take_decoded(response)
     try:
         return fed(walk, body if body is not None else response.body)
     except ApiError as exc:

@@ -77,6 +77,7 @@ from holocron_scrapy.mediawiki.auth import (
     credentials,
     effective_batch_size,
 )
+from holocron_scrapy.mediawiki.calls import PROBE, ApiCall, api_call, api_meta, take_decoded
 from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.generate import generator_requests
 from holocron_scrapy.mediawiki.listings import GeneratorSpec, parse_generator
@@ -90,7 +91,6 @@ from holocron_scrapy.mediawiki.parse import (
     resolve,
 )
 from holocron_scrapy.mediawiki.sync import recrawl_mode
-from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META, PROBE_META
 from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds, response_header
 
 SOURCE_SYSTEM = "mediawiki"
@@ -201,8 +201,13 @@ def batch_size(value: Any, login: BotCredentials | None) -> int:
     return parse_int(size, key="batch_size", low=1, high=defaults.MEDIAWIKI_MAX_BOT_BATCH_SIZE)
 
 
+def batch_call(response: Response) -> ApiCall:
+    """The :class:`ApiCall` of a content batch's answer (an empty one for a request sent unbatched)."""
+    return api_call(response) or ApiCall()
+
+
 def title_entry(work: Work) -> dict[str, Any]:
-    """The entry of one claimed title in a batch (``mw_titles``): its title, depth and claim."""
+    """The entry of one claimed title in a batch (``ApiCall.titles``): its title, depth and claim."""
     assert work.resource is not None, "a title request names its page"
     return {
         "title": work.resource.resource_id,
@@ -290,7 +295,7 @@ class MediaWikiSpider(HolocronSpider):
         faults are retried); raise CloseSpider("fatal_api_probe") if api_url is no MediaWiki API."""
         url = api.api_url(self.options.api_url, api.siteinfo_params(maxlag=self.options.maxlag))
         # Its own error line says what went wrong: Scrapy's "Gave up retrying" is only INFO here.
-        meta = {MEDIAWIKI_META: True, PROBE_META: True, "give_up_log_level": logging.INFO}
+        meta = {**api_meta(PROBE), "give_up_log_level": logging.INFO}
         request = Request(url, meta=meta, dont_filter=True)
         stats = self.crawler.stats
         try:
@@ -418,8 +423,7 @@ class MediaWikiSpider(HolocronSpider):
             callback=self.parse_info,
             errback=self.errback_batch,
             meta={
-                MEDIAWIKI_META: True,
-                "mw_titles": titles,
+                **api_meta(titles=titles),
                 WORK_META: Work(ids=tuple(i for t in titles for i in t["ids"])),
             },
             dont_filter=True,
@@ -429,7 +433,7 @@ class MediaWikiSpider(HolocronSpider):
         """Compare ``lastrevid`` with the stored revisions; fetch content only for changed titles.
 
         Titles left out of the follow-up request are acknowledged as unchanged."""
-        titles = response.meta["mw_titles"]
+        titles = batch_call(response).titles or []
         acc = Accumulator()
         try:
             body = self.decoded_body(response)
@@ -471,10 +475,7 @@ class MediaWikiSpider(HolocronSpider):
             callback=self.parse_batch,
             errback=self.errback_batch,
             meta={
-                MEDIAWIKI_META: True,
-                "mw_titles": titles,
-                "mw_acc": acc,
-                "mw_first_url": first_url,
+                **api_meta(titles=titles, acc=acc, first_url=first_url),
                 WORK_META: Work(ids=tuple(i for t in titles for i in t["ids"])),
             },
             dont_filter=True,
@@ -485,14 +486,15 @@ class MediaWikiSpider(HolocronSpider):
     def decoded_body(response: Response) -> Any:
         """The answer's JSON object: decoded once, by the retry middleware when it ran; None when
         the body is not a JSON object."""
-        decoded = response.meta.pop(MEDIAWIKI_JSON_META, None)
+        decoded = take_decoded(response)
         if decoded is None:
             decoded, _ = decode_api_body(response.body)
         return decoded
 
     def parse_batch(self, response: Response) -> Iterator[Any]:
-        titles = response.meta["mw_titles"]
-        acc = Accumulator.from_dict(response.meta.get("mw_acc"))
+        call = batch_call(response)
+        titles = call.titles or []
+        acc = Accumulator.from_dict(call.acc)
         body = self.decoded_body(response)
         try:
             if body is None:
@@ -524,7 +526,7 @@ class MediaWikiSpider(HolocronSpider):
         if continuation:
             self.crawler.stats.inc_value("mediawiki/continuations")
             yield self._query_request(
-                titles, continuation=continuation, acc=acc.to_dict(), first_url=response.meta.get("mw_first_url")
+                titles, continuation=continuation, acc=acc.to_dict(), first_url=call.first_url
             )
             return
         yield from self.batch_output(titles, acc, response)
@@ -559,7 +561,7 @@ class MediaWikiSpider(HolocronSpider):
                 requested_id=direct["title"],
                 outcome=outcome,
                 payload=page,
-                request_uri=response.meta.get("mw_first_url") or response.url,
+                request_uri=batch_call(response).first_url or response.url,
                 status_code=response.status,
                 content_type=response_header(response, b"Content-Type"),
                 duration_ms=None if latency is None else int(latency * 1000),
@@ -627,12 +629,14 @@ class MediaWikiSpider(HolocronSpider):
 
     def errback_batch(self, failure: Failure) -> Iterator[IngestItem | Request]:
         request = failure.request  # type: ignore[attr-defined]  # Scrapy sets Failure.request on a download error
-        titles = request.meta.get("mw_titles")
+        call = api_call(request)
+        titles = call.titles if call is not None else None
+        batched = titles is not None
         if titles is None:  # a per-title request that was never batched (no frontier)
             titles = [title_entry(work_of(request) or Work())]
         error = failure_error(failure)
         status = error.response.status if isinstance(error, HttpError) else None
-        if status == 414 and len(titles) > 1 and "mw_titles" in request.meta:  # URI too long: fewer titles
+        if status == 414 and len(titles) > 1 and batched:  # URI too long: fewer titles
             yield from self.bisect(titles, "HTTP 414 (URI too long)")
             return
         verdict = classify_exception(error)
