@@ -48,6 +48,8 @@ EXTENSIONS = {
     # gc.freeze() once the engine started: full collections skip what lives as long as the crawl.
     "holocron_scrapy.extensions.collector.FreezeStartupObjects": 520,
     "holocron_scrapy.extensions.metrics.FleetMetrics": 530,  # Prometheus endpoint, off unless HOLOCRON_METRICS_PORT
+    # A progress line of the frontier every HOLOCRON_FRONTIER_PROGRESS_INTERVAL seconds, as LogStats'.
+    "holocron_scrapy.extensions.progress.FrontierProgress": 540,
 }
 # No open port a crawler does not need: Scrapy's RemoteControl (on by default since 2.19: an HTTP
 # server on localhost that runs any Python code posted to it, its bearer token written to a job

@@ -187,21 +187,6 @@ def test_jobdir_holds_the_frontier_without_a_state_url(tmp_path):
     assert state_url_from_settings({"JOBDIR": "x", "HOLOCRON_STATE_URL": "sqlite:///y"}) == "sqlite:///y"
 
 
-def test_progress_line(tmp_path, caplog):
-    _, s = make(tmp_path)
-    for title in "ABC":
-        s.enqueue_request(page(title))
-    first = s.next_request()
-    s.log_progress()
-    s.ack(list(ids_of(first)))
-    s.flush()
-    with caplog.at_level("INFO"):
-        s.log_progress()
-    (line,) = [r.getMessage() for r in caplog.records if "Frontier progress" in r.getMessage()]
-    assert "done=1 pending=0 in_progress=2 failed=0" in line and "pages/min" in line and "ETA" in line
-    s.close("finished")
-
-
 def test_dont_filter_requests_bypass_the_dedupe(tmp_path):
     crawler, s = make(tmp_path)
     assert s.enqueue_request(page("A"))

@@ -21,7 +21,8 @@
 * Acks and failures (see :mod:`holocron_scrapy.frontier.acks`) are flushed in batches, after
   the enqueues of the same period, so a kill never loses discovered work.
 * A crawl works on its own source only (``HOLOCRON_SOURCE_SYSTEM`` + ``HOLOCRON_SOURCE_NAME``, set
-  by the holocron spiders): claims, counts, reclaims and progress cover that source's items, and
+  by the holocron spiders): claims, counts and reclaims cover that source's items (and the progress line
+  of :mod:`holocron_scrapy.extensions.progress`), and
   requests without a resource in their meta are filed under it. Without both settings (a foreign
   spider) the scheduler works on every item.
 * A lost lease is not an attempt (see :mod:`holocron_scrapy.frontier.store`); an item lost twice
@@ -34,7 +35,7 @@ at a higher priority than ``HOLOCRON_STATE_URL``, e.g. ``-s JOBDIR`` against the
 ``HOLOCRON_FRONTIER_ORDER`` (bfs|dfs), ``HOLOCRON_FRONTIER_CLAIM_SIZE``,
 ``HOLOCRON_FRONTIER_LEASE_SECONDS``, ``HOLOCRON_FRONTIER_MAX_ATTEMPTS``,
 ``HOLOCRON_FRONTIER_RETRY_BACKOFF``, ``HOLOCRON_FRONTIER_FLUSH_INTERVAL``,
-``HOLOCRON_FRONTIER_PROGRESS_INTERVAL``, ``HOLOCRON_FRONTIER_FILL_BATCHES``,
+``HOLOCRON_FRONTIER_FILL_BATCHES``,
 ``HOLOCRON_FRONTIER_SOLO_AFTER_LOSSES``, ``HOLOCRON_FRONTIER_QUARANTINE_AFTER``,
 ``HOLOCRON_DB_OUTAGE_LIMIT``,
 ``HOLOCRON_RECRAWL_AFTER``, ``HOLOCRON_FULL_REFRESH``, ``HOLOCRON_RUN_ID``, ``DUPEFILTER_CLASS``.
@@ -151,7 +152,6 @@ class _Wants:
     reclaim_expired: bool = False
     reclaim_dead_local: bool = False
     outstanding: bool = False
-    counts: bool = False
 
     def any(self) -> bool:
         return any(vars(self).values())
@@ -184,7 +184,6 @@ class FrontierScheduler(BaseScheduler):
         claim_size: int = defaults.FRONTIER_CLAIM_SIZE,
         lease_seconds: float = defaults.FRONTIER_LEASE_SECONDS,
         flush_interval: float = defaults.FRONTIER_FLUSH_INTERVAL,
-        progress_interval: float = defaults.FRONTIER_PROGRESS_INTERVAL,
         fill_batches: bool = defaults.FRONTIER_FILL_BATCHES,
         outage_limit: float = defaults.DB_OUTAGE_LIMIT,
         run_id: str | None = None,
@@ -206,7 +205,6 @@ class FrontierScheduler(BaseScheduler):
         self.claim_size = claim_size
         self.lease_seconds = lease_seconds
         self.flush_interval = flush_interval
-        self.progress_interval = progress_interval
         self.fill_batches = fill_batches
         self.run_id = run_id
         self.crawler = crawler
@@ -251,8 +249,7 @@ class FrontierScheduler(BaseScheduler):
         self._gave_up = False
         self._closing = False
         self._loop: task.LoopingCall | None = None
-        self._last_renew = self._last_reclaim = self._last_progress = time.monotonic()
-        self._progress_base: tuple[float, int] | None = None
+        self._last_renew = self._last_reclaim = time.monotonic()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FrontierScheduler:
@@ -293,7 +290,6 @@ class FrontierScheduler(BaseScheduler):
             claim_size=s.getint("HOLOCRON_FRONTIER_CLAIM_SIZE", defaults.FRONTIER_CLAIM_SIZE),
             lease_seconds=s.getfloat("HOLOCRON_FRONTIER_LEASE_SECONDS", defaults.FRONTIER_LEASE_SECONDS),
             flush_interval=s.getfloat("HOLOCRON_FRONTIER_FLUSH_INTERVAL", defaults.FRONTIER_FLUSH_INTERVAL),
-            progress_interval=s.getfloat("HOLOCRON_FRONTIER_PROGRESS_INTERVAL", defaults.FRONTIER_PROGRESS_INTERVAL),
             fill_batches=s.getbool("HOLOCRON_FRONTIER_FILL_BATCHES", defaults.FRONTIER_FILL_BATCHES),
             outage_limit=outage_limit(s),
             run_id=s.get("HOLOCRON_RUN_ID"),
@@ -734,7 +730,7 @@ class FrontierScheduler(BaseScheduler):
 
     def _tick(self) -> None:
         """Every ``HOLOCRON_FRONTIER_FLUSH_INTERVAL``: write the buffers, renew leases, reclaim dead
-        workers' leases, log progress, and claim for an idle worker (work another worker added)."""
+        workers' leases, and claim for an idle worker (work another worker added)."""
         now = time.monotonic()
         if self._job is not None and now - self._job_started > _HUNG_AFTER:
             # A call that neither returns nor fails (packets dropped, a lock held elsewhere): an outage too.
@@ -747,9 +743,6 @@ class FrontierScheduler(BaseScheduler):
         if now - self._last_reclaim >= min(30.0, self.lease_seconds / 2):
             self._last_reclaim = now
             self._wants.reclaim_expired = self._wants.reclaim_dead_local = True
-        if self.progress_interval > 0 and now - self._last_progress >= self.progress_interval:
-            self._last_progress = now
-            self._wants.counts = True
         if not (self.ready or self.owned or self.leased or self.suspects) and self._engine_accepts():
             gen, when = self._empty_claim
             if gen != self._gen or now - when >= self.idle_claim_every:
@@ -777,7 +770,6 @@ class FrontierScheduler(BaseScheduler):
             reclaim_dead_local=wants.reclaim_dead_local,
             claim=self._claim_want() if wants.claim and not self.suspects else None,
             outstanding=wants.outstanding,
-            counts=wants.counts,
             gen=self._gen,
         )
         self._new, self._completed, self._failed, self._release, self._end_solo = [], [], [], [], []
@@ -815,8 +807,6 @@ class FrontierScheduler(BaseScheduler):
             logger.info("Frontier: reclaimed %d items from expired leases", result.reclaimed)
         if result.rows is not None or result.gated:
             self._claimed(result)
-        if result.counts is not None:
-            self.log_progress(result.counts)
         if result.error is not None:
             self._job_failed(result.error, job)
             return
@@ -888,36 +878,13 @@ class FrontierScheduler(BaseScheduler):
         if nextcall is not None:
             nextcall.schedule()
 
-    def log_progress(self, counts: dict[str, dict[str, int]] | None = None) -> None:
-        """One progress line from the store's counts (read by the background loop)."""
-        if counts is None:
-            self._wants.counts = True
-            self._pump(force=True)
-            return
-        totals = {"pending": 0, "in_progress": 0, "completed": 0, "failed": 0}
-        if self.scope is not None:
-            counts = {self.scope.source_name: counts.get(self.scope.source_name, {})}
-        for per_status in counts.values():
-            for status, count in per_status.items():
-                totals[status] += count
-        now = time.monotonic()
-        if self._progress_base is None:
-            self._progress_base = (now, totals["completed"])
-        start, done0 = self._progress_base
-        minutes = max((now - start) / 60, 1e-9)
-        rate = (totals["completed"] - done0) / minutes
-        left = totals["pending"] + totals["in_progress"]
-        eta = f"{left / rate:.1f} min" if rate > 0 else "unknown"
-        logger.info(
-            "Frontier progress: done=%d pending=%d in_progress=%d failed=%d | %.1f pages/min | ETA %s",
-            totals["completed"],
-            totals["pending"],
-            totals["in_progress"],
-            totals["failed"],
-            rate,
-            eta,
-            extra={"spider": self.spider},
-        )
+    def read_counts(self) -> defer.Deferred[dict[str, dict[str, int]]]:
+        """The store's counts per source and status, read in the store's worker thread (for the
+        progress line, :mod:`holocron_scrapy.extensions.progress`); fails while the store is closed."""
+        store, executor = self.store, self.executor
+        if store is None or executor is None:
+            return defer.fail(RuntimeError("the frontier is not open"))
+        return executor.submit(store.counts)
 
     def _stat(self, key: str, count: int = 1) -> None:
         if self.stats is not None and count:
