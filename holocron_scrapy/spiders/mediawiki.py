@@ -20,10 +20,8 @@ Failures follow :mod:`holocron_scrapy.failures`: an answer that is not a JSON ob
 title may have caused (or an HTTP 414, URI too long) splits the batch in halves until the bad
 titles are isolated.
 
-A re-crawled batch (items completed before) asks ``prop=info`` first; ``parse_info`` compares
-each ``lastrevid`` with the stored revision through the crawler's version lookup
-(:mod:`holocron_scrapy.records.versions`: one batched query, off the reactor) and fetches content
-only for what changed.
+A re-crawled batch (items completed before) asks ``prop=info`` first and fetches content only for
+the titles whose ``lastrevid`` is not the revision stored (:mod:`holocron_scrapy.mediawiki.recrawl`).
 
 Seeds go through the frontier's seed intake (:mod:`holocron_scrapy.frontier.intake`): streamed in
 chunks, each title normalised by :meth:`MediaWikiSpider.seed_request`, taken in once per seed list.
@@ -46,6 +44,7 @@ Stats: ``mediawiki/pages/<outcome>``, ``mediawiki/api_error/<code>``, ``mediawik
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -90,6 +89,7 @@ from holocron_scrapy.mediawiki.parse import (
     page_links,
     resolve,
 )
+from holocron_scrapy.mediawiki.recrawl import RevisionCheck
 from holocron_scrapy.mediawiki.sync import recrawl_mode
 from holocron_scrapy.spiders.base import HolocronSpider, parse_int, parse_seeds, response_header
 
@@ -372,89 +372,23 @@ class MediaWikiSpider(HolocronSpider):
             meta=meta,
         )
 
+    @functools.cached_property
+    def revision_check(self) -> RevisionCheck:
+        """The ``prop=info`` step of re-crawled batches."""
+        return RevisionCheck(self, source_system=SOURCE_SYSTEM, resource_type=RESOURCE_TYPE)
+
     def build_batch_request(self, requests: list[Request]) -> Request:
-        """One ``action=query`` for the titles of several claimed per-title requests."""
+        """One ``action=query`` for the titles of several claimed per-title requests; a re-crawl asks
+        ``prop=info`` first (:mod:`holocron_scrapy.mediawiki.recrawl`)."""
         titles = [title_entry(work_of(r) or Work()) for r in requests]
         if not getattr(self, "full_refresh", False) and any(t["completed_at"] for t in titles):
-            # A re-crawl: one cheap prop=info first; its answer is compared with the stored revisions
-            # (looked up off the reactor in parse_info), and content is fetched only for what changed.
-            return self._info_request(titles)
+            return self.revision_check.request(titles)
         return self._query_request(titles, continuation=None, acc=None)
 
-    async def stored_revisions(self, titles: list[dict[str, Any]], resolved: dict[str, Any]) -> dict[str, int]:
-        """``{requested title: stored revision}`` of the re-crawled *titles*, from one batched version
-        lookup: the version stored under the title itself, else under the page a redirect or a
-        normalisation led to (the page is stored under its own title). A version counts only if it
-        was stored no later than the title's item last completed (its discoveries are in the
-        frontier by then)."""
-        from holocron_scrapy.records.versions import VersionLookup
-
-        def key(title: str) -> tuple[str, str, str, str]:
-            return (SOURCE_SYSTEM, self.options.source_name, RESOURCE_TYPE, title)
-
-        candidates: dict[str, list[str]] = {}
-        for entry in titles:
-            if not entry.get("completed_at"):
-                continue
-            names = [entry["title"]]
-            resolution = resolved.get(entry["title"])
-            if resolution is not None and resolution.outcome == OK and resolution.title != entry["title"]:
-                names.append(resolution.title)
-            candidates[entry["title"]] = names
-        if not candidates:
-            return {}
-        held = await VersionLookup.of(self.crawler).held([key(n) for names in candidates.values() for n in names])
-        since = {t["title"]: t["completed_at"] for t in titles}
-        stored: dict[str, int] = {}
-        for title, names in candidates.items():
-            for name in names:
-                version = held.get(key(name))
-                if version is not None and version.revision_id and version.stored_by(since[title]):
-                    stored[title] = version.revision_id
-                    break
-        return stored
-
-    def _info_request(self, titles: list[dict[str, Any]]) -> Request:
-        params = api.info_params(
-            sorted(t["title"] for t in titles), maxlag=self.options.maxlag, assert_user=self.mw_session is not None
-        )
-        return Request(
-            api.api_url(self.options.api_url, params),
-            callback=self.parse_info,
-            errback=self.errback_batch,
-            meta={
-                **api_meta(titles=titles),
-                WORK_META: Work(ids=tuple(i for t in titles for i in t["ids"])),
-            },
-            dont_filter=True,
-        )
-
     async def parse_info(self, response: Response) -> AsyncIterator[Any]:
-        """Compare ``lastrevid`` with the stored revisions; fetch content only for changed titles.
-
-        Titles left out of the follow-up request are acknowledged as unchanged."""
-        titles = batch_call(response).titles or []
-        acc = Accumulator()
-        try:
-            body = self.decoded_body(response)
-            if body is None:
-                raise MalformedResponse("not a JSON object")
-            merge_query(acc, body)
-        except (ApiError, ValueError, MalformedResponse) as exc:
-            self.logger.warning("prop=info check failed (%s); fetching all %d titles", exc, len(titles))
-            yield self._query_request(titles, continuation=None, acc=None)
-            return
-        resolved = {entry["title"]: resolve(acc, entry["title"]) for entry in titles}
-        stored_revisions = await self.stored_revisions(titles, resolved)
-        changed = []
-        for entry in titles:
-            resolution = resolved[entry["title"]]
-            page = resolution.page or {}
-            stored = stored_revisions.get(entry["title"])
-            if resolution.outcome == OK and stored is not None and stored == page.get("lastrevid"):
-                self.crawler.stats.inc_value("recrawl/unchanged")
-            else:
-                changed.append(entry)
+        """The ``prop=info`` answer of a re-crawl: content only for the titles that changed; the
+        others are acknowledged as unchanged (the callback's output ends without them)."""
+        changed = await self.revision_check.changed(response)
         if changed:
             yield self._query_request(changed, continuation=None, acc=None)
 
