@@ -189,7 +189,7 @@ def measure_scheduler(state_url: str, workdir: Path, claims: int) -> dict[str, A
     from scrapy.utils.test import get_crawler
 
     from benchmarks.frontier_crawl_rate import crawl_settings
-    from holocron_scrapy.frontier.acks import IDS_META
+    from holocron_scrapy.frontier.contract import ids_of
     from holocron_scrapy.frontier.executor import InlineExecutor
     from holocron_scrapy.frontier.scheduler import FrontierScheduler
 
@@ -218,8 +218,8 @@ def measure_scheduler(state_url: str, workdir: Path, claims: int) -> dict[str, A
         request = scheduler.next_request()
         assert request is not None, f"ran dry after {len(handed)} requests"
         handed.append(request)
-        scheduler.ack(list(request.meta[IDS_META]))
-    scheduler.ack(list(first.meta[IDS_META]))
+        scheduler.ack(list(ids_of(request)))
+    scheduler.ack(list(ids_of(first)))
     scheduler.flush()
     t_done = time.perf_counter()
     completed = sum(c["completed"] for c in scheduler.store.counts().values())

@@ -186,11 +186,11 @@ def dequeue(kind: str, n: int, workdir: Path) -> dict[str, float]:
                 store.flush([], [row["seq"] for row in rows], [])
                 got += len(rows)
         elif kind == "frontier":
-            from holocron_scrapy.frontier.acks import IDS_META
+            from holocron_scrapy.frontier.contract import ids_of
 
             started, got = time.perf_counter(), 0
             while (request := scheduler.next_request()) is not None:
-                scheduler.ack(list(request.meta[IDS_META]))
+                scheduler.ack(list(ids_of(request)))
                 got += 1
             scheduler.flush()
         else:

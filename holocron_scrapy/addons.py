@@ -7,8 +7,9 @@ Any Scrapy project gets the leased, resumable, shared frontier with two settings
 
 * :class:`Frontier` sets ``SCHEDULER`` and ``DUPEFILTER_CLASS`` to the frontier's, adds the ack and
   hand-off spider middlewares (:mod:`holocron_scrapy.frontier.acks`) to the project's own
-  ``SPIDER_MIDDLEWARES``, and registers the frontier's defaults (``HOLOCRON_STATE_URL``,
-  ``HOLOCRON_FRONTIER_*``, ...). Leases, their renewal and the progress lines run in the scheduler.
+  ``SPIDER_MIDDLEWARES``, the progress line (:mod:`holocron_scrapy.extensions.progress`) to its
+  ``EXTENSIONS``, and registers the frontier's defaults (``HOLOCRON_STATE_URL``,
+  ``HOLOCRON_FRONTIER_*``, ...). Leases and their renewal run in the scheduler.
   It brings no lake, no MediaWiki, no pipeline, and touches nothing else.
 * :class:`Holocron` is the product: the frontier, the lake and IngestRecords pipelines, the run
   summaries and the other extensions, the polite downloader and retry middleware, and the politeness
@@ -24,7 +25,7 @@ components read their settings without fallbacks.
 Crawler applies them before a crawl, for code that reads them without a crawl (tests, tools).
 
 Settings read: ``ADDONS`` (by :func:`apply_addons`). Settings written (at ``addon`` priority): see
-:data:`FRONTIER_SETTINGS`, :data:`FRONTIER_DEFAULTS`, :data:`HOLOCRON_SETTINGS`,
+:data:`FRONTIER_SETTINGS`, :data:`FRONTIER_EXTENSIONS`, :data:`FRONTIER_DEFAULTS`, :data:`HOLOCRON_SETTINGS`,
 :data:`HOLOCRON_DEFAULTS` and the component dicts below. Stats: none.
 """
 
@@ -52,6 +53,10 @@ FRONTIER_SPIDER_MIDDLEWARES: dict[str, int] = {
     # fails (not acks) the ids of a request dropped in between (DepthMiddleware, UrlLengthMiddleware).
     "holocron_scrapy.frontier.acks.FrontierHandOffMiddleware": 990,
 }
+#: The frontier's progress line (as Scrapy's LogStats), read off the reactor.
+FRONTIER_EXTENSIONS: dict[str, int] = {
+    "holocron_scrapy.extensions.progress.FrontierProgress": 540,
+}
 #: The defaults of the settings the frontier's components read (scheduler, dupe filter, seed intake,
 #: shared politeness).
 FRONTIER_DEFAULTS: dict[str, Any] = {
@@ -70,6 +75,7 @@ FRONTIER_DEFAULTS: dict[str, Any] = {
     "HOLOCRON_FRONTIER_POLITENESS_LEASE": defaults.FRONTIER_POLITENESS_LEASE,
     "HOLOCRON_SEED_CHUNK_SIZE": defaults.SEED_CHUNK_SIZE,
     "HOLOCRON_DUPEFILTER_CACHE_SIZE": defaults.DUPEFILTER_CACHE_SIZE,
+    "HOLOCRON_FRONTIER_KEYS_CLASS": defaults.FRONTIER_KEYS_CLASS,
     "HOLOCRON_DB_OUTAGE_LIMIT": defaults.DB_OUTAGE_LIMIT,
     "HOLOCRON_RETRY_BACKOFF_BASE": defaults.RETRY_BACKOFF_BASE,  # also the shared politeness's backoff
     "HOLOCRON_RETRY_BACKOFF_MAX": defaults.RETRY_BACKOFF_MAX,
@@ -181,6 +187,7 @@ class Frontier:
     def update_settings(self, settings: BaseSettings) -> None:
         set_defaults(settings, FRONTIER_SETTINGS)
         add_components(settings, "SPIDER_MIDDLEWARES", FRONTIER_SPIDER_MIDDLEWARES)
+        add_components(settings, "EXTENSIONS", FRONTIER_EXTENSIONS)
         set_defaults(settings, FRONTIER_DEFAULTS)
 
 

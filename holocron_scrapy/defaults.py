@@ -21,6 +21,8 @@ SHUTDOWN_TIMEOUT = 30.0  # seconds a stop (SIGTERM, Ctrl-C) may take to finish w
 STATE_URL = "sqlite:///data/state.sqlite3"
 JOBDIR_STATE_FILE = "frontier.sqlite3"
 FRONTIER_ORDER = "bfs"  # or "dfs"
+#: Names the resource (hence the dedupe key) of a request; a project may replace it.
+FRONTIER_KEYS_CLASS = "holocron_scrapy.frontier.dupefilter.RequestKeys"
 FRONTIER_CLAIM_SIZE = 50
 FRONTIER_LEASE_SECONDS = 600.0
 FRONTIER_MAX_ATTEMPTS = 3

@@ -26,6 +26,7 @@ from tests.support.crawl import REPO
 
 ACK = "holocron_scrapy.frontier.acks.FrontierAckMiddleware"
 HAND_OFF = "holocron_scrapy.frontier.acks.FrontierHandOffMiddleware"
+PROGRESS = "holocron_scrapy.extensions.progress.FrontierProgress"
 SCHEDULER = "holocron_scrapy.frontier.scheduler.FrontierScheduler"
 DUPEFILTER = "holocron_scrapy.frontier.dupefilter.FrontierDupeFilter"
 
@@ -40,14 +41,18 @@ def test_the_frontier_add_on_sets_the_frontier_and_its_defaults_only():
     empty = Settings()
     settings = empty.copy()
     Frontier().update_settings(settings)
-    assert changed(empty, settings) == {"SCHEDULER", "DUPEFILTER_CLASS", "SPIDER_MIDDLEWARES", *FRONTIER_DEFAULTS}
+    assert changed(empty, settings) == {
+        "SCHEDULER", "DUPEFILTER_CLASS", "SPIDER_MIDDLEWARES", "EXTENSIONS", *FRONTIER_DEFAULTS
+    }
+    assert settings.getdict("EXTENSIONS") == {PROGRESS: 540}
     assert settings.get("SCHEDULER") == SCHEDULER and settings.get("DUPEFILTER_CLASS") == DUPEFILTER
     assert settings.getdict("SPIDER_MIDDLEWARES") == {ACK: 10, HAND_OFF: 990}
     assert settings.get("HOLOCRON_STATE_URL") == defaults.STATE_URL
     assert settings.getint("HOLOCRON_FRONTIER_CLAIM_SIZE") == defaults.FRONTIER_CLAIM_SIZE
     assert settings.getfloat("HOLOCRON_FRONTIER_LEASE_SECONDS") == defaults.FRONTIER_LEASE_SECONDS
     assert settings.getint("HOLOCRON_DUPEFILTER_CACHE_SIZE") == defaults.DUPEFILTER_CACHE_SIZE
-    assert {settings.getpriority(name) for name in changed(empty, settings) - {"SPIDER_MIDDLEWARES"}} == {15}  # addon
+    component_dicts = {"SPIDER_MIDDLEWARES", "EXTENSIONS"}
+    assert {settings.getpriority(name) for name in changed(empty, settings) - component_dicts} == {15}  # addon
     assert not {name for name in FRONTIER_DEFAULTS if name.startswith(("HOLOCRON_LAKE", "HOLOCRON_RECORDS"))}
 
 
@@ -68,7 +73,7 @@ def test_the_frontier_add_on_keeps_the_projects_own_values_and_components():
     assert settings.getint("HOLOCRON_FRONTIER_CLAIM_SIZE") == 7 and settings.getfloat("DOWNLOAD_DELAY") == 0.3
     assert settings.getdict("SPIDER_MIDDLEWARES") == {"myproject.middlewares.Mine": 543, HAND_OFF: 800, ACK: 10}
     assert settings.getdict("ITEM_PIPELINES") == {"myproject.pipelines.Store": 300}
-    assert settings.getdict("EXTENSIONS") == {"myproject.extensions.Watch": 100}
+    assert settings.getdict("EXTENSIONS") == {"myproject.extensions.Watch": 100, PROGRESS: 540}
     assert settings.get("DOWNLOADER") == "scrapy.core.downloader.Downloader"  # politeness is Holocron's
     # A component disabled with None, or named by its class, stays as the project has it.
     settings = Settings({"SPIDER_MIDDLEWARES": {FrontierAckMiddleware: None}}, priority="project")
@@ -143,6 +148,7 @@ PRODUCT_COMPONENTS = {
         "holocron_scrapy.extensions.shutdown.GracefulShutdown": 510,
         "holocron_scrapy.extensions.collector.FreezeStartupObjects": 520,
         "holocron_scrapy.extensions.metrics.FleetMetrics": 530,
+        "holocron_scrapy.extensions.progress.FrontierProgress": 540,
     },
 }
 

@@ -10,10 +10,10 @@ from scrapy.utils.test import get_crawler
 
 from holocron_scrapy.frontier.acks import (
     DROPPED,
-    IDS_META,
     FrontierAckMiddleware,
     FrontierHandOffMiddleware,
 )
+from holocron_scrapy.frontier.contract import WORK_META, Work
 from holocron_scrapy.items import IngestItem
 
 
@@ -36,9 +36,9 @@ class Frontier:
 def setup():
     crawler = get_crawler(settings_dict={})
     crawler.holocron_frontier = Frontier()
-    request = Request("https://w/api.php?batch", meta={IDS_META: [1, 2, 3]})
+    request = Request("https://w/api.php?batch", meta={WORK_META: Work(ids=(1, 2, 3))})
     response = HtmlResponse(request.url, body=b"<html></html>", request=request)
-    continuation = Request("https://w/api.php?continue", meta={IDS_META: [2]})
+    continuation = Request("https://w/api.php?continue", meta={WORK_META: Work(ids=(2,))})
     item = IngestItem("mediawiki", "w", "page", "Three", request.url, {"x": 1}, work_item_ids=[3])
     return crawler, response, [continuation, item]
 

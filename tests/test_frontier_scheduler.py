@@ -11,9 +11,10 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.test import get_crawler
 
 from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.frontier.contract import ids_of, work_meta, work_of
 from holocron_scrapy.frontier.executor import InlineExecutor
-from holocron_scrapy.frontier.keys import resource_meta
-from holocron_scrapy.frontier.scheduler import BATCH_META, BATCH_SIZE_META, IDS_META, FrontierScheduler
+from holocron_scrapy.frontier.keys import Resource
+from holocron_scrapy.frontier.scheduler import FrontierScheduler
 from holocron_scrapy.items import FAILED, IngestItem
 
 
@@ -25,17 +26,24 @@ class PageSpider(Spider):
 
 
 class BatchSpider(PageSpider):
+    """A :class:`~holocron_scrapy.frontier.contract.BatchingSpider` of two titles per request."""
+
     name = "batches"
+    frontier_hold = False
+    frontier_batch_size = 2
 
     def build_batch_request(self, requests):
-        titles = [r.meta["holocron"]["resource_id"] for r in requests]
+        titles = [title_of(r) for r in requests]
         return Request("https://w/api.php?titles=" + "|".join(titles), meta={"titles": titles}, dont_filter=True)
 
 
+def title_of(request: Request) -> str:
+    return work_of(request).resource.resource_id
+
+
 def page(title: str, depth: int = 0, priority: int = 0, batch: bool = False) -> Request:
-    meta = {"holocron": resource_meta("mediawiki", "w", "page", title, depth=depth)}
-    if batch:
-        meta.update({BATCH_META: "https://w/api.php", BATCH_SIZE_META: 2})
+    batching = {"batch_key": "https://w/api.php", "batch_size": 2} if batch else {}
+    meta = work_meta(Resource("mediawiki", "w", "page", title), depth=depth, **batching)
     return Request(f"https://w/{title}", meta=meta, priority=priority)
 
 
@@ -72,9 +80,9 @@ def test_enqueue_dedupes_and_hands_out_with_ids(tmp_path):
     assert s.has_pending_requests()
     got = drain(s)
     assert [r.url for r in got] == ["https://w/A", "https://w/B"]
-    assert all(len(r.meta[IDS_META]) == 1 for r in got)
-    s.ack(got[0].meta[IDS_META])
-    s.fail(got[1].meta[IDS_META], "HTTP 404", retryable=False)
+    assert all(len(list(ids_of(r))) == 1 for r in got)
+    s.ack(list(ids_of(got[0])))
+    s.fail(list(ids_of(got[1])), "HTTP 404", retryable=False)
     s.flush()
     assert s.store.counts()["w"] == {"pending": 0, "in_progress": 0, "completed": 1, "failed": 1}
     assert not s.has_pending_requests()
@@ -99,7 +107,7 @@ def test_batches_are_merged_by_the_spider(tmp_path):
         s.enqueue_request(page(title, batch=True))
     got = drain(s)
     assert [r.meta["titles"] for r in got] == [["A", "B"], ["C"]]
-    assert [len(r.meta[IDS_META]) for r in got] == [2, 1]
+    assert [len(list(ids_of(r))) for r in got] == [2, 1]
     s.close("finished")
 
 
@@ -122,9 +130,9 @@ def test_item_signals_ack_and_fail(tmp_path):
     s.enqueue_request(page("A"))
     s.enqueue_request(page("B"))
     a, b = drain(s)
-    ok = IngestItem("mediawiki", "w", "page", "A", "u", {}, work_item_ids=a.meta[IDS_META])
+    ok = IngestItem("mediawiki", "w", "page", "A", "u", {}, work_item_ids=list(ids_of(a)))
     bad = IngestItem(
-        "mediawiki", "w", "page", "B", "u", {}, outcome=FAILED, error_message="gone", work_item_ids=b.meta[IDS_META]
+        "mediawiki", "w", "page", "B", "u", {}, outcome=FAILED, error_message="gone", work_item_ids=list(ids_of(b))
     )
     s._item_done(ok)
     s._item_done(bad)
@@ -141,7 +149,7 @@ def test_order_modes(tmp_path, order, expected):
     s.enqueue_request(page("root", 0))
     s.enqueue_request(page("d1", 1))
     s.enqueue_request(page("d2", 2))
-    assert [r.meta["holocron"]["resource_id"] for r in drain(s)] == expected
+    assert [title_of(r) for r in drain(s)] == expected
     s.close("finished")
 
 
@@ -149,7 +157,7 @@ def test_priority_comes_before_depth(tmp_path):
     _, s = make(tmp_path)
     s.enqueue_request(page("shallow", 0))
     s.enqueue_request(page("urgent", 3, priority=10))
-    assert [r.meta["holocron"]["resource_id"] for r in drain(s)] == ["urgent", "shallow"]
+    assert [title_of(r) for r in drain(s)] == ["urgent", "shallow"]
     s.close("finished")
 
 
@@ -161,7 +169,7 @@ def test_close_gives_unsent_and_inflight_items_back(tmp_path):
     s.close("shutdown")
     _, again = make(tmp_path)
     assert again.store.counts()["w"]["pending"] == 3
-    assert [r.meta["holocron"]["resource_id"] for r in drain(again)] == ["A", "B", "C"]
+    assert [title_of(r) for r in drain(again)] == ["A", "B", "C"]
     again.close("finished")
 
 
@@ -180,21 +188,6 @@ def test_jobdir_holds_the_frontier_without_a_state_url(tmp_path):
     assert state_url_from_settings({"JOBDIR": "x", "HOLOCRON_STATE_URL": "sqlite:///y"}) == "sqlite:///y"
 
 
-def test_progress_line(tmp_path, caplog):
-    _, s = make(tmp_path)
-    for title in "ABC":
-        s.enqueue_request(page(title))
-    first = s.next_request()
-    s.log_progress()
-    s.ack(first.meta[IDS_META])
-    s.flush()
-    with caplog.at_level("INFO"):
-        s.log_progress()
-    (line,) = [r.getMessage() for r in caplog.records if "Frontier progress" in r.getMessage()]
-    assert "done=1 pending=0 in_progress=2 failed=0" in line and "pages/min" in line and "ETA" in line
-    s.close("finished")
-
-
 def test_dont_filter_requests_bypass_the_dedupe(tmp_path):
     crawler, s = make(tmp_path)
     assert s.enqueue_request(page("A"))
@@ -209,11 +202,11 @@ def test_stale_items_are_requeued_at_open(tmp_path):
     _, s = make(tmp_path)
     s.enqueue_request(page("A"))
     (a,) = drain(s)
-    s.ack(a.meta[IDS_META])
+    s.ack(list(ids_of(a)))
     s.close("finished")
     _, again = make(tmp_path, HOLOCRON_SOURCE_NAME="w", HOLOCRON_RECRAWL_AFTER=0)
     (b,) = drain(again)
-    assert b.meta["holocron"]["resource_id"] == "A" and b.meta["holocron_completed_at"]
+    assert title_of(b) == "A" and work_of(b).completed_at
     again.close("finished")
 
 
@@ -242,7 +235,7 @@ def test_an_idle_worker_is_woken_when_another_adds_work(tmp_path):
     producer.enqueue_request(page("B"))
     producer.flush()
     idle._tick()
-    assert len(engine.crawled) == 1 and engine.crawled[0].meta[IDS_META]
+    assert len(engine.crawled) == 1 and ids_of(engine.crawled[0])
     drained = drain(idle)
     assert [r.url for r in drained] == ["https://w/A", "https://w/B"]  # the woken one first
     assert crawler.stats.get_value("frontier/wakeups") == 1
@@ -251,7 +244,7 @@ def test_an_idle_worker_is_woken_when_another_adds_work(tmp_path):
     idle._tick()
     assert len(engine.crawled) == 1  # it still holds leases, so its own downloads drive it
     engine.paused = True
-    idle.ack([seq for r in drained for seq in r.meta[IDS_META]])
+    idle.ack([seq for r in drained for seq in list(ids_of(r))])
     idle._tick()
     assert len(engine.crawled) == 1  # a paused engine is left alone
     engine.paused, engine._slot.closing = False, object()
@@ -276,8 +269,8 @@ def test_an_idle_worker_reclaims_expired_leases_before_it_closes(tmp_path):
         idle._spider_idle(crawler.spider)
     assert crawler.stats.get_value("frontier/reclaimed") == 1
     (again,) = drain(idle)
-    assert again.url == held.url and again.meta[IDS_META] == held.meta[IDS_META]
-    idle.ack(again.meta[IDS_META])
+    assert again.url == held.url and list(ids_of(again)) == list(ids_of(held))
+    idle.ack(list(ids_of(again)))
     idle.flush()
     idle._spider_idle(crawler.spider)  # drained: nothing raised, the spider may close
     assert idle.store.counts()["w"]["completed"] == 1
@@ -298,17 +291,17 @@ def test_fail_counts_final_failures_and_retries_separately(tmp_path):
     for title in "ABC":
         s.enqueue_request(page(title))
     a, b, c = drain(s)
-    s.fail(a.meta[IDS_META], "HTTP 404", retryable=False)  # failed for good
-    s.fail(b.meta[IDS_META], "HTTP 503")  # attempt 1 of 2: put back
-    s.fail(b.meta[IDS_META], "HTTP 503")  # no longer leased: not counted twice
-    s.ack(c.meta[IDS_META])
+    s.fail(list(ids_of(a)), "HTTP 404", retryable=False)  # failed for good
+    s.fail(list(ids_of(b)), "HTTP 503")  # attempt 1 of 2: put back
+    s.fail(list(ids_of(b)), "HTTP 503")  # no longer leased: not counted twice
+    s.ack(list(ids_of(c)))
     s.flush()
     assert crawler.stats.get_value("frontier/failed") == 1
     assert crawler.stats.get_value("frontier/retried") == 1
     time.sleep(0.05)
     (again,) = drain(s)
-    assert again.meta["holocron_attempt"] == 2
-    s.fail(again.meta[IDS_META], "HTTP 503")  # out of attempts: failed for good
+    assert work_of(again).attempt == 2
+    s.fail(list(ids_of(again)), "HTTP 503")  # out of attempts: failed for good
     s.flush()
     assert crawler.stats.get_value("frontier/failed") == 2
     assert crawler.stats.get_value("frontier/retried") == 1
@@ -318,7 +311,7 @@ def test_fail_counts_final_failures_and_retries_separately(tmp_path):
 
 def test_a_scheduler_with_a_source_touches_only_its_items(tmp_path):
     _, other = make(tmp_path, HOLOCRON_SOURCE_SYSTEM="mediawiki", HOLOCRON_SOURCE_NAME="other")
-    other_page = Request("https://o/X", meta={"holocron": resource_meta("mediawiki", "other", "page", "X")})
+    other_page = Request("https://o/X", meta=work_meta(Resource("mediawiki", "other", "page", "X")))
     other.enqueue_request(other_page)
     other.flush()
     crawler, s = make(tmp_path, HOLOCRON_SOURCE_SYSTEM="mediawiki", HOLOCRON_SOURCE_NAME="w")
@@ -329,7 +322,7 @@ def test_a_scheduler_with_a_source_touches_only_its_items(tmp_path):
     assert sorted(r.url for r in got) == ["https://w/A", "https://w/plain"]
     counts = s.store.counts()
     assert counts["w"]["in_progress"] == 2 and counts["other"]["pending"] == 1 and "scrapy" not in counts
-    s.ack([seq for r in got for seq in r.meta[IDS_META]])
+    s.ack([seq for r in got for seq in list(ids_of(r))])
     s.flush()
     s._spider_idle(crawler.spider)  # done, though the other source still has work
     (x,) = drain(other)
@@ -341,7 +334,7 @@ def test_a_scheduler_with_a_source_touches_only_its_items(tmp_path):
 def test_an_unscoped_scheduler_works_on_every_source(tmp_path):
     _, s = make(tmp_path)
     s.enqueue_request(page("A"))
-    s.enqueue_request(Request("https://o/X", meta={"holocron": resource_meta("mediawiki", "other", "page", "X")}))
+    s.enqueue_request(Request("https://o/X", meta=work_meta(Resource("mediawiki", "other", "page", "X"))))
     assert len(drain(s)) == 2
     s.close("finished")
 
@@ -358,14 +351,14 @@ def test_an_item_lost_twice_is_claimed_alone(tmp_path):
         store.reclaim([dead])
     assert store.get("mediawiki:w:page:A")["lease_losses"] == 2
     first = s.next_request()
-    assert first.meta["holocron"]["resource_id"] == "A" and s.next_request() is None  # alone
+    assert title_of(first) == "A" and s.next_request() is None  # alone
     assert crawler.stats.get_value("frontier/solo_claims") == 1
     assert store.get("mediawiki:w:page:A")["lease_solo"] == 1
-    s.fetched(first.meta[IDS_META])  # its response was parsed: others may join it before it is stored
+    s.fetched(list(ids_of(first)))  # its response was parsed: others may join it before it is stored
     s.flush()  # written by the background loop's next job
     assert store.get("mediawiki:w:page:A")["lease_solo"] == 0
-    assert [r.meta["holocron"]["resource_id"] for r in drain(s)] == ["B", "C"]
-    s.ack(first.meta[IDS_META])
+    assert [title_of(r) for r in drain(s)] == ["B", "C"]
+    s.ack(list(ids_of(first)))
     s.close("finished")
 
 

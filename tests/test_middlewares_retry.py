@@ -24,10 +24,8 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
 from holocron_scrapy import defaults
+from holocron_scrapy.mediawiki.calls import PROBE, QUERY, ApiCall, api_call
 from holocron_scrapy.middlewares.retry import (
-    MEDIAWIKI_JSON_META,
-    MEDIAWIKI_META,
-    PROBE_META,
     PoliteRetryMiddleware,
     backoff_seconds,
     retry_after_seconds,
@@ -123,8 +121,8 @@ def make_middleware(**settings: Any) -> tuple[Crawler, PoliteRetryMiddleware]:
     return crawler, PoliteRetryMiddleware.from_crawler(crawler)
 
 
-def api_request(**meta: Any) -> Request:
-    return Request(URL, meta={MEDIAWIKI_META: True, **meta}, priority=5)
+def api_request(purpose: str = QUERY, titles: list[Any] | None = None, **meta: Any) -> Request:
+    return Request(URL, meta={"holocron_mediawiki": ApiCall(purpose, titles=titles), **meta}, priority=5)
 
 
 def api_response(request: Request, name: str, **header_overrides: str) -> TextResponse:
@@ -183,12 +181,12 @@ def test_the_project_replaces_scrapys_retry_middleware() -> None:
 @deferred_f_from_coro_f
 async def test_maxlag_is_retried_after_the_capped_retry_after() -> None:
     crawler, mw = make_middleware(HOLOCRON_RETRY_BACKOFF_MAX=0.3)  # the server says 5 s; we cap at 0.3 s
-    request = api_request(mw_titles=["Sarvessha"])
+    request = api_request(titles=["Sarvessha"])
     result, waited = await timed(mw, request, api_response(request, "maxlag_error"))
     assert isinstance(result, Request) and not isinstance(result, Response)
     assert result.url == request.url and result.dont_filter
-    assert result.meta["retry_times"] == 1 and result.meta["mw_titles"] == ["Sarvessha"]
-    assert result.meta[MEDIAWIKI_META] is True and result.callback == request.callback
+    assert result.meta["retry_times"] == 1 and api_call(result).titles == ["Sarvessha"]
+    assert api_call(result).purpose == QUERY and result.callback == request.callback
     assert 0.3 <= waited < 3.0
     stats = crawler.stats.get_stats()
     assert stats["mediawiki/api_error/maxlag"] == 1
@@ -456,12 +454,12 @@ NOT_JSON_OBJECTS = {
 @deferred_f_from_coro_f
 async def test_a_mediawiki_answer_that_is_no_json_object_is_retried(body: bytes) -> None:
     crawler, mw = make_middleware(HOLOCRON_RETRY_BACKOFF_MAX=0)
-    request = api_request(mw_titles=["Sarvessha"])
+    request = api_request(titles=["Sarvessha"])
     response = TextResponse(URL, status=200, body=body, request=request, headers={"Content-Type": "text/html"})
     result = await mw.process_response(request, response)
     assert isinstance(result, Request) and not isinstance(result, Response)
-    assert result.meta["retry_times"] == 1 and result.meta["mw_titles"] == ["Sarvessha"]
-    assert MEDIAWIKI_JSON_META not in result.meta
+    assert result.meta["retry_times"] == 1 and api_call(result).titles == ["Sarvessha"]
+    assert api_call(result).decoded is None
     stats = crawler.stats.get_stats()
     assert stats["failures/transient/malformed_body"] == 1 and stats["retry/count"] == 1
     assert stats["retry/reason_count/MediaWiki answer not a JSON object"] == 1
@@ -474,7 +472,7 @@ async def test_a_malformed_answer_is_handed_to_the_spider_when_retries_run_out()
     response = TextResponse(URL, status=200, body=NOT_JSON_OBJECTS["cut-short"], request=request)
     assert await mw.process_response(request, response) is response
     assert crawler.stats.get_value("retry/max_reached") == 1
-    assert MEDIAWIKI_JSON_META not in request.meta  # the spider decodes it, fails it as retryable
+    assert api_call(request).decoded is None  # the spider decodes it, fails it as retryable
 
 
 @deferred_f_from_coro_f
@@ -484,7 +482,7 @@ async def test_a_good_answer_is_decoded_once_and_handed_to_the_spider() -> None:
     body = (FIXTURES / "batch_ok.json").read_bytes()
     response = TextResponse(URL, status=200, body=body, request=request)
     assert await mw.process_response(request, response) is response
-    assert response.meta[MEDIAWIKI_JSON_META] == json.loads(body)
+    assert api_call(response).decoded == json.loads(body)
     assert not any(key.startswith("failures/") for key in crawler.stats.get_stats())
 
 
@@ -494,7 +492,7 @@ async def test_a_permanent_api_error_is_counted_and_passed_on() -> None:
     request = api_request()
     response = api_response(request, "bad_param_error")
     assert await mw.process_response(request, response) is response
-    assert response.meta[MEDIAWIKI_JSON_META]["error"]["code"] == "badvalue"
+    assert api_call(response).decoded["error"]["code"] == "badvalue"
     assert crawler.stats.get_value("failures/permanent/api_badvalue") == 1
 
 
@@ -556,7 +554,7 @@ async def test_the_api_probe_fails_fast_where_nothing_listens() -> None:
     from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError, DownloadTimeoutError
 
     crawler, mw = make_middleware(HOLOCRON_RETRY_BACKOFF_MAX=0)
-    probe = api_request(**{PROBE_META: True})
+    probe = api_request(PROBE)
     assert await mw.process_exception(probe, DownloadConnectionRefusedError("refused")) is None
     assert await mw.process_exception(probe, CannotResolveHostError("typo.example")) is None
     assert isinstance(await mw.process_exception(probe, DownloadTimeoutError("slow")), Request)
@@ -566,7 +564,7 @@ async def test_the_api_probe_fails_fast_where_nothing_listens() -> None:
 @deferred_f_from_coro_f
 async def test_the_api_probe_retries_a_non_json_answer_only_twice() -> None:
     crawler, mw = make_middleware(RETRY_TIMES=5, HOLOCRON_RETRY_BACKOFF_MAX=0)
-    request = api_request(**{PROBE_META: True})
+    request = api_request(PROBE)
     attempts = 0
     while True:
         attempts += 1

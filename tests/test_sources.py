@@ -24,9 +24,9 @@ from scrapy.http import Response
 from holocron_scrapy import config as config_module
 from holocron_scrapy.config import Config, parse_config
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.frontier.acks import IDS_META
+from holocron_scrapy.frontier.contract import work_meta, work_of
 from holocron_scrapy.frontier.intake import SeedList
-from holocron_scrapy.frontier.keys import resource_meta
+from holocron_scrapy.frontier.keys import Resource
 from holocron_scrapy.items import IngestItem
 from holocron_scrapy.sources import (
     Integer,
@@ -88,26 +88,26 @@ class JsonApiSpider(HolocronSpider):
         return self.page_request(f"{seed}?size={self.options.page_size}&page=1", 0)
 
     def page_request(self, url: str, page: int) -> Request:
-        meta = {"holocron": resource_meta("jsonapi", self.options.name, "page", url, depth=page)}
+        meta = work_meta(Resource("jsonapi", self.options.name, "page", url), depth=page)
         return Request(url, callback=self.parse_page, meta=meta)
 
     def parse_page(self, response: Response) -> Iterator[Any]:
         body = json.loads(response.text)
-        info = response.meta["holocron"]
+        work = work_of(response)
         yield IngestItem(
             source_system="jsonapi",
             source_name=self.options.name,
             resource_type="page",
-            resource_id=info["resource_id"],
+            resource_id=work.resource.resource_id,
             request_uri=response.url,
             payload=body[self.options.item_key],
             status_code=response.status,
             run_id=self.run_id,
-            depth=info["depth"],
-            work_item_ids=list(response.meta.get(IDS_META, ())),
+            depth=work.depth,
+            work_item_ids=list(work.ids),
         )
-        if body.get("next") and info["depth"] + 1 < self.options.max_pages:
-            yield self.page_request(response.urljoin(body["next"]), info["depth"] + 1)
+        if body.get("next") and work.depth + 1 < self.options.max_pages:
+            yield self.page_request(response.urljoin(body["next"]), work.depth + 1)
 
 
 register_source_type("jsonapi", JsonApiSource, JsonApiSpider)

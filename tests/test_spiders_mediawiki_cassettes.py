@@ -29,16 +29,36 @@ from twisted.internet.error import DNSLookupError
 from twisted.python.failure import Failure
 from vcr.errors import CannotOverwriteExistingCassetteException
 
-from holocron_scrapy.frontier.scheduler import ATTEMPT_META, IDS_META, STATUS_META, WORK_ITEM_META
+from holocron_scrapy.frontier.contract import CRAWLER_ATTRIBUTE, WORK_META, hand_on, ids_of, work_of
 from holocron_scrapy.items import FAILED, INVALID, MISSING, OK, REDIRECT_LOOP, SPECIAL, IngestItem
 from holocron_scrapy.mediawiki import api
-from holocron_scrapy.middlewares.retry import MEDIAWIKI_META
+from holocron_scrapy.mediawiki.calls import QUERY, api_call, api_meta
 from holocron_scrapy.spiders.mediawiki import MediaWikiSpider
 from tests.support import cassettes, wikigen
 from tests.support.cassettes import PLACEHOLDER_API as API
 from tests.support.crawl import Workspace
 
 RUN_ID = "run_cassette_test"
+
+
+class KnownRecorder:
+    """The crawl's frontier, as far as these tests need it: the requests marked known."""
+
+    def __init__(self) -> None:
+        self.known: list[Request] = []
+
+    def mark_known(self, request: Request) -> None:
+        self.known.append(request)
+
+    def ack(self, seqs: list[int]) -> None:
+        pass
+
+    def fail(self, seqs: list[int], error: str, *, retryable: bool = True) -> None:
+        pass
+
+
+def known_titles(spider: MediaWikiSpider) -> list[str]:
+    return [work_of(r).resource.resource_id for r in getattr(spider.crawler, CRAWLER_ATTRIBUTE).known]
 
 
 @cache
@@ -58,6 +78,7 @@ def make_spider(tmp_path: Path, **arguments: str) -> MediaWikiSpider:
     spider = crawler._create_spider(source="testwiki", **{"seeds": "Sarvessha", **arguments})
     crawler.spider = spider
     crawler._apply_settings()  # stats
+    setattr(crawler, CRAWLER_ATTRIBUTE, KnownRecorder())
     return spider
 
 
@@ -66,11 +87,10 @@ def batch_request(spider: MediaWikiSpider, titles: list[str], *, depth: int = 0,
     claimed = []
     for seq, title in enumerate(titles, start=first_id):
         request = spider.title_request(title, depth=depth)
-        request.meta.update({IDS_META: [seq], ATTEMPT_META: 1, WORK_ITEM_META: f"wi-{seq}"})
+        request.meta[WORK_META] = work_of(request).but(ids=[seq], attempt=1, work_item_id=f"wi-{seq}")
         claimed.append(request)
     merged = spider.build_batch_request(claimed)
-    merged.meta[IDS_META] = [r.meta[IDS_META][0] for r in claimed]
-    return merged
+    return hand_on(merged, [ids_of(r)[0] for r in claimed])
 
 
 def split_output(output: list[Any]) -> tuple[list[IngestItem], list[Request]]:
@@ -175,12 +195,12 @@ def test_redirected_answers_keep_the_final_url_and_redirect_meta() -> None:
     final.status_code, final.url, final.history = 200, "http://127.0.0.1:8080/api.php?titles=A", [hop]
     final.headers["Content-Type"] = "application/json"
     final._content = b'{"batchcomplete": true}'
-    request = Request("http://wiki.test/w/api.php?titles=A", meta={"mw_titles": []})
+    request = Request("http://wiki.test/w/api.php?titles=A", meta=api_meta(titles=[]))
     response = cassettes.to_scrapy_response(request, final)
     assert type(response) is JsonResponse and response.url == "http://wiki.test/api.php?titles=A"
     assert response.request is not None and response.request.url == response.url
     assert response.meta["redirect_urls"] == ["http://wiki.test/w/api.php?titles=A"]
-    assert response.meta["redirect_reasons"] == [301] and response.meta["mw_titles"] == []
+    assert response.meta["redirect_reasons"] == [301] and api_call(response).titles == []
 
 # -- parse_batch: a complete batch -----------------------------------------------------------------
 
@@ -208,7 +228,7 @@ def ns0_links(title: str) -> set[str]:
 def test_complete_batch_yields_one_item_per_resolved_title(cassette: cassettes.CassettePlayer, tmp_path: Path) -> None:
     spider = make_spider(tmp_path, max_depth="1")
     request = batch_request(spider, BATCH)
-    assert request.meta[MEDIAWIKI_META] is True and request.dont_filter
+    assert api_call(request).purpose == QUERY and request.dont_filter
     response = cassette.fetch(request)
     assert type(response) is JsonResponse and response.json().get("batchcomplete") is True
     items, requests = split_output(list(spider.parse_batch(response)))
@@ -250,17 +270,15 @@ def test_complete_batch_yields_one_item_per_resolved_title(cassette: cassettes.C
     assert by_key["Special:Random"].payload.get("special") is True
 
     # Redirect targets become known work items (not fetched again); links are followed to depth 1.
-    known = {r.meta["holocron"]["resource_id"] for r in requests if r.meta.get(STATUS_META) == "completed"}
+    known = set(known_titles(spider))
     assert known == {"Ωmega Station", "Han's Blaster", "Republic Archives", "Category:Planets"}
     followed: dict[str, set[str]] = {}
     for r in requests:
-        info = r.meta["holocron"]
+        work = work_of(r)
         assert r.callback == spider.parse_batch and r.errback == spider.errback_batch
-        assert r.url == api.title_url(API, info["resource_id"])
-        if r.meta.get(STATUS_META) == "completed":
-            continue
-        assert info["depth"] == 1 and info["depth"] <= spider.options.max_depth
-        followed.setdefault(info["discovered_from"], set()).add(info["resource_id"])
+        assert r.url == api.title_url(API, work.resource.resource_id)
+        assert work.depth == 1 and work.depth <= spider.options.max_depth
+        followed.setdefault(work.discovered_from, set()).add(work.resource.resource_id)
     ok_keys = {k for k, (outcome, _) in groups.items() if outcome == OK}
     assert followed == {key: ns0_links(key) for key in ok_keys if ns0_links(key)}
     stats = spider.crawler.stats.get_stats()
@@ -275,13 +293,11 @@ def test_no_links_are_followed_beyond_max_depth(cassette: cassettes.CassettePlay
     assert sorted((i.resource_id, i.outcome, i.depth) for i in items) == [
         ("Sarvessha", OK, 1), ("Ωmega Station", OK, 1),
     ]
-    assert [(r.meta["holocron"]["resource_id"], r.meta.get(STATUS_META)) for r in requests] == [
-        ("Ωmega Station", "completed"),
-    ]
+    assert requests == [] and known_titles(spider) == ["Ωmega Station"]  # the redirect target: known
     shallow = make_spider(tmp_path / "depth0", max_depth="0")
     again = response.replace(request=batch_request(shallow, titles))  # same answer, a max_depth=0 crawl
     items0, requests0 = split_output(list(shallow.parse_batch(again)))
-    assert len(items0) == 2 and all(r.meta.get(STATUS_META) == "completed" for r in requests0)
+    assert len(items0) == 2 and requests0 == [] and known_titles(shallow) == ["Ωmega Station"]
 
 
 # -- parse_batch: continuation -----------------------------------------------------------------------
@@ -310,10 +326,10 @@ def test_continuation_yields_one_request_then_complete_pages(
         for key, value in answer["continue"].items():
             assert sent[key] == str(value), key  # every continue key, sent back whole
         assert {k: v for k, v in sent.items() if k not in answer["continue"]} == query(first.url)
-        assert follow.meta[IDS_META] == [10, 11, 12] == first.meta[IDS_META]
-        assert follow.meta["mw_titles"] == first.meta["mw_titles"]
-        assert follow.meta["mw_first_url"] == first.url and follow.meta["mw_acc"]["parts"] == parts
-        assert follow.meta[MEDIAWIKI_META] is True and follow.dont_filter
+        assert ids_of(follow) == (10, 11, 12) == ids_of(first)
+        assert api_call(follow).titles == api_call(first).titles
+        assert api_call(follow).first_url == first.url and api_call(follow).acc["parts"] == parts
+        assert api_call(follow).purpose == QUERY and follow.dont_filter
         assert follow.callback == spider.parse_batch and follow.errback == spider.errback_batch
         request = follow
     assert parts >= 3  # Hub Beta has 850 links in namespace 0; pllimit=max is 500
@@ -398,11 +414,11 @@ def test_a_refused_title_splits_its_batch_in_halves_carrying_their_ids(tmp_path:
     response = TextResponse(request.url, status=200, body=json.dumps(error).encode(), request=request)
     halves = list(spider.parse_batch(response))
     assert all(isinstance(h, Request) for h in halves) and len(halves) == 2
-    assert [[t["title"] for t in h.meta["mw_titles"]] for h in halves] == [titles[:3], titles[3:]]
-    assert [h.meta[IDS_META] for h in halves] == [[1, 2, 3], [4, 5, 6, 7]]  # each half owns its work items
+    assert [[t["title"] for t in api_call(h).titles] for h in halves] == [titles[:3], titles[3:]]
+    assert [list(ids_of(h)) for h in halves] == [[1, 2, 3], [4, 5, 6, 7]]  # each half owns its work items
     for half in halves:
-        assert query(half.url)["titles"] == "|".join(t["title"] for t in half.meta["mw_titles"])
-        assert half.meta[MEDIAWIKI_META] and half.dont_filter and half.meta["mw_acc"] is None
+        assert query(half.url)["titles"] == "|".join(t["title"] for t in api_call(half).titles)
+        assert api_call(half).purpose == QUERY and half.dont_filter and api_call(half).acc is None
         assert half.callback == spider.parse_batch and half.errback == spider.errback_batch
     single = batch_request(spider, ["Title 03"], first_id=3)
     alone = response.replace(request=single)
@@ -481,8 +497,8 @@ def test_errback_uri_too_long_splits_the_batch(tmp_path: Path) -> None:
     titles = ["Sarvessha", "Ionsar Runner", "T1-C5"]
     request = batch_request(spider, titles)
     halves = list(spider.errback_batch(http_failure(request, Response(request.url, status=414, request=request))))
-    assert [[t["title"] for t in h.meta["mw_titles"]] for h in halves] == [titles[:1], titles[1:]]
-    assert [h.meta[IDS_META] for h in halves] == [[1], [2, 3]]
+    assert [[t["title"] for t in api_call(h).titles] for h in halves] == [titles[:1], titles[1:]]
+    assert [list(ids_of(h)) for h in halves] == [[1], [2, 3]]
     single = batch_request(spider, ["Sarvessha"])
     (item,) = list(spider.errback_batch(http_failure(single, Response(single.url, status=414, request=single))))
     assert (item.outcome, item.retryable, item.status_code) == (FAILED, False, 414)
@@ -491,7 +507,7 @@ def test_errback_uri_too_long_splits_the_batch(tmp_path: Path) -> None:
 def test_errback_network_error_is_retryable_and_covers_unbatched_requests(tmp_path: Path) -> None:
     spider = make_spider(tmp_path)
     single = spider.title_request("Sarvessha", depth=2)
-    single.meta[IDS_META] = [7]
+    single.meta[WORK_META] = work_of(single).but(ids=[7])
     failure = Failure(DNSLookupError("wiki.test"))
     failure.request = single
     (item,) = list(spider.errback_batch(failure))

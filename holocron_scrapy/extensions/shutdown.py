@@ -147,8 +147,10 @@ class GracefulShutdown:
                 records.abandon()
             except Exception:  # noqa: BLE001 - a forced stop goes on whatever fails
                 logger.exception("Could not give up the waiting records")
-        scheduler = getattr(self.crawler, "holocron_frontier", None)
-        if scheduler is None or getattr(scheduler, "store", None) is None:
+        from holocron_scrapy.frontier.scheduler import scheduler_of
+
+        scheduler = scheduler_of(self.crawler)
+        if scheduler is None or scheduler.store is None:
             return
         try:
             released = scheduler.hand_back()  # the buffers, then this worker's leases (in its store thread)

@@ -1,6 +1,7 @@
 """Acknowledge work items only after storage.
 
-A claimed request carries the ids (``seq``) of its work items in ``meta["holocron_ids"]``.
+A claimed request carries the ids (``seq``) of its work items in its
+:class:`~holocron_scrapy.frontier.contract.Work` (``Work.ids``).
 Ownership of an id moves with the request it is handed to (a continuation or a retry),
 or to the item that claims it in its ``work_item_ids`` field. An item's ids are acked when
 the item leaves the pipelines (``item_scraped`` / ``item_dropped``) and failed on
@@ -8,7 +9,7 @@ the item leaves the pipelines (``item_scraped`` / ``item_dropped``) and failed o
 and failed if the callback raised. When the callback output ends, the frontier also learns that
 the ids not handed on to another request were fetched and parsed (``frontier.fetched``: an item
 claimed alone is no longer at risk of being the one that kills its worker). The frontier is
-found at ``crawler.holocron_frontier``.
+:func:`~holocron_scrapy.frontier.contract.frontier_of` the crawler.
 
 A spider middleware between the callback and this one may drop a request that carries ids
 (Scrapy's ``DepthMiddleware`` past ``DEPTH_LIMIT``, ``UrlLengthMiddleware``, a user's filter): its
@@ -28,7 +29,7 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.http import Response
 
-IDS_META = "holocron_ids"
+from holocron_scrapy.frontier.contract import CRAWLER_ATTRIBUTE, ids_of
 
 
 def item_ids(item: Any) -> list[int]:
@@ -43,7 +44,7 @@ def item_ids(item: Any) -> list[int]:
 
 def taken_ids(output: Any) -> set[int]:
     if isinstance(output, Request):
-        return set(output.meta.get(IDS_META) or ())
+        return set(ids_of(output))
     return set(item_ids(output))
 
 
@@ -57,8 +58,10 @@ class FrontierHandOffMiddleware:
 
     @staticmethod
     def _note(response: Response, output: Any) -> None:
-        if isinstance(output, Request) and output.meta.get(IDS_META):
-            _HANDED.setdefault(response, set()).update(output.meta[IDS_META])
+        if isinstance(output, Request):
+            ids = ids_of(output)
+            if ids:
+                _HANDED.setdefault(response, set()).update(ids)
 
     def process_spider_output(
         self, response: Response, result: Iterable[Any], spider: Spider | None = None
@@ -95,8 +98,8 @@ class FrontierAckMiddleware:
         return cls(crawler)
 
     def _start(self, response: Response) -> tuple[Any, set[int]]:
-        frontier = getattr(self.crawler, "holocron_frontier", None)
-        ids = set(response.meta.get(IDS_META) or ()) if response.request is not None else set()
+        frontier = getattr(self.crawler, CRAWLER_ATTRIBUTE, None)
+        ids = set(ids_of(response)) if response.request is not None else set()
         return frontier, ids
 
     @staticmethod

@@ -3,7 +3,7 @@
 The scheduler (:mod:`holocron_scrapy.frontier.scheduler`) keeps everything on the reactor thread in
 memory: buffered enqueues, acks and failures, the ready requests. Its background loop hands a
 :class:`Job` (a snapshot of those buffers plus what it wants: a claim, lease renewal, a reclaim,
-an "anything left?" check, progress counts) to :func:`run_job` on the store's worker thread, one job
+an "anything left?" check) to :func:`run_job` on the store's worker thread, one job
 at a time, and applies the :class:`JobResult` on the reactor thread.
 
 The steps run in a fixed order: the writes first (enqueues before the acks of the same period,
@@ -51,7 +51,6 @@ class Job:
     reclaim_dead_local: bool = False
     claim: ClaimWant | None = None
     outstanding: bool = False
-    counts: bool = False
     #: The scheduler's write generation when the job was built (see ``FrontierScheduler._gen``).
     gen: int = 0
 
@@ -70,7 +69,6 @@ class JobResult:
     gated: list[int] = field(default_factory=list)  # claimed rows beyond the gate
     gated_released: bool = False
     outstanding: bool | None = None
-    counts: dict[str, dict[str, int]] | None = None
     error: BaseException | None = None
 
 
@@ -100,8 +98,6 @@ def run_job(store: WorkItemStore, job: Job, owner: str, scope: Scope | None) -> 
         if job.outstanding or (job.claim is not None and not result.rows):
             # asked for, or a claim found nothing: is anything of ours left (for closing the spider)?
             result.outstanding = store.outstanding(owner, scope)
-        if job.counts:
-            result.counts = store.counts()
     except Exception as exc:  # noqa: BLE001 - handed to the reactor thread, which decides
         result.error = exc
     return result

@@ -3,8 +3,10 @@
 * Enqueue: new requests are buffered and inserted-if-new in batches (the unique dedupe
   key decides, race-free across processes); known ones count as ``frontier/filtered``.
 * Next request: hands out a request claimed before; claims a batch of pending items with a lease
-  when none is ready. Requests marked with ``meta["holocron_batch"]`` are merged per batch key by
-  ``spider.build_batch_request``.
+  when none is ready. A spider that batches (:class:`~holocron_scrapy.frontier.contract.BatchingSpider`)
+  gets the claimed requests of one ``Work.batch_key`` merged by its ``build_batch_request``.
+* Spiders reach it through :mod:`holocron_scrapy.frontier.contract` only: the :class:`Work` of each
+  request, and ``mark_known`` / ``ack`` / ``fail``.
 * No database I/O on the reactor thread: ``enqueue_request``, ``next_request`` and the acks touch
   memory only. A background loop (:meth:`FrontierScheduler._pump`) hands the buffered writes and
   the claims to the store's worker thread (:mod:`holocron_scrapy.frontier.executor`), one
@@ -19,7 +21,8 @@
 * Acks and failures (see :mod:`holocron_scrapy.frontier.acks`) are flushed in batches, after
   the enqueues of the same period, so a kill never loses discovered work.
 * A crawl works on its own source only (``HOLOCRON_SOURCE_SYSTEM`` + ``HOLOCRON_SOURCE_NAME``, set
-  by the holocron spiders): claims, counts, reclaims and progress cover that source's items, and
+  by the holocron spiders): claims, counts and reclaims cover that source's items (and the progress line
+  of :mod:`holocron_scrapy.extensions.progress`), and
   requests without a resource in their meta are filed under it. Without both settings (a foreign
   spider) the scheduler works on every item.
 * A lost lease is not an attempt (see :mod:`holocron_scrapy.frontier.store`); an item lost twice
@@ -32,7 +35,7 @@ at a higher priority than ``HOLOCRON_STATE_URL``, e.g. ``-s JOBDIR`` against the
 ``HOLOCRON_FRONTIER_ORDER`` (bfs|dfs), ``HOLOCRON_FRONTIER_CLAIM_SIZE``,
 ``HOLOCRON_FRONTIER_LEASE_SECONDS``, ``HOLOCRON_FRONTIER_MAX_ATTEMPTS``,
 ``HOLOCRON_FRONTIER_RETRY_BACKOFF``, ``HOLOCRON_FRONTIER_FLUSH_INTERVAL``,
-``HOLOCRON_FRONTIER_PROGRESS_INTERVAL``, ``HOLOCRON_FRONTIER_FILL_BATCHES``,
+``HOLOCRON_FRONTIER_FILL_BATCHES``,
 ``HOLOCRON_FRONTIER_SOLO_AFTER_LOSSES``, ``HOLOCRON_FRONTIER_QUARANTINE_AFTER``,
 ``HOLOCRON_DB_OUTAGE_LIMIT``,
 ``HOLOCRON_RECRAWL_AFTER``, ``HOLOCRON_FULL_REFRESH``, ``HOLOCRON_RUN_ID``, ``DUPEFILTER_CLASS``.
@@ -67,11 +70,20 @@ from twisted.internet import defer, task
 from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import OutageWatch, outage_limit
 from holocron_scrapy.errors import ConfigError
-from holocron_scrapy.frontier.acks import IDS_META, item_ids
+from holocron_scrapy.frontier.acks import item_ids
+from holocron_scrapy.frontier.contract import (
+    CRAWLER_ATTRIBUTE,
+    BatchingSpider,
+    Work,
+    hand_on,
+    ids_of,
+    set_work,
+    work_of,
+)
 from holocron_scrapy.frontier.dupefilter import FrontierDupeFilter
 from holocron_scrapy.frontier.executor import StoreExecutor, ThreadExecutor
 from holocron_scrapy.frontier.jobs import ClaimWant, Job, JobResult, run_job
-from holocron_scrapy.frontier.keys import Resource, request_depth
+from holocron_scrapy.frontier.keys import Resource
 from holocron_scrapy.frontier.serialization import (
     SerializationError,
     request_from_row,
@@ -93,14 +105,6 @@ from holocron_scrapy.reactor import get_reactor
 
 logger = logging.getLogger(__name__)
 
-BATCH_META = "holocron_batch"
-BATCH_SIZE_META = "holocron_batch_size"
-ATTEMPT_META = "holocron_attempt"
-WORK_ITEM_META = "holocron_work_item_id"
-#: ``meta[STATUS_META] = "completed"`` records a resource as already known (e.g. a redirect target).
-STATUS_META = "holocron_status"
-#: Set on a claimed request whose item was completed before (a re-crawl): the time it completed.
-RECRAWL_META = "holocron_completed_at"
 _ENQUEUE_FLUSH_SIZE = 1000
 #: The close reason of a crawl that gave up on its state database (a ``fatal_`` reason: exit status 1).
 OUTAGE_CLOSE_REASON = "fatal_frontier_unreachable"
@@ -112,6 +116,14 @@ def state_url_from_settings(settings: Any) -> str:
     from holocron_scrapy.db.targets import state_url_from_settings as resolve
 
     return resolve(settings)
+
+
+def scheduler_of(crawler: Crawler | None) -> FrontierScheduler | None:
+    """The crawl's frontier scheduler, for the components that work with its store (the seed intake,
+    the generators, the changes sync, the shutdown); None when the crawl runs another scheduler.
+    Spiders use :func:`holocron_scrapy.frontier.contract.frontier_of` instead."""
+    scheduler = getattr(crawler, CRAWLER_ATTRIBUTE, None) if crawler is not None else None
+    return scheduler if isinstance(scheduler, FrontierScheduler) else None
 
 
 def scope_from_settings(settings: Any) -> Scope | None:
@@ -129,7 +141,6 @@ class _Wants:
     reclaim_expired: bool = False
     reclaim_dead_local: bool = False
     outstanding: bool = False
-    counts: bool = False
 
     def any(self) -> bool:
         return any(vars(self).values())
@@ -162,7 +173,6 @@ class FrontierScheduler(BaseScheduler):
         claim_size: int = defaults.FRONTIER_CLAIM_SIZE,
         lease_seconds: float = defaults.FRONTIER_LEASE_SECONDS,
         flush_interval: float = defaults.FRONTIER_FLUSH_INTERVAL,
-        progress_interval: float = defaults.FRONTIER_PROGRESS_INTERVAL,
         fill_batches: bool = defaults.FRONTIER_FILL_BATCHES,
         outage_limit: float = defaults.DB_OUTAGE_LIMIT,
         run_id: str | None = None,
@@ -184,7 +194,6 @@ class FrontierScheduler(BaseScheduler):
         self.claim_size = claim_size
         self.lease_seconds = lease_seconds
         self.flush_interval = flush_interval
-        self.progress_interval = progress_interval
         self.fill_batches = fill_batches
         self.run_id = run_id
         self.crawler = crawler
@@ -229,8 +238,7 @@ class FrontierScheduler(BaseScheduler):
         self._gave_up = False
         self._closing = False
         self._loop: task.LoopingCall | None = None
-        self._last_renew = self._last_reclaim = self._last_progress = time.monotonic()
-        self._progress_base: tuple[float, int] | None = None
+        self._last_renew = self._last_reclaim = time.monotonic()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FrontierScheduler:
@@ -277,7 +285,6 @@ class FrontierScheduler(BaseScheduler):
             claim_size=s.getint("HOLOCRON_FRONTIER_CLAIM_SIZE"),
             lease_seconds=s.getfloat("HOLOCRON_FRONTIER_LEASE_SECONDS"),
             flush_interval=s.getfloat("HOLOCRON_FRONTIER_FLUSH_INTERVAL"),
-            progress_interval=s.getfloat("HOLOCRON_FRONTIER_PROGRESS_INTERVAL"),
             fill_batches=s.getbool("HOLOCRON_FRONTIER_FILL_BATCHES"),
             outage_limit=outage_limit(s),
             run_id=s.get("HOLOCRON_RUN_ID"),
@@ -288,7 +295,7 @@ class FrontierScheduler(BaseScheduler):
             scope=scope_from_settings(s),
         )
         # Found by the ack middleware (getattr); Scrapy's Crawler does not declare our attribute.
-        crawler.holocron_frontier = scheduler  # type: ignore[attr-defined]
+        setattr(crawler, CRAWLER_ATTRIBUTE, scheduler)  # frontier_of(crawler): the spiders' Frontier
         crawler.signals.connect(scheduler._item_done, signal=signals.item_scraped)
         crawler.signals.connect(scheduler._item_done, signal=signals.item_dropped)
         crawler.signals.connect(scheduler._item_error, signal=signals.item_error)
@@ -376,7 +383,7 @@ class FrontierScheduler(BaseScheduler):
             return
         store, executor = self.store, self.executor
         assert store is not None and executor is not None
-        unsent = [seq for req in self.ready for seq in req.meta.get(IDS_META, ())]
+        unsent = [seq for req in self.ready for seq in ids_of(req)]
         job = self._take_job(release=unsent)
         pending = (len(job.new), len(job.completed), len(job.failed))
         owner = self.owner
@@ -444,7 +451,7 @@ class FrontierScheduler(BaseScheduler):
 
     # -- enqueue -----------------------------------------------------------------------
     def enqueue_request(self, request: Request) -> bool:
-        if request.meta.get(IDS_META):
+        if ids_of(request):
             self.owned.append(request)  # continuation or retry of items we lease
             return True
         resource, key = self._resource_key(request)
@@ -461,6 +468,20 @@ class FrontierScheduler(BaseScheduler):
             self._pump()
         return True
 
+    def mark_known(self, request: Request) -> None:
+        """Record *request*'s resource as fetched already (a redirect's target): a completed work item,
+        deduplicated as any other, never downloaded (:class:`~holocron_scrapy.frontier.contract.Frontier`)."""
+        resource, key = self._resource_key(request)
+        if self.df.seen_key(key):
+            return
+        item = self.new_item(request, resource, key, status=COMPLETED)
+        if item is None:
+            return
+        self._new.append(item)
+        self._gen += 1
+        if len(self._new) >= _ENQUEUE_FLUSH_SIZE:
+            self._pump()
+
     def _resource_key(self, request: Request) -> tuple[Resource, str]:
         resource = self.df.request_resource(request)
         if self.scope is not None and resource.source_system == "request":
@@ -473,7 +494,9 @@ class FrontierScheduler(BaseScheduler):
             key = f"{key}#{uuid.uuid4().hex}"
         return resource, key
 
-    def new_item(self, request: Request, resource: Resource | None = None, key: str | None = None) -> NewItem | None:
+    def new_item(
+        self, request: Request, resource: Resource | None = None, key: str | None = None, *, status: str = PENDING
+    ) -> NewItem | None:
         """The work item *request* is stored as (None, logged and counted, if it cannot be stored).
         Pure (no I/O): the seed intake (:mod:`holocron_scrapy.frontier.intake`) calls it in the
         store's worker thread."""
@@ -485,12 +508,9 @@ class FrontierScheduler(BaseScheduler):
             logger.error("Cannot store %s in the frontier: %s", request, exc, extra={"spider": self.spider})
             self._stat("frontier/unserializable")
             return None
-        depth = request_depth(request)
+        work = work_of(request)
+        depth = work.depth if work is not None else int(request.meta.get("depth", 0) or 0)
         priority = request.priority + (-depth if self.order == "bfs" else depth)
-        info = request.meta.get("holocron") or {}
-        status = request.meta.get(STATUS_META, PENDING)
-        if status not in (PENDING, COMPLETED):
-            status = PENDING
         return NewItem(
             dedupe_key=key,
             source_system=resource.source_system,
@@ -500,7 +520,7 @@ class FrontierScheduler(BaseScheduler):
             priority=priority,
             depth=depth,
             run_id=self.run_id,
-            discovered_from=info.get("discovered_from"),
+            discovered_from=work.discovered_from if work is not None else None,
             status=status,
             **row,
         )
@@ -529,7 +549,7 @@ class FrontierScheduler(BaseScheduler):
         return None
 
     def _batches(self) -> bool:
-        return callable(getattr(self.spider, "build_batch_request", None))
+        return isinstance(self.spider, BatchingSpider)
 
     def _want_claim(self) -> None:
         """Ask the background loop for a claim (the requests arrive in ``ready``, and wake the engine)."""
@@ -543,7 +563,9 @@ class FrontierScheduler(BaseScheduler):
 
     def _claim_want(self) -> ClaimWant:
         hold = (
-            self.fill_batches and self._batches() and bool(self.leased or getattr(self.spider, "frontier_hold", False))
+            self.fill_batches
+            and isinstance(self.spider, BatchingSpider)
+            and bool(self.leased or self.spider.frontier_hold)
         )
         return ClaimWant(
             limit=self.claim_size,
@@ -578,27 +600,30 @@ class FrontierScheduler(BaseScheduler):
             if (row.get("lease_losses") or 0) >= self.store.solo_after:  # type: ignore[union-attr]
                 self.suspects.add(row["seq"])
                 self._stat("frontier/solo_claims")
-            request.meta[IDS_META] = [row["seq"]]
-            request.meta[ATTEMPT_META] = row["attempt"]
-            request.meta[WORK_ITEM_META] = row["work_item_id"]
-            if row.get("completed_at"):
-                done = row["completed_at"]
-                request.meta[RECRAWL_META] = ts(done) if isinstance(done, datetime) else str(done)
-            batch_key = request.meta.get(BATCH_META)
-            if batch_key and self._batches():
-                batches.setdefault(batch_key, []).append(request)
+            done = row.get("completed_at")
+            work = (work_of(request) or Work()).but(
+                ids=(row["seq"],),
+                attempt=row["attempt"],
+                work_item_id=row["work_item_id"],
+                completed_at=(ts(done) if isinstance(done, datetime) else str(done)) if done else None,
+            )
+            set_work(request, work)
+            if work.batch_key and self._batches():
+                batches.setdefault(work.batch_key, []).append(request)
             else:
                 singles.append(request)
-        current = getattr(self.spider, "frontier_batch_size", None)  # what the spider may send now
+        spider = self.spider
         for group in batches.values():
+            assert isinstance(spider, BatchingSpider)
             # The spider's current size wins over the one stored with the rows: a run resumed under other
             # account rights (a bot login gained or lost) batches by what it may use today.
-            size = max(1, int(current or group[0].meta.get(BATCH_SIZE_META) or len(group)))
+            first = work_of(group[0])
+            stored_size = first.batch_size if first is not None else None
+            size = max(1, int(spider.frontier_batch_size or stored_size or len(group)))
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
-                merged = self.spider.build_batch_request(chunk)  # type: ignore[union-attr]
-                merged.meta[IDS_META] = [seq for r in chunk for seq in r.meta[IDS_META]]
-                self.ready.append(merged)
+                merged = spider.build_batch_request(chunk)
+                self.ready.append(hand_on(merged, [seq for r in chunk for seq in ids_of(r)]))
         self.ready.extend(singles)
 
     def fetched(self, seqs: list[int]) -> None:
@@ -667,7 +692,7 @@ class FrontierScheduler(BaseScheduler):
         closes only once the store has said, after our last write, that nothing of ours is left
         (pending, in backoff, or leased live by another worker); until then this raises
         ``DontCloseSpider`` and the background loop asks (reclaiming expired leases first)."""
-        in_memory = {seq for req in (*self.ready, *self.owned) for seq in req.meta.get(IDS_META, ())}
+        in_memory = {seq for req in (*self.ready, *self.owned) for seq in ids_of(req)}
         orphans = sorted(set(self.leased) - in_memory)
         if orphans:
             logger.warning("Frontier: %d leased items finished without an outcome; retrying them", len(orphans))
@@ -700,7 +725,7 @@ class FrontierScheduler(BaseScheduler):
 
     def _tick(self) -> None:
         """Every ``HOLOCRON_FRONTIER_FLUSH_INTERVAL``: write the buffers, renew leases, reclaim dead
-        workers' leases, log progress, and claim for an idle worker (work another worker added)."""
+        workers' leases, and claim for an idle worker (work another worker added)."""
         now = time.monotonic()
         if self._job is not None and now - self._job_started > _HUNG_AFTER:
             # A call that neither returns nor fails (packets dropped, a lock held elsewhere): an outage too.
@@ -713,9 +738,6 @@ class FrontierScheduler(BaseScheduler):
         if now - self._last_reclaim >= min(30.0, self.lease_seconds / 2):
             self._last_reclaim = now
             self._wants.reclaim_expired = self._wants.reclaim_dead_local = True
-        if self.progress_interval > 0 and now - self._last_progress >= self.progress_interval:
-            self._last_progress = now
-            self._wants.counts = True
         if not (self.ready or self.owned or self.leased or self.suspects) and self._engine_accepts():
             gen, when = self._empty_claim
             if gen != self._gen or now - when >= self.idle_claim_every:
@@ -743,7 +765,6 @@ class FrontierScheduler(BaseScheduler):
             reclaim_dead_local=wants.reclaim_dead_local,
             claim=self._claim_want() if wants.claim and not self.suspects else None,
             outstanding=wants.outstanding,
-            counts=wants.counts,
             gen=self._gen,
         )
         self._new, self._completed, self._failed, self._release, self._end_solo = [], [], [], [], []
@@ -781,8 +802,6 @@ class FrontierScheduler(BaseScheduler):
             logger.info("Frontier: reclaimed %d items from expired leases", result.reclaimed)
         if result.rows is not None or result.gated:
             self._claimed(result)
-        if result.counts is not None:
-            self.log_progress(result.counts)
         if result.error is not None:
             self._job_failed(result.error, job)
             return
@@ -793,7 +812,7 @@ class FrontierScheduler(BaseScheduler):
         if result.outstanding is False and job.gen == self._gen:
             self._drained_at, self._drained_gen = time.monotonic(), job.gen
         if self.ready and not self._in_next_request:
-            self._wake(had_work=bool(set(self.leased) - {s for r in self.ready for s in r.meta[IDS_META]}))
+            self._wake(had_work=bool(set(self.leased) - {s for r in self.ready for s in ids_of(r)}))
         elif self._drained():
             self._poke_engine()  # it may close the spider now
         if len(self._new) >= _ENQUEUE_FLUSH_SIZE or self._wants.any():
@@ -854,36 +873,13 @@ class FrontierScheduler(BaseScheduler):
         if nextcall is not None:
             nextcall.schedule()
 
-    def log_progress(self, counts: dict[str, dict[str, int]] | None = None) -> None:
-        """One progress line from the store's counts (read by the background loop)."""
-        if counts is None:
-            self._wants.counts = True
-            self._pump(force=True)
-            return
-        totals = {"pending": 0, "in_progress": 0, "completed": 0, "failed": 0}
-        if self.scope is not None:
-            counts = {self.scope.source_name: counts.get(self.scope.source_name, {})}
-        for per_status in counts.values():
-            for status, count in per_status.items():
-                totals[status] += count
-        now = time.monotonic()
-        if self._progress_base is None:
-            self._progress_base = (now, totals["completed"])
-        start, done0 = self._progress_base
-        minutes = max((now - start) / 60, 1e-9)
-        rate = (totals["completed"] - done0) / minutes
-        left = totals["pending"] + totals["in_progress"]
-        eta = f"{left / rate:.1f} min" if rate > 0 else "unknown"
-        logger.info(
-            "Frontier progress: done=%d pending=%d in_progress=%d failed=%d | %.1f pages/min | ETA %s",
-            totals["completed"],
-            totals["pending"],
-            totals["in_progress"],
-            totals["failed"],
-            rate,
-            eta,
-            extra={"spider": self.spider},
-        )
+    def read_counts(self) -> defer.Deferred[dict[str, dict[str, int]]]:
+        """The store's counts per source and status, read in the store's worker thread (for the
+        progress line, :mod:`holocron_scrapy.extensions.progress`); fails while the store is closed."""
+        store, executor = self.store, self.executor
+        if store is None or executor is None:
+            return defer.fail(RuntimeError("the frontier is not open"))
+        return executor.submit(store.counts)
 
     def _stat(self, key: str, count: int = 1) -> None:
         if self.stats is not None and count:

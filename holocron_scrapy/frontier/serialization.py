@@ -10,6 +10,13 @@ whole spider (every attribute and property, twice a request: 0.45 ms, measured a
 of the seed intake's time per seed and a large part of the frontier's per-link cost). A bound
 method of the spider names itself; the name is checked against the spider's class once per
 function, and anything else still goes through ``to_dict``'s own lookup.
+
+The request's :class:`~holocron_scrapy.frontier.contract.Work` is stored as
+:meth:`~holocron_scrapy.frontier.contract.Work.stored` (its resource, depth, origin and batch; no
+claim) and read back as a ``Work``. Requests stored by earlier versions (a plain dict under
+``holocron`` and the ``holocron_batch*`` keys beside it) are read into a ``Work`` too.
+
+Settings read: none. Stats written: none.
 """
 
 from __future__ import annotations
@@ -22,11 +29,11 @@ from scrapy import Request, Spider
 from scrapy.http.request import _find_method
 from scrapy.utils.request import request_from_dict
 
+from holocron_scrapy.frontier.contract import LEGACY_META, WORK_META, Work
+
 FORMAT_VERSION = 1
 #: Meta keys that belong to one process's handling of a request and are not stored.
-TRANSIENT_META = frozenset(
-    {"holocron_ids", "download_latency", "download_slot", "_autothrottle_dont_adjust_delay", "proxy"}
-)
+TRANSIENT_META = frozenset({"download_latency", "download_slot", "_autothrottle_dont_adjust_delay", "proxy"})
 _BYTES = "$bytes"
 
 
@@ -105,7 +112,11 @@ def request_to_row(request: Request, spider: Spider | None = None) -> dict[str, 
     """Split *request* into ``request_uri``, ``request_method``, ``request_headers``,
     ``request_body`` and ``metadata`` column values."""
     data = request_dict(request, spider)
-    data["meta"] = {k: v for k, v in data.get("meta", {}).items() if k not in TRANSIENT_META}
+    meta = {k: v for k, v in data.get("meta", {}).items() if k not in TRANSIENT_META}
+    work = meta.get(WORK_META)
+    if isinstance(work, Work):
+        meta[WORK_META] = work.stored()
+    data["meta"] = meta
     url = data.pop("url")
     method = data.pop("method")
     headers = {
@@ -133,4 +144,9 @@ def request_from_row(row: dict[str, Any], spider: Spider | None = None) -> Reque
     data["headers"] = loads(row.get("request_headers")) or {}
     body = row.get("request_body")
     data["body"] = base64.b64decode(body) if body else b""
+    meta = data.get("meta")
+    if isinstance(meta, dict) and isinstance(meta.get(WORK_META), dict):
+        data["meta"] = meta = dict(meta)
+        legacy = {key: meta.pop(key) for key in LEGACY_META if key in meta}
+        meta[WORK_META] = Work.from_stored(meta[WORK_META], legacy)
     return request_from_dict(data, spider=spider)

@@ -50,6 +50,7 @@ from twisted.internet.defer import Deferred
 
 from holocron_scrapy import defaults
 from holocron_scrapy.errors import ConfigError
+from holocron_scrapy.mediawiki.calls import API_META, LOGIN, ApiCall, api_call, api_meta
 from holocron_scrapy.secrets import register as register_secret
 
 logger = logging.getLogger(__name__)
@@ -59,9 +60,6 @@ AUTH_TYPE = "botpassword"
 ASSERT_FAILURES = ("assertuserfailed", "assertnameduserfailed")
 HIGH_LIMITS_RIGHT = "apihighlimits"
 #: Meta keys: a login request (not itself re-logged), a request already sent again after a re-login.
-LOGIN_META = "holocron_mw_login"
-RELOGIN_META = "holocron_mw_relogin"
-SESSION_META = "holocron_mw_session"  # a request to the source's API: it carries the session cookie
 #: The close reasons of a crawl stopped by its login (``fatal_*``: the run is failed, exit status 1).
 LOGIN_CLOSE_REASON = "fatal_login"
 BATCH_SIZE_CLOSE_REASON = "fatal_batch_size"
@@ -321,9 +319,7 @@ class BotSession:
         return Request(api.api_url(self.api_url, params), meta=self._meta(), dont_filter=True)
 
     def _meta(self) -> dict[str, Any]:
-        from holocron_scrapy.middlewares.retry import MEDIAWIKI_META
-
-        return {MEDIAWIKI_META: True, LOGIN_META: True, "give_up_log_level": logging.INFO}
+        return {**api_meta(LOGIN), "give_up_log_level": logging.INFO}
 
     async def _fetch(self, request: Request) -> Response:
         engine = self.crawler.engine
@@ -401,7 +397,11 @@ class BotLoginMiddleware:
             return None
         if not same_endpoint(request.url, session.api_url):
             return None  # Scrapy's own cookie handling; the session's cookies never go elsewhere
-        request.meta[SESSION_META] = session.generation  # the login whose cookie it carries
+        call = api_call(request)
+        if call is None:  # a request to the API of the source that is none of ours: it carries the cookie too
+            call = ApiCall()
+            request.meta[API_META] = call
+        call.session = session.generation  # the login whose cookie it carries
         request.meta["dont_merge_cookies"] = True  # Scrapy's CookiesMiddleware leaves it to us
         cookie = session.cookies.header()
         if cookie is None:
@@ -412,17 +412,18 @@ class BotLoginMiddleware:
 
     async def process_response(self, request: Request, response: Response, spider: Any = None) -> Request | Response:
         session = self._session()
-        if session is None or request.meta.get(SESSION_META) is None:
+        call = api_call(request)
+        if session is None or call is None or call.session is None:
             return response
         new = session.cookies.update(response.headers.getlist(b"Set-Cookie"))
         register_secret(*new)  # the session cookie: masked in every log line
-        if request.meta.get(LOGIN_META) or not assert_failure(response.body):
+        if call.purpose == LOGIN or not assert_failure(response.body):
             return response
-        if request.meta.get(RELOGIN_META):
+        if call.relogin:
             logger.warning("The session of %s was lost again right after a new login", session.creds.username)
             return response  # the spider records it as a retryable failure
         try:
-            if session.generation == request.meta[SESSION_META]:  # not logged in again since it was sent
+            if session.generation == call.session:  # not logged in again since it was sent
                 await session.login()
         except LoginError as exc:
             logger.error("Login again failed: %s; stopping", exc)
@@ -433,5 +434,5 @@ class BotLoginMiddleware:
                 )
             return response
         retry = request.replace(dont_filter=True)
-        retry.meta[RELOGIN_META] = True
+        retry.meta[API_META] = call.but(relogin=True, decoded=None)
         return retry  # process_request puts the new session's cookie on it

@@ -54,12 +54,13 @@ from scrapy import Request
 
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.intake import in_worker, work_items
+from holocron_scrapy.frontier.scheduler import scheduler_of
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore
 from holocron_scrapy.mediawiki import api
+from holocron_scrapy.mediawiki.calls import LISTING, api_meta, take_decoded
 from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.listings import GeneratorSpec, ListingPage, ListingWalk, listing_limit
 from holocron_scrapy.mediawiki.parse import MalformedResponse
-from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META
 
 if TYPE_CHECKING:
     from holocron_scrapy.spiders.mediawiki import MediaWikiSpider
@@ -69,7 +70,6 @@ logger = logging.getLogger(__name__)
 #: Checkpoint names of generator listings: ``generator/<sha256 of the spec>``.
 CHECKPOINT_PREFIX = "generator/"
 #: Marks a listing request (for middlewares and logs; it never reaches the frontier).
-LISTING_META = "holocron_mw_listing"
 
 
 def spec_digest(spec: GeneratorSpec) -> str:
@@ -163,7 +163,7 @@ def listing_request(spider: MediaWikiSpider, walk: ListingWalk) -> Request:
         params["assert"] = "user"
     return Request(
         api.api_url(spider.options.api_url, params),
-        meta={MEDIAWIKI_META: True, LISTING_META: True},
+        meta=api_meta(LISTING),
         dont_filter=True,
     )
 
@@ -180,7 +180,7 @@ async def fetch_page(spider: MediaWikiSpider, walk: ListingWalk) -> tuple[Listin
         raise ListingFailed(f"no answer: {type(exc).__name__}: {exc}") from None
     if response.status != 200:
         raise ListingFailed(f"HTTP {response.status}")
-    body = response.meta.pop(MEDIAWIKI_JSON_META, None)
+    body = take_decoded(response)
     try:
         return fed(walk, body if body is not None else response.body)
     except ApiError as exc:
@@ -201,7 +201,7 @@ async def generator_requests(spider: MediaWikiSpider, spec: GeneratorSpec) -> As
     nothing is yielded; without it (a foreign scheduler, no state database) each listed title's
     request is yielded and nothing is checkpointed. ``frontier_hold`` is set while listing, so that
     the frontier holds half-empty batches until the listing is complete."""
-    frontier = getattr(spider.crawler, "holocron_frontier", None)
+    frontier = scheduler_of(spider.crawler)
     if frontier is None or frontier.store is None:
         walk = ListingWalk.start(spec)
         while not walk.done:
@@ -226,7 +226,7 @@ async def generator_requests(spider: MediaWikiSpider, spec: GeneratorSpec) -> As
 async def run_in_frontier(spider: MediaWikiSpider, spec: GeneratorSpec) -> GeneratorState | None:
     """Walk *spec*'s listing into the crawl's frontier, one answer (and one transaction) at a time.
     Returns the final state, or None when the frontier closed first (the checkpoint keeps the place)."""
-    frontier = getattr(spider.crawler, "holocron_frontier", None)
+    frontier = scheduler_of(spider.crawler)
     if frontier is None or frontier.store is None:
         return None
     store, scope, stats = frontier.store, frontier.scope, spider.crawler.stats

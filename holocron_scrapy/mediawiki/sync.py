@@ -68,14 +68,15 @@ from twisted.internet import threads
 
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.keys import make_dedupe_key
+from holocron_scrapy.frontier.scheduler import scheduler_of
 from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore, open_work_item_store
 from holocron_scrapy.items import DELETED, IngestItem, payload_hash
 from holocron_scrapy.mediawiki import api, changes
+from holocron_scrapy.mediawiki.calls import api_meta, take_decoded
 from holocron_scrapy.mediawiki.changes import _CONTENT_LOGS as CONTENT_LOGS  # the classifier's own list
 from holocron_scrapy.mediawiki.changes import Change, ChangeSet, SyncPlan
 from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.parse import MalformedResponse
-from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META
 from holocron_scrapy.spiders.mediawiki_source import MediaWikiSource, parse_recrawl_mode
 
 if TYPE_CHECKING:
@@ -261,7 +262,7 @@ class ChangesSync:
     # -- plumbing --
     @property
     def frontier(self) -> Any:
-        frontier = getattr(self.crawler, "holocron_frontier", None)
+        frontier = scheduler_of(self.crawler)
         if frontier is None or frontier.store is None or frontier.executor is None:
             logger.error(
                 "recrawl=changes keeps its checkpoint in the frontier's state database: it needs the frontier"
@@ -285,10 +286,10 @@ class ChangesSync:
     async def api_get(self, params: dict[str, str], what: str) -> Any:
         """One API request through the downloader (retries, maxlag, the bot's cookies); its JSON.
         A failure stops the crawl with ``fatal_sync``."""
-        request = Request(api.api_url(self.options.api_url, params), meta={MEDIAWIKI_META: True}, dont_filter=True)
+        request = Request(api.api_url(self.options.api_url, params), meta=api_meta(), dont_filter=True)
         try:
             response = await self.crawler.engine.download_async(request)
-            decoded = response.meta.pop(MEDIAWIKI_JSON_META, None)
+            decoded = take_decoded(response)
             return decoded if decoded is not None else response.body
         except Exception as exc:  # noqa: BLE001 - any failure of the listing stops the sync
             self.fail(what, exc)

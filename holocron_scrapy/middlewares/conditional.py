@@ -19,7 +19,7 @@ from __future__ import annotations
 from scrapy import Request
 from scrapy.crawler import Crawler
 
-from holocron_scrapy.frontier.scheduler import RECRAWL_META
+from holocron_scrapy.frontier.contract import work_of
 from holocron_scrapy.records.versions import VersionLookup
 
 
@@ -32,14 +32,16 @@ class ConditionalRequestMiddleware:
         return cls(crawler)
 
     async def process_request(self, request: Request) -> None:
-        info = request.meta.get("holocron")
-        since = request.meta.get(RECRAWL_META)  # only re-crawls of items completed before
-        if not info or not since or info.get("resource_type") != "url":
+        work = work_of(request)
+        if work is None or work.resource is None or work.resource.resource_type != "url":
+            return None
+        since = work.completed_at  # only re-crawls of items completed before
+        if not since:
             return None
         if getattr(self.crawler.spider, "full_refresh", False):
             return None
         # The frontier names a page by its "url" type; its records by their content kind: any type.
-        key = (info["source_system"], info["source_name"], None, info["resource_id"])
+        key = (work.resource.source_system, work.resource.source_name, None, work.resource.resource_id)
         version = (await VersionLookup.of(self.crawler).held([key])).get(key)
         if version is None or not (version.etag or version.last_modified):
             return None

@@ -4,13 +4,14 @@ Replaces Scrapy's RetryMiddleware (same settings: ``RETRY_ENABLED``, ``RETRY_TIM
 ``RETRY_HTTP_CODES``, ``RETRY_PRIORITY_ADJUST``). What is retried is decided by
 :mod:`holocron_scrapy.failures`: transient statuses (408, 425, 429, every 5xx, and whatever
 ``RETRY_HTTP_CODES`` adds), transient download exceptions (resets, timeouts, DNS, lost data),
-and, for MediaWiki API requests (``meta[MEDIAWIKI_META]``), answers with HTTP 200 whose body is
-not a JSON object (cut short, an HTML error page, a PHP fatal) or carries a retryable
-``error.code`` (maxlag, ratelimited, readonly, internal DB errors). Each is retried like a 503,
+and, for MediaWiki API requests (those with an :class:`~holocron_scrapy.mediawiki.calls.ApiCall`),
+answers with HTTP 200 whose body is not a JSON object (cut short, an HTML error page, a PHP
+fatal) or carries a retryable ``error.code`` (maxlag, ratelimited, readonly, internal DB errors).
+Each is retried like a 503,
 so it costs no frontier attempt. A MediaWiki body is decoded here once and handed to the
-spider in ``meta[MEDIAWIKI_JSON_META]``.
+spider in ``ApiCall.decoded``.
 
-The API probe (``meta[PROBE_META]``) is not retried when the connection is refused or the host
+The API probe (``ApiCall.purpose == "probe"``) is not retried when the connection is refused or the host
 does not resolve (nothing listens there: the crawl stops at once), and a body that is not JSON
 only ``defaults.MEDIAWIKI_PROBE_MALFORMED_RETRIES`` times.
 
@@ -43,13 +44,10 @@ from twisted.internet import task
 from holocron_scrapy import defaults
 from holocron_scrapy.failures import Verdict, classify_exception, classify_status, decode_api_body
 from holocron_scrapy.frontier.politeness import BLOCKING_API_ERRORS, block_host
+from holocron_scrapy.mediawiki.calls import PROBE, api_call
 
 logger = logging.getLogger(__name__)
-MEDIAWIKI_META = "holocron_mediawiki"
-#: The decoded JSON of a MediaWiki answer that passed the middleware (the spider pops it).
-MEDIAWIKI_JSON_META = "holocron_mediawiki_json"
-#: Marks the API probe: refused connections and unknown hosts are not retried.
-PROBE_META = "holocron_probe"
+#: The API probe is not retried when the connection is refused or the host is unknown.
 _PROBE_FAIL_FAST = ("connection_refused", "dns")
 
 
@@ -141,19 +139,20 @@ class PoliteRetryMiddleware(RetryMiddleware):
             if verdict.transient:
                 return await self._retry_later(request, response, f"HTTP {response.status}") or response
             return response
-        if not (request.meta.get(MEDIAWIKI_META) and response.status == 200):
+        call = api_call(request)
+        if call is None or response.status != 200:
             return response
         decoded, verdict = decode_api_body(response.body, self._retryable_codes)
         if verdict is None:
-            request.meta[MEDIAWIKI_JSON_META] = decoded
+            call.decoded = decoded
             return response
         self._count(verdict)
         if not verdict.transient:  # a permanent API error: the spider stores it (or bisects the batch)
-            request.meta[MEDIAWIKI_JSON_META] = decoded
+            call.decoded = decoded
             return response
         if decoded is None:
             reason = "MediaWiki answer not a JSON object"
-            if request.meta.get(PROBE_META):  # an HTML page at api_url is most likely the wrong URL
+            if call.purpose == PROBE:  # an HTML page at api_url is most likely the wrong URL
                 request.meta.setdefault("max_retry_times", defaults.MEDIAWIKI_PROBE_MALFORMED_RETRIES)
         else:
             code = verdict.kind.removeprefix("api_")
@@ -164,7 +163,7 @@ class PoliteRetryMiddleware(RetryMiddleware):
                 block_host(self.crawler, request, self._delay(request, response) if wait is None else wait, reason)
         result = await self._retry_later(request, response, reason) or response
         if result is response and decoded is not None:
-            request.meta[MEDIAWIKI_JSON_META] = decoded
+            call.decoded = decoded
         return result
 
     async def process_exception(  # type: ignore[override]  # a coroutine, as process_response
@@ -174,7 +173,9 @@ class PoliteRetryMiddleware(RetryMiddleware):
             return None
         verdict = classify_exception(exception)
         self._count(verdict)
-        if not verdict.transient or (request.meta.get(PROBE_META) and verdict.kind in _PROBE_FAIL_FAST):
+        call = api_call(request)
+        probe = call is not None and call.purpose == PROBE
+        if not verdict.transient or (probe and verdict.kind in _PROBE_FAIL_FAST):
             return None
         retry = await self._retry_later(request, None, verdict.kind)
         return retry if isinstance(retry, Request) else None

@@ -32,6 +32,7 @@ from holocron_scrapy import __version__, defaults, secrets
 from holocron_scrapy.config import Config, Source, load_config
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.intake import SeedList, run_in_frontier
+from holocron_scrapy.frontier.scheduler import scheduler_of
 from holocron_scrapy.settings_check import check_arguments, check_settings
 from holocron_scrapy.sources import SourceModel, common_arguments, source_type
 
@@ -148,7 +149,7 @@ class HolocronSpider(Spider):
         checkpointed, skipped when an earlier run took the same list in) and nothing is yielded; with
         another scheduler each seed's request is yielded. ``frontier_hold`` is set meanwhile, so that
         the frontier holds half-empty batches until the last seed is in."""
-        frontier = getattr(self.crawler, "holocron_frontier", None)
+        frontier = scheduler_of(self.crawler)
         if frontier is None or frontier.store is None:
             for seed in seeds:
                 request = self.seed_request(seed)

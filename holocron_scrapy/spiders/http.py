@@ -37,9 +37,9 @@ from twisted.python.failure import Failure
 from holocron_scrapy.config import Config, Source
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception, failure_error
+from holocron_scrapy.frontier.contract import Work, frontier_of, work_meta, work_of
 from holocron_scrapy.frontier.intake import SeedList
-from holocron_scrapy.frontier.keys import resource_meta
-from holocron_scrapy.frontier.scheduler import ATTEMPT_META, IDS_META, STATUS_META, WORK_ITEM_META
+from holocron_scrapy.frontier.keys import Resource
 from holocron_scrapy.items import FAILED, OK, IngestItem
 from holocron_scrapy.sources import ad_hoc_source
 from holocron_scrapy.spiders.base import HolocronSpider, parse_seeds, response_header
@@ -182,26 +182,16 @@ class HttpSpider(HolocronSpider):
     def seed_request(self, seed: str) -> Request | None:
         return self.page_request(validate_seed_url(seed), depth=0)
 
-    def page_request(self, url: str, *, depth: int, discovered_from: str | None = None, known: bool = False) -> Request:
-        meta: dict[str, Any] = {
-            "holocron": resource_meta(
-                SOURCE_SYSTEM,
-                self.options.source_name,
-                WORK_ITEM_TYPE,
-                url_resource_id(url),
-                depth=depth,
-                discovered_from=discovered_from,
-            )
-        }
-        if known:
-            meta[STATUS_META] = "completed"
+    def page_request(self, url: str, *, depth: int, discovered_from: str | None = None) -> Request:
+        resource = Resource(SOURCE_SYSTEM, self.options.source_name, WORK_ITEM_TYPE, url_resource_id(url))
+        meta = work_meta(resource, depth=depth, discovered_from=discovered_from)
         if self.options.deltafetch:
-            meta["deltafetch_key"] = meta["holocron"]["resource_id"]  # stable across redirects
+            meta["deltafetch_key"] = resource.resource_id  # stable across redirects
         return Request(url, callback=self.parse_page, errback=self.errback_page, meta=meta)
 
     def aux_request(self, url: str, kind: str, callback: Any) -> Request:
         """A robots.txt or sitemap fetch: a work item of its own, stored as no record."""
-        meta = {"holocron": resource_meta(SOURCE_SYSTEM, self.options.source_name, kind, url_resource_id(url))}
+        meta = work_meta(Resource(SOURCE_SYSTEM, self.options.source_name, kind, url_resource_id(url)))
         return Request(url, callback=callback, errback=self.errback_page, meta=meta, dont_filter=False)
 
     # -- responses -----------------------------------------------------------------------
@@ -214,11 +204,13 @@ class HttpSpider(HolocronSpider):
 
     def page_output(self, response: Response) -> Iterator[Any]:
         """The page's record, and the links it leads to."""
-        info = response.meta["holocron"]
+        work = work_of(response)
+        assert work is not None and work.resource is not None  # page_request named it
+        resource_id = work.resource.resource_id
         if response.status == 304:  # conditional re-crawl: unchanged since the stored version
             self.crawler.stats.inc_value("recrawl/unchanged")
             return
-        depth = int(info.get("depth", 0))
+        depth = work.depth
         content_type = response_header(response, "Content-Type")
         kind = resource_type_for(content_type, response)
         payload, note = build_payload(
@@ -232,7 +224,7 @@ class HttpSpider(HolocronSpider):
             source_system=SOURCE_SYSTEM,
             source_name=self.options.source_name,
             resource_type=kind,
-            resource_id=info["resource_id"],
+            resource_id=resource_id,
             requested_id=requested,
             payload=payload,
             request_uri=requested,
@@ -241,24 +233,24 @@ class HttpSpider(HolocronSpider):
             response_headers=self._headers(response),
             duration_ms=None if latency is None else int(latency * 1000),
             run_id=self.run_id,
-            attempt=response.meta.get(ATTEMPT_META, 1),
+            attempt=work.attempt,
             depth=depth,
-            discovered_from=info.get("discovered_from"),
+            discovered_from=work.discovered_from,
             error_message=note,
-            work_item_id=response.meta.get(WORK_ITEM_META),
-            work_item_ids=list(response.meta.get(IDS_META, ())),
+            work_item_id=work.work_item_id,
+            work_item_ids=list(work.ids),
             context={"final_url": response.url, "redirects": response.meta.get("redirect_urls", [])},
             etag=response_header(response, "ETag"),
             last_modified=response_header(response, "Last-Modified"),
         )
 
-        if url_resource_id(response.url) != info["resource_id"]:  # redirected: the target is known now
-            yield self.page_request(response.url, depth=depth, known=True)
+        if url_resource_id(response.url) != resource_id:  # redirected: the target is known now
+            frontier_of(self.crawler).mark_known(self.page_request(response.url, depth=depth))
         if kind != RAW_HTML or depth >= self.options.max_depth or not isinstance(response, TextResponse):
             return  # non-HTML is never parsed for links
         for link in self.link_extractor.extract_links(response):
             if host_allowed(link.url, self.options.allowed_domains):
-                yield self.page_request(link.url, depth=depth + 1, discovered_from=info["resource_id"])
+                yield self.page_request(link.url, depth=depth + 1, discovered_from=resource_id)
 
     def parse_robots(self, response: Response) -> Iterator[Request]:
         for url in sitemap_urls_from_robots(response.body, base_url=response.url):  # bytes: str is deprecated
@@ -281,20 +273,19 @@ class HttpSpider(HolocronSpider):
 
     def errback_page(self, failure: Failure) -> Iterator[IngestItem]:
         request = failure.request  # type: ignore[attr-defined]  # Scrapy sets Failure.request on a download error
-        ids = list(request.meta.get(IDS_META, ()))
-        info = request.meta.get("holocron") or {}
+        work = work_of(request) or Work()
+        ids = list(work.ids)
+        resource = work.resource
         if failure.check(IgnoreRequest) and not failure.check(HttpError):
-            frontier = getattr(self.crawler, "holocron_frontier", None)  # robots.txt, offsite: nothing to store
-            if frontier is not None and ids:
-                frontier.fail(ids, f"not fetched: {failure.getErrorMessage()}", retryable=False)
+            if ids:  # robots.txt, offsite: nothing to store
+                frontier_of(self.crawler).fail(ids, f"not fetched: {failure.getErrorMessage()}", retryable=False)
             return
         error = failure_error(failure)
         status = error.response.status if isinstance(error, HttpError) else None
         retryable = classify_exception(error).transient  # 404, 410, other 4xx: permanent
-        if info.get("resource_type") != WORK_ITEM_TYPE:
-            frontier = getattr(self.crawler, "holocron_frontier", None)
-            if frontier is not None and ids:
-                frontier.fail(ids, failure.getErrorMessage(), retryable=retryable)
+        if resource is None or resource.resource_type != WORK_ITEM_TYPE:
+            if ids:
+                frontier_of(self.crawler).fail(ids, failure.getErrorMessage(), retryable=retryable)
             return
         self.crawler.stats.inc_value("http/pages/failed")
         message = f"HTTP {status}" if status else f"{type(error).__name__}: {failure.getErrorMessage()}"
@@ -302,7 +293,7 @@ class HttpSpider(HolocronSpider):
             source_system=SOURCE_SYSTEM,
             source_name=self.options.source_name,
             resource_type="error",
-            resource_id=info.get("resource_id") or url_resource_id(request.url),
+            resource_id=resource.resource_id,
             requested_id=request.url,
             payload={"error": message, "status": status},
             request_uri=request.url,
@@ -311,9 +302,9 @@ class HttpSpider(HolocronSpider):
             error_message=message,
             retryable=retryable,
             run_id=self.run_id,
-            attempt=request.meta.get(ATTEMPT_META, 1),
-            depth=int(info.get("depth", 0)),
-            work_item_id=request.meta.get(WORK_ITEM_META),
+            attempt=work.attempt,
+            depth=work.depth,
+            work_item_id=work.work_item_id,
             work_item_ids=ids,
         )
 

@@ -20,10 +20,8 @@ Failures follow :mod:`holocron_scrapy.failures`: an answer that is not a JSON ob
 title may have caused (or an HTTP 414, URI too long) splits the batch in halves until the bad
 titles are isolated.
 
-A re-crawled batch (items completed before) asks ``prop=info`` first; ``parse_info`` compares
-each ``lastrevid`` with the stored revision through the crawler's version lookup
-(:mod:`holocron_scrapy.records.versions`: one batched query, off the reactor) and fetches content
-only for what changed.
+A re-crawled batch (items completed before) asks ``prop=info`` first and fetches content only for
+the titles whose ``lastrevid`` is not the revision stored (:mod:`holocron_scrapy.mediawiki.recrawl`).
 
 Seeds go through the frontier's seed intake (:mod:`holocron_scrapy.frontier.intake`): streamed in
 chunks, each title normalised by :meth:`MediaWikiSpider.seed_request`, taken in once per seed list.
@@ -47,6 +45,7 @@ Stats: ``mediawiki/pages/<outcome>``, ``mediawiki/api_error/<code>``, ``mediawik
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -62,17 +61,9 @@ from holocron_scrapy import defaults
 from holocron_scrapy.config import Config, Source
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.failures import classify_exception, could_be_one_title, decode_api_body, failure_error
+from holocron_scrapy.frontier.contract import WORK_META, Work, frontier_of, work_meta, work_of
 from holocron_scrapy.frontier.intake import SeedList
-from holocron_scrapy.frontier.keys import resource_meta
-from holocron_scrapy.frontier.scheduler import (
-    ATTEMPT_META,
-    BATCH_META,
-    BATCH_SIZE_META,
-    IDS_META,
-    RECRAWL_META,
-    STATUS_META,
-    WORK_ITEM_META,
-)
+from holocron_scrapy.frontier.keys import Resource
 from holocron_scrapy.items import FAILED, OK, IngestItem
 from holocron_scrapy.mediawiki import api
 from holocron_scrapy.mediawiki.auth import (
@@ -85,6 +76,7 @@ from holocron_scrapy.mediawiki.auth import (
     credentials,
     effective_batch_size,
 )
+from holocron_scrapy.mediawiki.calls import PROBE, ApiCall, api_call, api_meta, take_decoded
 from holocron_scrapy.mediawiki.errors import ApiError
 from holocron_scrapy.mediawiki.generate import generator_requests
 from holocron_scrapy.mediawiki.listings import GeneratorSpec, parse_generator
@@ -97,8 +89,8 @@ from holocron_scrapy.mediawiki.parse import (
     page_links,
     resolve,
 )
+from holocron_scrapy.mediawiki.recrawl import RevisionCheck
 from holocron_scrapy.mediawiki.sync import recrawl_mode
-from holocron_scrapy.middlewares.retry import MEDIAWIKI_JSON_META, MEDIAWIKI_META, PROBE_META
 from holocron_scrapy.sources import ad_hoc_source
 from holocron_scrapy.spiders.base import HolocronSpider, parse_seeds, response_header
 from holocron_scrapy.spiders.mediawiki_source import MediaWikiSource
@@ -187,6 +179,24 @@ def seeding(source: MediaWikiSource, kwargs: dict[str, Any]) -> tuple[SeedList |
     )
 
 
+def batch_call(response: Response) -> ApiCall:
+    """The :class:`ApiCall` of a content batch's answer (an empty one for a request sent unbatched)."""
+    return api_call(response) or ApiCall()
+
+
+def title_entry(work: Work) -> dict[str, Any]:
+    """The entry of one claimed title in a batch (``ApiCall.titles``): its title, depth and claim."""
+    assert work.resource is not None, "a title request names its page"
+    return {
+        "title": work.resource.resource_id,
+        "depth": work.depth,
+        "ids": list(work.ids),
+        "attempt": work.attempt,
+        "work_item_id": work.work_item_id,
+        "completed_at": work.completed_at,
+    }
+
+
 class MediaWikiSpider(HolocronSpider):
     """``scrapy crawl mediawiki -a source=NAME``: any MediaWiki source in the config."""
 
@@ -263,7 +273,7 @@ class MediaWikiSpider(HolocronSpider):
         faults are retried); raise CloseSpider("fatal_api_probe") if api_url is no MediaWiki API."""
         url = api.api_url(self.options.api_url, api.siteinfo_params(maxlag=self.options.maxlag))
         # Its own error line says what went wrong: Scrapy's "Gave up retrying" is only INFO here.
-        meta = {MEDIAWIKI_META: True, PROBE_META: True, "give_up_log_level": logging.INFO}
+        meta = {**api_meta(PROBE), "give_up_log_level": logging.INFO}
         request = Request(url, meta=meta, dont_filter=True)
         stats = self.crawler.stats
         try:
@@ -323,23 +333,16 @@ class MediaWikiSpider(HolocronSpider):
         self.options = replace(self.options, batch_size=size)
 
     def title_request(
-        self, title: str, *, depth: int, discovered_from: str | None = None, known: bool = False
+        self, title: str, *, depth: int, discovered_from: str | None = None
     ) -> Request:
         """The per-title request the frontier stores; batched by :meth:`build_batch_request`."""
-        meta = {
-            "holocron": resource_meta(
-                SOURCE_SYSTEM,
-                self.options.source_name,
-                RESOURCE_TYPE,
-                title,
-                depth=depth,
-                discovered_from=discovered_from,
-            ),
-            BATCH_META: self.options.api_url,
-            BATCH_SIZE_META: self.options.batch_size,
-        }
-        if known:
-            meta[STATUS_META] = "completed"
+        meta = work_meta(
+            Resource(SOURCE_SYSTEM, self.options.source_name, RESOURCE_TYPE, title),
+            depth=depth,
+            discovered_from=discovered_from,
+            batch_key=self.options.api_url,
+            batch_size=self.options.batch_size,
+        )
         return Request(
             api.title_url(self.options.api_url, title),
             callback=self.parse_batch,
@@ -347,100 +350,23 @@ class MediaWikiSpider(HolocronSpider):
             meta=meta,
         )
 
+    @functools.cached_property
+    def revision_check(self) -> RevisionCheck:
+        """The ``prop=info`` step of re-crawled batches."""
+        return RevisionCheck(self, source_system=SOURCE_SYSTEM, resource_type=RESOURCE_TYPE)
+
     def build_batch_request(self, requests: list[Request]) -> Request:
-        """One ``action=query`` for the titles of several claimed per-title requests."""
-        titles = [
-            {
-                "title": r.meta["holocron"]["resource_id"],
-                "depth": r.meta["holocron"].get("depth", 0),
-                "ids": list(r.meta.get(IDS_META, ())),
-                "attempt": r.meta.get(ATTEMPT_META, 1),
-                "work_item_id": r.meta.get(WORK_ITEM_META),
-                "completed_at": r.meta.get(RECRAWL_META),
-            }
-            for r in requests
-        ]
+        """One ``action=query`` for the titles of several claimed per-title requests; a re-crawl asks
+        ``prop=info`` first (:mod:`holocron_scrapy.mediawiki.recrawl`)."""
+        titles = [title_entry(work_of(r) or Work()) for r in requests]
         if not getattr(self, "full_refresh", False) and any(t["completed_at"] for t in titles):
-            # A re-crawl: one cheap prop=info first; its answer is compared with the stored revisions
-            # (looked up off the reactor in parse_info), and content is fetched only for what changed.
-            return self._info_request(titles)
+            return self.revision_check.request(titles)
         return self._query_request(titles, continuation=None, acc=None)
 
-    async def stored_revisions(self, titles: list[dict[str, Any]], resolved: dict[str, Any]) -> dict[str, int]:
-        """``{requested title: stored revision}`` of the re-crawled *titles*, from one batched version
-        lookup: the version stored under the title itself, else under the page a redirect or a
-        normalisation led to (the page is stored under its own title). A version counts only if it
-        was stored no later than the title's item last completed (its discoveries are in the
-        frontier by then)."""
-        from holocron_scrapy.records.versions import VersionLookup
-
-        def key(title: str) -> tuple[str, str, str, str]:
-            return (SOURCE_SYSTEM, self.options.source_name, RESOURCE_TYPE, title)
-
-        candidates: dict[str, list[str]] = {}
-        for entry in titles:
-            if not entry.get("completed_at"):
-                continue
-            names = [entry["title"]]
-            resolution = resolved.get(entry["title"])
-            if resolution is not None and resolution.outcome == OK and resolution.title != entry["title"]:
-                names.append(resolution.title)
-            candidates[entry["title"]] = names
-        if not candidates:
-            return {}
-        held = await VersionLookup.of(self.crawler).held([key(n) for names in candidates.values() for n in names])
-        since = {t["title"]: t["completed_at"] for t in titles}
-        stored: dict[str, int] = {}
-        for title, names in candidates.items():
-            for name in names:
-                version = held.get(key(name))
-                if version is not None and version.revision_id and version.stored_by(since[title]):
-                    stored[title] = version.revision_id
-                    break
-        return stored
-
-    def _info_request(self, titles: list[dict[str, Any]]) -> Request:
-        params = api.info_params(
-            sorted(t["title"] for t in titles), maxlag=self.options.maxlag, assert_user=self.mw_session is not None
-        )
-        return Request(
-            api.api_url(self.options.api_url, params),
-            callback=self.parse_info,
-            errback=self.errback_batch,
-            meta={
-                MEDIAWIKI_META: True,
-                "mw_titles": titles,
-                IDS_META: [i for t in titles for i in t["ids"]],
-            },
-            dont_filter=True,
-        )
-
     async def parse_info(self, response: Response) -> AsyncIterator[Any]:
-        """Compare ``lastrevid`` with the stored revisions; fetch content only for changed titles.
-
-        Titles left out of the follow-up request are acknowledged as unchanged."""
-        titles = response.meta["mw_titles"]
-        acc = Accumulator()
-        try:
-            body = self.decoded_body(response)
-            if body is None:
-                raise MalformedResponse("not a JSON object")
-            merge_query(acc, body)
-        except (ApiError, ValueError, MalformedResponse) as exc:
-            self.logger.warning("prop=info check failed (%s); fetching all %d titles", exc, len(titles))
-            yield self._query_request(titles, continuation=None, acc=None)
-            return
-        resolved = {entry["title"]: resolve(acc, entry["title"]) for entry in titles}
-        stored_revisions = await self.stored_revisions(titles, resolved)
-        changed = []
-        for entry in titles:
-            resolution = resolved[entry["title"]]
-            page = resolution.page or {}
-            stored = stored_revisions.get(entry["title"])
-            if resolution.outcome == OK and stored is not None and stored == page.get("lastrevid"):
-                self.crawler.stats.inc_value("recrawl/unchanged")
-            else:
-                changed.append(entry)
+        """The ``prop=info`` answer of a re-crawl: content only for the titles that changed; the
+        others are acknowledged as unchanged (the callback's output ends without them)."""
+        changed = await self.revision_check.changed(response)
         if changed:
             yield self._query_request(changed, continuation=None, acc=None)
 
@@ -461,11 +387,8 @@ class MediaWikiSpider(HolocronSpider):
             callback=self.parse_batch,
             errback=self.errback_batch,
             meta={
-                MEDIAWIKI_META: True,
-                "mw_titles": titles,
-                "mw_acc": acc,
-                "mw_first_url": first_url,
-                IDS_META: [i for t in titles for i in t["ids"]],
+                **api_meta(titles=titles, acc=acc, first_url=first_url),
+                WORK_META: Work(ids=tuple(i for t in titles for i in t["ids"])),
             },
             dont_filter=True,
         )
@@ -475,14 +398,15 @@ class MediaWikiSpider(HolocronSpider):
     def decoded_body(response: Response) -> Any:
         """The answer's JSON object: decoded once, by the retry middleware when it ran; None when
         the body is not a JSON object."""
-        decoded = response.meta.pop(MEDIAWIKI_JSON_META, None)
+        decoded = take_decoded(response)
         if decoded is None:
             decoded, _ = decode_api_body(response.body)
         return decoded
 
     def parse_batch(self, response: Response) -> Iterator[Any]:
-        titles = response.meta["mw_titles"]
-        acc = Accumulator.from_dict(response.meta.get("mw_acc"))
+        call = batch_call(response)
+        titles = call.titles or []
+        acc = Accumulator.from_dict(call.acc)
         body = self.decoded_body(response)
         try:
             if body is None:
@@ -514,7 +438,7 @@ class MediaWikiSpider(HolocronSpider):
         if continuation:
             self.crawler.stats.inc_value("mediawiki/continuations")
             yield self._query_request(
-                titles, continuation=continuation, acc=acc.to_dict(), first_url=response.meta.get("mw_first_url")
+                titles, continuation=continuation, acc=acc.to_dict(), first_url=call.first_url
             )
             return
         yield from self.batch_output(titles, acc, response)
@@ -549,7 +473,7 @@ class MediaWikiSpider(HolocronSpider):
                 requested_id=direct["title"],
                 outcome=outcome,
                 payload=page,
-                request_uri=response.meta.get("mw_first_url") or response.url,
+                request_uri=batch_call(response).first_url or response.url,
                 status_code=response.status,
                 content_type=response_header(response, b"Content-Type"),
                 duration_ms=None if latency is None else int(latency * 1000),
@@ -569,7 +493,8 @@ class MediaWikiSpider(HolocronSpider):
             if outcome != OK:
                 continue
             if title not in {e["title"] for e in entries}:
-                yield self.title_request(title, depth=depth, known=True)  # a redirect target: don't fetch again
+                # a redirect target: known now, not fetched again
+                frontier_of(self.crawler).mark_known(self.title_request(title, depth=depth))
             if depth < self.options.max_depth:
                 yield from self.discovered(page, depth + 1, title)
 
@@ -616,20 +541,14 @@ class MediaWikiSpider(HolocronSpider):
 
     def errback_batch(self, failure: Failure) -> Iterator[IngestItem | Request]:
         request = failure.request  # type: ignore[attr-defined]  # Scrapy sets Failure.request on a download error
-        titles = request.meta.get("mw_titles")
+        call = api_call(request)
+        titles = call.titles if call is not None else None
+        batched = titles is not None
         if titles is None:  # a per-title request that was never batched (no frontier)
-            info = request.meta["holocron"]
-            titles = [
-                {
-                    "title": info["resource_id"],
-                    "depth": info.get("depth", 0),
-                    "ids": list(request.meta.get(IDS_META, ())),
-                    "attempt": 1,
-                }
-            ]
+            titles = [title_entry(work_of(request) or Work())]
         error = failure_error(failure)
         status = error.response.status if isinstance(error, HttpError) else None
-        if status == 414 and len(titles) > 1 and "mw_titles" in request.meta:  # URI too long: fewer titles
+        if status == 414 and len(titles) > 1 and batched:  # URI too long: fewer titles
             yield from self.bisect(titles, "HTTP 414 (URI too long)")
             return
         verdict = classify_exception(error)

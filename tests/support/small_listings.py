@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from scrapy import Request
 
-from holocron_scrapy.mediawiki.generate import LISTING_META
+from holocron_scrapy.mediawiki.calls import LISTING, api_call
 
 _LIMIT_KEYS = ("aplimit", "cmlimit")
 _DONE = "small_listing_done"
@@ -23,7 +23,8 @@ _DONE = "small_listing_done"
 
 class SmallListingMiddleware:
     def process_request(self, request: Request, spider: Any = None) -> Request | None:
-        if not request.meta.get(LISTING_META) or request.meta.get(_DONE):
+        call = api_call(request)
+        if call is None or call.purpose != LISTING or request.meta.get(_DONE):
             return None
         limit = os.environ.get("SMALL_LISTING_LIMIT", "20")
         parts = urlsplit(request.url)
