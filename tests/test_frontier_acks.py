@@ -94,3 +94,37 @@ def test_the_project_puts_the_hand_off_next_to_the_callback():
     middlewares = apply_addons(get_project_settings()).getdict("SPIDER_MIDDLEWARES")
     assert middlewares["holocron_scrapy.frontier.acks.FrontierHandOffMiddleware"] > 900  # above DepthMiddleware
     assert middlewares["holocron_scrapy.frontier.acks.FrontierAckMiddleware"] < 50  # below HttpErrorMiddleware
+
+
+@pytest.mark.parametrize("outcome", ["stored", "dropped", "error"])
+def test_a_foreign_items_page_is_acked_only_once_its_items_left_the_pipelines(outcome):
+    """A third-party spider's items (plain dicts: no work_item_ids field) hold the ids of their response."""
+    from scrapy import signals
+    from twisted.python.failure import Failure
+
+    crawler, response, _ = setup()
+    acks = FrontierAckMiddleware(crawler)
+    first, second = {"title": "A"}, {"title": "B"}
+    assert list(acks.process_spider_output(response, [first, second])) == [first, second]
+    frontier = crawler.holocron_frontier
+    assert frontier.acked == [] and frontier.failed == []  # the callback ended; its items are not stored yet
+    crawler.signals.send_catch_log(signals.item_scraped, item=first, response=response, spider=None)
+    assert frontier.acked == []  # one of two
+    if outcome == "stored":
+        crawler.signals.send_catch_log(signals.item_scraped, item=second, response=response, spider=None)
+        assert frontier.acked == [1, 2, 3] and frontier.failed == []
+    elif outcome == "dropped":
+        dropped = {"item": second, "response": response, "exception": None, "spider": None}
+        crawler.signals.send_catch_log(signals.item_dropped, **dropped)
+        assert frontier.acked == [1, 2, 3]
+    else:
+        failure = Failure(OSError("disk full"))
+        crawler.signals.send_catch_log(signals.item_error, item=second, response=response, spider=None, failure=failure)
+        assert frontier.acked == [] and frontier.failed == [([1, 2, 3], "pipeline error: disk full", True)]
+
+
+def test_ids_of_a_page_without_items_are_acked_when_its_output_ends():
+    crawler, response, _ = setup()
+    acks = FrontierAckMiddleware(crawler)
+    assert list(acks.process_spider_output(response, [])) == []
+    assert crawler.holocron_frontier.acked == [1, 2, 3]

@@ -16,6 +16,13 @@ A spider middleware between the callback and this one may drop a request that ca
 ids would then look untaken and be acked with no record. :class:`FrontierHandOffMiddleware`, next
 to the callback, notes the ids each request was handed; the ids of a request that never reached
 this middleware are failed as retryable (``frontier/dropped_requests``) instead of acked.
+
+A third-party spider (the :class:`~holocron_scrapy.addons.Frontier` add-on) yields items that do not
+name their work items. The ids left over by a callback that gave such items are held by them and
+acked once every one of them has left the pipelines (failed, retryable, if one hit ``item_error``):
+a kill -9 between the callback and the project's own storage loses nothing.
+
+Settings read: none. Stats written: ``frontier/dropped_requests``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from itemadapter import ItemAdapter, is_item
-from scrapy import Request, Spider
+from scrapy import Request, Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.http import Response
 
@@ -78,20 +85,90 @@ class FrontierHandOffMiddleware:
             yield output
 
 
+def is_foreign_item(output: Any) -> bool:
+    """An item of a spider that does not name its work items (no ``work_item_ids`` field): a third-party
+    project's item under the :class:`~holocron_scrapy.addons.Frontier` add-on."""
+    if isinstance(output, Request) or not is_item(output):
+        return False
+    return "work_item_ids" not in ItemAdapter(output).field_names()
+
+
+class _Holding:
+    """The ids of one response held by its foreign items until every one of them left the pipelines."""
+
+    __slots__ = ("ids", "pending", "ended", "error")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.pending = 0  # items of the response still in the pipelines
+        self.ended = False  # the callback's output has ended (ids known)
+        self.error: str | None = None
+
+
 class FrontierAckMiddleware:
-    """Spider middleware that acks or fails the ids left over when a callback finishes."""
+    """Spider middleware that acks or fails the ids left over when a callback finishes.
+
+    Left-over ids of a response whose callback gave foreign items (:func:`is_foreign_item`: items that
+    do not name their work items) are acked only once all those items have left the pipelines
+    (``item_scraped`` / ``item_dropped``), and failed, retryable, if one of them hit ``item_error``:
+    a third-party spider's page is acknowledged after its items are stored, as holocron's own are."""
 
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
+        self._held: dict[int, list[_Holding]] = {}  # id(item) -> the holdings it counts in
+        crawler.signals.connect(self._item_stored, signal=signals.item_scraped)
+        crawler.signals.connect(self._item_stored, signal=signals.item_dropped)
+        crawler.signals.connect(self._item_error, signal=signals.item_error)
 
-    def _settle(self, frontier: Any, response: Response, remaining: set[int], seen: set[int]) -> None:
-        """Fail the ids of requests dropped on the way here, ack the rest of *remaining*."""
+    def _settle(
+        self, frontier: Any, response: Response, remaining: set[int], seen: set[int], holding: _Holding | None
+    ) -> None:
+        """Fail the ids of requests dropped on the way here; ack the rest of *remaining* now, or, when
+        foreign items hold them, once those are stored."""
         dropped = (_HANDED.pop(response, None) or set()) - seen
         if dropped:
             frontier.fail(sorted(dropped), DROPPED, retryable=True)
             if self.crawler.stats is not None:
                 self.crawler.stats.inc_value("frontier/dropped_requests")
-        frontier.ack(sorted(remaining - dropped))
+        if holding is None:
+            frontier.ack(sorted(remaining - dropped))
+            return
+        holding.ids, holding.ended = sorted(remaining - dropped), True
+        self._release(frontier, holding)
+
+    def _hold(self, holding: _Holding | None, item: Any) -> _Holding:
+        holding = holding or _Holding()
+        holding.pending += 1
+        self._held.setdefault(id(item), []).append(holding)
+        return holding
+
+    def _left(self, item: Any, error: str | None) -> None:
+        holdings = self._held.get(id(item))
+        if not holdings:
+            return
+        holding = holdings.pop(0)
+        if not holdings:
+            del self._held[id(item)]
+        holding.pending -= 1
+        if error is not None:
+            holding.error = error
+        self._release(getattr(self.crawler, CRAWLER_ATTRIBUTE, None), holding)
+
+    def _item_stored(self, item: Any, **kwargs: Any) -> None:
+        self._left(item, None)
+
+    def _item_error(self, item: Any, failure: Any = None, **kwargs: Any) -> None:
+        self._left(item, failure.getErrorMessage() if failure is not None else "item pipeline error")
+
+    @staticmethod
+    def _release(frontier: Any, holding: _Holding) -> None:
+        if frontier is None or not holding.ended or holding.pending > 0 or not holding.ids:
+            return
+        ids, holding.ids = holding.ids, []
+        if holding.error is not None:
+            frontier.fail(ids, f"pipeline error: {holding.error}", retryable=True)
+        else:
+            frontier.ack(ids)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FrontierAckMiddleware:
@@ -115,20 +192,22 @@ class FrontierAckMiddleware:
         if frontier is None or not remaining:
             yield from result
             return
-        ids, handed_on = set(remaining), set()
+        ids, handed_on, holding = set(remaining), set(), None
         try:
             for output in result:
                 taken = taken_ids(output)
                 remaining -= taken
                 if isinstance(output, Request):
                     handed_on |= taken
+                elif is_foreign_item(output):
+                    holding = self._hold(holding, output)
                 yield output
         except Exception as exc:
             frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
             raise
         finally:
             self._fetched(frontier, ids, handed_on | (_HANDED.get(response) or set()))
-        self._settle(frontier, response, remaining, handed_on)
+        self._settle(frontier, response, remaining, handed_on, holding)
 
     async def process_spider_output_async(
         self, response: Response, result: AsyncIterator[Any], spider: Spider | None = None
@@ -138,17 +217,19 @@ class FrontierAckMiddleware:
             async for output in result:
                 yield output
             return
-        ids, handed_on = set(remaining), set()
+        ids, handed_on, holding = set(remaining), set(), None
         try:
             async for output in result:
                 taken = taken_ids(output)
                 remaining -= taken
                 if isinstance(output, Request):
                     handed_on |= taken
+                elif is_foreign_item(output):
+                    holding = self._hold(holding, output)
                 yield output
         except Exception as exc:
             frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
             raise
         finally:
             self._fetched(frontier, ids, handed_on | (_HANDED.get(response) or set()))
-        self._settle(frontier, response, remaining, handed_on)
+        self._settle(frontier, response, remaining, handed_on, holding)
