@@ -31,7 +31,7 @@ from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.store import NewItem
 from holocron_scrapy.mediawiki.generate import CHECKPOINT_PREFIX, GeneratorIntake, fed, spec_digest
 from holocron_scrapy.mediawiki.listings import ListingWalk, parse_generator
-from holocron_scrapy.spiders.mediawiki import mediawiki_options
+from holocron_scrapy.spiders.mediawiki_options import mediawiki_options
 from tests.support import listing_fixtures, wikigen
 from tests.support.crawl import REPO, Workspace
 from tests.support.fault_proxy import FaultProxy

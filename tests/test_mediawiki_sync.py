@@ -17,7 +17,7 @@ from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.mediawiki import changes
 from holocron_scrapy.mediawiki.changes import classify
 from holocron_scrapy.mediawiki.sync import SyncCheckpoint, deleted_payload, mode_text, plan_fetch
-from holocron_scrapy.spiders.mediawiki import mediawiki_options
+from holocron_scrapy.spiders.mediawiki_options import mediawiki_options
 from holocron_scrapy.spiders.mediawiki_source import MediaWikiSource
 from tests.support import record_listings as rec
 from tests.support.crawl import Workspace
