@@ -458,13 +458,12 @@ class FakeServerCursor:
 def test_sqlserver_round_trip_flow():
     from datetime import datetime
 
-    from holocron_scrapy.commands import db as command
-    from holocron_scrapy.db.connection import StoreURL
+    from holocron_scrapy.db.connection import SQLSERVER
+    from holocron_scrapy.db.smoketest import round_trip
 
     server = FakeServer()
     lines: list[str] = []
-    target = command.Target(StoreURL("sqlserver"))
-    command._round_trip(server, target, "[crawl].[work_items]", step=lines.append)
+    round_trip(server, SQLSERVER, "[crawl].[work_items]", step=lines.append)
     statements = [entry[0] for entry in server.log if len(entry) == 2]
     assert all("[crawl].[work_items]" in sql for sql in statements)
     inserts = [entry for entry in server.log if entry[0].startswith("INSERT")]
@@ -478,13 +477,11 @@ def test_sqlserver_round_trip_flow():
 
 
 def test_sqlserver_round_trip_detects_missing_unique_index():
-    from holocron_scrapy.commands import db as command
-    from holocron_scrapy.db.connection import StoreURL
+    from holocron_scrapy.db.connection import SQLSERVER
+    from holocron_scrapy.db.smoketest import round_trip
     from holocron_scrapy.errors import StoreError
 
     server = FakeServer(enforce_unique=False)
     with pytest.raises(StoreError, match="same dedupe_key was accepted"):
-        command._round_trip(
-            server, command.Target(StoreURL("sqlserver")), "[ingest].[work_items]", step=lambda line: None
-        )
+        round_trip(server, SQLSERVER, "[ingest].[work_items]", step=lambda line: None)
     assert server.rows == {}  # both rows removed although the test failed

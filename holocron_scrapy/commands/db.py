@@ -20,11 +20,9 @@ import argparse
 import os
 import sqlite3
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +31,12 @@ from scrapy.exceptions import UsageError
 
 from holocron_scrapy.db import connection
 from holocron_scrapy.db.migrations import MigrationRunner
+from holocron_scrapy.db.smoketest import db_errors, error_text, mark, round_trip, round_trip_engine, verify_schema
 from holocron_scrapy.db.targets import load_command_config, resolve_store_target
 from holocron_scrapy.errors import HolocronError, StoreError
 
 ACTIONS = ("init", "status", "smoketest")
-SMOKETEST_SOURCE = "holocron_smoketest"
 RULE = "=" * 60
-TABLES = {
-    connection.SQLITE: ("work_items", "ingest_records", "ingest_runs", "seen_resources", "schema_migrations"),
-    connection.SQLSERVER: ("work_items", "IngestRecords", "ingest_runs", "seen_resources", "schema_migrations"),
-    connection.POSTGRESQL: ("work_items", "ingest_records", "ingest_runs", "seen_resources", "schema_migrations"),
-}
 KINDS = {connection.SQLITE: "SQLite", connection.POSTGRESQL: "PostgreSQL", connection.SQLSERVER: "SQL Server"}
 
 
@@ -117,7 +110,7 @@ class Command(ScrapyCommand):
                 print(f"(retrying connection errors for up to {opts.wait_timeout:g}s)")
             getattr(self, f"do_{action}")(target, opts)
         except _command_errors() as exc:
-            self.fail(_error_text(exc))
+            self.fail(error_text(exc))
 
     # -- helpers -----------------------------------------------------------------------
     def fail(self, message: str) -> None:
@@ -189,9 +182,9 @@ class Command(ScrapyCommand):
             todo = runner.apply(echo=lambda line: print(f"  {line}"))
             total = len(runner.applied())
         if todo:
-            print(f"{_mark()} Applied {len(todo)} migration(s); {total} applied in total")
+            print(f"{mark()} Applied {len(todo)} migration(s); {total} applied in total")
         else:
-            print(f"{_mark()} Nothing to do: the schema is up to date ({total} migration(s) applied)")
+            print(f"{mark()} Nothing to do: the schema is up to date ({total} migration(s) applied)")
 
     def _postgresql_database(self, target: Target, opts: argparse.Namespace) -> bool:
         """Create the database if needed (through ``postgres``); False when a dry run found it missing."""
@@ -241,7 +234,7 @@ class Command(ScrapyCommand):
 
     # -- smoketest ---------------------------------------------------------------------
     def do_smoketest(self, target: Target, opts: argparse.Namespace) -> None:
-        ok = _mark()
+        ok = mark()
         _print_info(self, target)
         if target.dialect == connection.SQLITE and not _sqlite_exists(target):
             raise StoreError(f"no SQLite database at {target.url.path}: run `scrapy db init` first")
@@ -249,12 +242,12 @@ class Command(ScrapyCommand):
         with self.open(target, opts, write=True) as (conn, runner):
             print(f"{ok} Connection established successfully{_server_info(conn, target)}")
             print("Test 2: Verifying schema and tables...")
-            table = _verify_schema(conn, runner, target)
+            table = verify_schema(conn, runner, target.dialect)
             print(f"{ok} Schema and tables verified")
             if target.dialect == connection.POSTGRESQL:
-                _round_trip_engine(conn, step=print)
+                round_trip_engine(conn, step=print)
             else:
-                _round_trip(conn, target, table, step=print)
+                round_trip(conn, target.dialect, table, step=print)
         print(RULE)
         print(f"{ok} All smoke tests passed!")
         print(f"  The {KINDS[target.dialect]} store is ready for use.")
@@ -264,24 +257,11 @@ class Command(ScrapyCommand):
 def _command_errors() -> tuple[type[BaseException], ...]:
     """What a command reports in one line: ours and the drivers' (looked up when an error is being
     matched, so a driver the command imported on its way is included)."""
-    return (HolocronError, *_db_errors())
+    return (HolocronError, *db_errors())
 
 
-def _db_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [sqlite3.Error]
-    pyodbc = sys.modules.get("pyodbc")
-    if pyodbc is not None:
-        errors.append(pyodbc.Error)
-    sqlalchemy = sys.modules.get("sqlalchemy")
-    if sqlalchemy is not None:
-        errors.append(sqlalchemy.exc.SQLAlchemyError)
-    return tuple(errors)
 
 
-def _error_text(exc: BaseException) -> str:
-    """The driver's message of a SQLAlchemy error (without the statement and the link), else str(exc)."""
-    orig = getattr(exc, "orig", None)
-    return str(orig if orig is not None else exc)
 
 
 def sa_database(url: str) -> str:
@@ -290,13 +270,6 @@ def sa_database(url: str) -> str:
     return str(sa.engine.make_url(url).database)
 
 
-def _mark(good: bool = True) -> str:
-    symbol = "✓" if good else "✗"
-    try:
-        symbol.encode(sys.stdout.encoding or "ascii")
-    except (UnicodeEncodeError, LookupError):
-        return "OK" if good else "FAILED"
-    return symbol
 
 
 def _sqlite_exists(target: Target) -> bool:
@@ -383,187 +356,6 @@ def _server_info(conn: Any, target: Target) -> str:
     version, database, login = cursor.fetchone()
     cursor.close()
     return f" (SQL Server {version}, database {database}, login {login})"
-
-
-def _verify_schema(conn: Any, runner: MigrationRunner, target: Target) -> str:
-    """Check that every migration is applied and every table exists; return work_items' name."""
-    pending = runner.pending()
-    if pending:
-        names = ", ".join(m.filename for m in pending)
-        raise StoreError(f"pending migrations ({names}): run `scrapy db init` first")
-    print(f"  - migrations applied: {', '.join(sorted(runner.applied()))}")
-    if target.dialect == connection.SQLITE:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        table = "work_items"
-    elif target.dialect == connection.POSTGRESQL:
-        import sqlalchemy as sa
-
-        with conn.connect() as live:
-            rows = [(name,) for name in sa.inspect(live).get_table_names()]
-        table = "work_items"
-    else:
-        from holocron_scrapy.db import sqlserver
-
-        cursor = conn.cursor()
-        cursor.execute(sqlserver.TSQL_LIST_TABLES, runner.schema)
-        rows = cursor.fetchall()
-        table = f"[{runner.schema}].[work_items]"
-    found = {row[0] for row in rows}
-    missing = [name for name in TABLES[target.dialect] if name not in found]
-    if missing:
-        raise StoreError(f"missing tables: {', '.join(missing)}")
-    print(f"  - tables: {', '.join(TABLES[target.dialect])}")
-    return table
-
-
-def _round_trip(conn: Any, target: Target, table: str, *, step: Callable[[str], None]) -> None:
-    """Insert, read, update a work item; check the dedupe key rejects a twin; delete own rows."""
-    from holocron_scrapy.db import sqlserver
-    from holocron_scrapy.db.sqlserver_errors import is_duplicate_key
-
-    sql = {
-        "insert": sqlserver.SMOKETEST_INSERT.format(table=table),
-        "select": sqlserver.SMOKETEST_SELECT.format(table=table),
-        "update": sqlserver.SMOKETEST_UPDATE.format(table=table),
-        "delete": sqlserver.SMOKETEST_DELETE.format(table=table),
-    }
-    now: Any = datetime.now(UTC).replace(tzinfo=None)
-    if target.dialect == connection.SQLITE:
-        now = now.strftime("%Y-%m-%d %H:%M:%S.%f")
-    first, second = str(uuid.uuid4()), str(uuid.uuid4())
-    dedupe_key = f"{SMOKETEST_SOURCE}:smoketest:page:{first}"
-
-    def run(statement: str, *params: Any) -> Any:
-        cursor = conn.cursor()
-        cursor.execute(statement, params)
-        return cursor
-
-    def row(work_item_id: str) -> tuple[Any, ...]:
-        return (
-            work_item_id,
-            SMOKETEST_SOURCE,
-            "smoketest",
-            "page",
-            work_item_id,
-            f"https://example.invalid/{work_item_id}",
-            now,
-            now,
-            dedupe_key,
-        )
-
-    ok = _mark()
-    try:
-        step("Test 3: Testing write/read operations...")
-        run(sql["insert"], *row(first))
-        conn.commit()
-        step(f"  - Inserted work item: {first}")
-        found = run(sql["select"], first).fetchone()
-        if not found or found[0] != first or found[1] != "pending":
-            raise StoreError(f"smoke test row {first} could not be read back (got {found!r})")
-        step("  - Retrieved work item successfully")
-        run(sql["update"], now, now, first)
-        conn.commit()
-        found = run(sql["select"], first).fetchone()
-        if not found or found[1] != "completed":
-            raise StoreError(f"smoke test row {first} was not updated (got {found!r})")
-        step("  - Updated status to completed")
-        step(f"{ok} Write/read operations successful")
-        step("Test 4: Testing deduplication...")
-        try:
-            run(sql["insert"], *row(second))
-            conn.commit()
-        except Exception as exc:
-            conn.rollback()
-            if not is_duplicate_key(exc):
-                raise
-            step("  - Second insert with the same dedupe_key correctly rejected (dedupe working)")
-        else:
-            raise StoreError("a second work item with the same dedupe_key was accepted: the unique index is missing")
-        step(f"{ok} Deduplication working correctly")
-    finally:
-        try:
-            for work_item_id in (first, second):
-                run(sql["delete"], work_item_id, SMOKETEST_SOURCE)
-            conn.commit()
-            step("  - Removed the smoke-test row")
-        except _db_errors() as exc:  # do not hide the error that brought us here
-            step(f"  - Could not remove the smoke-test row {first}: {' '.join(str(exc).split())}")
-
-
-def _round_trip_engine(engine: Any, *, step: Callable[[str], None]) -> None:
-    """The round trip of :func:`_round_trip` on a SQLAlchemy engine (PostgreSQL), through the one
-    schema definition: insert, read, update, a rejected twin of the dedupe key, own rows deleted."""
-    import sqlalchemy as sa
-
-    from holocron_scrapy.db.schema import work_items
-
-    now = datetime.now(UTC)
-    first, second = str(uuid.uuid4()), str(uuid.uuid4())
-    dedupe_key = f"{SMOKETEST_SOURCE}:smoketest:page:{first}"
-
-    def row(work_item_id: str) -> dict[str, Any]:
-        return {
-            "work_item_id": work_item_id,
-            "source_system": SMOKETEST_SOURCE,
-            "source_name": "smoketest",
-            "resource_type": "page",
-            "resource_id": work_item_id,
-            "request_uri": f"https://example.invalid/{work_item_id}",
-            "request_method": "GET",
-            "priority": 0,
-            "status": "pending",
-            "attempt": 0,
-            "created_at": now,
-            "updated_at": now,
-            "dedupe_key": dedupe_key,
-        }
-
-    def read() -> Any:
-        with engine.connect() as conn:
-            query = sa.select(work_items.c.work_item_id, work_items.c.status, work_items.c.dedupe_key)
-            return conn.execute(query.where(work_items.c.work_item_id == first)).first()
-
-    ok = _mark()
-    try:
-        step("Test 3: Testing write/read operations...")
-        with engine.begin() as conn:
-            conn.execute(work_items.insert(), [row(first)])
-        step(f"  - Inserted work item: {first}")
-        found = read()
-        if not found or found[0] != first or found[1] != "pending":
-            raise StoreError(f"smoke test row {first} could not be read back (got {found!r})")
-        step("  - Retrieved work item successfully")
-        with engine.begin() as conn:
-            conn.execute(
-                work_items.update()
-                .where(work_items.c.work_item_id == first)
-                .values(status="completed", completed_at=now, updated_at=now)
-            )
-        found = read()
-        if not found or found[1] != "completed":
-            raise StoreError(f"smoke test row {first} was not updated (got {found!r})")
-        step("  - Updated status to completed")
-        step(f"{ok} Write/read operations successful")
-        step("Test 4: Testing deduplication...")
-        try:
-            with engine.begin() as conn:
-                conn.execute(work_items.insert(), [row(second)])
-        except sa.exc.IntegrityError:
-            step("  - Second insert with the same dedupe_key correctly rejected (dedupe working)")
-        else:
-            raise StoreError("a second work item with the same dedupe_key was accepted: the unique index is missing")
-        step(f"{ok} Deduplication working correctly")
-    finally:
-        try:
-            with engine.begin() as conn:
-                conn.execute(
-                    work_items.delete().where(
-                        work_items.c.work_item_id.in_([first, second]), work_items.c.source_system == SMOKETEST_SOURCE
-                    )
-                )
-            step("  - Removed the smoke-test row")
-        except sa.exc.SQLAlchemyError as exc:  # do not hide the error that brought us here
-            step(f"  - Could not remove the smoke-test row {first}: {' '.join(_error_text(exc).split())}")
 
 
 def _print_missing_database_plan(runner: MigrationRunner, database: str, terminator: str) -> None:
