@@ -29,9 +29,13 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from holocron_scrapy import defaults
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.statscollectors import StatsCollector
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,7 +105,7 @@ class OutageWatch:
         what: str = "state database",
         waiting: str = "what needs it waits, the rest goes on",
         stat_prefix: str = "frontier",
-        stats: Any = None,
+        stats: StatsCollector | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.limit = limit
@@ -114,7 +118,7 @@ class OutageWatch:
         self._seen: set[str] = set()
 
     @classmethod
-    def of_records(cls, crawler: Any) -> OutageWatch:
+    def of_records(cls, crawler: Crawler) -> OutageWatch:
         """The crawler's watch over its records database (shared by the lookups and the writes)."""
         watch = getattr(crawler, "holocron_records_outage", None)
         if watch is None:
@@ -125,7 +129,7 @@ class OutageWatch:
                 stat_prefix="records",
                 stats=crawler.stats,
             )
-            crawler.holocron_records_outage = watch
+            crawler.holocron_records_outage = watch  # type: ignore[attr-defined]  # one per crawl
         return watch
 
     @property
@@ -165,7 +169,7 @@ class OutageWatch:
 
     def _inc(self, key: str, value: float) -> None:
         if self.stats is not None and value:
-            self.stats.inc_value(f"{self.stat_prefix}/{key}", value)
+            self.stats.inc_value(f"{self.stat_prefix}/{key}", value)  # type: ignore[arg-type]  # seconds: a float
 
 
 async def ride_out(call: Callable[[], Awaitable[T]], watch: OutageWatch, *, spider: Any = None) -> T:

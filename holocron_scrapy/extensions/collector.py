@@ -14,7 +14,7 @@ Settings read: ``HOLOCRON_GC_FREEZE`` (default on). Stats written: ``gc/frozen``
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import TYPE_CHECKING
 
 from scrapy import signals
 from scrapy.crawler import Crawler
@@ -22,9 +22,12 @@ from scrapy.exceptions import NotConfigured
 
 from holocron_scrapy import defaults
 
+if TYPE_CHECKING:
+    from scrapy.statscollectors import StatsCollector
+
 
 class FreezeStartupObjects:
-    def __init__(self, stats: Any = None):
+    def __init__(self, stats: StatsCollector | None = None):
         self.stats = stats
 
     @classmethod

@@ -52,6 +52,7 @@ from holocron_scrapy.frontier.store import CheckpointKey, NewItem, WorkItemStore
 
 if TYPE_CHECKING:
     from scrapy import Request
+    from scrapy.statscollectors import StatsCollector
 
     from holocron_scrapy.frontier.scheduler import FrontierScheduler
 
@@ -320,7 +321,7 @@ async def run_in_frontier(
     seed_request: Callable[[str], Request | None],
     *,
     chunk_size: int = CHUNK_SIZE,
-    stats: Any = None,
+    stats: StatsCollector | None = None,
 ) -> IntakeState | None:
     """Take *seeds* into the crawl's frontier, chunk by chunk in its worker thread; *seed_request* is the
     spider's (a seed's start request, or None to drop the seed). Returns the final state, or None when
@@ -349,7 +350,7 @@ async def run_in_frontier(
     return state
 
 
-def _count(stats: Any, read: int, inserted: int) -> None:
+def _count(stats: StatsCollector | None, read: int, inserted: int) -> None:
     if stats is None:
         return
     stats.inc_value("intake/seeds", read)

@@ -55,7 +55,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from scrapy import Request
 from scrapy.crawler import Crawler
@@ -67,6 +67,9 @@ from twisted.internet import defer, task
 from holocron_scrapy import defaults
 from holocron_scrapy.frontier.executor import StoreExecutor, ThreadExecutor
 from holocron_scrapy.frontier.store import SlotGrant, WorkItemStore, make_owner, utcnow
+
+if TYPE_CHECKING:
+    from scrapy.statscollectors import StatsCollector
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,7 +114,7 @@ class SharedPoliteness:
         lease_seconds: float = defaults.FRONTIER_POLITENESS_LEASE,
         backoff: float = defaults.RETRY_BACKOFF_BASE,
         backoff_cap: float = defaults.RETRY_BACKOFF_MAX,
-        stats: Any = None,
+        stats: StatsCollector | None = None,
         executor: StoreExecutor | None = None,
     ):
         self.owner = make_owner()
@@ -162,7 +165,7 @@ class SharedPoliteness:
 
     def _inc(self, key: str, count: float = 1) -> None:
         if self.stats is not None:
-            self.stats.inc_value(f"politeness/{key}", count)
+            self.stats.inc_value(f"politeness/{key}", count)  # type: ignore[arg-type]  # seconds: a float
 
     # -- the reactor's side -------------------------------------------------------------------------
     async def acquire(self, key: str, delay: float, concurrency: int) -> str | None:

@@ -25,7 +25,7 @@ Settings: ``HOLOCRON_RECORDS_URL``, ``HOLOCRON_RECORDS_SQLSERVER``, ``HOLOCRON_L
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 from scrapy import signals
@@ -41,6 +41,9 @@ from holocron_scrapy.pipelines.faults import FaultHandler, is_storage_error
 from holocron_scrapy.records.store import open_record_store
 from holocron_scrapy.records.versions import VersionLookup
 
+if TYPE_CHECKING:
+    from scrapy.statscollectors import StatsCollector
+
 Key = tuple[str, str, str, str]
 
 
@@ -54,7 +57,7 @@ class ChangeFilterPipeline:
         url: str,
         *,
         sqlserver_config: dict[str, Any] | None = None,
-        stats: Any = None,
+        stats: StatsCollector | None = None,
         lake_dir: str | None = None,
         faults: FaultHandler | None = None,
         versions: VersionLookup | None = None,

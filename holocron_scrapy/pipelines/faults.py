@@ -21,10 +21,13 @@ import errno
 import logging
 import os
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 from scrapy.exceptions import DropItem
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
 
@@ -108,17 +111,17 @@ class FaultHandler:
     """One per crawl (``crawler.holocron_storage_faults``): the lake and records pipelines report
     their faults here; the first one stops the crawl."""
 
-    def __init__(self, crawler: Any):
+    def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.stats = getattr(crawler, "stats", None)
         self.fatal: str | None = None  # the one error line, once a fault happened
 
     @classmethod
-    def of(cls, crawler: Any) -> FaultHandler:
+    def of(cls, crawler: Crawler) -> FaultHandler:
         handler = getattr(crawler, "holocron_storage_faults", None)
         if handler is None:
             handler = cls(crawler)
-            crawler.holocron_storage_faults = handler
+            crawler.holocron_storage_faults = handler  # type: ignore[attr-defined]  # one per crawl
         return handler
 
     def stopping(self, item: Any) -> StorageFault:

@@ -47,7 +47,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 from scrapy.crawler import Crawler
@@ -61,6 +61,9 @@ from holocron_scrapy.records.rows import format_time
 from holocron_scrapy.records.store import RecordStore
 from holocron_scrapy.records.versions import VersionLookup
 from holocron_scrapy.workers import BatchWorker
+
+if TYPE_CHECKING:
+    from scrapy.statscollectors import StatsCollector
 
 #: Longest file-name stem (in UTF-8 bytes) kept readable; longer ids are cut and hashed.
 MAX_STEM_BYTES = 120
@@ -250,7 +253,7 @@ class JsonLakePipeline:
         self,
         lake_dir: str,
         *,
-        stats: Any = None,
+        stats: StatsCollector | None = None,
         faults: FaultHandler | None = None,
         versions: VersionLookup | None = None,
     ):

@@ -36,7 +36,7 @@ import itertools
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 from scrapy.crawler import Crawler
@@ -53,6 +53,9 @@ from holocron_scrapy.records.rows import item_row
 from holocron_scrapy.records.store import RecordStore, open_record_store
 from holocron_scrapy.records.versions import VersionStore
 
+if TYPE_CHECKING:
+    from scrapy.statscollectors import StatsCollector
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,7 +67,7 @@ class IngestRecordsPipeline:
         sqlserver_config: dict[str, Any] | None = None,
         batch_size: int = defaults.RECORDS_BATCH_SIZE,
         flush_interval: float = defaults.RECORDS_FLUSH_INTERVAL,
-        stats: Any = None,
+        stats: StatsCollector | None = None,
         lake_dir: str | None = None,
         faults: FaultHandler | None = None,
         outage: OutageWatch | None = None,

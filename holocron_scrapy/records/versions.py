@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from scrapy import signals
 from scrapy.exceptions import CloseSpider
@@ -61,6 +61,10 @@ from holocron_scrapy.failures import failure_error
 from holocron_scrapy.pipelines.faults import CLOSE_REASON, FaultHandler, describe, is_storage_error
 from holocron_scrapy.reactor import get_reactor
 from holocron_scrapy.records.store import RecordStore, open_record_store
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.statscollectors import StatsCollector
 
 #: ``(source_system, source_name, resource_type, resource_id)``; a resource type of None matches any.
 Key = tuple[str, str, "str | None", str]
@@ -168,7 +172,7 @@ class VersionLookup:
         self,
         open_store: Callable[[], RecordStore],
         *,
-        stats: Any = None,
+        stats: StatsCollector | None = None,
         outage: OutageWatch | None = None,
         faults: FaultHandler | None = None,
         url: str = "",
@@ -191,7 +195,7 @@ class VersionLookup:
         self._closed = False
 
     @classmethod
-    def of(cls, crawler: Any) -> VersionLookup:
+    def of(cls, crawler: Crawler) -> VersionLookup:
         """The crawler's lookup (made on first use, on the crawler's records store)."""
         lookup = getattr(crawler, "holocron_versions", None)
         if lookup is None:
@@ -204,7 +208,7 @@ class VersionLookup:
                 faults=FaultHandler.of(crawler),
                 url=url,
             )
-            crawler.holocron_versions = lookup
+            crawler.holocron_versions = lookup  # type: ignore[attr-defined]  # one per crawl
             crawler.signals.connect(lookup.close, signal=signals.engine_stopped)
         return lookup
 
