@@ -121,7 +121,7 @@ class FrontierAckMiddleware:
                     handed_on |= taken
                 yield output
         except Exception as exc:
-            frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
+            frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=False)
             raise
         finally:
             self._fetched(frontier, ids, handed_on | (_HANDED.get(response) or set()))
@@ -144,7 +144,7 @@ class FrontierAckMiddleware:
                     handed_on |= taken
                 yield output
         except Exception as exc:
-            frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
+            frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=False)
             raise
         finally:
             self._fetched(frontier, ids, handed_on | (_HANDED.get(response) or set()))

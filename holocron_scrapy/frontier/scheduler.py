@@ -105,6 +105,8 @@ RECRAWL_META = "holocron_completed_at"
 _ENQUEUE_FLUSH_SIZE = 1000
 #: The close reason of a crawl that gave up on its state database (a ``fatal_`` reason: exit status 1).
 OUTAGE_CLOSE_REASON = "fatal_frontier_unreachable"
+#: The error of a leased item whose request ended without an outcome (no callback output, no errback's fail).
+ORPHAN_ERROR = "request finished without storing an outcome (a download error without errback, or dropped)"
 
 
 def state_url_from_settings(settings: Any) -> str:
@@ -675,8 +677,10 @@ class FrontierScheduler(BaseScheduler):
         in_memory = {seq for req in (*self.ready, *self.owned) for seq in req.meta.get(IDS_META, ())}
         orphans = sorted(set(self.leased) - in_memory)
         if orphans:
-            logger.warning("Frontier: %d leased items finished without an outcome; retrying them", len(orphans))
-            self.fail(orphans, "request finished without storing an outcome", retryable=True)
+            # Their request ended with no callback output: a download error without an errback, a request a
+            # downloader middleware dropped. Scrapy does not fetch such a request again; neither do we.
+            logger.warning("Frontier: %d leased items finished without an outcome; failing them", len(orphans))
+            self.fail(orphans, ORPHAN_ERROR, retryable=False)
         if self._gave_up:
             return
         if not orphans and self._drained():

@@ -1,0 +1,64 @@
+"""A pytest plugin that makes the SQL frontier Scrapy's default, for Scrapy's own test suite.
+
+Loaded with ``-p holocron_frontier_plugin`` (this directory and the repository root on
+``PYTHONPATH``) by :mod:`tests.test_scrapy_suite`, in a copy of Scrapy's sdist test suite. It patches
+:mod:`scrapy.settings.default_settings` before any test builds a ``Settings``:
+
+* ``SCHEDULER`` = :class:`~holocron_scrapy.frontier.scheduler.FrontierScheduler`;
+* ``DUPEFILTER_CLASS`` = :class:`~holocron_scrapy.frontier.dupefilter.FrontierDupeFilter`;
+* ``SPIDER_MIDDLEWARES_BASE`` gains the ack middlewares (``FrontierAckMiddleware`` 10,
+  ``FrontierHandOffMiddleware`` 990);
+* ``ADDONS`` = :class:`FreshState` (priority 0): each crawler gets its own new SQLite state file
+  (``HOLOCRON_STATE_URL``, at add-on priority) in a directory removed at the end of the session.
+
+Nothing else changes: no holocron settings module, no config file.
+
+Settings read: none. Stats written: none.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scrapy.settings import default_settings
+
+_STATE_DIR = Path(tempfile.mkdtemp(prefix="holocron-scrapy-suite-"))
+_COUNTER = itertools.count()
+
+FRONTIER_SETTINGS: dict[str, Any] = {
+    "SCHEDULER": "holocron_scrapy.frontier.scheduler.FrontierScheduler",
+    "DUPEFILTER_CLASS": "holocron_scrapy.frontier.dupefilter.FrontierDupeFilter",
+}
+FRONTIER_SPIDER_MIDDLEWARES = {
+    "holocron_scrapy.frontier.acks.FrontierAckMiddleware": 10,
+    "holocron_scrapy.frontier.acks.FrontierHandOffMiddleware": 990,
+}
+
+
+class FreshState:
+    """Add-on: a new SQLite state database for every crawler."""
+
+    def update_settings(self, settings: Any) -> None:
+        path = _STATE_DIR / f"state-{next(_COUNTER)}.sqlite3"
+        settings.set("HOLOCRON_STATE_URL", f"sqlite:///{path}", priority="addon")
+
+
+def _patch_defaults() -> None:
+    for name, value in FRONTIER_SETTINGS.items():
+        setattr(default_settings, name, value)
+    default_settings.SPIDER_MIDDLEWARES_BASE = {
+        **default_settings.SPIDER_MIDDLEWARES_BASE,
+        **FRONTIER_SPIDER_MIDDLEWARES,
+    }
+    default_settings.ADDONS = {**default_settings.ADDONS, f"{__name__}.FreshState": 0}
+
+
+_patch_defaults()
+
+
+def pytest_unconfigure(config: Any) -> None:
+    shutil.rmtree(_STATE_DIR, ignore_errors=True)
