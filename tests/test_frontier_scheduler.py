@@ -217,17 +217,22 @@ def test_stale_items_are_requeued_at_open(tmp_path):
 
 
 class StubEngine:
-    """Just what the wake-up needs from ``ExecutionEngine``: state flags and ``crawl()``."""
+    """Just what the wake-up needs from ``ExecutionEngine``: state flags and the slot's ``nextcall``,
+    which pulls one request with ``next_request`` (``crawled``) and, as the engine's download of it
+    would, hands it back to the scheduler (it holds leased ids: it comes back first)."""
 
     def __init__(self, scheduler, spider):
         self.scheduler, self.spider = scheduler, spider
         self.running, self.paused = True, False
-        self._slot = types.SimpleNamespace(closing=None)  # ExecutionEngine's slot: a Deferred once closing
+        # ExecutionEngine's slot: a Deferred once closing
+        self._slot = types.SimpleNamespace(closing=None, nextcall=types.SimpleNamespace(schedule=self._loop))
         self.crawled: list[Request] = []
 
-    def crawl(self, request):
-        assert self.scheduler.enqueue_request(request)
-        self.crawled.append(request)
+    def _loop(self):
+        request = self.scheduler.next_request()
+        if request is not None:
+            assert self.scheduler.enqueue_request(request)
+            self.crawled.append(request)
 
 
 def test_an_idle_worker_is_woken_when_another_adds_work(tmp_path):
@@ -283,12 +288,20 @@ def test_an_idle_worker_reclaims_expired_leases_before_it_closes(tmp_path):
     idle.close("finished")
 
 
-def test_a_request_that_cannot_be_stored_is_dropped_not_raised(tmp_path):
+def test_a_request_that_cannot_be_stored_is_crawled_from_memory_not_raised(tmp_path):
+    """As Scrapy's scheduler does with what its disk queue cannot take: the request is kept in memory."""
     crawler, s = make(tmp_path)
     request = page("A")
     request.callback = lambda response: None  # not a spider method: Request.to_dict refuses it
-    assert not s.enqueue_request(request)
-    assert crawler.stats.get_value("frontier/unserializable") == 1
+    live = page("B")
+    live.meta["object"] = object()  # JSON cannot hold it
+    assert s.enqueue_request(request) and s.enqueue_request(live)
+    assert crawler.stats.get_value("frontier/unserializable") == 2
+    assert s.has_pending_requests()
+    assert s.next_request() is request and s.next_request() is live
+    assert not s.enqueue_request(page("A"))  # its key is known: a duplicate is still filtered
+    s.flush()
+    assert s.store.counts() == {}  # nothing stored
     s.close("finished")
 
 
