@@ -49,6 +49,8 @@ def taken_ids(output: Any) -> set[int]:
 
 #: response -> the ids its callback handed to requests, noted next to the callback.
 _HANDED: weakref.WeakKeyDictionary[Response, set[int]] = weakref.WeakKeyDictionary()
+#: Responses whose callback output reached the ack middleware (it settles their ids itself).
+_SETTLING: weakref.WeakSet[Response] = weakref.WeakSet()
 DROPPED = "a spider middleware dropped the request that carried it"
 
 
@@ -97,7 +99,23 @@ class FrontierAckMiddleware:
     def _start(self, response: Response) -> tuple[Any, set[int]]:
         frontier = getattr(self.crawler, "holocron_frontier", None)
         ids = set(response.meta.get(IDS_META) or ()) if response.request is not None else set()
+        _SETTLING.add(response)
         return frontier, ids
+
+    def process_spider_exception(
+        self, response: Response, exception: Exception, spider: Spider | None = None
+    ) -> None:
+        """A callback that raised before giving any output (not a generator) never reaches
+        ``process_spider_output``: its ids fail, as those of a callback raising midway do. Output that
+        reached this middleware is settled there (its ids may have gone on to requests)."""
+        if response in _SETTLING or response.request is None:
+            return
+        frontier = getattr(self.crawler, "holocron_frontier", None)
+        ids = set(response.meta.get(IDS_META) or ())
+        if frontier is None or not ids:
+            return
+        frontier.fail(sorted(ids), f"spider error: {exception!r}", retryable=False)
+        self._fetched(frontier, ids, set())
 
     @staticmethod
     def _fetched(frontier: Any, ids: set[int], handed_on: set[int]) -> None:

@@ -486,7 +486,7 @@ class SqlWorkItemStore(WorkItemStore):
         if not (new or completed or failed):
             return 0
         now = utcnow()
-        ordered = sorted(new, key=lambda n: n.dedupe_key)
+        ordered = self._insert_order(new)
         done = sorted(set(completed))
 
         def work(conn: sa.Connection) -> int:
@@ -501,6 +501,15 @@ class SqlWorkItemStore(WorkItemStore):
         if inserted and self.dialect == "postgresql":
             self._note_inserts(inserted)
         return inserted
+
+    def _insert_order(self, new: list[NewItem]) -> list[NewItem]:
+        """The order new items are inserted in, which is their ``seq`` order: the order they were found
+        on SQLite (one writer at a time: items of one priority are claimed first in, first out, as a
+        spider yielded them); by dedupe key on the servers, where two workers inserting the same keys
+        in different orders could deadlock on the unique index."""
+        if self.dialect == "sqlite":
+            return list(new)
+        return sorted(new, key=lambda n: n.dedupe_key)
 
     def _note_inserts(self, inserted: int) -> None:
         """PostgreSQL: ``ANALYZE work_items`` once this store has inserted :data:`ANALYZE_AFTER` rows, and
@@ -727,7 +736,7 @@ class SqlWorkItemStore(WorkItemStore):
 
     def save_checkpoint(self, key: CheckpointKey, value: Any, new: list[NewItem] | None = None) -> int:
         now = utcnow()
-        ordered = sorted(new or (), key=lambda n: n.dedupe_key)
+        ordered = self._insert_order(new or [])
         params = {**_checkpoint_params(key), "b_value": json.dumps(value, separators=(",", ":")), "b_now": now}
 
         def work(conn: sa.Connection) -> int:

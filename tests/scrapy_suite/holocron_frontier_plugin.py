@@ -11,7 +11,9 @@ Loaded with ``-p holocron_frontier_plugin`` (this directory and the repository r
 * ``ADDONS`` = :class:`FreshState` (priority 0): each crawler gets its own new SQLite state file
   (``HOLOCRON_STATE_URL``, at add-on priority) in a directory removed at the end of the session.
 
-Nothing else changes: no holocron settings module, no config file.
+Nothing else changes: no holocron settings module, no config file. At the end of the session the
+number of state databases the frontier opened (one per crawl that reached its scheduler) is written to
+the file named by ``HOLOCRON_SCRAPY_SUITE_REPORT``, if set: proof that the crawls ran through it.
 
 Settings read: none. Stats written: none.
 """
@@ -19,6 +21,8 @@ Settings read: none. Stats written: none.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -61,4 +65,8 @@ _patch_defaults()
 
 
 def pytest_unconfigure(config: Any) -> None:
+    report = os.environ.get("HOLOCRON_SCRAPY_SUITE_REPORT")
+    if report:
+        opened = len(list(_STATE_DIR.glob("state-*.sqlite3")))
+        Path(report).write_text(json.dumps({"frontier_states": opened}), encoding="utf-8")
     shutil.rmtree(_STATE_DIR, ignore_errors=True)
