@@ -662,6 +662,7 @@ class FrontierScheduler(BaseScheduler):
                 self._completed.append(seq)
                 self._gen += 1
         self._stat("frontier/completed", len(seqs))
+        self._settled_some()
 
     def fail(self, seqs: list[int], error: str, *, retryable: bool = True) -> None:
         """Record failed attempts: ``frontier/failed`` counts the items that end failed for good
@@ -680,6 +681,16 @@ class FrontierScheduler(BaseScheduler):
                 final += 1
         self._stat("frontier/failed", final)
         self._stat("frontier/retried", retried)
+        self._settled_some()
+
+    def _settled_some(self) -> None:
+        """Items were settled: with nothing at hand, claim now (the level gate may have opened, or the
+        crawl may be done), not when the engine's heartbeat asks next (5 s in a crawl: the engine asked
+        last when the download ended, before the callback's output reached the acks)."""
+        if self.ready or self.owned or self.memory or self._closing or self.store is None:
+            return
+        if self._engine_accepts():
+            self._want_claim()
 
     def _item_done(self, item: Any, response: Any = None, spider: Any = None, **kwargs: Any) -> None:
         ids = item_ids(item)
@@ -763,7 +774,10 @@ class FrontierScheduler(BaseScheduler):
 
     def _engine_accepts(self) -> bool:
         """The engine runs and takes requests (not paused, not closing the spider)."""
-        engine = getattr(self.crawler, "engine", None)
+        try:
+            engine = getattr(self.crawler, "engine", None)
+        except RuntimeError:  # Scrapy's Crawler.engine before the crawl starts
+            return False
         if engine is None or engine.spider is None or not engine.running or engine.paused:
             return False
         return getattr(getattr(engine, "_slot", None), "closing", None) is None
