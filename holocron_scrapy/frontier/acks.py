@@ -102,9 +102,7 @@ class FrontierAckMiddleware:
         _SETTLING.add(response)
         return frontier, ids
 
-    def process_spider_exception(
-        self, response: Response, exception: Exception, spider: Spider | None = None
-    ) -> None:
+    def process_spider_exception(self, response: Response, exception: Exception, spider: Spider | None = None) -> None:
         """A callback that raised before giving any output (not a generator) never reaches
         ``process_spider_output``: its ids fail, as those of a callback raising midway do. Output that
         reached this middleware is settled there (its ids may have gone on to requests)."""

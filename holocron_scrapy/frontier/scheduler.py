@@ -452,7 +452,9 @@ class FrontierScheduler(BaseScheduler):
     def has_pending_requests(self) -> bool:
         """Memory only: requests at hand, or writes not yet made. Whether the store still holds work
         is answered in :meth:`_spider_idle`."""
-        return bool(self.owned or self.ready or self.memory or self._new or self._completed or self._failed or self._job_writes)
+        return bool(
+            self.owned or self.ready or self.memory or self._new or self._completed or self._failed or self._job_writes
+        )
 
     # -- enqueue -----------------------------------------------------------------------
     def enqueue_request(self, request: Request) -> bool:
