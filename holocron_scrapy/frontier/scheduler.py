@@ -664,7 +664,6 @@ class FrontierScheduler(BaseScheduler):
                 self._completed.append(seq)
                 self._gen += 1
         self._stat("frontier/completed", len(seqs))
-        self._settled_some()
 
     def fail(self, seqs: list[int], error: str, *, retryable: bool = True) -> None:
         """Record failed attempts: ``frontier/failed`` counts the items that end failed for good
@@ -683,16 +682,6 @@ class FrontierScheduler(BaseScheduler):
                 final += 1
         self._stat("frontier/failed", final)
         self._stat("frontier/retried", retried)
-        self._settled_some()
-
-    def _settled_some(self) -> None:
-        """Items were settled: with nothing at hand, claim now (the level gate may have opened, or the
-        crawl may be done), not when the engine's heartbeat asks next (5 s in a crawl: the engine asked
-        last when the download ended, before the callback's output reached the acks)."""
-        if self.ready or self.owned or self.memory or self._closing or self.store is None:
-            return
-        if self._engine_accepts():
-            self._want_claim()
 
     def _item_done(self, item: Any, response: Any = None, spider: Any = None, **kwargs: Any) -> None:
         ids = item_ids(item)
