@@ -92,3 +92,28 @@ def test_the_project_puts_the_hand_off_next_to_the_callback():
     middlewares = get_project_settings().getdict("SPIDER_MIDDLEWARES")
     assert middlewares["holocron_scrapy.frontier.acks.FrontierHandOffMiddleware"] > 900  # above DepthMiddleware
     assert middlewares["holocron_scrapy.frontier.acks.FrontierAckMiddleware"] < 50  # below HttpErrorMiddleware
+
+
+def test_a_callback_that_raises_midway_fails_its_untaken_ids_for_good():
+    """As in Scrapy, a request is not fetched again for its callback's exception."""
+    crawler, response, outputs = setup()
+    acks = FrontierAckMiddleware(crawler)
+
+    def callback():
+        yield outputs[0]  # the continuation takes id 2
+        raise KeyError("parse")
+
+    with pytest.raises(KeyError):
+        list(acks.process_spider_output(response, callback()))
+    assert acks.process_spider_exception(response, KeyError("parse")) is None  # settled already: not twice
+    assert crawler.holocron_frontier.failed == [([1, 3], "spider error: KeyError('parse')", False)]
+    assert crawler.holocron_frontier.acked == []
+
+
+def test_a_callback_that_raises_before_any_output_fails_its_ids_for_good():
+    """A callback that is not a generator raises before ``process_spider_output`` sees anything."""
+    crawler, response, _ = setup()
+    acks = FrontierAckMiddleware(crawler)
+    assert acks.process_spider_exception(response, ValueError("bad page")) is None  # others may handle it
+    assert crawler.holocron_frontier.failed == [([1, 2, 3], "spider error: ValueError('bad page')", False)]
+    assert crawler.holocron_frontier.fetched_ids == [1, 2, 3]

@@ -405,3 +405,28 @@ def test_the_open_line_names_the_database_and_source(tmp_path, caplog):
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Frontier open:")]
     assert f"SQLite {tmp_path / 'f.sqlite3'}" in line and "source mediawiki/w" in line
     s.close("finished")
+
+
+def test_requests_of_one_priority_are_handed_out_in_the_order_they_were_found(tmp_path):
+    """First in, first out within a priority (SQLite), as Scrapy sends its start requests."""
+    _, s = make(tmp_path)
+    titles = ["Zeta", "Alpha", "Mu", "Beta"]
+    for title in titles:
+        s.enqueue_request(page(title))
+    s.enqueue_request(page("First", priority=1))
+    assert [r.meta["holocron"]["resource_id"] for r in drain(s)] == ["First", *titles]
+    s.close("finished")
+
+
+def test_an_item_whose_request_ended_without_an_outcome_fails_for_good(tmp_path):
+    """A download error with no errback: Scrapy does not fetch the request again, nor does the frontier."""
+    crawler, s = make(tmp_path)
+    s.enqueue_request(page("A"))
+    (a,) = drain(s)  # handed to the engine, which drops it without calling back
+    with pytest.raises(DontCloseSpider):
+        s._spider_idle(crawler.spider)
+    s.flush()
+    assert crawler.stats.get_value("frontier/failed") == 1 and not crawler.stats.get_value("frontier/retried")
+    assert s.store.counts()["w"] == {"pending": 0, "in_progress": 0, "completed": 0, "failed": 1}
+    s._spider_idle(crawler.spider)  # nothing left: the spider may close
+    s.close("finished")

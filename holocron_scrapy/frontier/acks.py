@@ -5,7 +5,9 @@ Ownership of an id moves with the request it is handed to (a continuation or a r
 or to the item that claims it in its ``work_item_ids`` field. An item's ids are acked when
 the item leaves the pipelines (``item_scraped`` / ``item_dropped``) and failed on
 ``item_error``; ids no item or request took are acked when the callback output ends,
-and failed if the callback raised. When the callback output ends, the frontier also learns that
+and failed for good if the callback raised (as in Scrapy, a request is not fetched again for its
+callback's exception; ``process_spider_exception`` covers a callback that raised before any
+output). When the callback output ends, the frontier also learns that
 the ids not handed on to another request were fetched and parsed (``frontier.fetched``: an item
 claimed alone is no longer at risk of being the one that kills its worker). The frontier is
 found at ``crawler.holocron_frontier``.

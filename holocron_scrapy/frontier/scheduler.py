@@ -15,7 +15,13 @@
   is back). After ``HOLOCRON_DB_OUTAGE_LIMIT`` seconds the crawl stops with the reason
   ``fatal_frontier_unreachable`` (exit code 1); what was not acknowledged stays leased and goes
   back to pending on the next run.
-* Requests that already own leased items (continuations, retries) stay in memory.
+* Requests that already own leased items (continuations, retries) stay in memory. So do requests
+  the store cannot hold (a meta value JSON cannot represent, a callback that is not a spider
+  method), as Scrapy's own scheduler keeps what its disk queue cannot take: crawled by this worker,
+  not shared and not resumed after a stop (``frontier/unserializable``, one warning).
+* As in Scrapy, a request is not fetched again for a callback's exception, nor when it ends with
+  no outcome (a download error and no errback, a request a downloader middleware dropped): its
+  items fail for good, with the reason (see :mod:`holocron_scrapy.frontier.acks`).
 * Acks and failures (see :mod:`holocron_scrapy.frontier.acks`) are flushed in batches, after
   the enqueues of the same period, so a kill never loses discovered work.
 * A crawl works on its own source only (``HOLOCRON_SOURCE_SYSTEM`` + ``HOLOCRON_SOURCE_NAME``, set
