@@ -149,6 +149,7 @@ def _suite() -> Path:
             ],
             check=True,
         )  # fmt: skip
+    shutil.rmtree(suite, ignore_errors=True)  # left half-unpacked by a run that was stopped
     staging = cache / f"suite.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     prefix = f"scrapy-{scrapy.__version__}/"
