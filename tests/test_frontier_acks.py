@@ -120,7 +120,7 @@ def test_a_foreign_items_page_is_acked_only_once_its_items_left_the_pipelines(ou
     else:
         failure = Failure(OSError("disk full"))
         crawler.signals.send_catch_log(signals.item_error, item=second, response=response, spider=None, failure=failure)
-        assert frontier.acked == [] and frontier.failed == [([1, 2, 3], "pipeline error: disk full", True)]
+        assert frontier.acked == [] and frontier.failed == [([1, 2, 3], "pipeline error: disk full", False)]
 
 
 def test_ids_of_a_page_without_items_are_acked_when_its_output_ends():
@@ -128,3 +128,46 @@ def test_ids_of_a_page_without_items_are_acked_when_its_output_ends():
     acks = FrontierAckMiddleware(crawler)
     assert list(acks.process_spider_output(response, [])) == []
     assert crawler.holocron_frontier.acked == [1, 2, 3]
+
+
+def test_a_callback_that_raises_midway_fails_its_untaken_ids_for_good():
+    """As in Scrapy, a request is not fetched again for its callback's exception."""
+    crawler, response, outputs = setup()
+    acks = FrontierAckMiddleware(crawler)
+
+    def callback():
+        yield outputs[0]  # the continuation takes id 2
+        raise KeyError("parse")
+
+    with pytest.raises(KeyError):
+        list(acks.process_spider_output(response, callback()))
+    assert acks.process_spider_exception(response, KeyError("parse")) is None  # settled already: not twice
+    assert crawler.holocron_frontier.failed == [([1, 3], "spider error: KeyError('parse')", False)]
+    assert crawler.holocron_frontier.acked == []
+
+
+def test_a_callback_that_raises_before_any_output_fails_its_ids_for_good():
+    """A callback that is not a generator raises before ``process_spider_output`` sees anything."""
+    crawler, response, _ = setup()
+    acks = FrontierAckMiddleware(crawler)
+    assert acks.process_spider_exception(response, ValueError("bad page")) is None  # others may handle it
+    assert crawler.holocron_frontier.failed == [([1, 2, 3], "spider error: ValueError('bad page')", False)]
+    assert crawler.holocron_frontier.fetched_ids == [1, 2, 3]
+
+
+def test_a_callback_that_stops_the_crawl_costs_its_ids_no_attempt():
+    """CloseSpider (and the stores' "unreachable" errors, which are CloseSpider) stops the crawl: the
+    ids stay leased and are handed back at close for the next run, not failed."""
+    from scrapy.exceptions import CloseSpider
+
+    crawler, response, _ = setup()
+    acks = FrontierAckMiddleware(crawler)
+
+    def callback():
+        raise CloseSpider("fatal_records_unreachable")
+        yield
+
+    with pytest.raises(CloseSpider):
+        list(acks.process_spider_output(response, callback()))
+    assert acks.process_spider_exception(response, CloseSpider("x")) is None
+    assert crawler.holocron_frontier.failed == [] and crawler.holocron_frontier.acked == []

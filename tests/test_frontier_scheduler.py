@@ -211,17 +211,22 @@ def test_stale_items_are_requeued_at_open(tmp_path):
 
 
 class StubEngine:
-    """Just what the wake-up needs from ``ExecutionEngine``: state flags and ``crawl()``."""
+    """Just what the wake-up needs from ``ExecutionEngine``: state flags and the slot's ``nextcall``,
+    which pulls one request with ``next_request`` (``crawled``) and, as the engine's download of it
+    would, hands it back to the scheduler (it holds leased ids: it comes back first)."""
 
     def __init__(self, scheduler, spider):
         self.scheduler, self.spider = scheduler, spider
         self.running, self.paused = True, False
-        self._slot = types.SimpleNamespace(closing=None)  # ExecutionEngine's slot: a Deferred once closing
+        # ExecutionEngine's slot: a Deferred once closing
+        self._slot = types.SimpleNamespace(closing=None, nextcall=types.SimpleNamespace(schedule=self._loop))
         self.crawled: list[Request] = []
 
-    def crawl(self, request):
-        assert self.scheduler.enqueue_request(request)
-        self.crawled.append(request)
+    def _loop(self):
+        request = self.scheduler.next_request()
+        if request is not None:
+            assert self.scheduler.enqueue_request(request)
+            self.crawled.append(request)
 
 
 def test_an_idle_worker_is_woken_when_another_adds_work(tmp_path):
@@ -277,12 +282,20 @@ def test_an_idle_worker_reclaims_expired_leases_before_it_closes(tmp_path):
     idle.close("finished")
 
 
-def test_a_request_that_cannot_be_stored_is_dropped_not_raised(tmp_path):
+def test_a_request_that_cannot_be_stored_is_crawled_from_memory_not_raised(tmp_path):
+    """As Scrapy's scheduler does with what its disk queue cannot take: the request is kept in memory."""
     crawler, s = make(tmp_path)
     request = page("A")
     request.callback = lambda response: None  # not a spider method: Request.to_dict refuses it
-    assert not s.enqueue_request(request)
-    assert crawler.stats.get_value("frontier/unserializable") == 1
+    live = page("B")
+    live.meta["object"] = object()  # JSON cannot hold it
+    assert s.enqueue_request(request) and s.enqueue_request(live)
+    assert crawler.stats.get_value("frontier/unserializable") == 2
+    assert s.has_pending_requests()
+    assert s.next_request() is request and s.next_request() is live
+    assert not s.enqueue_request(page("A"))  # its key is known: a duplicate is still filtered
+    s.flush()
+    assert s.store.counts() == {}  # nothing stored
     s.close("finished")
 
 
@@ -385,4 +398,29 @@ def test_the_open_line_names_the_database_and_source(tmp_path, caplog):
         _, s = make(tmp_path, HOLOCRON_SOURCE_SYSTEM="mediawiki", HOLOCRON_SOURCE_NAME="w")
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Frontier open:")]
     assert f"SQLite {tmp_path / 'f.sqlite3'}" in line and "source mediawiki/w" in line
+    s.close("finished")
+
+
+def test_requests_of_one_priority_are_handed_out_in_the_order_they_were_found(tmp_path):
+    """First in, first out within a priority (SQLite), as Scrapy sends its start requests."""
+    _, s = make(tmp_path)
+    titles = ["Zeta", "Alpha", "Mu", "Beta"]
+    for title in titles:
+        s.enqueue_request(page(title))
+    s.enqueue_request(page("First", priority=1))
+    assert [title_of(r) for r in drain(s)] == ["First", *titles]
+    s.close("finished")
+
+
+def test_an_item_whose_request_ended_without_an_outcome_fails_for_good(tmp_path):
+    """A download error with no errback: Scrapy does not fetch the request again, nor does the frontier."""
+    crawler, s = make(tmp_path)
+    s.enqueue_request(page("A"))
+    (a,) = drain(s)  # handed to the engine, which drops it without calling back
+    with pytest.raises(DontCloseSpider):
+        s._spider_idle(crawler.spider)
+    s.flush()
+    assert crawler.stats.get_value("frontier/failed") == 1 and not crawler.stats.get_value("frontier/retried")
+    assert s.store.counts()["w"] == {"pending": 0, "in_progress": 0, "completed": 0, "failed": 1}
+    s._spider_idle(crawler.spider)  # nothing left: the spider may close
     s.close("finished")

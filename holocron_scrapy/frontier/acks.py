@@ -1,14 +1,17 @@
 """Acknowledge work items only after storage.
 
 A claimed request carries the ids (``seq``) of its work items in its
-:class:`~holocron_scrapy.frontier.contract.Work` (``Work.ids``).
-Ownership of an id moves with the request it is handed to (a continuation or a retry),
-or to the item that claims it in its ``work_item_ids`` field. An item's ids are acked when
-the item leaves the pipelines (``item_scraped`` / ``item_dropped``) and failed on
-``item_error``; ids no item or request took are acked when the callback output ends,
-and failed if the callback raised. When the callback output ends, the frontier also learns that
-the ids not handed on to another request were fetched and parsed (``frontier.fetched``: an item
-claimed alone is no longer at risk of being the one that kills its worker). The frontier is
+:class:`~holocron_scrapy.frontier.contract.Work` (``Work.ids``). Ownership of an id moves with the
+request it is handed to (a continuation or a retry), or to the item that claims it in its
+``work_item_ids`` field. An item's ids are acked when the item leaves the pipelines
+(``item_scraped`` / ``item_dropped``) and failed on ``item_error``; ids no item or request took are
+acked when the callback output ends, and failed for good if the callback raised (as in Scrapy, a
+request is not fetched again for its callback's exception; ``process_spider_exception`` covers a
+callback that raised before any output), unless the exception stops the crawl (``CloseSpider``, and
+the stores' "unreachable" errors): those ids are handed back at close, without costing an attempt.
+When the callback output ends, the frontier also learns that the ids not handed on to another
+request were fetched and parsed (``frontier.fetched``: an item claimed alone is no longer at risk of
+being the one that kills its worker). The frontier is
 :func:`~holocron_scrapy.frontier.contract.frontier_of` the crawler.
 
 A spider middleware between the callback and this one may drop a request that carries ids
@@ -19,8 +22,9 @@ this middleware are failed as retryable (``frontier/dropped_requests``) instead 
 
 A third-party spider (the :class:`~holocron_scrapy.addons.Frontier` add-on) yields items that do not
 name their work items. The ids left over by a callback that gave such items are held by them and
-acked once every one of them has left the pipelines (failed, retryable, if one hit ``item_error``):
-a kill -9 between the callback and the project's own storage loses nothing.
+acked once every one of them has left the pipelines (failed, if one hit ``item_error``: as in Scrapy,
+the page is not fetched again for its pipeline's exception): a kill -9 between the callback and the
+project's own storage loses nothing.
 
 Settings read: none. Stats written: ``frontier/dropped_requests``.
 """
@@ -34,6 +38,7 @@ from typing import Any
 from itemadapter import ItemAdapter, is_item
 from scrapy import Request, Spider, signals
 from scrapy.crawler import Crawler
+from scrapy.exceptions import CloseSpider
 from scrapy.http import Response
 
 from holocron_scrapy.frontier.contract import CRAWLER_ATTRIBUTE, ids_of
@@ -57,6 +62,8 @@ def taken_ids(output: Any) -> set[int]:
 
 #: response -> the ids its callback handed to requests, noted next to the callback.
 _HANDED: weakref.WeakKeyDictionary[Response, set[int]] = weakref.WeakKeyDictionary()
+#: Responses whose callback output reached the ack middleware (it settles their ids itself).
+_SETTLING: weakref.WeakSet[Response] = weakref.WeakSet()
 DROPPED = "a spider middleware dropped the request that carried it"
 
 
@@ -85,6 +92,16 @@ class FrontierHandOffMiddleware:
             yield output
 
 
+def spider_error(frontier: Any, ids: set[int], exc: BaseException) -> None:
+    """A callback raised: its untaken ids fail for good (as in Scrapy, a request is not fetched again
+    for its callback's exception), except when the exception stops the crawl (``CloseSpider``, and
+    the stores' "unreachable" errors, which are ``CloseSpider``): then they stay leased and are handed
+    back when the crawl closes, for the next run, without costing an attempt."""
+    if isinstance(exc, CloseSpider) or not ids:
+        return
+    frontier.fail(sorted(ids), f"spider error: {exc!r}", retryable=False)
+
+
 def is_foreign_item(output: Any) -> bool:
     """An item of a spider that does not name its work items (no ``work_item_ids`` field): a third-party
     project's item under the :class:`~holocron_scrapy.addons.Frontier` add-on."""
@@ -110,7 +127,7 @@ class FrontierAckMiddleware:
 
     Left-over ids of a response whose callback gave foreign items (:func:`is_foreign_item`: items that
     do not name their work items) are acked only once all those items have left the pipelines
-    (``item_scraped`` / ``item_dropped``), and failed, retryable, if one of them hit ``item_error``:
+    (``item_scraped`` / ``item_dropped``), and failed if one of them hit ``item_error`` (not fetched again):
     a third-party spider's page is acknowledged after its items are stored, as holocron's own are."""
 
     def __init__(self, crawler: Crawler):
@@ -166,7 +183,7 @@ class FrontierAckMiddleware:
             return
         ids, holding.ids = holding.ids, []
         if holding.error is not None:
-            frontier.fail(ids, f"pipeline error: {holding.error}", retryable=True)
+            frontier.fail(ids, f"pipeline error: {holding.error}", retryable=False)
         else:
             frontier.ack(ids)
 
@@ -177,7 +194,21 @@ class FrontierAckMiddleware:
     def _start(self, response: Response) -> tuple[Any, set[int]]:
         frontier = getattr(self.crawler, CRAWLER_ATTRIBUTE, None)
         ids = set(ids_of(response)) if response.request is not None else set()
+        _SETTLING.add(response)
         return frontier, ids
+
+    def process_spider_exception(self, response: Response, exception: Exception, spider: Spider | None = None) -> None:
+        """A callback that raised before giving any output (not a generator) never reaches
+        ``process_spider_output``: its ids fail, as those of a callback raising midway do. Output that
+        reached this middleware is settled there (its ids may have gone on to requests)."""
+        if response in _SETTLING or response.request is None:
+            return
+        frontier = getattr(self.crawler, CRAWLER_ATTRIBUTE, None)
+        ids = set(ids_of(response))
+        if frontier is None or not ids:
+            return
+        spider_error(frontier, ids, exception)
+        self._fetched(frontier, ids, set())
 
     @staticmethod
     def _fetched(frontier: Any, ids: set[int], handed_on: set[int]) -> None:
@@ -203,7 +234,7 @@ class FrontierAckMiddleware:
                     holding = self._hold(holding, output)
                 yield output
         except Exception as exc:
-            frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
+            spider_error(frontier, remaining, exc)
             raise
         finally:
             self._fetched(frontier, ids, handed_on | (_HANDED.get(response) or set()))
@@ -228,7 +259,7 @@ class FrontierAckMiddleware:
                     holding = self._hold(holding, output)
                 yield output
         except Exception as exc:
-            frontier.fail(sorted(remaining), f"spider error: {exc!r}", retryable=True)
+            spider_error(frontier, remaining, exc)
             raise
         finally:
             self._fetched(frontier, ids, handed_on | (_HANDED.get(response) or set()))

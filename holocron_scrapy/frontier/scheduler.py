@@ -17,7 +17,13 @@
   is back). After ``HOLOCRON_DB_OUTAGE_LIMIT`` seconds the crawl stops with the reason
   ``fatal_frontier_unreachable`` (exit code 1); what was not acknowledged stays leased and goes
   back to pending on the next run.
-* Requests that already own leased items (continuations, retries) stay in memory.
+* Requests that already own leased items (continuations, retries) stay in memory. So do requests
+  the store cannot hold (a meta value JSON cannot represent, a callback that is not a spider
+  method), as Scrapy's own scheduler keeps what its disk queue cannot take: crawled by this worker,
+  not shared and not resumed after a stop (``frontier/unserializable``, one warning).
+* As in Scrapy, a request is not fetched again for a callback's exception, nor when it ends with
+  no outcome (a download error and no errback, a request a downloader middleware dropped): its
+  items fail for good, with the reason (see :mod:`holocron_scrapy.frontier.acks`).
 * Acks and failures (see :mod:`holocron_scrapy.frontier.acks`) are flushed in batches, after
   the enqueues of the same period, so a kill never loses discovered work.
 * A crawl works on its own source only (``HOLOCRON_SOURCE_SYSTEM`` + ``HOLOCRON_SOURCE_NAME``, set
@@ -108,6 +114,8 @@ logger = logging.getLogger(__name__)
 _ENQUEUE_FLUSH_SIZE = 1000
 #: The close reason of a crawl that gave up on its state database (a ``fatal_`` reason: exit status 1).
 OUTAGE_CLOSE_REASON = "fatal_frontier_unreachable"
+#: The error of a leased item whose request ended without an outcome (no callback output, no errback's fail).
+ORPHAN_ERROR = "request finished without storing an outcome (a download error without errback, or dropped)"
 
 
 def state_url_from_settings(settings: Any) -> str:
@@ -215,6 +223,10 @@ class FrontierScheduler(BaseScheduler):
         self.spider: Spider | None = None
         self.owned: deque[Request] = deque()  # requests handing on ids we already lease
         self.ready: deque[Request] = deque()  # claimed, not yet handed to the engine
+        #: Requests that cannot be stored (meta holding a live object): kept in memory, as Scrapy's
+        #: scheduler keeps what its disk queue cannot take; not shared with other workers nor resumed.
+        self.memory: deque[Request] = deque()
+        self._unserializable_logged = False
         self.leased: dict[int, int] = {}  # seq -> depth of every item this worker leases
         self.attempts: dict[int, int] = {}  # seq -> its attempt number, of every leased item
         self.suspects: set[int] = set()  # leased items whose lease was lost before (claimed alone)
@@ -416,6 +428,7 @@ class FrontierScheduler(BaseScheduler):
             )
         self.ready.clear()
         self.owned.clear()
+        self.memory.clear()
         self.df.close(reason)
         try:
             await executor.submit(store.close)
@@ -447,7 +460,9 @@ class FrontierScheduler(BaseScheduler):
     def has_pending_requests(self) -> bool:
         """Memory only: requests at hand, or writes not yet made. Whether the store still holds work
         is answered in :meth:`_spider_idle`."""
-        return bool(self.owned or self.ready or self._new or self._completed or self._failed or self._job_writes)
+        return bool(
+            self.owned or self.ready or self.memory or self._new or self._completed or self._failed or self._job_writes
+        )
 
     # -- enqueue -----------------------------------------------------------------------
     def enqueue_request(self, request: Request) -> bool:
@@ -459,7 +474,11 @@ class FrontierScheduler(BaseScheduler):
             self.df.log(request, self.spider)
             self._stat("frontier/filtered")
             return False
-        item = self.new_item(request, resource, key)
+        try:
+            item = self.new_item(request, resource, key, strict=True)
+        except (SerializationError, ValueError) as exc:
+            self._keep_in_memory(request, exc)
+            return True
         if item is None:
             return False
         self._new.append(item)
@@ -495,16 +514,24 @@ class FrontierScheduler(BaseScheduler):
         return resource, key
 
     def new_item(
-        self, request: Request, resource: Resource | None = None, key: str | None = None, *, status: str = PENDING
+        self,
+        request: Request,
+        resource: Resource | None = None,
+        key: str | None = None,
+        *,
+        status: str = PENDING,
+        strict: bool = False,
     ) -> NewItem | None:
-        """The work item *request* is stored as (None, logged and counted, if it cannot be stored).
-        Pure (no I/O): the seed intake (:mod:`holocron_scrapy.frontier.intake`) calls it in the
-        store's worker thread."""
+        """The work item *request* is stored as (None, logged and counted, if it cannot be stored;
+        *strict*: raise ``SerializationError`` / ``ValueError`` instead). Pure (no I/O): the seed intake
+        (:mod:`holocron_scrapy.frontier.intake`) calls it in the store's worker thread."""
         if resource is None or key is None:
             resource, key = self._resource_key(request)
         try:
             row = request_to_row(request, self.spider)
         except (SerializationError, ValueError) as exc:  # ValueError: Request.to_dict (callback not on the spider)
+            if strict:
+                raise
             logger.error("Cannot store %s in the frontier: %s", request, exc, extra={"spider": self.spider})
             self._stat("frontier/unserializable")
             return None
@@ -525,6 +552,21 @@ class FrontierScheduler(BaseScheduler):
             **row,
         )
 
+    def _keep_in_memory(self, request: Request, error: Exception) -> None:
+        """A request the store cannot hold is crawled from memory (lost if the process dies, like every
+        request of Scrapy's own scheduler without ``JOBDIR``)."""
+        if not self._unserializable_logged:
+            logger.warning(
+                "Frontier: cannot store %s (%s); keeping it in memory: it is not shared with other workers"
+                " and not resumed after a stop (no more such requests will be logged)",
+                request,
+                error,
+                extra={"spider": self.spider},
+            )
+            self._unserializable_logged = True
+        self._stat("frontier/unserializable")
+        self.memory.append(request)
+
     def stored_elsewhere(self, inserted: int, filtered: int = 0) -> None:
         """Work items were written to the store outside the buffers (by the seed intake, in the worker
         thread): count them, forget any "nothing left" answer, and claim."""
@@ -538,6 +580,8 @@ class FrontierScheduler(BaseScheduler):
     def next_request(self) -> Request | None:
         if self.owned:
             return self.owned.popleft()
+        if self.memory:
+            return self.memory.popleft()
         if not self.ready:
             self._in_next_request = True  # an inline job's requests are returned here, not woken
             try:
@@ -695,8 +739,10 @@ class FrontierScheduler(BaseScheduler):
         in_memory = {seq for req in (*self.ready, *self.owned) for seq in ids_of(req)}
         orphans = sorted(set(self.leased) - in_memory)
         if orphans:
-            logger.warning("Frontier: %d leased items finished without an outcome; retrying them", len(orphans))
-            self.fail(orphans, "request finished without storing an outcome", retryable=True)
+            # Their request ended with no callback output: a download error without an errback, a request a
+            # downloader middleware dropped. Scrapy does not fetch such a request again; neither do we.
+            logger.warning("Frontier: %d leased items finished without an outcome; failing them", len(orphans))
+            self.fail(orphans, ORPHAN_ERROR, retryable=False)
         if self._gave_up:
             return
         if not orphans and self._drained():
@@ -715,7 +761,7 @@ class FrontierScheduler(BaseScheduler):
             self._drained_at is not None
             and self._drained_gen == self._gen
             and time.monotonic() - self._drained_at < _DRAINED_FRESH
-            and not (self.ready or self.owned)
+            and not (self.ready or self.owned or self.memory)
         )
 
     # -- the background loop -----------------------------------------------------------
@@ -746,7 +792,10 @@ class FrontierScheduler(BaseScheduler):
 
     def _engine_accepts(self) -> bool:
         """The engine runs and takes requests (not paused, not closing the spider)."""
-        engine = getattr(self.crawler, "engine", None)
+        try:
+            engine = getattr(self.crawler, "engine", None)
+        except RuntimeError:  # Scrapy's Crawler.engine before the crawl starts
+            return False
         if engine is None or engine.spider is None or not engine.running or engine.paused:
             return False
         return getattr(getattr(engine, "_slot", None), "closing", None) is None
@@ -754,6 +803,10 @@ class FrontierScheduler(BaseScheduler):
     def _take_job(self, release: list[int] | None = None) -> Job:
         """A job with everything buffered and wanted; the buffers and wants start empty again."""
         wants, self._wants = self._wants, _Wants()
+        writes = bool(self._new or self._completed or self._failed)
+        # The write that may be the last one also asks whether anything is left: the engine, which waits
+        # for it (``has_pending_requests``), then finds the crawl drained at once.
+        last = writes and not (self.ready or self.owned or self.leased or self.memory)
         job = Job(
             new=self._new,
             completed=self._completed,
@@ -764,7 +817,7 @@ class FrontierScheduler(BaseScheduler):
             reclaim_expired=wants.reclaim_expired,
             reclaim_dead_local=wants.reclaim_dead_local,
             claim=self._claim_want() if wants.claim and not self.suspects else None,
-            outstanding=wants.outstanding,
+            outstanding=wants.outstanding or last,
             gen=self._gen,
         )
         self._new, self._completed, self._failed, self._release, self._end_solo = [], [], [], [], []
@@ -856,14 +909,14 @@ class FrontierScheduler(BaseScheduler):
         )
 
     def _wake(self, *, had_work: bool) -> None:
-        """Claimed requests arrived while the engine was not asking: hand it one through
-        :meth:`ExecutionEngine.crawl`, which also wakes it (the request holds leased ids, so it
-        comes back to ``owned``); it pulls the rest with ``next_request``."""
+        """Claimed requests arrived while the engine was not asking: schedule the engine's loop, which
+        pulls them with ``next_request`` (not :meth:`ExecutionEngine.crawl`: the requests were
+        scheduled once already, and ``request_scheduled`` fires once per request)."""
         if not self._engine_accepts():
             return
         if not had_work:
             self._stat("frontier/wakeups")
-        self.crawler.engine.crawl(self.ready.popleft())  # type: ignore[union-attr]
+        self._poke_engine()
 
     def _poke_engine(self) -> None:
         """Let an idle engine look again now rather than on its 5 s heartbeat (it may close the spider)."""

@@ -61,14 +61,15 @@ class SqlWorkItemStore(WorkItemStore):
     PostgreSQL and SQL Server.
 
     Each operation is one statement, the same on every backend, except the two that truly differ
-    (built by :func:`q.insert_sql` and :func:`q.claim_sql`) and the row limit of a few reads
-    (:func:`sqlparts.top`: SQL Server's ``TOP (?)``):
+    (:func:`holocron_scrapy.frontier.statements.insert_sql` and ``claim_sql``) and the row limit of a
+    few reads (:func:`holocron_scrapy.frontier.sql_parts.top`: SQL Server's ``TOP (?)``):
 
     * insert-if-new: ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING`` (the dialect's own ``insert``),
       the rows inserted counted by ``RETURNING seq`` on PostgreSQL (whatever another worker inserted
       meanwhile) and by the executemany's row count on SQLite (one writer: the transaction began with
-      ``BEGIN IMMEDIATE``); new items are inserted in key order, so concurrent flushes of overlapping
-      keys take their locks in one order and cannot deadlock;
+      ``BEGIN IMMEDIATE``); on the servers new items are inserted in key order (on SQLite in the order
+      they were found), so concurrent flushes of overlapping keys take their locks in one order and
+      cannot deadlock;
       SQL Server has no ``ON CONFLICT``: one ``INSERT ... OUTPUT inserted.seq SELECT <values> WHERE NOT
       EXISTS (SELECT 1 FROM work_items WITH (UPDLOCK, HOLDLOCK) WHERE dedupe_key = ?)`` per item (the
       key-range lock makes a second worker inserting the same key wait, then skip it);
@@ -128,7 +129,7 @@ class SqlWorkItemStore(WorkItemStore):
         if not (new or completed or failed):
             return 0
         now = utcnow()
-        ordered = sorted(new, key=lambda n: n.dedupe_key)
+        ordered = self._insert_order(new)
         done = sorted(set(completed))
 
         def work(conn: sa.Connection) -> int:
@@ -143,6 +144,15 @@ class SqlWorkItemStore(WorkItemStore):
         if inserted and self.dialect == "postgresql":
             self._note_inserts(inserted)
         return inserted
+
+    def _insert_order(self, new: list[NewItem]) -> list[NewItem]:
+        """The order new items are inserted in, which is their ``seq`` order: the order they were found
+        on SQLite (one writer at a time: items of one priority are claimed first in, first out, as a
+        spider yielded them); by dedupe key on the servers, where two workers inserting the same keys
+        in different orders could deadlock on the unique index."""
+        if self.dialect == "sqlite":
+            return list(new)
+        return sorted(new, key=lambda n: n.dedupe_key)
 
     def _note_inserts(self, inserted: int) -> None:
         """PostgreSQL: ``ANALYZE work_items`` once this store has inserted :data:`ANALYZE_AFTER` rows, and
@@ -373,7 +383,7 @@ class SqlWorkItemStore(WorkItemStore):
 
     def save_checkpoint(self, key: CheckpointKey, value: Any, new: list[NewItem] | None = None) -> int:
         now = utcnow()
-        ordered = sorted(new or (), key=lambda n: n.dedupe_key)
+        ordered = self._insert_order(new or [])
         params = {**q.checkpoint_params(key), "b_value": json.dumps(value, separators=(",", ":")), "b_now": now}
 
         def work(conn: sa.Connection) -> int:
