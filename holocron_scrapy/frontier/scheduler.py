@@ -35,6 +35,15 @@
   is claimed only when nothing else is in flight, and nothing else is claimed until its request
   has been fetched and parsed (:meth:`FrontierScheduler.fetched`, called by the ack middleware).
 
+What it delegates: the work items it leases and the writes of their outcomes to
+:mod:`holocron_scrapy.frontier.leases`, claimed rows to requests and batches to
+:mod:`holocron_scrapy.frontier.claims`, each job's database work to :mod:`holocron_scrapy.frontier.jobs`
+(in the store's thread), the progress line to :mod:`holocron_scrapy.extensions.progress`. What stays
+here is one state machine, about 700 lines of code: the engine's calls (enqueue, next request, idle,
+close) and the background loop that writes and claims share every buffer, and the invariant that no
+write is lost or made twice (a job's unwritten part goes back in front of the buffers; an "anything
+left?" answer counts only for the writes it saw) is kept by keeping them in one class.
+
 Settings: ``HOLOCRON_STATE_URL`` (else ``JOBDIR``/frontier.sqlite3, else the default; a ``JOBDIR`` set
 at a higher priority than ``HOLOCRON_STATE_URL``, e.g. ``-s JOBDIR`` against the config file's
 ``state.url``, wins), ``HOLOCRON_STATE_SQLSERVER``, ``HOLOCRON_SOURCE_SYSTEM``, ``HOLOCRON_SOURCE_NAME``,
@@ -62,7 +71,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from itemadapter import ItemAdapter
@@ -77,34 +85,30 @@ from holocron_scrapy import defaults
 from holocron_scrapy.db.outage import OutageWatch, outage_limit
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.acks import item_ids
+from holocron_scrapy.frontier.claims import claimed_requests
 from holocron_scrapy.frontier.contract import (
     CRAWLER_ATTRIBUTE,
     BatchingSpider,
-    Work,
-    hand_on,
     ids_of,
-    set_work,
     work_of,
 )
 from holocron_scrapy.frontier.dupefilter import FrontierDupeFilter
 from holocron_scrapy.frontier.executor import StoreExecutor, ThreadExecutor
 from holocron_scrapy.frontier.jobs import ClaimWant, Job, JobResult, run_job
 from holocron_scrapy.frontier.keys import Resource
+from holocron_scrapy.frontier.leases import Leases
 from holocron_scrapy.frontier.serialization import (
     SerializationError,
-    request_from_row,
     request_to_row,
 )
 from holocron_scrapy.frontier.store import (
     COMPLETED,
     PENDING,
-    FailedItem,
     NewItem,
     Scope,
     WorkItemStore,
     make_owner,
     open_work_item_store,
-    ts,
 )
 from holocron_scrapy.items import FAILED as FAILED_OUTCOME
 from holocron_scrapy.reactor import get_reactor
@@ -227,14 +231,8 @@ class FrontierScheduler(BaseScheduler):
         #: scheduler keeps what its disk queue cannot take; not shared with other workers nor resumed.
         self.memory: deque[Request] = deque()
         self._unserializable_logged = False
-        self.leased: dict[int, int] = {}  # seq -> depth of every item this worker leases
-        self.attempts: dict[int, int] = {}  # seq -> its attempt number, of every leased item
-        self.suspects: set[int] = set()  # leased items whose lease was lost before (claimed alone)
+        self.leases = Leases()  # the items this worker leases, and the writes of their outcomes
         self._new: list[NewItem] = []
-        self._completed: list[int] = []
-        self._failed: list[FailedItem] = []
-        self._release: list[int] = []
-        self._end_solo: list[int] = []
         self._wants = _Wants()
         self._job: defer.Deferred[JobResult] | None = None  # the job running in the worker thread
         self._job_writes = False  # ... and whether it writes buffered enqueues, acks or failures
@@ -461,7 +459,7 @@ class FrontierScheduler(BaseScheduler):
         """Memory only: requests at hand, or writes not yet made. Whether the store still holds work
         is answered in :meth:`_spider_idle`."""
         return bool(
-            self.owned or self.ready or self.memory or self._new or self._completed or self._failed or self._job_writes
+            self.owned or self.ready or self.memory or self._new or self.leases.has_writes() or self._job_writes
         )
 
     # -- enqueue -----------------------------------------------------------------------
@@ -592,12 +590,9 @@ class FrontierScheduler(BaseScheduler):
             return self.ready.popleft()
         return None
 
-    def _batches(self) -> bool:
-        return isinstance(self.spider, BatchingSpider)
-
     def _want_claim(self) -> None:
         """Ask the background loop for a claim (the requests arrive in ``ready``, and wake the engine)."""
-        if self.suspects:
+        if self.leases.suspects:
             return  # an item lost before is in flight: it goes alone
         gen, when = self._empty_claim
         if gen == self._gen and time.monotonic() - when < _EMPTY_CLAIM_FRESH:
@@ -609,14 +604,14 @@ class FrontierScheduler(BaseScheduler):
         hold = (
             self.fill_batches
             and isinstance(self.spider, BatchingSpider)
-            and bool(self.leased or self.spider.frontier_hold)
+            and bool(self.leases or self.spider.frontier_hold)
         )
         return ClaimWant(
             limit=self.claim_size,
             lease_seconds=self.lease_seconds,
-            alone=not (self.leased or self.ready or self.owned),
+            alone=not (self.leases or self.ready or self.owned),
             bfs=self.order == "bfs",
-            gate_depths=list(self.leased.values()),
+            gate_depths=list(self.leases.depths.values()),
             hold_below=hold,
         )
 
@@ -625,91 +620,38 @@ class FrontierScheduler(BaseScheduler):
         if result.gated:
             self._stat("frontier/level_waits")
             if not result.gated_released:
-                self._release.extend(result.gated)
+                self.leases.release.extend(result.gated)
         rows = result.rows or []
         if not rows:
             return
         self._stat("frontier/claimed", len(rows))
-        singles: list[Request] = []
-        batches: dict[str, list[Request]] = {}
-        for row in rows:
-            try:
-                request = request_from_row(row, self.spider)
-            except (SerializationError, ValueError, KeyError) as exc:
-                self._failed.append(FailedItem(row["seq"], f"cannot rebuild request: {exc}", retryable=False))
-                self._gen += 1
-                continue
-            self.leased[row["seq"]] = row["depth"]
-            self.attempts[row["seq"]] = row["attempt"]
-            if (row.get("lease_losses") or 0) >= self.store.solo_after:  # type: ignore[union-attr]
-                self.suspects.add(row["seq"])
-                self._stat("frontier/solo_claims")
-            done = row.get("completed_at")
-            work = (work_of(request) or Work()).but(
-                ids=(row["seq"],),
-                attempt=row["attempt"],
-                work_item_id=row["work_item_id"],
-                completed_at=(ts(done) if isinstance(done, datetime) else str(done)) if done else None,
-            )
-            set_work(request, work)
-            if work.batch_key and self._batches():
-                batches.setdefault(work.batch_key, []).append(request)
-            else:
-                singles.append(request)
-        spider = self.spider
-        for group in batches.values():
-            assert isinstance(spider, BatchingSpider)
-            # The spider's current size wins over the one stored with the rows: a run resumed under other
-            # account rights (a bot login gained or lost) batches by what it may use today.
-            first = work_of(group[0])
-            stored_size = first.batch_size if first is not None else None
-            size = max(1, int(spider.frontier_batch_size or stored_size or len(group)))
-            for start in range(0, len(group), size):
-                chunk = group[start : start + size]
-                merged = spider.build_batch_request(chunk)
-                self.ready.append(hand_on(merged, [seq for r in chunk for seq in ids_of(r)]))
-        self.ready.extend(singles)
+        solo_after = self.store.solo_after if self.store is not None else defaults.FRONTIER_SOLO_AFTER_LOSSES
+        claimed = claimed_requests(rows, self.spider, self.leases, solo_after=solo_after)
+        if claimed.rejected:
+            self._gen += 1
+        self._stat("frontier/solo_claims", claimed.solo)
+        self.ready.extend(claimed.requests)
 
     def fetched(self, seqs: list[int]) -> None:
         """The callback of a request holding these items has finished: an item claimed alone is
         no longer at risk of being the one that kills its worker, and others may join it."""
-        done = [seq for seq in seqs if seq in self.suspects]
-        if done:
-            self.suspects.difference_update(done)
-            self._end_solo.extend(done)
+        if self.leases.fetched(seqs):
             self._gen += 1
-
-    def _settle(self, seq: int) -> int | None:
-        """Forget a leased item; returns its attempt number (None if it was not leased)."""
-        if self.leased.pop(seq, None) is None:
-            return None
-        self.suspects.discard(seq)
-        return self.attempts.pop(seq, 0)
 
     # -- acknowledgements --------------------------------------------------------------
     def ack(self, seqs: list[int]) -> None:
         """Mark items completed (buffered; flushed after the enqueues of the same period)."""
-        for seq in seqs:
-            if self._settle(seq) is not None:
-                self._completed.append(seq)
-                self._gen += 1
+        if self.leases.ack(seqs):
+            self._gen += 1
         self._stat("frontier/completed", len(seqs))
 
     def fail(self, seqs: list[int], error: str, *, retryable: bool = True) -> None:
         """Record failed attempts: ``frontier/failed`` counts the items that end failed for good
         (not retryable, or out of attempts), ``frontier/retried`` those put back for another try."""
         max_attempts = self.store.max_attempts if self.store is not None else defaults.FRONTIER_MAX_ATTEMPTS
-        final = retried = 0
-        for seq in seqs:
-            attempt = self._settle(seq)
-            if attempt is None:
-                continue
-            self._failed.append(FailedItem(seq, error, retryable))
+        final, retried = self.leases.fail(seqs, error, retryable=retryable, max_attempts=max_attempts)
+        if final or retried:
             self._gen += 1
-            if retryable and attempt < max_attempts:
-                retried += 1
-            else:
-                final += 1
         self._stat("frontier/failed", final)
         self._stat("frontier/retried", retried)
 
@@ -737,7 +679,7 @@ class FrontierScheduler(BaseScheduler):
         (pending, in backoff, or leased live by another worker); until then this raises
         ``DontCloseSpider`` and the background loop asks (reclaiming expired leases first)."""
         in_memory = {seq for req in (*self.ready, *self.owned) for seq in ids_of(req)}
-        orphans = sorted(set(self.leased) - in_memory)
+        orphans = self.leases.orphans(in_memory)
         if orphans:
             # Their request ended with no callback output: a download error without an errback, a request a
             # downloader middleware dropped. Scrapy does not fetch such a request again; neither do we.
@@ -749,7 +691,7 @@ class FrontierScheduler(BaseScheduler):
             return
         # A worker that died elsewhere left leases that have expired: they are work, not done.
         self._wants.reclaim_expired = self._wants.outstanding = True
-        if not (self.ready or self.owned or self.leased):
+        if not (self.ready or self.owned or self.leases):
             self._wants.claim = True
         self._pump()
         if orphans or not self._drained():
@@ -784,7 +726,7 @@ class FrontierScheduler(BaseScheduler):
         if now - self._last_reclaim >= min(30.0, self.lease_seconds / 2):
             self._last_reclaim = now
             self._wants.reclaim_expired = self._wants.reclaim_dead_local = True
-        if not (self.ready or self.owned or self.leased or self.suspects) and self._engine_accepts():
+        if not (self.ready or self.owned or self.leases or self.leases.suspects) and self._engine_accepts():
             gen, when = self._empty_claim
             if gen != self._gen or now - when >= self.idle_claim_every:
                 self._wants.claim = True  # idle: another worker may have added work
@@ -803,24 +745,25 @@ class FrontierScheduler(BaseScheduler):
     def _take_job(self, release: list[int] | None = None) -> Job:
         """A job with everything buffered and wanted; the buffers and wants start empty again."""
         wants, self._wants = self._wants, _Wants()
-        writes = bool(self._new or self._completed or self._failed)
+        writes = bool(self._new or self.leases.has_writes())
         # The write that may be the last one also asks whether anything is left: the engine, which waits
         # for it (``has_pending_requests``), then finds the crawl drained at once.
-        last = writes and not (self.ready or self.owned or self.leased or self.memory)
+        last = writes and not (self.ready or self.owned or self.leases or self.memory)
+        completed, failed, released, end_solo = self.leases.take_writes()
         job = Job(
             new=self._new,
-            completed=self._completed,
-            failed=self._failed,
-            release=self._release + list(release or ()),
-            end_solo=self._end_solo,
+            completed=completed,
+            failed=failed,
+            release=released + list(release or ()),
+            end_solo=end_solo,
             renew=self.lease_seconds if wants.renew else None,
             reclaim_expired=wants.reclaim_expired,
             reclaim_dead_local=wants.reclaim_dead_local,
-            claim=self._claim_want() if wants.claim and not self.suspects else None,
+            claim=self._claim_want() if wants.claim and not self.leases.suspects else None,
             outstanding=wants.outstanding or last,
             gen=self._gen,
         )
-        self._new, self._completed, self._failed, self._release, self._end_solo = [], [], [], [], []
+        self._new = []
         return job
 
     def _pump(self, *, force: bool = False) -> None:
@@ -828,7 +771,8 @@ class FrontierScheduler(BaseScheduler):
         ``_retry_at`` (unless *force*: the tick retries)."""
         if self._job is not None or self.store is None or self.executor is None or self._gave_up or self._closing:
             return
-        if not (self._new or self._completed or self._failed or self._release or self._end_solo or self._wants.any()):
+        leases = self.leases
+        if not (self._new or leases.has_writes() or leases.release or leases.end_solo or self._wants.any()):
             return
         if self.outage.down and not force and time.monotonic() < self._retry_at:
             return
@@ -847,9 +791,10 @@ class FrontierScheduler(BaseScheduler):
             self._stat("frontier/enqueued", result.inserted)
             self._stat("frontier/filtered", len(job.new) - result.inserted)
         else:  # not written: back to the front of the buffers, in order
-            self._new[:0], self._completed[:0], self._failed[:0] = job.new, job.completed, job.failed
+            self._new[:0] = job.new
+            self.leases.put_back(completed=job.completed, failed=job.failed)
         if not result.released:
-            self._release[:0], self._end_solo[:0] = job.release, job.end_solo
+            self.leases.put_back(release=job.release, end_solo=job.end_solo)
         if result.reclaimed:
             self._stat("frontier/reclaimed", result.reclaimed)
             logger.info("Frontier: reclaimed %d items from expired leases", result.reclaimed)
@@ -865,12 +810,12 @@ class FrontierScheduler(BaseScheduler):
         if result.outstanding is False and job.gen == self._gen:
             self._drained_at, self._drained_gen = time.monotonic(), job.gen
         if self.ready and not self._in_next_request:
-            self._wake(had_work=bool(set(self.leased) - {s for r in self.ready for s in ids_of(r)}))
+            self._wake(had_work=bool(self.leases.held() - {s for r in self.ready for s in ids_of(r)}))
         elif self._drained():
             self._poke_engine()  # it may close the spider now
         if len(self._new) >= _ENQUEUE_FLUSH_SIZE or self._wants.any():
             self._pump()
-        elif self._job is None and (self._completed or self._failed or self._new) and not self.has_loop():
+        elif self._job is None and (self.leases.has_writes() or self._new) and not self.has_loop():
             self._pump()
 
     def has_loop(self) -> bool:
