@@ -320,23 +320,23 @@ def problem_of(model: type[BaseModel], exc: ValidationError | ConfigError) -> tu
     return ".".join(loc), _problem(model, loc, error)
 
 
+def _value(expected: str) -> Callable[[ErrorDetails], str]:
+    return lambda e: f"expected {expected}, got {e['input']!r}"
+
+
+def _kind(expected: str) -> Callable[[ErrorDetails], str]:
+    return lambda e: f"expected {expected}, got {type(e['input']).__name__}"
+
+
 _FORMATS: dict[str, Callable[[ErrorDetails], str]] = {
-    "int_type": lambda e: f"expected an integer, got {e['input']!r}",
-    "int_parsing": lambda e: f"expected an integer, got {e['input']!r}",
-    "int_from_float": lambda e: f"expected an integer, got {e['input']!r}",
-    "float_type": lambda e: f"expected a number, got {e['input']!r}",
-    "float_parsing": lambda e: f"expected a number, got {e['input']!r}",
-    "bool_type": lambda e: f"expected true or false, got {e['input']!r}",
-    "bool_parsing": lambda e: f"expected true or false, got {e['input']!r}",
-    "string_type": lambda e: "expected a non-empty string",
-    "string_too_short": lambda e: "expected a non-empty string",
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), _value("an integer")),
+    **dict.fromkeys(("float_type", "float_parsing"), _value("a number")),
+    **dict.fromkeys(("bool_type", "bool_parsing"), _value("true or false")),
+    **dict.fromkeys(("string_type", "string_too_short"), lambda e: "expected a non-empty string"),
     "greater_than_equal": lambda e: f"must be at least {e.get('ctx', {}).get('ge')}, got {e['input']!r}",
     "less_than_equal": lambda e: f"must be at most {e.get('ctx', {}).get('le')}, got {e['input']!r}",
-    "dict_type": lambda e: f"expected a mapping, got {type(e['input']).__name__}",
-    "model_type": lambda e: f"expected a mapping, got {type(e['input']).__name__}",
-    "model_attributes_type": lambda e: f"expected a mapping, got {type(e['input']).__name__}",
-    "list_type": lambda e: f"expected a list, got {type(e['input']).__name__}",
-    "tuple_type": lambda e: f"expected a list, got {type(e['input']).__name__}",
+    **dict.fromkeys(("dict_type", "model_type", "model_attributes_type"), _kind("a mapping")),
+    **dict.fromkeys(("list_type", "tuple_type"), _kind("a list")),
     "literal_error": lambda e: f"expected {e.get('ctx', {}).get('expected')}, got {e['input']!r}",
 }
 

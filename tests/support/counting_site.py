@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 
@@ -86,9 +87,12 @@ class CountingHandler(http.server.BaseHTTPRequestHandler):
                 site.in_flight -= 1
 
 
+S = TypeVar("S", bound=http.server.HTTPServer)
+
+
 @contextmanager
-def counting_site(pages: int, latency: float = 0.02, host: str = "127.0.0.1") -> Iterator[CountingSite]:
-    server = CountingSite(pages, latency, host)
+def serving(server: S) -> Iterator[S]:
+    """*server* answering in a daemon thread until the block ends."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -96,6 +100,12 @@ def counting_site(pages: int, latency: float = 0.02, host: str = "127.0.0.1") ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def counting_site(pages: int, latency: float = 0.02, host: str = "127.0.0.1") -> Iterator[CountingSite]:
+    with serving(CountingSite(pages, latency, host)) as server:
+        yield server
 
 
 @dataclass
@@ -196,11 +206,5 @@ class RelayHandler(http.server.BaseHTTPRequestHandler):
 
 @contextmanager
 def counting_relay(target: str, lag_when: Callable[[str], bool] | None = None) -> Iterator[CountingRelay]:
-    server = CountingRelay(target, lag_when)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(CountingRelay(target, lag_when)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
