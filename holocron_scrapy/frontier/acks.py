@@ -54,10 +54,18 @@ def item_ids(item: Any) -> list[int]:
     return list(adapter.get("work_item_ids") or ())
 
 
-def taken_ids(output: Any) -> set[int]:
+def claim_of(output: Any) -> tuple[set[int], bool]:
+    """``(the work item ids *output* takes, whether it is a foreign item)``: a request takes the ids it
+    holds, an item those of its ``work_item_ids`` field; an item without that field (a third-party
+    spider's, under the :class:`~holocron_scrapy.addons.Frontier` add-on) is foreign."""
     if isinstance(output, Request):
-        return set(ids_of(output))
-    return set(item_ids(output))
+        return set(ids_of(output)), False
+    if not is_item(output):
+        return set(), False
+    adapter = ItemAdapter(output)
+    if "work_item_ids" not in adapter.field_names():
+        return set(), True
+    return set(adapter.get("work_item_ids") or ()), False
 
 
 #: response -> the ids its callback handed to requests, noted next to the callback.
@@ -102,14 +110,6 @@ def spider_error(frontier: Any, ids: set[int], exc: BaseException) -> None:
     frontier.fail(sorted(ids), f"spider error: {exc!r}", retryable=False)
 
 
-def is_foreign_item(output: Any) -> bool:
-    """An item of a spider that does not name its work items (no ``work_item_ids`` field): a third-party
-    project's item under the :class:`~holocron_scrapy.addons.Frontier` add-on."""
-    if isinstance(output, Request) or not is_item(output):
-        return False
-    return "work_item_ids" not in ItemAdapter(output).field_names()
-
-
 class _Holding:
     """The ids of one response held by its foreign items until every one of them left the pipelines."""
 
@@ -125,8 +125,8 @@ class _Holding:
 class FrontierAckMiddleware:
     """Spider middleware that acks or fails the ids left over when a callback finishes.
 
-    Left-over ids of a response whose callback gave foreign items (:func:`is_foreign_item`: items that
-    do not name their work items) are acked only once all those items have left the pipelines
+    Left-over ids of a response whose callback gave foreign items (:func:`claim_of`: items that do not
+    name their work items) are acked only once all those items have left the pipelines
     (``item_scraped`` / ``item_dropped``), and failed if one of them hit ``item_error`` (not fetched again):
     a third-party spider's page is acknowledged after its items are stored, as holocron's own are."""
 
@@ -226,11 +226,11 @@ class FrontierAckMiddleware:
         ids, handed_on, holding = set(remaining), set(), None
         try:
             for output in result:
-                taken = taken_ids(output)
+                taken, foreign = claim_of(output)
                 remaining -= taken
                 if isinstance(output, Request):
                     handed_on |= taken
-                elif is_foreign_item(output):
+                elif foreign:
                     holding = self._hold(holding, output)
                 yield output
         except Exception as exc:
@@ -251,11 +251,11 @@ class FrontierAckMiddleware:
         ids, handed_on, holding = set(remaining), set(), None
         try:
             async for output in result:
-                taken = taken_ids(output)
+                taken, foreign = claim_of(output)
                 remaining -= taken
                 if isinstance(output, Request):
                     handed_on |= taken
-                elif is_foreign_item(output):
+                elif foreign:
                     holding = self._hold(holding, output)
                 yield output
         except Exception as exc:
