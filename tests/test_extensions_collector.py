@@ -13,6 +13,8 @@ from scrapy.utils.test import get_crawler
 from holocron_scrapy.addons import apply_addons
 from holocron_scrapy.extensions.collector import FreezeStartupObjects
 
+PRODUCT = {"ADDONS": {"holocron_scrapy.addons.Holocron": 0}}  # the defaults as a crawl has them
+
 
 @pytest.fixture
 def unfrozen():
@@ -24,12 +26,12 @@ def unfrozen():
 def test_on_by_default_in_the_project_settings():
     settings = apply_addons(get_project_settings())
     assert settings.getdict("EXTENSIONS").get("holocron_scrapy.extensions.collector.FreezeStartupObjects")
-    crawler = get_crawler(settings_dict={})
+    crawler = get_crawler(settings_dict=PRODUCT)
     assert isinstance(FreezeStartupObjects.from_crawler(crawler), FreezeStartupObjects)
 
 
 def test_freezes_what_exists_when_the_engine_starts(unfrozen):
-    crawler = get_crawler(settings_dict={})
+    crawler = get_crawler(settings_dict=PRODUCT)
     extension = FreezeStartupObjects.from_crawler(crawler)  # held: signals keep only weak references
     assert gc.get_freeze_count() == 0
     before: list[str] = []  # made before the engine starts (a tracked container): frozen with the rest

@@ -31,8 +31,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from holocron_scrapy import defaults
-
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.statscollectors import StatsCollector
@@ -45,7 +43,7 @@ RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 
 
 def outage_limit(settings: Any) -> float:
-    return settings.getfloat("HOLOCRON_DB_OUTAGE_LIMIT", defaults.DB_OUTAGE_LIMIT)
+    return settings.getfloat("HOLOCRON_DB_OUTAGE_LIMIT")
 
 
 def _driver_error(exc: BaseException) -> BaseException:

@@ -20,8 +20,6 @@ from scrapy import signals
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 
-from holocron_scrapy import defaults
-
 if TYPE_CHECKING:
     from scrapy.statscollectors import StatsCollector
 
@@ -32,7 +30,7 @@ class FreezeStartupObjects:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FreezeStartupObjects:
-        if not crawler.settings.getbool("HOLOCRON_GC_FREEZE", defaults.GC_FREEZE):
+        if not crawler.settings.getbool("HOLOCRON_GC_FREEZE"):
             raise NotConfigured  # switched off on purpose: no warning (Scrapy logs one for a message)
         extension = cls(crawler.stats)
         crawler.signals.connect(extension.engine_started, signal=signals.engine_started)

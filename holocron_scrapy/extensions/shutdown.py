@@ -30,7 +30,6 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 from twisted.internet import task
 
-from holocron_scrapy import defaults
 from holocron_scrapy.pipelines.lake import JsonLakePipeline
 from holocron_scrapy.pipelines.records import IngestRecordsPipeline
 from holocron_scrapy.reactor import get_reactor
@@ -55,7 +54,7 @@ class GracefulShutdown:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> GracefulShutdown:
-        timeout = crawler.settings.getfloat("HOLOCRON_SHUTDOWN_TIMEOUT", defaults.SHUTDOWN_TIMEOUT)
+        timeout = crawler.settings.getfloat("HOLOCRON_SHUTDOWN_TIMEOUT")
         if timeout <= 0:
             raise NotConfigured("HOLOCRON_SHUTDOWN_TIMEOUT must be more than 0")
         ext = cls(crawler, timeout)

@@ -89,8 +89,8 @@ class PoliteRetryMiddleware(RetryMiddleware):
         s = crawler.settings
         mw = cls(
             s,
-            backoff_base=s.getfloat("HOLOCRON_RETRY_BACKOFF_BASE", defaults.RETRY_BACKOFF_BASE),
-            backoff_max=s.getfloat("HOLOCRON_RETRY_BACKOFF_MAX", defaults.RETRY_BACKOFF_MAX),
+            backoff_base=s.getfloat("HOLOCRON_RETRY_BACKOFF_BASE"),
+            backoff_max=s.getfloat("HOLOCRON_RETRY_BACKOFF_MAX"),
             retryable_errors=tuple(
                 s.getlist("HOLOCRON_MEDIAWIKI_RETRYABLE_ERRORS") or defaults.MEDIAWIKI_RETRYABLE_ERRORS
             ),

@@ -100,8 +100,8 @@ class IngestRecordsPipeline:
         return cls(
             records.url,
             sqlserver_config=records.sqlserver_config,
-            batch_size=s.getint("HOLOCRON_RECORDS_BATCH_SIZE", defaults.RECORDS_BATCH_SIZE),
-            flush_interval=s.getfloat("HOLOCRON_RECORDS_FLUSH_INTERVAL", defaults.RECORDS_FLUSH_INTERVAL),
+            batch_size=s.getint("HOLOCRON_RECORDS_BATCH_SIZE"),
+            flush_interval=s.getfloat("HOLOCRON_RECORDS_FLUSH_INTERVAL"),
             stats=crawler.stats,
             lake_dir=s.get("HOLOCRON_LAKE_DIR") or defaults.LAKE_DIR,
             faults=FaultHandler.of(crawler),

@@ -158,7 +158,7 @@ class HolocronSpider(Spider):
             return
         self.frontier_hold = True
         try:
-            chunk = self.crawler.settings.getint("HOLOCRON_SEED_CHUNK_SIZE", defaults.SEED_CHUNK_SIZE)
+            chunk = self.crawler.settings.getint("HOLOCRON_SEED_CHUNK_SIZE")
             await run_in_frontier(frontier, seeds, self.seed_request, chunk_size=chunk, stats=self.crawler.stats)
         finally:
             self.frontier_hold = False
