@@ -116,7 +116,7 @@ def crawl_settings(config: str, config_file: Path) -> dict[str, Any]:
         "HOLOCRON_FRONTIER_PROGRESS_INTERVAL": 0,
     }
     if config in ("bare", "bare-gc-freeze"):
-        from holocron_scrapy.addons import HOLOCRON_ITEM_PIPELINES
+        from holocron_scrapy.addons import FRONTIER_EXTENSIONS, HOLOCRON_EXTENSIONS, HOLOCRON_ITEM_PIPELINES
 
         settings.update(
             SCHEDULER="scrapy.core.scheduler.Scheduler",
@@ -126,11 +126,13 @@ def crawl_settings(config: str, config_file: Path) -> dict[str, Any]:
                 "holocron_scrapy.frontier.acks.FrontierAckMiddleware": None,
                 "holocron_scrapy.frontier.acks.FrontierHandOffMiddleware": None,
             },
-            EXTENSIONS={"holocron_scrapy.extensions.runs.RunSummary": None},
+            # None each: the add-ons add none of their extensions (an empty dict would disable none),
+            # gc.freeze() included: bare is Scrapy as it comes.
+            EXTENSIONS=dict.fromkeys([*HOLOCRON_EXTENSIONS, *FRONTIER_EXTENSIONS]),
         )
         if config == "bare-gc-freeze":  # bare Scrapy given the same gc.freeze() as the full stack
             settings["EXTENSIONS"] = {
-                "holocron_scrapy.extensions.runs.RunSummary": None,
+                **settings["EXTENSIONS"],
                 "holocron_scrapy.extensions.collector.FreezeStartupObjects": 520,
             }
     elif config in ABLATIONS:
