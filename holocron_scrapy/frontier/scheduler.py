@@ -71,7 +71,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 from scrapy import Request, Spider, signals
@@ -112,6 +112,9 @@ from holocron_scrapy.frontier.store import (
 )
 from holocron_scrapy.items import FAILED as FAILED_OUTCOME
 from holocron_scrapy.reactor import get_reactor
+
+if TYPE_CHECKING:
+    from scrapy.statscollectors import StatsCollector
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +183,7 @@ class FrontierScheduler(BaseScheduler):
         store_factory: Callable[[], WorkItemStore],
         dupefilter: FrontierDupeFilter,
         *,
-        stats: Any = None,
+        stats: StatsCollector | None = None,
         order: str = defaults.FRONTIER_ORDER,
         claim_size: int = defaults.FRONTIER_CLAIM_SIZE,
         lease_seconds: float = defaults.FRONTIER_LEASE_SECONDS,
