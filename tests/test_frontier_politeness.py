@@ -138,13 +138,13 @@ def test_three_workers_together_keep_one_hosts_rate_and_concurrency(database, tm
 
 
 # -- blocks ----------------------------------------------------------------------------------------
-def test_a_429_with_retry_after_stops_every_worker_for_that_host(tmp_path):
+def test_a_429_with_retry_after_stops_every_worker_for_that_host(database, tmp_path):
     """One answer ``429, Retry-After: 5``: no worker sends to that host for 5 s, while the workers go on
     with another host; then the crawl completes, every page stored once."""
     # Two host names: Scrapy's own per-host slots are keyed by the name alone (not the port).
     with counting_site(pages=6) as blocked, counting_site(pages=40, latency=0.1, host="localhost") as other:
         blocked.script["/p/1"] = [(429, {"Retry-After": "5"})]
-        ws = workspace(tmp_path, None, "  - {name: site, type: http, delay: 0.1, concurrency: 3}\n")
+        ws = workspace(tmp_path, database, "  - {name: site, type: http, delay: 0.1, concurrency: 3}\n")
         args = ("source=site", f"seeds={blocked.base}/|{other.base}/", "max_depth=1")
         procs = [start(ws, *args, settings=share(3))]
         time.sleep(1.0)
