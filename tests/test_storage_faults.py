@@ -152,10 +152,18 @@ def database_gone(url: str) -> Iterator[None]:
     name = sql.Identifier(make_url(url).database)
     with postgres.admin_connect() as admin:
         admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name))
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (make_url(url).database,),
-        )
+        # A connection that was starting while the ALTER committed can get through after the first
+        # terminate's look at pg_stat_activity: terminate until none is left (under load, a crawl
+        # reconnected that way and logged "back" between two "cannot be reached" lines).
+        for _ in range(50):
+            left = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (make_url(url).database,),
+            ).fetchone()
+            if not left or not left[0]:
+                break
+            time.sleep(0.02)
     try:
         yield
     finally:
