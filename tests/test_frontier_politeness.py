@@ -9,7 +9,6 @@ frontier and on one live PostgreSQL frontier (a throw-away database of ``postgre
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -23,7 +22,7 @@ from holocron_scrapy.config import load_config
 from holocron_scrapy.errors import ConfigError
 from holocron_scrapy.frontier.politeness import LOCAL, SHARED, politeness_mode
 from tests.support.counting_site import CountingSite, counting_relay, counting_site
-from tests.support.crawl import REPO, Workspace
+from tests.support.crawl import Workspace
 
 FAST = {"HOLOCRON_FRONTIER_FLUSH_INTERVAL": "0.2"}
 
@@ -48,16 +47,7 @@ def workspace(tmp_path, database: str | None, sources: str, frontier: str = "") 
 
 
 def start(ws: Workspace, *args: str, settings: dict[str, str] | None = None, spider: str = "http") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("HOLOCRON_CONFIG", None)
-    return subprocess.Popen(
-        ws.command(spider, *args, settings={**FAST, **(settings or {})}),
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return ws.start(spider, *args, settings={**FAST, **(settings or {})})
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> str:

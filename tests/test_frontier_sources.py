@@ -3,13 +3,12 @@ own source's work items (real MediaWiki, a real static site, real ``scrapy crawl
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections import Counter
 
 import pytest
 
-from tests.support.crawl import REPO, Workspace
+from tests.support.crawl import Workspace
 from tests.support.static_site import serve_directory
 
 pytestmark = [pytest.mark.mediawiki, pytest.mark.slow]
@@ -62,16 +61,7 @@ def wiki_args(source: str) -> tuple[str, ...]:
 
 
 def start(ws: Workspace, spider: str, *args: str, settings: dict[str, str] | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("HOLOCRON_CONFIG", None)
-    return subprocess.Popen(
-        ws.command(spider, *args, settings={**FAST, **(settings or {})}),
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return ws.start(spider, *args, settings={**FAST, **(settings or {})})
 
 
 def finish(proc: subprocess.Popen) -> str:

@@ -482,10 +482,7 @@ class FrontierScheduler(BaseScheduler):
             return True
         if item is None:
             return False
-        self._new.append(item)
-        self._gen += 1
-        if len(self._new) >= _ENQUEUE_FLUSH_SIZE:
-            self._pump()
+        self._buffer(item)
         return True
 
     def mark_known(self, request: Request) -> None:
@@ -495,8 +492,11 @@ class FrontierScheduler(BaseScheduler):
         if self.df.seen_key(key):
             return
         item = self.new_item(request, resource, key, status=COMPLETED)
-        if item is None:
-            return
+        if item is not None:
+            self._buffer(item)
+
+    def _buffer(self, item: NewItem) -> None:
+        """Buffer a new item for the next write (at once when the buffer is full)."""
         self._new.append(item)
         self._gen += 1
         if len(self._new) >= _ENQUEUE_FLUSH_SIZE:

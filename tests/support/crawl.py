@@ -25,6 +25,13 @@ from sqlalchemy.engine import make_url
 REPO = Path(__file__).resolve().parents[2]
 
 
+def crawl_env() -> dict[str, str]:
+    """The environment of a crawl subprocess: this repository importable, the config from ``-s`` only."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HOLOCRON_CONFIG", None)
+    return env
+
+
 @dataclass
 class Workspace:
     """A config file plus lake/records/state locations in one temp dir; *database* (a PostgreSQL
@@ -92,15 +99,24 @@ class Workspace:
     def crawl(
         self, spider: str, *args: str, settings: dict[str, str] | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        env.pop("HOLOCRON_CONFIG", None)
         return subprocess.run(
             self.command(spider, *args, settings=settings),
             cwd=REPO,
-            env=env,
+            env=crawl_env(),
             capture_output=True,
             text=True,
             timeout=timeout,
+        )
+
+    def start(self, spider: str, *args: str, settings: dict[str, str] | None = None) -> subprocess.Popen:
+        """The crawl of :meth:`crawl`, started in the background: its stderr piped, its stdout dropped."""
+        return subprocess.Popen(
+            self.command(spider, *args, settings=settings),
+            cwd=REPO,
+            env=crawl_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def rows(self, store: str, sql: str) -> list[dict[str, Any]]:
